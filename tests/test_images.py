@@ -1,0 +1,73 @@
+"""Bad and unusual image files: each handled or refused with the file named."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vprkit.data.images import ImageError, list_images, load_image, resize_to_stride
+
+
+def test_listing_is_recursive_sorted_and_relative(image_folder):
+    names = list_images(image_folder)
+    assert names == sorted(names) and "sub/000.png" in names and len(names) == 12
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        list_images(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        list_images(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("content,match", [(b"", "empty file"), (b"not an image at all", "cannot decode")])
+def test_broken_files_name_the_file(tmp_path, content, match):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=match) as err:
+        load_image(path)
+    assert "bad.jpg" in str(err.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="JPEG")
+    path = tmp_path / "trunc.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageError, match="trunc.jpg"):
+        load_image(path)
+
+
+def test_pixel_limit_checked_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("L", (200, 200)).save(path)
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        load_image(path, max_pixels=100 * 100)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA"])
+def test_modes_become_rgb(tmp_path, mode):
+    img = Image.new("RGB", (8, 6), (200, 100, 50)).convert(mode if mode != "I;16" else "L")
+    if mode == "I;16":
+        img = Image.fromarray((np.full((6, 8), 40000)).astype(np.uint16))
+    path = tmp_path / f"x.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
+    img.save(path)
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (8, 6)
+    if mode == "I;16":  # 16-bit scaled to 8-bit: 40000 / 65535 * 255 = 155.6
+        assert np.asarray(out)[0, 0, 0] == 155
+
+
+def test_exif_rotation_applied(tmp_path):
+    img = Image.new("RGB", (20, 10))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif)
+    assert load_image(path).size == (10, 20)
+
+
+def test_resize_to_stride_multiples():
+    out = resize_to_stride(Image.new("RGB", (160, 120)), 322, 14)
+    assert out.size == (322, 238) and out.size[0] % 14 == 0 and out.size[1] % 14 == 0

@@ -1,0 +1,86 @@
+"""Extraction, index and query end to end with a tiny backbone: resumability, refusal, bad files."""
+
+import h5py
+import numpy as np
+import pytest
+
+from vprkit import api
+from vprkit.features import extract, h5io
+from vprkit.index import faiss_index
+
+
+def _conf(**kw):
+    return extract.get_conf("mobilenetv2-gem", batch_size=4, **kw)
+
+
+def _dump(path):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+
+def test_interrupted_extraction_resumes_to_identical_file(tiny_backbone, image_folder, tmp_path, monkeypatch):
+    full = tmp_path / "full.h5"
+    extract.main(_conf(), image_folder, full)
+    part = tmp_path / "part.h5"
+    real_write, calls = h5io.write_batch, []
+
+    def crash_after_two(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        real_write(*args, **kw)
+
+    monkeypatch.setattr(h5io, "write_batch", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract.main(_conf(), image_folder, part)
+    assert len(h5io.finished_names(part)) == 8  # two batches of 4 survived
+    monkeypatch.setattr(h5io, "write_batch", real_write)
+    extract.main(_conf(), image_folder, part)
+    a, b = _dump(full), _dump(part)
+    assert a.keys() == b.keys() and len(a) == 12
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_bad_files_are_skipped_and_counted(tiny_backbone, image_folder, tmp_path, caplog):
+    (image_folder / "zero.jpg").write_bytes(b"")
+    (image_folder / "junk.png").write_bytes(b"hello")
+    names = extract.main(_conf(), image_folder, tmp_path / "f.h5")
+    assert len(names) == 12 and "zero.jpg" not in names
+    assert "2 of 14 images could not be read" in caplog.text and "junk.png" in caplog.text
+
+
+def test_index_query_and_model_refusal(tiny_backbone, image_folder, tmp_path):
+    out = api.index_map(image_folder, tmp_path / "idx", preset="mobilenetv2-gem", batch_size=4)
+    mi = faiss_index.load(out)
+    assert mi.manifest["names"] == sorted(mi.names) and mi.index.ntotal == 12
+    assert not (tmp_path / ".idx.work").exists()
+    # Querying the map with itself: each image is its own nearest neighbour.
+    gt = tmp_path / "pos.txt"
+    gt.write_text("".join(f"{n} {n}\n" for n in mi.names))
+    res = api.localize(out, image_folder, top_k=3, gt=str(gt), out_dir=tmp_path / "res")
+    assert res["metrics"]["R@1"] == 1.0
+    assert (tmp_path / "res" / "report.html").read_text().count("<tr>") == 13
+    pairs = (tmp_path / "res" / "pairs-top3.txt").read_text().splitlines()
+    assert len(pairs) == 36 and pairs[0].split()[0] == pairs[0].split()[1]
+    with pytest.raises(ValueError, match="built with preset 'mobilenetv2-gem'"):
+        api.localize(out, image_folder, preset="dinov2-vlad")
+
+
+def test_chunked_search_equals_exact_numpy():
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(500, 16)).astype(np.float32)
+    q = rng.normal(size=(37, 16)).astype(np.float32)
+    mi = faiss_index.MapIndex(faiss_index.build(db), {"names": []})
+    scores, ids = mi.search(q, 5, chunk=8)
+    ref = np.argsort(-(q @ db.T), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, ref)
+    with pytest.raises(ValueError, match="expects dimension 16"):
+        mi.search(q[:, :4], 5)
+
+
+def test_not_an_index(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a vprkit index"):
+        faiss_index.load(tmp_path)

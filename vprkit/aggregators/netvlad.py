@@ -1,0 +1,57 @@
+"""NetVLAD (Arandjelovic et al. 2016): differentiable soft-assignment VLAD.
+
+Centroids are initialised by k-means; the 1x1 assignment conv starts at w = 2*alpha*c,
+b = -alpha*|c|^2 so that softmax(alpha * -|x - c|^2) is reproduced exactly at init.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Aggregator, l2n
+from .vlad import kmeans
+
+
+class NetVLAD(Aggregator):
+    """Soft-assignment VLAD layer, trainable end to end."""
+
+    needs_fit = True
+
+    def __init__(self, num_clusters: int = 64, dim: int = 512, alpha: float = 100.0, normalize_input: bool = True):
+        super().__init__()
+        self.num_clusters = num_clusters
+        self.dim = dim
+        self.alpha = alpha
+        self.normalize_input = normalize_input
+        self.conv = nn.Conv2d(dim, num_clusters, kernel_size=1, bias=True)
+        self.centroids = nn.Parameter(torch.rand(num_clusters, dim))
+
+    def output_dim(self, in_dim: int) -> int:
+        return self.num_clusters * in_dim
+
+    def init_from_centroids(self, centroids: np.ndarray) -> None:
+        """Set centroids and the assignment conv from unit-norm cluster centres."""
+        c = torch.from_numpy(np.asarray(centroids, dtype=np.float32))
+        self.centroids.data.copy_(c)
+        self.conv.weight.data.copy_((2.0 * self.alpha * c)[:, :, None, None])
+        self.conv.bias.data.copy_(-self.alpha * c.pow(2).sum(1))
+
+    def fit(self, local: np.ndarray) -> None:
+        x = local / np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-12)
+        self.init_from_centroids(kmeans(x, self.num_clusters))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy() for k, v in self.state_dict().items()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+
+    def forward(self, local: torch.Tensor, global_token: torch.Tensor | None = None) -> torch.Tensor:
+        b, c = local.shape[:2]
+        x = l2n(local, dim=1) if self.normalize_input else local
+        soft = torch.softmax(self.conv(x).flatten(2), dim=1)  # (B, K, N)
+        xf = x.flatten(2)  # (B, C, N)
+        resid = soft @ xf.transpose(1, 2) - soft.sum(-1, keepdim=True) * self.centroids  # (B, K, C)
+        return l2n(l2n(resid, dim=-1).reshape(b, -1))

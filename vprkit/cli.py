@@ -1,0 +1,102 @@
+"""Command line: `vprkit index | query | evaluate | demo | presets`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import api, demo
+from .data.groundtruth import load_ground_truth
+from .evaluation import metrics
+from .features.extract import CONFS, DEFAULT_PRESET
+from .index.faiss_index import DEFAULT_FACTORY
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vprkit", description="Visual place recognition: index a map, localize queries.")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("index", help="extract map descriptors and build a saved index")
+    s.add_argument("map_dir")
+    s.add_argument("-o", "--out", required=True, help="index folder to create")
+    s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
+    s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--resize-max", type=int, help="long image side before the backbone")
+    s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
+
+    s = sub.add_parser("query", help="localize a folder of query images against an index")
+    s.add_argument("index_dir")
+    s.add_argument("query_dir")
+    s.add_argument("--top-k", type=int, default=20)
+    s.add_argument("-o", "--out", help="results folder (default INDEX/results/QUERY_NAME)")
+    s.add_argument("--gt", help="ground truth: 'utm', 'sequence', a .npz, a .csv or a positives file")
+    s.add_argument("--threshold", type=float, help="positive distance (m; frames for 'sequence')")
+    s.add_argument("--preset", help="refuse to run unless the index was built with this preset")
+
+    s = sub.add_parser("evaluate", help="metrics of a predictions.txt against ground truth")
+    s.add_argument("predictions")
+    s.add_argument("--gt", required=True)
+    s.add_argument("--threshold", type=float)
+
+    s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
+    s.add_argument("-o", "--out", default="vprkit_demo")
+    s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
+
+    sub.add_parser("presets", help="list the named presets")
+    return p
+
+
+def _evaluate_file(path: str, gt: str, threshold: float | None) -> dict:
+    """Re-read a predictions.txt and score it (ground truth names must be the map/query names used)."""
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line and not line.startswith("#")]
+    q_names = list(dict.fromkeys(r[0] for r in rows))
+    m_names = sorted({r[2] for r in rows})
+    m_index = {n: i for i, n in enumerate(m_names)}
+    ranked: dict[str, list[int]] = {q: [] for q in q_names}
+    for q, _, m, _ in rows:
+        ranked[q].append(m_index[m])
+    k = max(len(v) for v in ranked.values())
+    import numpy as np
+
+    preds = np.full((len(q_names), k), -1, dtype=np.int64)
+    for i, q in enumerate(q_names):
+        preds[i, : len(ranked[q])] = ranked[q]
+    return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "index":
+            out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device,
+                                batch_size=args.batch_size, fp16=args.fp16,
+                                **({"preprocessing": {"resize_max": args.resize_max}} if args.resize_max else {}))
+            print(f"index written to {out}")
+        elif args.command == "query":
+            res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
+                               args.preset, args.device)
+            if "metrics" in res:
+                print(metrics.format_table({res["preset"]: res["metrics"]}))
+            print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+        elif args.command == "evaluate":
+            print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold), indent=1))
+        elif args.command == "demo":
+            demo.main(args.out, args.preset, args.device)
+        elif args.command == "presets":
+            for name, conf in CONFS.items():
+                print(f"{name:18s} {json.dumps(conf)}" + ("  (default)" if name == DEFAULT_PRESET else ""))
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        print(f"vprkit: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: image folders and ground truth."""

@@ -1,0 +1,79 @@
+"""Image folders: recursive stable listing and defensive decoding.
+
+A map can hold 100k files, some broken. Loading never raises for one bad file inside a folder
+scan: `ImageError` names the file and the problem so the caller can warn, count and move on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with the file named in the message."""
+
+
+def list_images(root: str | Path) -> list[str]:
+    """Image paths under `root`, relative to it, in a stable (sorted) order, recursively."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+                   and p.suffix.lower() in EXTENSIONS)
+    if not names:
+        raise ValueError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root}")
+    return names
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0)) if img.mode != "F" else 255.0 / max(hi, 1e-12)
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image as upright 8-bit RGB, refusing empty, broken or oversized files.
+
+    The pixel limit is checked from the header before decoding, so a decompression bomb never
+    allocates its full size.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def resize_to_stride(img: Image.Image, resize_max: int | None, stride: int) -> Image.Image:
+    """Resize so the long side is `resize_max` and both sides are multiples of the backbone stride."""
+    w, h = img.size
+    scale = resize_max / max(w, h) if resize_max else 1.0
+    nw = max(stride, round(w * scale / stride) * stride)
+    nh = max(stride, round(h * scale / stride) * stride)
+    if (nw, nh) == (w, h):
+        return img
+    return img.resize((nw, nh), Image.Resampling.BICUBIC)

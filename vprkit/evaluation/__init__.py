@@ -1,0 +1,1 @@
+"""Evaluation: Recall@N, mAP, prediction files and the HTML report."""

