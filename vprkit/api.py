@@ -26,9 +26,10 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     conf = extract.get_conf(preset, **overrides)
+    names = list_images(map_dir)
     work = out_dir.with_name(f".{out_dir.name}.work")
     work.mkdir(parents=True, exist_ok=True)
-    names = extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, device=device)
+    names = extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=names, device=device)
     desc = h5io.read_global(work / MAP_FEATURES, names)
     index = faiss_index.build(desc, factory)
     manifest = {"conf": conf, "model_key": extract.model_key(conf), "dim": int(desc.shape[1]),

@@ -6,11 +6,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from . import api, demo
 from .data.groundtruth import load_ground_truth
-from .evaluation import metrics
+from .data.images import list_images
+from .evaluation import metrics, outputs
 from .features.extract import CONFS, DEFAULT_PRESET
 from .index.faiss_index import DEFAULT_FACTORY
 
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("predictions")
     s.add_argument("--gt", required=True)
     s.add_argument("--threshold", type=float)
+    s.add_argument("--map-dir", help="full map folder (for exact mAP); default: images named in the predictions")
 
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
@@ -52,21 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _evaluate_file(path: str, gt: str, threshold: float | None) -> dict:
-    """Re-read a predictions.txt and score it (ground truth names must be the map/query names used)."""
-    rows = [line.split() for line in Path(path).read_text().splitlines() if line and not line.startswith("#")]
-    q_names = list(dict.fromkeys(r[0] for r in rows))
-    m_names = sorted({r[2] for r in rows})
-    m_index = {n: i for i, n in enumerate(m_names)}
-    ranked: dict[str, list[int]] = {q: [] for q in q_names}
-    for q, _, m, _ in rows:
-        ranked[q].append(m_index[m])
-    k = max(len(v) for v in ranked.values())
-    import numpy as np
-
-    preds = np.full((len(q_names), k), -1, dtype=np.int64)
-    for i, q in enumerate(q_names):
-        preds[i, : len(ranked[q])] = ranked[q]
+def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None) -> dict:
+    """Score a predictions.txt against ground truth."""
+    q_names, m_names, preds = outputs.read_predictions(path, list_images(map_dir) if map_dir else None)
     return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
 
 
@@ -86,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(metrics.format_table({res["preset"]: res["metrics"]}))
             print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
         elif args.command == "evaluate":
-            print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold), indent=1))
+            print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir), indent=1))
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
         elif args.command == "presets":

@@ -32,3 +32,28 @@ def write_pairs(path: str | Path, q_names: list[str], m_names: list[str], ids: n
 
 def write_json(path: str | Path, data: dict) -> None:
     _atomic_write(Path(path), json.dumps(data, indent=1, default=float))
+
+
+def read_predictions(path: str | Path, m_names: list[str] | None = None
+                     ) -> tuple[list[str], list[str], np.ndarray]:
+    """Parse a predictions.txt into (query names, map names, ranked map indices padded with -1).
+
+    Without `m_names` the map list is the set of predicted images, which is enough for Recall@N
+    but undercounts positives for mAP: pass the full map list when you have it.
+    """
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    bad = [i for i, r in enumerate(rows) if len(r) != 4]
+    if bad:
+        raise ValueError(f"{path}: expected 'query rank map_image score' lines, line {bad[0] + 2} is not")
+    q_names = list(dict.fromkeys(r[0] for r in rows))
+    m_names = m_names if m_names is not None else sorted({r[2] for r in rows})
+    m_index = {n: i for i, n in enumerate(m_names)}
+    ranked: dict[str, list[int]] = {q: [] for q in q_names}
+    for q, _, m, _ in rows:
+        if m not in m_index:
+            raise ValueError(f"{path}: map image '{m}' is not in the map list")
+        ranked[q].append(m_index[m])
+    preds = np.full((len(q_names), max(map(len, ranked.values()), default=0)), -1, dtype=np.int64)
+    for i, q in enumerate(q_names):
+        preds[i, : len(ranked[q])] = ranked[q]
+    return q_names, m_names, preds
