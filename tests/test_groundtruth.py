@@ -23,6 +23,11 @@ def test_sequence_frame_tolerance():
                                                                                                 [3, 4, 5, 6, 7]]
 
 
+def test_index_aligned_steps():
+    gt = load_ground_truth("index", ["a", "b", "c"], ["x", "y", "z", "w"], threshold=1)
+    assert _pos(gt) == [[0, 1], [0, 1, 2], [1, 2, 3]]
+
+
 def test_patchnetvlad_npz(tmp_path):
     path = tmp_path / "gt.npz"
     np.savez(path, utmQ=np.array([[0.0, 0.0], [50.0, 0.0]]), utmDb=np.array([[3.0, 4.0], [70.0, 0.0]]),

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("query_dir")
     s.add_argument("--top-k", type=int, default=20)
     s.add_argument("-o", "--out", help="results folder (default INDEX/results/QUERY_NAME)")
-    s.add_argument("--gt", help="ground truth: 'utm', 'sequence', a .npz, a .csv or a positives file")
+    s.add_argument("--gt", help="ground truth: 'utm', 'sequence', 'index', a .npz, a .csv or a positives file")
     s.add_argument("--threshold", type=float, help="positive distance (m; frames for 'sequence')")
     s.add_argument("--preset", help="refuse to run unless the index was built with this preset")
 

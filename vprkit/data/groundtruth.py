@@ -158,9 +158,14 @@ def from_positives_file(path: str | Path, q_names: list[str], m_names: list[str]
 def load_ground_truth(spec: str, q_names: list[str], m_names: list[str],
                       threshold: float | None = None) -> GroundTruth:
     """Pick the format from `spec`: 'utm' (names), 'sequence' (frame numbers, default tolerance 2),
+    'index' (query i matches map i, default tolerance 2 steps),
     a `.npz` (Patch-NetVLAD), a `.csv` (positions) or any other file (positives list)."""
     if spec == "utm":
         return from_positions(utm_from_names(q_names), utm_from_names(m_names), threshold or DEFAULT_THRESHOLD_M)
+    if spec == "index":
+        tol = 2.0 if threshold is None else threshold
+        return from_positions(np.arange(len(q_names), dtype=np.float64), np.arange(len(m_names), dtype=np.float64),
+                              tol)
     if spec == "sequence":
         tol = 2.0 if threshold is None else threshold
         return from_positions(frame_index_from_names(q_names), frame_index_from_names(m_names), tol)

@@ -1,0 +1,46 @@
+"""Recall@1/5/10 of every preset on Corridor, Gardens Point mini and Nordland dev (one run, one table).
+
+Needs the data folder (the shared data, or your own copy): `python bench/recall_table.py --data ../shared/data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import machine
+from vprkit import api
+from vprkit.evaluation.metrics import format_table
+from vprkit.features.extract import CONFS
+
+# name -> (map folder, query folder, ground truth spec, threshold)
+DATASETS = {
+    "corridor": ("corridor/ref", "corridor/query", "index", 2),
+    "gardenspoint_mini10": ("gardenspoint_mini10/ref", "gardenspoint_mini10/query", "index", 0),
+    "nordland_dev": ("nordland_64x32_dev/summer", "nordland_64x32_dev/winter", "index", 2),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--presets", default=",".join(CONFS))
+    p.add_argument("--datasets", default=",".join(DATASETS))
+    args = p.parse_args()
+    root = Path(args.data)
+    print(f"machine: {machine()}\n")
+    for ds in args.datasets.split(","):
+        map_dir, q_dir, gt, thr = DATASETS[ds]
+        rows = {}
+        for preset in args.presets.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                idx = api.index_map(root / map_dir, Path(tmp) / "idx", preset=preset)
+                res = api.localize(idx, root / q_dir, top_k=10, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
+            rows[preset] = res["metrics"]
+        print(f"### {ds} ({res['num_map']} map / {res['num_queries']} queries, gt {gt} +-{thr})")
+        print(format_table(rows, keys=("R@1", "R@5", "R@10")) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
