@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from common import machine
+
 from vprkit.demo import DEMO_DATA
 from vprkit.features import extract
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from common import machine
+
 from vprkit import api
 from vprkit.evaluation.metrics import format_table
 from vprkit.features.extract import CONFS

@@ -10,8 +10,8 @@ import argparse
 import time
 
 import numpy as np
-
 from common import machine
+
 from vprkit.index.faiss_index import MapIndex, build
 
 

@@ -27,12 +27,12 @@ logger = logging.getLogger("vprkit")
 # Named presets: backbone (+ layer/facet) + aggregator + preprocessing.
 CONFS: dict[str, dict] = {
     "dinov2-vlad": {
-        "model": {"name": "dinov2_vits14", "layer": 9, "facet": "value"},
+        "model": {"name": "dinov2_vits14", "layer": 7, "facet": "value"},
         "aggregator": {"name": "vlad", "num_clusters": 32},
         "preprocessing": {"resize_max": 322},
     },
     "dinov2-gem": {
-        "model": {"name": "dinov2_vits14", "layer": 9, "facet": "value"},
+        "model": {"name": "dinov2_vits14", "layer": 7, "facet": "value"},
         "aggregator": {"name": "gem", "p": 3.0, "normalize_input": True},
         "preprocessing": {"resize_max": 322},
     },

