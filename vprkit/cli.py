@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--resize-max", type=int, help="long image side before the backbone")
     s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
+    s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth)")
+    s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
 
     s = sub.add_parser("query", help="localize a folder of query images against an index")
     s.add_argument("index_dir")
@@ -59,14 +61,25 @@ def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | N
     return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
 
 
+def _model_overrides(args: argparse.Namespace) -> dict:
+    """Preset sections changed by CLI flags (each section is replaced whole, so start from the preset's)."""
+    preset = CONFS[args.preset]
+    over: dict = {}
+    if args.resize_max:
+        over["preprocessing"] = {**preset["preprocessing"], "resize_max": args.resize_max}
+    extra = {k: v for k, v in (("checkpoint", args.checkpoint), ("arch", args.arch)) if v}
+    if extra:
+        over["model"] = {**preset["model"], **extra}
+    return over
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device,
-                                batch_size=args.batch_size, fp16=args.fp16,
-                                **({"preprocessing": {"resize_max": args.resize_max}} if args.resize_max else {}))
+                                batch_size=args.batch_size, fp16=args.fp16, **_model_overrides(args))
             print(f"index written to {out}")
         elif args.command == "query":
             res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
