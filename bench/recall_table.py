@@ -12,6 +12,7 @@ from pathlib import Path
 from common import machine
 
 from vprkit import api
+from vprkit.data.images import list_images
 from vprkit.evaluation.metrics import format_table
 from vprkit.features.extract import CONFS
 
@@ -23,11 +24,22 @@ DATASETS = {
 }
 
 
+def _first(src: Path, dst: Path, limit: int | None) -> Path:
+    """`src`, or a folder of links to its first `limit` images (keeps index alignment of the ground truth)."""
+    if limit is None:
+        return src
+    dst.mkdir(parents=True)
+    for name in list_images(src)[:limit]:
+        (dst / name).symlink_to(src / name)
+    return dst
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--presets", default=",".join(CONFS))
     p.add_argument("--datasets", default=",".join(DATASETS))
+    p.add_argument("--limit", type=int, help="use only the first N map and query images of each set (index-aligned)")
     args = p.parse_args()
     root = Path(args.data)
     print(f"machine: {machine()}\n")
@@ -36,8 +48,9 @@ def main() -> None:
         rows = {}
         for preset in args.presets.split(","):
             with tempfile.TemporaryDirectory() as tmp:
-                idx = api.index_map(root / map_dir, Path(tmp) / "idx", preset=preset)
-                res = api.localize(idx, root / q_dir, top_k=10, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
+                m, q = (_first(root / d, Path(tmp) / d, args.limit) for d in (map_dir, q_dir))
+                idx = api.index_map(m, Path(tmp) / "idx", preset=preset)
+                res = api.localize(idx, q, top_k=10, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
             rows[preset] = res["metrics"]
         print(f"### {ds} ({res['num_map']} map / {res['num_queries']} queries, gt {gt} +-{thr})")
         print(format_table(rows, keys=("R@1", "R@5", "R@10")) + "\n", flush=True)
