@@ -84,3 +84,12 @@ def test_chunked_search_equals_exact_numpy():
 def test_not_an_index(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a vprkit index"):
         faiss_index.load(tmp_path)
+
+
+def test_ivf_with_all_lists_probed_equals_exact():
+    rng = np.random.default_rng(1)
+    db = rng.normal(size=(400, 8)).astype(np.float32)
+    q = rng.normal(size=(20, 8)).astype(np.float32)
+    ivf = faiss_index.MapIndex(faiss_index.build(db, "IVF4,Flat"), {"names": []})
+    _, ids = ivf.search(q, 3, nprobe=4)
+    np.testing.assert_array_equal(ids, np.argsort(-(q @ db.T), axis=1)[:, :3])

@@ -64,7 +64,7 @@ def _check_same_model(index_dir: Path, manifest: dict, preset: str | None) -> di
 
 def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
              gt: str | None = None, threshold: float | None = None, preset: str | None = None,
-             device: str = "cpu", report_top: int = 5) -> dict:
+             device: str = "cpu", report_top: int = 5, nprobe: int | None = None) -> dict:
     """Describe queries with the map's model, search the index, write predictions (+ metrics with `gt`)."""
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     mi = faiss_index.load(index_dir)
@@ -80,7 +80,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
         q_names = extract.main(conf, query_dir, q_feats, state if state.exists() else None, names=q_all,
                                device=device)
         q_desc = h5io.read_global(q_feats, q_names)
-    scores, ids = mi.search(q_desc, top_k)
+    scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
     m_names = mi.names
     outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
