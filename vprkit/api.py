@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .data.groundtruth import GroundTruthError, load_ground_truth, utm_from_names
+from .data.groundtruth import GroundTruthError, ground_truth_for_kept, utm_from_names
 from .data.images import list_images
 from .evaluation import metrics, outputs, report
 from .features import extract, h5io
@@ -89,10 +89,9 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
                     "skipped_queries": sorted(set(q_all) - set(q_names))}
     positives = None
     if gt is not None:
-        truth = load_ground_truth(gt, q_all, m_names, threshold)
-        keep = {n: i for i, n in enumerate(q_all)}
-        positives = [truth.positives[keep[n]] for n in q_names]
-        result["metrics"] = metrics.evaluate(ids, type(truth)(positives))
+        truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold)
+        positives = truth.positives
+        result["metrics"] = metrics.evaluate(ids, truth)
     outputs.write_json(out_dir / "results.json", result)
     report.write_report(out_dir / "report.html", f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})",
                         result.get("metrics"), query_dir, q_names, Path(mi.manifest["map_dir"]), m_names,

@@ -1,4 +1,4 @@
-"""Command line: `vprkit index | query | evaluate | demo | presets`."""
+"""Command line: `vprkit index | query | rerank | evaluate | demo | presets`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import json
 import logging
 import sys
 
-from . import api, demo
+from . import api, demo, rerank
 from .data.groundtruth import load_ground_truth
 from .data.images import list_images
 from .evaluation import metrics, outputs
 from .features.extract import CONFS, DEFAULT_PRESET
 from .index.faiss_index import DEFAULT_FACTORY
+from .rerank import base as rerank_step
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float)
     s.add_argument("--map-dir", help="full map folder (for exact mAP); default: images named in the predictions")
 
+    s = sub.add_parser("rerank", help="re-rank the top of a global retrieval written by `vprkit query`")
+    s.add_argument("results_dir", help="a query results folder (holds results.json and predictions.txt)")
+    s.add_argument("--method", required=True, help="re-ranking method (see `vprkit presets`)")
+    s.add_argument("--preset", help="the method's named preset")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any preset parameter (VALUE parsed as JSON when it can be)")
+    s.add_argument("--num-rerank", type=int, help="candidates re-ranked per query (default: the method's)")
+    s.add_argument("-o", "--out", help="output folder (default RESULTS_DIR/rerank-METHOD-PRESET)")
+    s.add_argument("--gt", help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
@@ -74,6 +86,30 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     return over
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` strings to a dict; values are JSON when they parse (numbers, lists, true), else strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got '{pair}'")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _rerank(args: argparse.Namespace) -> None:
+    """`vprkit rerank`: re-rank, print global vs re-ranked metrics."""
+    cls = rerank.get_reranker_class(args.method)
+    conf = cls.get_conf(args.preset, **parse_overrides(args.set))
+    res = rerank_step.main(conf, args.results_dir, args.out, args.gt, args.threshold, args.num_rerank)
+    if "metrics" in res:
+        print(metrics.format_table({"global": res["metrics_global"], f"{args.method}": res["metrics"]}))
+    print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -90,11 +126,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
         elif args.command == "evaluate":
             print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir), indent=1))
+        elif args.command == "rerank":
+            _rerank(args)
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
         elif args.command == "presets":
             for name, conf in CONFS.items():
                 print(f"{name:18s} {json.dumps(conf)}" + ("  (default)" if name == DEFAULT_PRESET else ""))
+            for method in sorted(rerank.REGISTRY):
+                cls = rerank.get_reranker_class(method)
+                for name, conf in cls.confs.items():
+                    print(f"rerank {method} {name:12s} {json.dumps({**cls.default_conf, **conf})}")
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         print(f"vprkit: error: {exc}", file=sys.stderr)
         return 1

@@ -177,3 +177,12 @@ def load_ground_truth(spec: str, q_names: list[str], m_names: list[str],
     if path.suffix == ".csv":
         return from_csv(path, q_names, m_names, threshold or DEFAULT_THRESHOLD_M)
     return from_positives_file(path, q_names, m_names)
+
+
+def ground_truth_for_kept(spec: str, q_all: list[str], q_kept: list[str], m_names: list[str],
+                          threshold: float | None = None) -> GroundTruth:
+    """Ground truth built over the whole query folder (so index-aligned formats stay aligned), then
+    restricted to the queries that were actually described (broken images skipped)."""
+    truth = load_ground_truth(spec, q_all, m_names, threshold)
+    row = {n: i for i, n in enumerate(q_all)}
+    return GroundTruth([truth.positives[row[n]] for n in q_kept])

@@ -1,0 +1,26 @@
+"""Re-rankers: re-order the top-N of a global retrieval (Patch-NetVLAD, SegVLAD, AMES, GCSA).
+
+Each method is one module in this package with a `Reranker` subclass and its named presets; the
+registry maps a method name to "module:class" and imports lazily, so a method's optional
+dependencies only matter when it is used. `base.main(conf, results_dir, ...)` is the pipeline step.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Reranker, Retrieval, load_retrieval
+
+# method name -> "module:class"; ".module" is relative to this package
+REGISTRY: dict[str, str] = {}
+
+
+def get_reranker_class(method: str) -> type[Reranker]:
+    """The Reranker class registered under `method`."""
+    if method not in REGISTRY:
+        raise KeyError(f"unknown re-ranking method '{method}'; choose one of {sorted(REGISTRY)}")
+    module_name, cls_name = REGISTRY[method].split(":")
+    return getattr(importlib.import_module(module_name, package=__name__), cls_name)
+
+
+__all__ = ["REGISTRY", "Reranker", "Retrieval", "get_reranker_class", "load_retrieval"]

@@ -1,0 +1,127 @@
+"""The re-ranking step: read what `vprkit query` wrote, re-order each query's candidates, evaluate.
+
+A method subclasses `Reranker` (named presets in `confs`, `default_conf`, one `rerank` method);
+`main(conf, results_dir)` does the rest for every method: loading the global retrieval, writing
+predictions / pairs / results.json / report.html, and metrics before and after re-ranking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.groundtruth import ground_truth_for_kept
+from ..data.images import list_images
+from ..evaluation import metrics, outputs, report
+from ..index import faiss_index
+
+logger = logging.getLogger("vprkit")
+RESULTS_FILE, PREDICTIONS_FILE = "results.json", "predictions.txt"
+
+
+@dataclass
+class Retrieval:
+    """A global retrieval to re-rank, as `vprkit query` wrote it (candidates best first, -1 padded)."""
+
+    index_dir: Path
+    query_dir: Path
+    map_dir: Path
+    q_names: list[str]
+    m_names: list[str]
+    ids: np.ndarray  # (Q, N) map indices
+    scores: np.ndarray  # (Q, N) global similarities
+    manifest: dict
+
+    def top(self, n: int) -> Retrieval:
+        """The same retrieval cut to its first `n` candidates per query."""
+        return Retrieval(self.index_dir, self.query_dir, self.map_dir, self.q_names, self.m_names,
+                         self.ids[:, :n], self.scores[:, :n], self.manifest)
+
+
+def load_retrieval(results_dir: str | Path) -> Retrieval:
+    """Read a query results folder (results.json + predictions.txt) and its index's manifest."""
+    results_dir = Path(results_dir)
+    info_path = results_dir / RESULTS_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path} not found: run `vprkit query` first to get a global retrieval")
+    info = json.loads(info_path.read_text())
+    index_dir = Path(info["index"])
+    manifest = json.loads((index_dir / faiss_index.MANIFEST_FILE).read_text())
+    q_names, m_names, ids = outputs.read_predictions(results_dir / PREDICTIONS_FILE, manifest["names"])
+    scores = _scores(results_dir / PREDICTIONS_FILE, q_names, ids.shape)
+    return Retrieval(index_dir, Path(info["queries"]), Path(manifest["map_dir"]), q_names, m_names, ids, scores,
+                     manifest)
+
+
+def _scores(path: Path, q_names: list[str], shape: tuple[int, int]) -> np.ndarray:
+    """The score column of a predictions.txt as a (Q, N) array aligned with the ranked ids (NaN padded)."""
+    row = {q: i for i, q in enumerate(q_names)}
+    scores = np.full(shape, np.nan, dtype=np.float32)
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            q, rank, _, s = line.split()
+            scores[row[q], int(rank) - 1] = float(s)
+    return scores
+
+
+class Reranker(ABC):
+    """A re-ranking method: named presets plus `rerank`, which re-orders candidates."""
+
+    name: str = ""
+    confs: dict[str, dict] = {}
+    default_conf: dict = {}
+
+    def __init__(self, conf: dict) -> None:
+        self.conf = {**self.default_conf, **conf}
+
+    @classmethod
+    def get_conf(cls, preset: str | None = None, **overrides) -> dict:
+        """Default config, then the named preset, then `overrides` (None values ignored)."""
+        if preset is not None and preset not in cls.confs:
+            raise KeyError(f"unknown {cls.name} preset '{preset}'; choose one of {sorted(cls.confs)}")
+        conf = json.loads(json.dumps({**cls.default_conf, **cls.confs.get(preset, {})}))
+        conf.update({k: v for k, v in overrides.items() if v is not None})
+        return {"method": cls.name, "preset": preset, **conf}
+
+    @abstractmethod
+    def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """New (ids, scores), best first, for each query's candidates in `retrieval`.
+
+        `work_dir` is a folder the method may use for resumable caches (features of map images).
+        """
+
+
+def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None, gt: str | None = None,
+         threshold: float | None = None, num_rerank: int | None = None) -> dict:
+    """Re-rank the top `num_rerank` of a global retrieval with `conf['method']`; write outputs and metrics."""
+    from . import get_reranker_class
+
+    retrieval = load_retrieval(results_dir)
+    n = num_rerank or conf.get("num_rerank") or retrieval.ids.shape[1]
+    cand = retrieval.top(n)
+    out_dir = Path(out_dir) if out_dir else Path(results_dir) / f"rerank-{conf['method']}-{conf.get('preset')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reranker = get_reranker_class(conf["method"])(conf)
+    ids, scores = reranker.rerank(cand, out_dir / "cache")
+    q, m = retrieval.q_names, retrieval.m_names
+    outputs.write_predictions(out_dir / PREDICTIONS_FILE, q, m, ids, scores)
+    outputs.write_pairs(out_dir / f"pairs-top{n}.txt", q, m, ids)
+    result: dict = {"index": str(retrieval.index_dir), "queries": str(retrieval.query_dir), "conf": conf,
+                    "num_rerank": n, "num_queries": len(q), "num_map": len(m)}
+    positives = None
+    if gt is not None:
+        truth = ground_truth_for_kept(gt, list_images(retrieval.query_dir), q, m, threshold)
+        positives = truth.positives
+        result["metrics_global"] = metrics.evaluate(cand.ids, truth)
+        result["metrics"] = metrics.evaluate(ids, truth)
+    outputs.write_json(out_dir / RESULTS_FILE, result)
+    title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
+    report.write_report(out_dir / "report.html", title, result.get("metrics"), retrieval.query_dir, q,
+                        retrieval.map_dir, m, ids, scores, positives)
+    result["out_dir"] = str(out_dir)
+    return result
