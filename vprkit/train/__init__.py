@@ -1,0 +1,1 @@
+"""Training: shared checkpointing and logging here; one module per trainable method."""

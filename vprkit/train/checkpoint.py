@@ -1,0 +1,132 @@
+"""What every training loop shares: seeding, exact resume, a CSV log and early stopping.
+
+Checkpoints hold only tensors and plain Python values so they load with `weights_only=True`
+(safe for files from others). They are written to a temporary name and renamed, so an
+interrupted save never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy's legacy global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """All global RNG states as weights_only-safe values (tensors, lists, strings)."""
+    state = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
+             "numpy": json.dumps(np.random.get_state()[1].tolist()), "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(("MT19937", np.array(json.loads(state["numpy"]), dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, **meta: Any) -> None:
+    """Save model/optimizer/scheduler state, RNG states and `meta` (epoch, step, best metric, conf...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {"model": model.state_dict(), "rng": _rng_state(), "meta": meta}
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        ckpt["scheduler"] = scheduler.state_dict()
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                    restore_rng: bool = True) -> dict[str, Any]:
+    """Restore what was saved into the given objects; returns `meta`. Refuses files that are not checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        raise ValueError(f"{path}: not a readable vprkit checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise ValueError(f"{path}: not a vprkit checkpoint (no 'model'/'meta' entries)")
+    if model is not None:
+        model.load_state_dict(ckpt["model"])
+    if optimizer is not None and "optimizer" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and "scheduler" in ckpt:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if restore_rng:
+        _set_rng_state(ckpt["rng"])
+    return ckpt["meta"]
+
+
+class CSVLog:
+    """Append-only CSV of per-step or per-epoch values; on resume, rows past `keep_until` are dropped so a
+    resumed run's log equals an uninterrupted one."""
+
+    def __init__(self, path: str | Path, keep_until: int | None = None, key: str = "step") -> None:
+        self.path, self.key = Path(path), key
+        if keep_until is not None and self.path.exists():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r[key]) <= keep_until]
+            self._rewrite(rows)
+        elif keep_until is None and self.path.exists():
+            self.path.unlink()
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        self.path.unlink()
+        for row in rows:
+            self.write(row)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row (the header comes from the first row written)."""
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+class EarlyStopping:
+    """Stop after `patience` evaluations without improvement of a higher-is-better metric."""
+
+    def __init__(self, patience: int, best: float = float("-inf"), bad: int = 0) -> None:
+        self.patience, self.best, self.bad = patience, best, bad
+
+    def step(self, value: float) -> bool:
+        """Record `value`; True when it is a new best."""
+        if value > self.best:
+            self.best, self.bad = value, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
+
+    def state(self) -> dict[str, float | int]:
+        return {"best": self.best, "bad": self.bad}
