@@ -26,7 +26,8 @@ def main() -> None:
     images = DEMO_DATA / "ref"
     n = len(list(images.iterdir()))
     print(f"machine: {machine()}\n{n} Corridor images (160x120, resized per preset)\n")
-    print("| preset | fit s | images/s (extraction, excl. fit) |\n|---|---|---|")
+    print("| preset | fit s | images/s (extraction, excl. fit) | speed vs first preset |\n|---|---|---|---|")
+    base = None
     for preset in args.presets.split(","):
         conf = extract.get_conf(preset)
         ext = extract.Extractor(conf)
@@ -34,7 +35,8 @@ def main() -> None:
             first = _timed(conf, images, Path(tmp) / "a.h5", Path(tmp) / "state.npz", ext)  # fit + extract
             second = _timed(conf, images, Path(tmp) / "b.h5", Path(tmp) / "state.npz", ext)  # extract only
         fit_t, rate = max(first - second, 0.0), n / second
-        print(f"| {preset} | {fit_t:.1f} | {rate:.1f} |", flush=True)
+        base = base or rate
+        print(f"| {preset} | {fit_t:.1f} | {rate:.1f} | {rate / base:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from vprkit.data.images import list_images
 from vprkit.evaluation.metrics import format_table
 from vprkit.features.extract import CONFS
 
+KEYS = ("R@1", "R@5", "R@10")
 # name -> (map folder, query folder, ground truth spec, threshold)
 DATASETS = {
     "corridor": ("corridor/ref", "corridor/query", "index", 2),
@@ -45,15 +46,17 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     for ds in args.datasets.split(","):
         map_dir, q_dir, gt, thr = DATASETS[ds]
-        rows = {}
+        n_map, n_q = (len(list_images(root / d)[: args.limit]) for d in (map_dir, q_dir))
+        print(f"### {ds} ({n_map} map / {n_q} queries, gt {gt} +-{thr})")
+        print(format_table({}, keys=KEYS), flush=True)
         for preset in args.presets.split(","):
             with tempfile.TemporaryDirectory() as tmp:
                 m, q = (_first(root / d, Path(tmp) / d, args.limit) for d in (map_dir, q_dir))
                 idx = api.index_map(m, Path(tmp) / "idx", preset=preset)
                 res = api.localize(idx, q, top_k=10, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
-            rows[preset] = res["metrics"]
-        print(f"### {ds} ({res['num_map']} map / {res['num_queries']} queries, gt {gt} +-{thr})")
-        print(format_table(rows, keys=("R@1", "R@5", "R@10")) + "\n", flush=True)
+            row = format_table({preset: res["metrics"]}, keys=KEYS).splitlines()[-1]
+            print(row, flush=True)
+        print()
 
 
 if __name__ == "__main__":
