@@ -151,8 +151,14 @@ def load_model(path: str | Path) -> tuple[GCSA, dict]:
 
 
 def query_descriptors(retrieval: Retrieval, cache_dir: Path) -> np.ndarray:
-    """Global descriptors of the retrieval's queries with the index's model (cached, resumable)."""
+    """Global descriptors of the retrieval's queries: those `vprkit query` stored, else extracted (cached)."""
     conf, state = retrieval.manifest["conf"], retrieval.index_dir / STATE_FILE
+    stored = retrieval.results_dir / "query_features.h5" if retrieval.results_dir else None
+    if stored is not None and stored.exists() and h5io.read_attrs(stored).get("model_key") == extract.model_key(conf):
+        try:
+            return h5io.read_global(stored, retrieval.q_names)
+        except KeyError:
+            pass
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / "query_features.h5"
     extract.main(conf, retrieval.query_dir, path, state if state.exists() else None, names=retrieval.q_names)
