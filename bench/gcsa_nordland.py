@@ -85,7 +85,7 @@ def main() -> None:
         ckpt = train_gcsa.main(conf, train_res, "index", work / f"train-{preset}", "index", "index", THRESHOLD)
         times[f"train {preset}"] = time.perf_counter() - t
         t = time.perf_counter()
-        rconf = GCSAReranker.get_conf("sequence", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
+        rconf = GCSAReranker.get_conf("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
         out = rerank_step.main(rconf, eval_res, work / f"rerank-{preset}", "index", THRESHOLD, args.top_k)
         times[f"rerank {preset}"] = time.perf_counter() - t
         rows.setdefault("visual-only retrieval (" + args.preset + ")", out["metrics_global"])

@@ -55,6 +55,20 @@ def test_fov_overlap_of_known_triangles():
     assert np.isnan(out[3])  # unknown heading: unknown overlap
 
 
+def test_fov_numpy_clipping_matches_shapely():
+    rng = np.random.default_rng(0)
+    pa, pb = rng.uniform(0, 60, (30, 2)), rng.uniform(0, 60, (25, 2))
+    ha, hb = rng.uniform(0, 360, 30), rng.uniform(0, 360, 25)
+    pa[:5], ha[:5] = pb[:5], hb[:5]  # identical triangles (every vertex on the other's edges)
+    ha[5] = hb[5] + 90.0  # shared apex, touching along one edge
+    pb[6] = pa[6] + 5.0 * np.array([math.sin(math.radians(ha[6])), math.cos(math.radians(ha[6]))])
+    hb[6] = ha[6]  # one inside the other's view, same heading
+    num = affinity.fov_overlap(pa, ha, pb, hb, 70.0, 30.0, backend="numpy")
+    ref = affinity.fov_overlap(pa, ha, pb, hb, 70.0, 30.0, backend="shapely")
+    np.testing.assert_allclose(num, ref, atol=1e-9)
+    assert (ref > 0).mean() > 0.2 and np.allclose(np.diag(num)[:5], 1.0)
+
+
 def test_view_triangle_uses_compass_headings():
     tri = affinity.view_triangles(np.array([[1.0, 2.0]]), np.array([90.0]), 90.0, 10.0)[0]
     s = 10 / math.sqrt(2)
@@ -242,13 +256,19 @@ def corridor_results(tiny_backbone, tmp_path):
     return tmp_path / "res"
 
 
-def test_train_and_rerank_cli_on_corridor(corridor_results, tmp_path, capsys):
+def test_train_and_rerank_cli_on_corridor(corridor_results, tmp_path, caplog):
     conf = train_gcsa.get_conf("position", model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2},
                                num_anchors=10, num_candidates=20, stage1={"epochs": 2}, stage2={"epochs": 3},
                                query_prior_sigma=2.0)
     ckpt = train_gcsa.main(conf, corridor_results, "index", tmp_path / "train", "index", "index")
-    assert cli(["rerank", str(corridor_results), "--method", "gcsa", "--preset", "sequence", "--gt", "index",
-                "--set", f"checkpoint={ckpt}", "query_prior_sigma=2", "-o", str(tmp_path / "rr")]) == 0
+    # query positions from a metadata CSV in which the first 5 queries have none
+    meta = tmp_path / "queries.csv"
+    meta.write_text("name,x\n" + "".join(f"{i:07d}.jpg,{i if i >= 5 else ''}\n" for i in range(40)))
+    with caplog.at_level(logging.WARNING, logger="vprkit"):
+        assert cli(["rerank", str(corridor_results), "--method", "gcsa", "--preset", "route", "--gt", "index",
+                    "--set", f"checkpoint={ckpt}", f"query_sideinfo={meta}", "query_prior_sigma=2",
+                    "-o", str(tmp_path / "rr")]) == 0
+    assert "5 of 40 queries have no position: that channel is masked" in caplog.text
     res = json.loads((tmp_path / "rr" / "results.json").read_text())
     assert res["conf"]["query_prior_sigma"] == 2
     assert 0 <= res["metrics"]["mAP@10"] <= 1 and res["metrics"]["R@20"] == res["metrics_global"]["R@20"]

@@ -191,7 +191,7 @@ class GCSAReranker(Reranker):
                     "query_prior_sigma": None, "seed": 0, "batch_size": 64}
     confs = {
         "default": {},
-        "sequence": {"map_sideinfo": "index", "query_sideinfo": "index", "query_prior_sigma": 3.0},
+        "route": {"map_sideinfo": "index", "query_sideinfo": "index", "query_prior_sigma": 3.0},
         "msls": {"map_sideinfo": "msls", "query_sideinfo": "msls"},
     }
 
