@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import machine
 
 from vprkit import api
@@ -71,7 +72,10 @@ def main() -> None:
     p.add_argument("--resize-max", type=int, default=128, help="long image side (the 64x32 images are upsampled)")
     p.add_argument("--sigma", type=float, default=3.0, help="std of the simulated query prior, in places")
     p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small network "
+                   "on a shared CPU)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     root, work = Path(args.data) / "nordland_64x32_dev", Path(args.work)
     print(f"machine: {machine()}")
     t0 = time.perf_counter()

@@ -54,24 +54,25 @@ class GCSA(nn.Module):
         """L2-normalised projected descriptors (stage 1 trains only this)."""
         return nn.functional.normalize(self.input_proj(desc), dim=-1)
 
-    def projected_scores(self, desc: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def projected_scores(x: torch.Tensor) -> torch.Tensor:
         """(B, K) cosine of the projected query (token 0) and candidates: the stage-1 similarity."""
-        x = self.project(desc)
         return (x[:, 1:] * x[:, :1]).sum(-1)
 
     def forward(self, desc: torch.Tensor, anchors: torch.Tensor, side: dict[str, torch.Tensor] | None = None,
-                pad: torch.Tensor | None = None) -> torch.Tensor:
+                pad: torch.Tensor | None = None, projected: bool = False) -> torch.Tensor:
         """Refined similarities (B, K).
 
         desc: (B, 1+K, D) query then candidates; anchors: (B, 1+L, D) query then anchors (zero rows pad);
         side: modality -> (B, 1+K, 1+L) affinities of the same tokens to the same anchors, NaN unknown;
-        pad: (B, 1+K) True for padded candidate slots (ignored by attention).
+        pad: (B, 1+K) True for padded candidate slots (ignored by attention); projected: the
+        descriptors are already `project`ed (lets callers project each distinct image once).
         """
         side = side or {}
         missing = set(self.modalities) - set(side)
         if missing:
             raise ValueError(f"GCSA model needs side affinities {sorted(missing)}")
-        x, a = self.project(desc), self.project(anchors)
+        x, a = (desc, anchors) if projected else (self.project(desc), self.project(anchors))
         h = self.affinity_proj["visual"](x @ a.transpose(1, 2))
         for m in self.modalities:
             h = h + self.affinity_proj[m](side[m].to(h.dtype))

@@ -11,6 +11,7 @@ by simulated noisy priors (the noise model is logged and stored in the results).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,12 +84,23 @@ class Contexts:
         anc[:, :n] = self.ids[rows, :n]
         return anc
 
-    def tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(desc (B,1+K,D), anchors (B,1+L,D), pad (B,1+K)) for queries `rows`: query first, then map images."""
+    def tensors(self, rows: np.ndarray, project: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(desc (B,1+K,D), anchors (B,1+L,D), pad (B,1+K)) for queries `rows`: query first, then map images.
+
+        With `project`, descriptors come out projected, each distinct image projected once (a batch
+        repeats map images many times); padded slots are zero rows either way.
+        """
         cand, anc = self.ids[rows], self.anchor_ids(rows)
-        q = self.q_desc[torch.from_numpy(rows)][:, None]
-        desc = torch.cat([q, self.m_desc[torch.from_numpy(np.where(cand < 0, len(self.m_desc) - 1, cand))]], dim=1)
-        anchors = torch.cat([q, self.m_desc[torch.from_numpy(np.where(anc < 0, len(self.m_desc) - 1, anc))]], dim=1)
+        idx = np.concatenate([cand, anc], axis=1)
+        uniq, inv = np.unique(np.where(idx < 0, len(self.m_desc) - 1, idx), return_inverse=True)
+        table, q = self.m_desc[torch.from_numpy(uniq)], self.q_desc[torch.from_numpy(rows)]
+        if project is not None:
+            table, q = project(table), project(q)
+        tokens = table[torch.from_numpy(inv.reshape(idx.shape))] * torch.from_numpy(idx >= 0)[..., None]
+        k = cand.shape[1]
+        desc = torch.cat([q[:, None], tokens[:, :k]], dim=1)
+        anchors = torch.cat([q[:, None], tokens[:, k:]], dim=1)
         pad = torch.from_numpy(np.concatenate([np.zeros((len(rows), 1), bool), cand < 0], axis=1))
         return desc, anchors, pad
 
@@ -120,8 +132,8 @@ def refined_scores(model: GCSA, ctx: Contexts, q_side: SideInfo | None, batch_si
     model.eval()
     out = np.empty(ctx.ids.shape, dtype=np.float32)
     for rows in _batches(len(ctx.ids), batch_size):
-        desc, anchors, pad = ctx.tensors(rows)
-        out[rows] = model(desc, anchors, ctx.side(rows, q_side), pad).numpy()
+        desc, anchors, pad = ctx.tensors(rows, model.project)
+        out[rows] = model(desc, anchors, ctx.side(rows, q_side), pad, projected=True).numpy()
     return np.where(ctx.ids < 0, -np.inf, out)
 
 
@@ -129,7 +141,7 @@ def refined_scores(model: GCSA, ctx: Contexts, q_side: SideInfo | None, batch_si
 def projected_scores(model: GCSA, ctx: Contexts, batch_size: int = 256) -> np.ndarray:
     """(Q, K) cosine of projected descriptors (the stage-1 similarity; padded candidates get -inf)."""
     model.eval()
-    out = np.concatenate([model.projected_scores(ctx.tensors(rows)[0]).numpy()
+    out = np.concatenate([model.projected_scores(ctx.tensors(rows, model.project)[0]).numpy()
                           for rows in _batches(len(ctx.ids), batch_size)])
     return np.where(ctx.ids < 0, -np.inf, out)
 

@@ -45,17 +45,17 @@ from .checkpoint import CSVLog, EarlyStopping, load_checkpoint, save_checkpoint,
 logger = logging.getLogger("vprkit")
 
 default_conf = {
-    "model": {"proj_dim": 256, "width": 128, "num_layers": 2, "num_heads": 4, "dropout": 0.1},
+    "model": {"proj_dim": 128, "width": 64, "num_layers": 1, "num_heads": 4, "dropout": 0.1},
     "modalities": ["position"],
     "num_candidates": 100,
     "num_anchors": 50,
     "side": dict(SIDE_DEFAULTS),
     "query_prior_sigma": 3.0,
-    "stage1": {"epochs": 10, "lr": 1e-3},
-    "stage2": {"epochs": 40, "lr": 5e-4, "freeze_proj": True},
+    "stage1": {"epochs": 8, "lr": 1e-3},
+    "stage2": {"epochs": 25, "lr": 1e-3, "freeze_proj": True},
     "batch_size": 32,
     "val_fraction": 0.15,
-    "patience": 8,
+    "patience": 5,
     "seed": 0,
 }
 confs = {
@@ -134,8 +134,9 @@ class Trainer:
         return metrics.evaluate(ids, GroundTruth([self.truth.positives[i] for i in self.val]))
 
     def _loss(self, model: GCSA, stage: int, rows: np.ndarray, q_side: SideInfo) -> torch.Tensor:
-        desc, anchors, pad = self.ctx.tensors(rows)
-        scores = model.projected_scores(desc) if stage == 1 else model(desc, anchors, self.ctx.side(rows, q_side), pad)
+        desc, anchors, pad = self.ctx.tensors(rows, model.project)
+        scores = (model.projected_scores(desc) if stage == 1 else
+                  model(desc, anchors, self.ctx.side(rows, q_side), pad, projected=True))
         return ap_loss(scores, self.labels[torch.from_numpy(rows)] & ~pad[:, 1:])
 
     def stage(self, model: GCSA, stage: int, params: list[torch.nn.Parameter]) -> Path:
