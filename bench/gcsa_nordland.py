@@ -68,8 +68,8 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vprkit_bench_gcsa"),
                    help="folder for indexes, results and checkpoints (reused by reruns)")
-    p.add_argument("--preset", default="mobilenetv2-gem", help="global descriptor (the visual channel)")
-    p.add_argument("--resize-max", type=int, default=128, help="long image side (the 64x32 images are upsampled)")
+    p.add_argument("--preset", default="dinov2-gem", help="global descriptor (the visual channel)")
+    p.add_argument("--resize-max", type=int, default=126, help="long image side (the 64x32 images are upsampled)")
     p.add_argument("--sigma", type=float, default=3.0, help="std of the simulated query prior, in places")
     p.add_argument("--top-k", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small network "
@@ -85,12 +85,14 @@ def main() -> None:
     rows, times = {}, {}
     for name, preset in (("GCSA visual affinities only", "visual"), ("GCSA visual + position", "position")):
         t = time.perf_counter()
-        conf = train_gcsa.get_conf(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k)
-        ckpt = train_gcsa.main(conf, train_res, "index", work / f"train-{preset}", "index", "index", THRESHOLD)
+        conf = train_gcsa.get_conf(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
+                                   side={"position_scale": args.sigma})  # affinity scale = prior uncertainty
+        tag = f"{preset}-sigma{args.sigma:g}"
+        ckpt = train_gcsa.main(conf, train_res, "index", work / f"train-{tag}", "index", "index", THRESHOLD)
         times[f"train {preset}"] = time.perf_counter() - t
         t = time.perf_counter()
         rconf = GCSAReranker.get_conf("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
-        out = rerank_step.main(rconf, eval_res, work / f"rerank-{preset}", "index", THRESHOLD, args.top_k)
+        out = rerank_step.main(rconf, eval_res, work / f"rerank-{tag}", "index", THRESHOLD, args.top_k)
         times[f"rerank {preset}"] = time.perf_counter() - t
         rows.setdefault("visual-only retrieval (" + args.preset + ")", out["metrics_global"])
         rows[name] = out["metrics"]
