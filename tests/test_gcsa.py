@@ -95,15 +95,17 @@ def test_metadata_csv_bad_values(tmp_path, caplog):
     path.write_text("name,lat,lon,heading,radio\n"
                     "a.jpg,55.0,13.0,370,ap1:-40;ap2:-70\n"
                     "b.jpg,nan,13.0,-90,\n"
+                    "e.jpg,inf,inf,,\n"
                     "c.jpg,55.001,13.0,,-\n")
     with caplog.at_level(logging.WARNING, logger="vprkit"):
-        info = read_metadata_csv(path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+        info = read_metadata_csv(path, ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"])
     assert info.heading[0] == pytest.approx(10.0) and info.heading[1] == pytest.approx(270.0)
     assert np.isnan(info.heading[2:]).all()
-    assert info.has("position").tolist() == [True, False, True, False]  # NaN lat and missing row: unknown
+    assert info.has("position").tolist() == [True, False, True, False, False]  # NaN, inf, no row: unknown
     np.testing.assert_allclose(info.position[2] - info.position[0], [0.0, 6_371_000 * math.radians(0.001)],
                                atol=1e-6)
-    assert info.radio == [{"ap1": -40.0, "ap2": -70.0}, None, {}, None]
+    assert info.radio == [{"ap1": -40.0, "ap2": -70.0}, None, {}, None, None]
+    assert "2 positions with NaN/inf" in caplog.text and "'e.jpg'" in caplog.text
     text = caplog.text
     assert "wrapped modulo 360" in text and "treated as unknown" in text and "no row" in text and "d.jpg" in text
 

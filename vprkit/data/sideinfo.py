@@ -143,11 +143,17 @@ def read_metadata_csv(path: str | Path, names: list[str], origin: tuple[float, f
     missing = [n for n in names if n not in rows]
     if missing:
         _note(info, f"{len(missing)} images have no row (all side information unknown), e.g. {missing[:3]}")
+    bad = []
     for j, n in enumerate(names):
         if n in rows:
             pos, info.heading[j], info.radio[j] = rows[n]
             if pos_cols:
                 info.position[j] = pos
+            if not np.isnan(pos).all() and not np.isfinite(pos).all():
+                bad.append(n)  # a position was given but is NaN / inf / incomplete
+    if bad:
+        info.position[[names.index(n) for n in bad]] = np.nan
+        _note(info, f"{len(bad)} positions with NaN/inf or missing coordinates treated as unknown, e.g. {bad[:3]}")
     if pos_cols == ("lat", "lon"):
         info.position, info.origin = _latlon(info.position, origin)
     return clean(info)
