@@ -21,6 +21,16 @@ from vprkit.rerank.gcsa import Contexts, side_affinity
 from vprkit.train import gcsa as train_gcsa
 from vprkit.train.checkpoint import load_checkpoint
 
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks train fastest on one thread (OpenMP threads spin-wait on a busy shared CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------- affinities
 
 
@@ -150,7 +160,7 @@ def _inputs(b=2, k=6, n_anchors=4, d=8, seed=0):
     return desc, anchors, {"position": side}
 
 
-def test_model_is_permutation_equivariant_over_candidates():
+def test_model_is_permutation_equivariant_over_candidates(one_thread):
     torch.manual_seed(0)
     model = GCSA(8, 4, ["position"], proj_dim=6, width=16, num_layers=2, num_heads=2).eval()
     desc, anchors, side = _inputs()
@@ -217,7 +227,7 @@ def _synthetic(n=60, dim=16, k=10, seed=0):
     return q_desc, m_desc, ids, m_side, truth
 
 
-def test_two_stage_training_starts_stage2_from_stage1(tmp_path):
+def test_two_stage_training_starts_stage2_from_stage1(tmp_path, one_thread):
     q_desc, m_desc, ids, m_side, truth = _synthetic()
     conf = train_gcsa.get_conf("position", model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2},
                                num_anchors=5, num_candidates=10, stage1={"epochs": 2}, stage2={"epochs": 2},
@@ -258,7 +268,7 @@ def corridor_results(tiny_backbone, tmp_path):
     return tmp_path / "res"
 
 
-def test_train_and_rerank_cli_on_corridor(corridor_results, tmp_path, caplog):
+def test_train_and_rerank_cli_on_corridor(corridor_results, tmp_path, caplog, one_thread):
     train_gcsa._cli([str(corridor_results), "--gt", "index", "-o", str(tmp_path / "train"), "--map-sideinfo", "index",
                      "--query-sideinfo", "index", "--preset", "position", "--set",
                      'model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2}', "num_anchors=10",
