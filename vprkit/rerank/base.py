@@ -36,11 +36,12 @@ class Retrieval:
     ids: np.ndarray  # (Q, N) map indices
     scores: np.ndarray  # (Q, N) global similarities
     manifest: dict
+    results_dir: Path | None = None  # the query results folder (holds the queries' global features)
 
     def top(self, n: int) -> Retrieval:
         """The same retrieval cut to its first `n` candidates per query."""
         return Retrieval(self.index_dir, self.query_dir, self.map_dir, self.q_names, self.m_names,
-                         self.ids[:, :n], self.scores[:, :n], self.manifest)
+                         self.ids[:, :n], self.scores[:, :n], self.manifest, self.results_dir)
 
 
 def load_retrieval(results_dir: str | Path) -> Retrieval:
@@ -55,7 +56,7 @@ def load_retrieval(results_dir: str | Path) -> Retrieval:
     q_names, m_names, ids = outputs.read_predictions(results_dir / PREDICTIONS_FILE, manifest["names"])
     scores = _scores(results_dir / PREDICTIONS_FILE, q_names, ids.shape)
     return Retrieval(index_dir, Path(info["queries"]), Path(manifest["map_dir"]), q_names, m_names, ids, scores,
-                     manifest)
+                     manifest, results_dir)
 
 
 def _scores(path: Path, q_names: list[str], shape: tuple[int, int]) -> np.ndarray:
