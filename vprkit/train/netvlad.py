@@ -232,11 +232,7 @@ class Session:
 
     def __init__(self, conf: dict, map_dir, query_dir, out_dir, device: str = "cpu",
                  splits: tuple[str, ...] = ("train", "val", "test")) -> None:
-        self.conf, self.out = conf, Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        seed_everything(conf["train"]["seed"])
-        self.model, self.fconf = build_model(conf, device)
-        self.arch = trained.arch_record(self.fconf["model"], self.fconf["aggregator"])
+        self._setup(conf, out_dir, device)
         guide = guidance_mod.get_source(conf["guidance"], conf["attention"], device)
         self.places = load_splits(conf["data"], map_dir, query_dir)
         self.banks: dict[str, tuple[Bank, Bank]] = {}
@@ -249,7 +245,26 @@ class Session:
             mb = Bank(self.model, self.fconf, Path(map_dir), ps.m_names, f"{name} map", guide and guide.map)
             self.places[name] = ps.without(qb.failed, mb.failed)
             self.banks[name] = (qb, mb)
+
+    def _setup(self, conf: dict, out_dir, device: str) -> None:
+        """Config, output folder and a freshly seeded model."""
+        self.conf, self.out, self.device = conf, Path(out_dir), device
+        self.out.mkdir(parents=True, exist_ok=True)
         self.centroid_path = self.out / "centroids.npz"
+        seed_everything(conf["train"]["seed"])
+        self.model, self.fconf = build_model(conf, device)
+        self.arch = trained.arch_record(self.fconf["model"], self.fconf["aggregator"])
+
+    def variant(self, conf: dict, out_dir) -> Session:
+        """A session for another loss / attention / schedule over the same images, sharing the in-memory
+        frozen features (for comparisons: the frozen backbone runs once for all variants)."""
+        same = ("features", "resize_max", "data", "guidance")
+        diff = [k for k in same if conf[k] != self.conf[k]]
+        if diff or conf["train"]["train_layers"] != self.conf["train"]["train_layers"]:
+            raise ValueError(f"a variant must keep {same} and train.train_layers; differs in {diff}")
+        other = copy.copy(self)
+        other._setup(conf, out_dir, self.device)
+        return other
 
     def cluster(self) -> Path:
         """k-means centroids of local features of (a sample of) the training map images."""

@@ -1,0 +1,146 @@
+"""The NetVLAD training step end to end on tiny generated images with a tiny backbone."""
+
+import csv
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import TinyBackbone
+from PIL import Image
+
+from vprkit import api
+from vprkit.train import netvlad
+from vprkit.train.checkpoint import load_checkpoint
+
+N = 24  # places
+
+
+@pytest.fixture
+def route(tmp_path):
+    """A route of N places: map and query images of place i share a pattern, with different noise."""
+    rng = np.random.default_rng(0)
+    for kind in ("map", "query"):
+        (tmp_path / kind).mkdir()
+    for i in range(N):
+        base = rng.random((16, 16, 3)) * 255
+        for kind, noise in (("map", 20), ("query", 40)):
+            arr = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / kind / f"{i:03d}.png")
+    return tmp_path
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(netvlad, "get_backbone", lambda name, **kw: TinyBackbone())
+    monkeypatch.setattr("vprkit.features.extract.get_backbone", lambda name, **kw: TinyBackbone())
+
+
+def _conf(preset="mobilenetv2-netvlad", **over):
+    base = {"resize_max": 16, "data.positions": "index", "data.pos_thr": 1.0, "data.neg_thr": 2.0,
+            "data.split": [0.5, 0.25, 0.25], "data.gap": 2.0, "train.batch_size": 2, "train.num_negs": 3,
+            "train.neg_samples": 6, "train.cache_refresh": 2, "train.max_queries_per_epoch": 6,
+            "train.lr": 1e-2, "train.lr_step": 1}
+    return netvlad.get_conf(preset, {**base, **over})
+
+
+def _run(route, out, conf, mode="train", **kw):
+    return netvlad.main(conf, route / "map", route / "query", out, mode, **kw)
+
+
+def _log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_equals_uninterrupted_run(route, tiny, tmp_path):
+    conf = _conf("mobilenetv2-crn-stml", **{"train.epochs": 3})
+    _run(route, tmp_path / "a", conf)
+    short = _conf("mobilenetv2-crn-stml", **{"train.epochs": 1})
+    _run(route, tmp_path / "b", short)
+    _run(route, tmp_path / "b", conf, resume=True)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _log(tmp_path / "a" / "log.csv") == _log(tmp_path / "b" / "log.csv")
+    assert [r["epoch"] for r in _log(tmp_path / "a" / "log.csv")] == ["1", "2", "3"]
+    assert float(_log(tmp_path / "a" / "log.csv")[0]["loss"]) > 0
+    # training moved the attention and NetVLAD weights (the frozen backbone did not)
+    first = netvlad.build_model(conf)[0].state_dict()
+    assert not torch.equal(first["aggregator.attention.fuse.weight"], a["model"]["aggregator.attention.fuse.weight"])
+    assert torch.equal(first["backbone.conv.weight"], a["model"]["backbone.conv.weight"])
+
+
+def test_training_improves_loss_and_checkpoint_plugs_into_index(route, tiny, tmp_path):
+    conf = _conf(**{"train.epochs": 4, "train.max_queries_per_epoch": None})
+    untrained = _run(route, tmp_path / "t", conf, "test", split="val")
+    _run(route, tmp_path / "t", conf)
+    log = _log(tmp_path / "t" / "log.csv")
+    assert float(log[-1]["loss"]) < float(log[0]["loss"])
+    trained = _run(route, tmp_path / "t", conf, "test", checkpoint=tmp_path / "t" / "best.pt", split="val")
+    assert trained["R@5"] >= untrained["R@5"]
+    # `vprkit index --checkpoint best.pt` describes images exactly as the trained model does
+    out = api.index_map(route / "map", tmp_path / "idx", "mobilenetv2-netvlad",
+                        preprocessing={"resize_max": 16},
+                        model={"name": "mobilenetv2", "layer": 13, "checkpoint": str(tmp_path / "t" / "best.pt")})
+    model, fconf = netvlad.build_model(conf)
+    load_checkpoint(tmp_path / "t" / "best.pt", model, restore_rng=False)
+    model.eval()
+    img = TinyBackbone().preprocess(Image.open(route / "map" / "005.png").convert("RGB"))
+    with torch.no_grad():
+        ref = model(model.frozen(img[None]))[0][0].numpy()
+    with h5py.File(out / "map_features.h5") as f:
+        got = f["005.png"]["global"][()]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_deattention_with_hand_made_masks(route, tiny, tmp_path):
+    # guidance 0 on the left half ("a parked car"), 1 elsewhere
+    for kind in ("map", "query"):
+        (tmp_path / "masks" / kind).mkdir(parents=True)
+        for i in range(N):
+            m = np.full((16, 16), 255, np.uint8)
+            m[:, :8] = 0
+            Image.fromarray(m).save(tmp_path / "masks" / kind / f"{i:03d}.png")
+    conf = _conf("mobilenetv2-deattention-stml", **{"guidance.source": "masks", "guidance.weight": 10.0,
+                                                    "guidance.mask_dir": str(tmp_path / "masks"),
+                                                    "train.epochs": 3, "train.max_queries_per_epoch": None})
+    s = netvlad.Session(conf, route / "map", route / "query", tmp_path / "d", splits=("train", "val"))
+    q_bank = s.banks["train"][0]
+    assert q_bank.guidance[0].shape == (1, 16, 16) and q_bank.guidance[0][0, 0, 0] == 0
+    _, w0 = netvlad.run(s.model, q_bank.feats[:4])
+    netvlad.train(s)
+    _, w1 = netvlad.run(s.model, q_bank.feats[:4])
+    left = lambda ws: float(torch.stack(ws).detach()[..., :2].mean())  # noqa: E731 (4x4 map: columns 0-1)
+    right = lambda ws: float(torch.stack(ws).detach()[..., 2:].mean())  # noqa: E731
+    assert right(w1) - left(w1) > right(w0) - left(w0) + 0.05  # the mask learned to drop the "distractor"
+
+
+def test_bad_checkpoints_give_clear_errors(route, tiny, tmp_path):
+    conf = _conf(**{"train.epochs": 1})
+    _run(route, tmp_path / "r", conf)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
+        _run(route, tmp_path / "r", conf, "test", checkpoint=junk)
+    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
+        api.index_map(route / "map", tmp_path / "i1", "mobilenetv2-netvlad",
+                      model={"name": "mobilenetv2", "layer": 13, "checkpoint": str(junk)})
+    # a checkpoint trained without attention, tested as a CRN model
+    with pytest.raises(ValueError, match=r"another architecture: aggregator.attention: checkpoint None, here 'crn'"):
+        _run(route, tmp_path / "r2", _conf("mobilenetv2-crn-stml"), "test", checkpoint=tmp_path / "r" / "last.pt")
+    # a MobileNetV2 checkpoint used for a VGG19 preset
+    with pytest.raises(ValueError, match=r"model.name: checkpoint 'mobilenetv2', here 'vgg19'"):
+        api.index_map(route / "map", tmp_path / "i2", "vgg19-netvlad",
+                      model={"name": "vgg19", "checkpoint": str(tmp_path / "r" / "last.pt")})
+
+
+def test_conf_errors():
+    with pytest.raises(KeyError, match="unknown config key 'train.epoch'"):
+        netvlad.get_conf("mobilenetv2-netvlad", {"train.epoch": 3})
+    with pytest.raises(KeyError, match="unknown training preset"):
+        netvlad.get_conf("resnet-netvlad")
+    with pytest.raises(ValueError, match="does not use NetVLAD"):
+        netvlad.feature_conf({**netvlad.get_conf(), "features": "dinov2-gem"})
