@@ -29,11 +29,11 @@ VARIANTS = {  # table row -> training preset
 }
 
 
-def overrides(epochs: int) -> dict:
+def overrides(epochs: int, lr: float) -> dict:
     """The Nordland settings shared by every variant (see the module docstring)."""
     return {"resize_max": 128, "data.positions": "index", "data.pos_thr": 2.0, "data.neg_thr": 10.0,
             "data.split": [0.6, 0.2, 0.2], "data.gap": 10.0, "train.epochs": epochs, "train.train_layers": 2,
-            "train.lr": 1e-3, "train.lr_step": 3, "train.neg_samples": 200, "train.cache_refresh": 100,
+            "train.lr": lr, "train.lr_step": 3, "train.neg_samples": 200, "train.cache_refresh": 100,
             "train.patience": 3}
 
 
@@ -42,25 +42,26 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--work", default="/tmp/vprkit_netvlad_training")
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all variants)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
     map_dir, query_dir = (Path(args.data) / d for d in NORDLAND)
     work = Path(args.work)
-    base = netvlad.Session(netvlad.get_conf("mobilenetv2-netvlad", overrides(args.epochs)), map_dir, query_dir,
+    base = netvlad.Session(netvlad.get_conf("mobilenetv2-netvlad", overrides(args.epochs, args.lr)), map_dir, query_dir,
                            work / "untrained")
     results = {"untrained (k-means init)": netvlad.test(base)}
     seconds = {}
     for row, preset in VARIANTS.items():
-        s = base.variant(netvlad.get_conf(preset, overrides(args.epochs)), work / preset)
+        s = base.variant(netvlad.get_conf(preset, overrides(args.epochs, args.lr)), work / preset)
         t0 = time.perf_counter()
         netvlad.train(s)
         seconds[row] = time.perf_counter() - t0
         results[row] = netvlad.test(s, s.out / "best.pt")
     sizes = {k: len(v.q_names) for k, v in base.places.items()}
     print(f"Nordland dev, winter queries vs summer map, 128x64 input, MobileNetV2 block 13 + NetVLAD (32 clusters), "
-          f"last 2 blocks trained, {args.epochs} epochs max; queries per split {sizes}; test split:")
+          f"last 2 blocks trained, {args.epochs} epochs max, Adam lr {args.lr}; queries per split {sizes}; test split:")
     print(format_table(results, keys=("R@1", "R@5", "R@10", "R@20")))
     print("training time relative to the triplet run: "
           + ", ".join(f"{k} {v / seconds['triplet']:.2f}" for k, v in seconds.items()))

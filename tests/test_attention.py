@@ -8,9 +8,25 @@ from vprkit.models.attention import REGISTRY, get_attention
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_attention_starts_as_plain_netvlad(name):
+    torch.manual_seed(0)
+    plain = NetVLAD(num_clusters=4, dim=16)
+    with_att = NetVLAD(num_clusters=4, dim=16, attention=name)
+    with_att.load_state_dict({**with_att.state_dict(), **plain.state_dict()})
+    x = torch.randn(2, 16, 5, 7)
+    assert torch.allclose(with_att(x), plain(x), atol=1e-6)
+    # and training can start: the zero-initialised last layer gets a gradient
+    (with_att(x) * torch.randn(2, 64)).sum().backward()
+    assert sum(p.grad.abs().sum() for p in with_att.attention.parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_attention_shapes_and_gradients(name):
     torch.manual_seed(0)
     att = get_attention(name, 16)
+    with torch.no_grad():  # as after some training: no layer at zero
+        for p in att.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     x = torch.randn(2, 16, 5, 7, requires_grad=True)
     y, weight = att(x)
     assert y.shape == x.shape

@@ -7,6 +7,15 @@ from vprkit.models.segmentation import class_ids, guidance_from_labels
 from vprkit.models.segmentation.deeplabv3_mobilenet import DeepLabV3MobileNetV2
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one torch thread avoids thread-pool overhead (large on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def seg():
     from conftest import weights_file

@@ -16,6 +16,15 @@ from vprkit.train.checkpoint import load_checkpoint
 N = 24  # places
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one torch thread avoids thread-pool overhead (large on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def route(tmp_path):
     """A route of N places: map and query images of place i share a pattern, with different noise."""
@@ -144,3 +153,27 @@ def test_conf_errors():
         netvlad.get_conf("resnet-netvlad")
     with pytest.raises(ValueError, match="does not use NetVLAD"):
         netvlad.feature_conf({**netvlad.get_conf(), "features": "dinov2-gem"})
+
+
+def test_cli_counts_queries_without_positive_and_few_negatives(route, tiny, tmp_path, capsys):
+    from vprkit import cli
+
+    # positives list: query i -> map i, except query 3 which has none
+    lines = [f"{i:03d}.png" + ("" if i == 3 else f" {i:03d}.png") for i in range(N)]
+    (tmp_path / "pos.txt").write_text("\n".join(lines) + "\n")
+    sets = ["resize_max=16", f"data.positions={tmp_path / 'pos.txt'}", "data.split=[0.5,0.25,0.25]",
+            "train.epochs=2", "train.batch_size=4", "train.num_negs=50", "train.neg_samples=50"]
+    out = tmp_path / "cli"
+    assert cli.main(["train", "train", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets]) == 0
+    log = _log(out / "log.csv")
+    # 12 train queries: query 3 is skipped every epoch; the other 11 have only 11 negatives (< 50 asked)
+    assert [int(r["skipped_no_positive"]) for r in log] == [1, 1]
+    assert [int(r["few_negatives"]) for r in log] == [11, 11]
+    assert [int(r["skipped_no_negative"]) for r in log] == [0, 0]
+    capsys.readouterr()
+    assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
+                     "--checkpoint", str(out / "best.pt")]) == 0
+    assert "| R@1 |" in capsys.readouterr().out
+    assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
+                     "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert "missing.pt not found" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from . import api, demo, rerank
 from .data.groundtruth import load_ground_truth
@@ -92,7 +93,8 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     over: dict = {}
     if args.resize_max:
         over["preprocessing"] = {**preset["preprocessing"], "resize_max": args.resize_max}
-    extra = {k: v for k, v in (("checkpoint", args.checkpoint), ("arch", args.arch)) if v}
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None  # queries may run elsewhere
+    extra = {k: v for k, v in (("checkpoint", checkpoint), ("arch", args.arch)) if v}
     if extra:
         over["model"] = {**preset["model"], **extra}
     return over

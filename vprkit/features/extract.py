@@ -94,7 +94,7 @@ class Extractor:
         ckpt = trained.read(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
         if ckpt is not None:
             del model_conf["checkpoint"]
-            agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf)
+            agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
         self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
         if agg_conf["name"] == "netvlad":
             agg_conf["dim"] = self.backbone.dim

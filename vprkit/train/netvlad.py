@@ -253,7 +253,7 @@ class Session:
         self.centroid_path = self.out / "centroids.npz"
         seed_everything(conf["train"]["seed"])
         self.model, self.fconf = build_model(conf, device)
-        self.arch = trained.arch_record(self.fconf["model"], self.fconf["aggregator"])
+        self.arch = trained.arch_record(self.fconf["model"], self.fconf["aggregator"], self.fconf["preprocessing"])
 
     def variant(self, conf: dict, out_dir) -> Session:
         """A session for another loss / attention / schedule over the same images, sharing the in-memory

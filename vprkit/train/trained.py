@@ -7,22 +7,26 @@ extractor builds the preset's backbone, checks the record against the preset and
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger("vprkit")
 
 KIND = "vprkit-netvlad"
 # backbone keys that do not change the architecture (where its weights came from)
 _WEIGHT_SOURCES = ("checkpoint",)
 
 
-def arch_record(model_conf: dict, agg_conf: dict) -> dict:
-    """What must match between a checkpoint and the model it is loaded into."""
+def arch_record(model_conf: dict, agg_conf: dict, preprocessing: dict | None = None) -> dict:
+    """What must match between a checkpoint and the model it is loaded into (+ the preprocessing it was
+    trained with, which only warns when it differs)."""
     model = {k: v for k, v in model_conf.items() if k not in _WEIGHT_SOURCES}
     agg = {k: v for k, v in agg_conf.items() if k != "dim"}
     agg.setdefault("attention", None)
-    return {"model": model, "aggregator": agg}
+    return {"model": model, "aggregator": agg, "preprocessing": preprocessing}
 
 
 def arch_mismatch(expected: dict, found: dict) -> list[str]:
@@ -53,10 +57,14 @@ def read(path: str | Path | None) -> dict[str, Any] | None:
     return None
 
 
-def aggregator_conf(ckpt: dict, model_conf: dict, agg_conf: dict) -> dict:
+def aggregator_conf(ckpt: dict, model_conf: dict, agg_conf: dict, preprocessing: dict | None = None) -> dict:
     """The preset's aggregator config with the checkpoint's attention module, after checking that the
     checkpoint was trained from this backbone and NetVLAD size (clear error naming each mismatch)."""
     found = ckpt["meta"]["arch"]
+    trained_pre = found.get("preprocessing")
+    if preprocessing is not None and trained_pre is not None and preprocessing != trained_pre:
+        logger.warning("%s was trained with preprocessing %s but is used with %s (pass --resize-max to match)",
+                       ckpt["path"], trained_pre, preprocessing)
     expected = arch_record(model_conf, {**agg_conf, "attention": found["aggregator"].get("attention")})
     diff = arch_mismatch(expected, found)
     if diff:

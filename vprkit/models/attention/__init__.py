@@ -3,6 +3,10 @@
 Every module maps features (B, C, h, w) to `(features, weight)`: the (possibly channel-reweighted)
 features, same shape, and a spatial weight (B, 1, h, w) in [0, 1] or None. NetVLAD multiplies each
 location's soft assignment by the weight (see vprkit.aggregators.netvlad).
+
+The last layer of every module starts at zero, so its gates start at a uniform sigmoid(0) = 0.5, which
+NetVLAD's normalisations cancel: an attention model starts exactly as the k-means-initialised NetVLAD
+and training moves it from there instead of from a random reweighting.
 """
 
 from __future__ import annotations
@@ -29,9 +33,16 @@ def get_attention(name: str, dim: int, **conf) -> nn.Module:
     return getattr(module, cls_name)(dim, **conf)
 
 
+def zero_init(layer: nn.Module) -> nn.Module:
+    """Zero weight and bias (see the module docstring)."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def hidden(dim: int, reduction: int) -> int:
     """Bottleneck width of squeeze/excitation-style MLPs (at least 4 channels)."""
     return max(dim // reduction, 4)
 
 
-__all__ = ["REGISTRY", "get_attention", "hidden"]
+__all__ = ["REGISTRY", "get_attention", "hidden", "zero_init"]

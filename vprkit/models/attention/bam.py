@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import hidden
+from . import hidden, zero_init
 
 
 class BAM(nn.Module):
@@ -19,12 +19,12 @@ class BAM(nn.Module):
     def __init__(self, dim: int, reduction: int = 16, dilation: int = 4) -> None:
         super().__init__()
         mid = hidden(dim, reduction)
-        self.channel = nn.Sequential(nn.Linear(dim, mid), nn.ReLU(inplace=True), nn.Linear(mid, dim))
+        self.channel = nn.Sequential(nn.Linear(dim, mid), nn.ReLU(inplace=True), zero_init(nn.Linear(mid, dim)))
         self.spatial = nn.Sequential(
             nn.Conv2d(dim, mid, 1), nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, 1, 1),
+            zero_init(nn.Conv2d(mid, 1, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:

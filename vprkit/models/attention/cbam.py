@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import hidden
+from . import hidden, zero_init
 
 
 class CBAM(nn.Module):
@@ -19,8 +19,8 @@ class CBAM(nn.Module):
     def __init__(self, dim: int, reduction: int = 16, kernel: int = 7) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, hidden(dim, reduction)), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden(dim, reduction), dim))
-        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+                                 zero_init(nn.Linear(hidden(dim, reduction), dim)))
+        self.spatial = zero_init(nn.Conv2d(2, 1, kernel, padding=kernel // 2))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         channel = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))

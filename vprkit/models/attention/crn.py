@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import zero_init
+
 
 class CRN(nn.Module):
     """Spatial reweighting mask from multi-scale context; features pass through unchanged."""
@@ -17,7 +19,7 @@ class CRN(nn.Module):
     def __init__(self, dim: int, widths: tuple[int, int, int] = (32, 32, 20)) -> None:
         super().__init__()
         self.filters = nn.ModuleList(nn.Conv2d(dim, w, k, padding=k // 2) for w, k in zip(widths, (3, 5, 7)))
-        self.fuse = nn.Conv2d(sum(widths), 1, 1)
+        self.fuse = zero_init(nn.Conv2d(sum(widths), 1, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2:]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import zero_init
+
 
 class DeAttention(nn.Module):
     """conv 3x3 -> ReLU -> conv 3x3 -> ReLU -> conv 1x1 -> sigmoid spatial mask."""
@@ -20,7 +22,7 @@ class DeAttention(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(dim, width, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 1, 1),
+            zero_init(nn.Conv2d(width, 1, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import hidden
+from . import hidden, zero_init
 
 
 class SE(nn.Module):
@@ -14,7 +14,7 @@ class SE(nn.Module):
     def __init__(self, dim: int, reduction: int = 16) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, hidden(dim, reduction)), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden(dim, reduction), dim))
+                                 zero_init(nn.Linear(hidden(dim, reduction), dim)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         scale = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))))
