@@ -6,14 +6,7 @@ import torch
 from vprkit.models.segmentation import class_ids, guidance_from_labels
 from vprkit.models.segmentation.deeplabv3_mobilenet import DeepLabV3MobileNetV2
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread avoids thread-pool overhead (large on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from vprkit.train.checkpoint import load_checkpoint
 
 N = 24  # places
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread avoids thread-pool overhead (large on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

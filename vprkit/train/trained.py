@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .checkpoint import read_checkpoint
+
 logger = logging.getLogger("vprkit")
 
 KIND = "vprkit-netvlad"
@@ -43,13 +45,7 @@ def read(path: str | Path | None) -> dict[str, Any] | None:
     """The checkpoint dict if `path` is a vprkit NetVLAD training checkpoint; None for other weight files."""
     if path is None:
         return None
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    ckpt = read_checkpoint(path)
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
     if isinstance(meta, dict) and meta.get("kind") == KIND:
         ckpt["path"] = str(path)
