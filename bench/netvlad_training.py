@@ -1,7 +1,7 @@
 """Does training help? NetVLAD on MobileNetV2 trained on the first part of Nordland dev, tested on a later part.
 
-Compares the k-means-initialised (untrained) NetVLAD with NetVLAD trained with the triplet loss, with sTML,
-and with CRN + sTML, all over the same images (the frozen backbone runs once and is shared). Needs the data
+Compares the k-means-initialised (untrained) NetVLAD with NetVLAD trained with the triplet loss and with sTML,
+each without and with CRN, all over the same images (the frozen backbone runs once and is shared). Needs the data
 folder: `python bench/netvlad_training.py --data ../shared/data`.
 
 Split by place along the route (frame order): train on the first 60 % of places, validate (model selection,
@@ -12,6 +12,7 @@ Positives: +-2 frames (the usual Nordland tolerance); negatives: more than 10 fr
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ NORDLAND = ("nordland_64x32_dev/summer", "nordland_64x32_dev/winter")
 VARIANTS = {  # table row -> training preset
     "triplet": "mobilenetv2-netvlad",
     "sTML": "mobilenetv2-netvlad-stml",
+    "CRN + triplet": "mobilenetv2-crn-netvlad",
     "CRN + sTML": "mobilenetv2-crn-stml",
 }
 
@@ -40,15 +42,16 @@ def overrides(epochs: int, lr: float) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
-    p.add_argument("--work", default="/tmp/vprkit_netvlad_training")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all variants)")
+    p.add_argument("--work", help="run folders (default: a new temporary folder)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (all variants)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
     map_dir, query_dir = (Path(args.data) / d for d in NORDLAND)
-    work = Path(args.work)
+    work = Path(args.work or tempfile.mkdtemp(prefix="vprkit_netvlad_"))
+    print(f"runs in {work}")
     base = netvlad.Session(netvlad.get_conf("mobilenetv2-netvlad", overrides(args.epochs, args.lr)), map_dir, query_dir,
                            work / "untrained")
     results = {"untrained (k-means init)": netvlad.test(base)}

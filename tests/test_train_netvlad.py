@@ -170,3 +170,26 @@ def test_cli_counts_queries_without_positive_and_few_negatives(route, tiny, tmp_
     assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
                      "--checkpoint", str(tmp_path / "missing.pt")]) == 1
     assert "missing.pt not found" in capsys.readouterr().err
+
+
+def test_partial_backbone_training_leaves_cached_features_intact():
+    from vprkit.aggregators.netvlad import NetVLAD
+
+    class SeqBackbone(TinyBackbone):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(self.conv, torch.nn.ReLU(inplace=True))
+
+    model = netvlad.TrainModel(SeqBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=1)
+    # the tail is the ReLU alone (no weights): only NetVLAD trains, the conv stays frozen
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "aggregator.conv.weight", "aggregator.conv.bias", "aggregator.centroids"}
+    frozen = model.frozen(torch.randn(1, 3, 8, 8))
+    assert (frozen < 0).any()  # the conv output before the (trainable, in-place) ReLU
+    cached = frozen[0].clone()
+    netvlad.run(model, [frozen[0], torch.randn(8, 3, 3)])  # mixed shapes: one image at a time
+    assert torch.equal(frozen[0], cached)
+    with pytest.raises(ValueError, match="train_layers must be in 0..2"):
+        netvlad.TrainModel(SeqBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=3)
+    with pytest.raises(ValueError, match="needs a backbone with a `features` sequence"):
+        netvlad.TrainModel(TinyBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=1)

@@ -52,6 +52,7 @@ DEFAULT_CONF: dict = {
 CONFS: dict[str, dict] = {
     "mobilenetv2-netvlad": {},
     "mobilenetv2-netvlad-stml": {"loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
+    "mobilenetv2-crn-netvlad": {"attention": "crn"},
     "mobilenetv2-crn-stml": {"attention": "crn", "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
     "mobilenetv2-deattention-stml": {"attention": "deattention", "guidance": {"source": "segmenter"},
                                      "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
@@ -138,7 +139,10 @@ class TrainModel(nn.Module):
         return self._parts[0](images)
 
     def local(self, frozen: torch.Tensor) -> torch.Tensor:
-        return self._parts[1](frozen)
+        """Local features from frozen ones (a copy goes in: a tail may start with an in-place ReLU and
+        must not change the cached features)."""
+        tail = self._parts[1]
+        return frozen if isinstance(tail, nn.Identity) else tail(frozen.clone())
 
     def forward(self, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(descriptors (B, D), attention weight (B, 1, h, w) or None) from frozen features."""
