@@ -193,3 +193,11 @@ def test_partial_backbone_training_leaves_cached_features_intact():
         netvlad.TrainModel(SeqBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=3)
     with pytest.raises(ValueError, match="needs a backbone with a `features` sequence"):
         netvlad.TrainModel(TinyBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=1)
+
+
+def test_early_stopping_ends_training_without_val_improvement(route, tiny, tmp_path):
+    # lr 0: val R@5 never improves after epoch 1, so patience 1 stops after epoch 2 of 5
+    _run(route, tmp_path / "e", _conf(**{"train.epochs": 5, "train.lr": 0.0, "train.patience": 1}))
+    log = _log(tmp_path / "e" / "log.csv")
+    assert [r["epoch"] for r in log] == ["1", "2"]
+    assert log[0]["val_R@5"] == log[1]["val_R@5"]
