@@ -65,7 +65,6 @@ def test_read_pittsburgh_mat_spec(tmp_path):
     spec = read_mat_spec(tmp_path / "pitts.mat")
     assert spec.m_names == ["000/a.jpg", "000/b.jpg"] and spec.q_names == ["q/c.jpg"]
     assert spec.m_pos.tolist() == [[1.0, 10.0], [2.0, 20.0]] and spec.q_pos.tolist() == [[1.5, 10.5]]
-    assert spec.pos_thr == 25.0
     savemat(tmp_path / "other.mat", {"x": 1})
     with pytest.raises(ValueError, match="dbStruct"):
         read_mat_spec(tmp_path / "other.mat")

@@ -35,13 +35,13 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class MatSpec:
-    """A NetVLAD dataset spec: image names (relative to the map / query roots) and UTM positions."""
+    """A NetVLAD dataset spec: image names (relative to the map / query roots) and UTM positions (its
+    distance thresholds are not used: `data.pos_thr` / `data.neg_thr` apply, 10 / 25 m by default as in NetVLAD)."""
 
     m_names: list[str]
     q_names: list[str]
     m_pos: np.ndarray
     q_pos: np.ndarray
-    pos_thr: float
 
 
 def _field(struct, *names: str):
@@ -81,8 +81,7 @@ def read_mat_spec(path: str | Path) -> MatSpec:
     if len(m_pos) != len(m_names) or len(q_pos) != len(q_names):
         raise GroundTruthError(f"{path}: {len(m_names)} map names but {len(m_pos)} positions, "
                                f"{len(q_names)} query names but {len(q_pos)} positions")
-    thr = float(np.asarray(_field(s, "posDistThr")).reshape(-1)[0]) if "posDistThr" in s.dtype.names else 25.0
-    return MatSpec(m_names, q_names, m_pos, q_pos, thr)
+    return MatSpec(m_names, q_names, m_pos, q_pos)
 
 
 def read_positions(spec: str, q_names: list[str], m_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
