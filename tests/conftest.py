@@ -55,3 +55,12 @@ def weights_file(package: str, relpath: str, pip_name: str) -> Path:
         return package_file(package, relpath, pip_name)
     except MissingWeightsError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of many tiny tensor ops (thread-pool overhead dominates on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

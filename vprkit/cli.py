@@ -1,4 +1,4 @@
-"""Command line: `vprkit index | query | rerank | evaluate | demo | presets`."""
+"""Command line: `vprkit index | query | rerank | evaluate | train | demo | presets`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from . import api, demo, rerank
 from .data.groundtruth import load_ground_truth
@@ -60,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gt", help="ground truth, as for `vprkit query`")
     s.add_argument("--threshold", type=float)
 
+    s = sub.add_parser("train", help="train NetVLAD (+ attention) on images with positions: cluster, train, test")
+    s.add_argument("mode", choices=["cluster", "train", "test"])
+    s.add_argument("map_dir")
+    s.add_argument("query_dir")
+    s.add_argument("-o", "--out", required=True, help="run folder (centroids.npz, last.pt, best.pt, log.csv)")
+    s.add_argument("--preset", default="mobilenetv2-netvlad", help="training preset (see `vprkit presets`)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any setting with dotted keys, e.g. train.epochs=5 data.positions=utm")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
+
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
@@ -80,7 +93,8 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     over: dict = {}
     if args.resize_max:
         over["preprocessing"] = {**preset["preprocessing"], "resize_max": args.resize_max}
-    extra = {k: v for k, v in (("checkpoint", args.checkpoint), ("arch", args.arch)) if v}
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None  # queries may run elsewhere
+    extra = {k: v for k, v in (("checkpoint", checkpoint), ("arch", args.arch)) if v}
     if extra:
         over["model"] = {**preset["model"], **extra}
     return over
@@ -110,6 +124,19 @@ def _rerank(args: argparse.Namespace) -> None:
     print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    """`vprkit train MODE`: print what the mode produced."""
+    from .train import netvlad
+
+    conf = netvlad.get_conf(args.preset, parse_overrides(args.set))
+    res = netvlad.main(conf, args.map_dir, args.query_dir, args.out, args.mode, args.resume, args.checkpoint,
+                       args.split, args.device)
+    if args.mode == "test":
+        print(metrics.format_table({args.checkpoint or "untrained (k-means)": res}))
+    else:
+        print(json.dumps(res, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -128,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir), indent=1))
         elif args.command == "rerank":
             _rerank(args)
+        elif args.command == "train":
+            _train(args)
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
         elif args.command == "presets":
@@ -137,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                 cls = rerank.get_reranker_class(method)
                 for name, conf in cls.confs.items():
                     print(f"rerank {method} {name:12s} {json.dumps({**cls.default_conf, **conf})}")
+            from .train import netvlad
+
+            for name, conf in netvlad.CONFS.items():
+                print(f"train {name:28s} {json.dumps(conf)}")
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         print(f"vprkit: error: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,9 @@
 
 Centroids are initialised by k-means; the 1x1 assignment conv starts at w = 2*alpha*c,
 b = -alpha*|c|^2 so that softmax(alpha * -|x - c|^2) is reproduced exactly at init.
+An optional attention module (vprkit.models.attention) reweights the local features first; its spatial
+mask weights each location's soft assignment, because input L2-normalisation would cancel a mask
+multiplied into the features.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.attention import get_attention
 from .base import Aggregator, l2n
 from .vlad import kmeans
 
@@ -19,7 +23,8 @@ class NetVLAD(Aggregator):
 
     needs_fit = True
 
-    def __init__(self, num_clusters: int = 64, dim: int = 512, alpha: float = 100.0, normalize_input: bool = True):
+    def __init__(self, num_clusters: int = 64, dim: int = 512, alpha: float = 100.0, normalize_input: bool = True,
+                 attention: str | None = None):
         super().__init__()
         self.num_clusters = num_clusters
         self.dim = dim
@@ -27,6 +32,7 @@ class NetVLAD(Aggregator):
         self.normalize_input = normalize_input
         self.conv = nn.Conv2d(dim, num_clusters, kernel_size=1, bias=True)
         self.centroids = nn.Parameter(torch.rand(num_clusters, dim))
+        self.attention = get_attention(attention, dim) if attention else None
 
     def output_dim(self, in_dim: int) -> int:
         return self.num_clusters * in_dim
@@ -48,10 +54,20 @@ class NetVLAD(Aggregator):
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
 
-    def forward(self, local: torch.Tensor, global_token: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(reweighted features, spatial weight (B, 1, h, w) or None) from the attention module, if any."""
+        return (local, None) if self.attention is None else self.attention(local)
+
+    def pool(self, local: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """NetVLAD of (B, C, h, w) features, each location's assignment scaled by `weight`."""
         b, c = local.shape[:2]
         x = l2n(local, dim=1) if self.normalize_input else local
         soft = torch.softmax(self.conv(x).flatten(2), dim=1)  # (B, K, N)
+        if weight is not None:
+            soft = soft * weight.flatten(2)
         xf = x.flatten(2)  # (B, C, N)
         resid = soft @ xf.transpose(1, 2) - soft.sum(-1, keepdim=True) * self.centroids  # (B, K, C)
         return l2n(l2n(resid, dim=-1).reshape(b, -1))
+
+    def forward(self, local: torch.Tensor, global_token: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(*self.attend(local))

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..aggregators import Aggregator, get_aggregator
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
 from ..models import Backbone, get_backbone
+from ..train import trained
 from . import h5io
 
 logger = logging.getLogger("vprkit")
@@ -49,6 +50,11 @@ CONFS: dict[str, dict] = {
     "vgg19-gem": {
         "model": {"name": "vgg19"},
         "aggregator": {"name": "gem", "p": 3.0},
+        "preprocessing": {"resize_max": 320},
+    },
+    "mobilenetv2-netvlad": {  # trainable with `vprkit train` (96-d stride-16 block)
+        "model": {"name": "mobilenetv2", "layer": 13},
+        "aggregator": {"name": "netvlad", "num_clusters": 32, "dim": 96},
         "preprocessing": {"resize_max": 320},
     },
     "mobilenetv2-gem": {
@@ -84,11 +90,17 @@ class Extractor:
     def __init__(self, conf: dict, device: str = "cpu"):
         self.conf = conf
         self.device = torch.device(device)
-        self.backbone: Backbone = get_backbone(**conf["model"]).eval().to(self.device)
-        agg_conf = dict(conf["aggregator"])
+        model_conf, agg_conf = dict(conf["model"]), dict(conf["aggregator"])
+        ckpt = trained.read(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
+        if ckpt is not None:
+            del model_conf["checkpoint"]
+            agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
+        self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
         if agg_conf["name"] == "netvlad":
             agg_conf["dim"] = self.backbone.dim
         self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
+        if ckpt is not None:
+            trained.load_weights(ckpt, self.backbone, self.aggregator)
 
     def batches(self, root: Path, names: list[str]) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
         """Yield (names, images, failures) batches of equal-sized images; bad files go to failures."""

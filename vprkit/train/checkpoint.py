@@ -58,17 +58,23 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     os.replace(tmp, path)
 
 
+def read_checkpoint(path: str | Path) -> Any:
+    """`torch.load` with `weights_only=True`, and clear errors for a missing, corrupt or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     restore_rng: bool = True) -> dict[str, Any]:
     """Restore what was saved into the given objects; returns `meta`. Refuses files that are not checkpoints."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise ValueError(f"{path}: not a readable vprkit checkpoint ({exc})") from exc
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise ValueError(f"{path}: not a vprkit checkpoint (no 'model'/'meta' entries)")
     if model is not None:

@@ -1,0 +1,48 @@
+"""Attention modules placed between a backbone and NetVLAD, one small file each, chosen by name.
+
+Every module maps features (B, C, h, w) to `(features, weight)`: the (possibly channel-reweighted)
+features, same shape, and a spatial weight (B, 1, h, w) in [0, 1] or None. NetVLAD multiplies each
+location's soft assignment by the weight (see vprkit.aggregators.netvlad).
+
+The last layer of every module starts at zero, so its gates start at a uniform sigmoid(0) = 0.5, which
+NetVLAD's normalisations cancel: an attention model starts exactly as the k-means-initialised NetVLAD
+and training moves it from there instead of from a random reweighting.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+REGISTRY: dict[str, str] = {
+    "crn": "crn:CRN",
+    "bam": "bam:BAM",
+    "cbam": "cbam:CBAM",
+    "se": "se:SE",
+    "deattention": "deattention:DeAttention",
+}
+
+
+def get_attention(name: str, dim: int, **conf) -> nn.Module:
+    """Instantiate an attention module by registry name for `dim`-channel features."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown attention module '{name}'; choose one of {sorted(REGISTRY)}")
+    module_name, cls_name = REGISTRY[name].split(":")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, cls_name)(dim, **conf)
+
+
+def zero_init(layer: nn.Module) -> nn.Module:
+    """Zero weight and bias (see the module docstring)."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def hidden(dim: int, reduction: int) -> int:
+    """Bottleneck width of squeeze/excitation-style MLPs (at least 4 channels)."""
+    return max(dim // reduction, 4)
+
+
+__all__ = ["REGISTRY", "get_attention", "hidden", "zero_init"]

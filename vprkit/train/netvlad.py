@@ -1,0 +1,449 @@
+"""Train NetVLAD (optionally with an attention module) on any dataset with positions: the seed's
+`cluster`, `train` and `test` modes as one hloc-style step with named presets and `main(conf, ...)`.
+
+The backbone is frozen except its last `train_layers` modules, so the frozen part runs once per image
+and its output is kept in memory; each step then only runs the trainable tail, the attention module
+and NetVLAD. Checkpoints carry backbone + attention + NetVLAD weights and plug into
+`vprkit index --preset FEATURES --checkpoint best.pt`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..aggregators import get_aggregator
+from ..data.groundtruth import GroundTruth
+from ..data.images import ImageError, load_image, resize_to_stride
+from ..evaluation import metrics, outputs
+from ..features import extract
+from ..models import get_backbone
+from . import guidance as guidance_mod
+from . import trained
+from .checkpoint import CSVLog, EarlyStopping, load_checkpoint, save_checkpoint, seed_everything
+from .data import PlaceSet, load_splits
+from .losses import get_loss, guidance_loss
+from .mining import Miner, MiningStats
+
+logger = logging.getLogger("vprkit")
+
+DEFAULT_CONF: dict = {
+    "features": "mobilenetv2-netvlad",  # extraction preset: backbone, NetVLAD size, preprocessing
+    "resize_max": None,  # override the preset's long image side
+    "attention": None,  # crn | bam | cbam | se | deattention
+    "loss": {"name": "triplet", "margin": 0.1},
+    "guidance": {"source": None, "mask_dir": None, "checkpoint": None, "classes": ["vehicle", "human"],
+                 "loss": "mse", "weight": 0.001},
+    "data": {"positions": "utm", "pos_thr": 10.0, "neg_thr": 25.0, "split": [0.7, 0.15, 0.15], "gap": None},
+    "train": {"epochs": 30, "batch_size": 4, "optimizer": "adam", "lr": 1e-4, "momentum": 0.9,
+              "weight_decay": 1e-3, "lr_step": 5, "lr_gamma": 0.5, "train_layers": 0, "num_negs": 10,
+              "neg_samples": 1000, "cache_refresh": 1000, "patience": 10, "seed": 123, "cluster_images": 500,
+              "max_queries_per_epoch": None},
+}
+CONFS: dict[str, dict] = {
+    "mobilenetv2-netvlad": {},
+    "mobilenetv2-netvlad-stml": {"loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
+    "mobilenetv2-crn-netvlad": {"attention": "crn"},
+    "mobilenetv2-crn-stml": {"attention": "crn", "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
+    "mobilenetv2-deattention-stml": {"attention": "deattention", "guidance": {"source": "segmenter"},
+                                     "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
+    # the seed's setting on a VGG trunk: conv5_3 + conv5_4 (and their ReLUs) trained
+    "vgg19-netvlad": {"features": "vgg19-netvlad", "train": {"train_layers": 4}},
+    "vgg19-deattention-stml": {"features": "vgg19-netvlad", "attention": "deattention",
+                               "guidance": {"source": "segmenter"}, "train": {"train_layers": 4},
+                               "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
+}
+DEFAULT_PRESET = "mobilenetv2-netvlad"
+MODES = ("cluster", "train", "test")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def get_conf(preset: str = DEFAULT_PRESET, overrides: dict | None = None) -> dict:
+    """A preset merged over the defaults, then `overrides` with dotted keys ("train.epochs": 3)."""
+    if preset not in CONFS:
+        raise KeyError(f"unknown training preset '{preset}'; choose one of {sorted(CONFS)}")
+    conf = _merge(DEFAULT_CONF, CONFS[preset])
+    conf["preset"] = preset
+    for key, value in (overrides or {}).items():
+        *path, last = key.split(".")
+        node = conf
+        for p in path:
+            if not isinstance(node.get(p), dict):
+                raise KeyError(f"unknown config section '{key}'")
+            node = node[p]
+        if last not in node:
+            raise KeyError(f"unknown config key '{key}'; known here: {sorted(node)}")
+        node[last] = value
+    return conf
+
+
+def feature_conf(conf: dict) -> dict:
+    """The extraction config the trained model stands for (preset + attention + resize override)."""
+    fconf = extract.get_conf(conf["features"])
+    if fconf["aggregator"]["name"] != "netvlad":
+        raise ValueError(f"features preset '{conf['features']}' does not use NetVLAD; pick a *-netvlad preset")
+    fconf["aggregator"]["attention"] = conf["attention"]
+    if conf["resize_max"]:
+        fconf["preprocessing"]["resize_max"] = conf["resize_max"]
+    return fconf
+
+
+def split_backbone(backbone: nn.Module, train_layers: int) -> tuple:
+    """(frozen part: images -> features, trainable tail: features -> local features)."""
+    if train_layers == 0:
+        return (lambda x: backbone(x).local), nn.Identity()
+    feats = getattr(backbone, "features", None)
+    if not isinstance(feats, nn.Sequential):
+        raise ValueError(f"train_layers={train_layers} needs a backbone with a `features` sequence "
+                         f"(mobilenetv2, vgg16, vgg19); {type(backbone).__name__} can only train with 0")
+    if not 0 < train_layers <= len(feats):
+        raise ValueError(f"train_layers must be in 0..{len(feats)} for this backbone, got {train_layers}")
+    return feats[: len(feats) - train_layers], feats[len(feats) - train_layers:]
+
+
+class TrainModel(nn.Module):
+    """Backbone + (attention inside) NetVLAD; the state dict is `backbone.*` + `aggregator.*`."""
+
+    def __init__(self, backbone: nn.Module, aggregator: nn.Module, train_layers: int) -> None:
+        super().__init__()
+        self.backbone, self.aggregator = backbone, aggregator
+        self._parts = split_backbone(backbone, train_layers)  # a tuple: not registered twice
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        for p in self._parts[1].parameters():
+            p.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> TrainModel:
+        """Batch-norm statistics of the backbone stay frozen (training batches are tiny)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @torch.no_grad()
+    def frozen(self, images: torch.Tensor) -> torch.Tensor:
+        return self._parts[0](images)
+
+    def local(self, frozen: torch.Tensor) -> torch.Tensor:
+        """Local features from frozen ones (a copy goes in: a tail may start with an in-place ReLU and
+        must not change the cached features)."""
+        tail = self._parts[1]
+        return frozen if isinstance(tail, nn.Identity) else tail(frozen.clone())
+
+    def forward(self, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(descriptors (B, D), attention weight (B, 1, h, w) or None) from frozen features."""
+        y, weight = self.aggregator.attend(self.local(frozen))
+        return self.aggregator.pool(y, weight), weight
+
+
+def build_model(conf: dict, device: str = "cpu") -> tuple[TrainModel, dict]:
+    fconf = feature_conf(conf)
+    backbone = get_backbone(**fconf["model"])
+    agg = get_aggregator(**{**fconf["aggregator"], "dim": backbone.dim})
+    return TrainModel(backbone, agg, conf["train"]["train_layers"]).to(device), fconf
+
+
+class Bank:
+    """Frozen-part outputs (and guidance masks) of a list of images, computed once and kept in memory.
+
+    Unreadable images are skipped with a warning; `failed` holds their positions in `names`.
+    """
+
+    def __init__(self, model: TrainModel, fconf: dict, root: Path, names: list[str], desc: str,
+                 guidance=None, batch: int = 32) -> None:
+        bb, resize = model.backbone, fconf["preprocessing"].get("resize_max")
+        feats: list[torch.Tensor | None] = [None] * len(names)
+        self.guidance: list[torch.Tensor] | None = [] if guidance is not None else None
+        self.failed: list[int] = []
+        pending: list[tuple[int, torch.Tensor]] = []
+        for i, name in enumerate(tqdm(names, desc=f"frozen features: {desc}", unit="img", leave=False)):
+            try:
+                img = resize_to_stride(load_image(root / name), resize, bb.stride)
+            except ImageError as exc:
+                logger.warning("skipping %s", exc)
+                self.failed.append(i)
+                continue
+            x = bb.preprocess(img)
+            if self.guidance is not None:
+                self.guidance.append(guidance(root, name, x.shape[-2:]))
+            if pending and (len(pending) == batch or pending[0][1].shape != x.shape):
+                self._flush(model, pending, feats)
+            pending.append((i, x))
+        self._flush(model, pending, feats)
+        self.feats = [f for f in feats if f is not None]
+
+    @staticmethod
+    def _flush(model: TrainModel, pending: list, feats: list) -> None:
+        if pending:
+            device = next(model.parameters()).device
+            out = model.frozen(torch.stack([x for _, x in pending]).to(device)).cpu()
+            for (i, _), f in zip(pending, out):
+                feats[i] = f
+            pending.clear()
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+
+def run(model: TrainModel, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Descriptors (N, D) and per-image attention weights for frozen features of any shapes."""
+    device = next(model.parameters()).device
+    if len({f.shape for f in feats}) == 1:
+        desc, weight = model(torch.stack(feats).to(device))
+        return desc, None if weight is None else list(weight)
+    outs = [model(f[None].to(device)) for f in feats]
+    weights = None if outs[0][1] is None else [w[0] for _, w in outs]
+    return torch.cat([d for d, _ in outs]), weights
+
+
+@torch.no_grad()
+def describe(model: TrainModel, bank: Bank, batch: int = 64) -> np.ndarray:
+    """Descriptors of every image in a bank with the model in eval mode."""
+    was = model.training
+    model.eval()
+    out = [run(model, bank.feats[i:i + batch])[0].cpu().numpy() for i in range(0, len(bank), batch)]
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def recall(model: TrainModel, q_bank: Bank, m_bank: Bank, places: PlaceSet, top_k: int = 20) -> dict:
+    """Recall@1/5/10/20 and mAP of the split's queries against its map (positives within pos_thr)."""
+    import faiss
+
+    q, m = describe(model, q_bank), describe(model, m_bank)
+    index = faiss.IndexFlatIP(m.shape[1])
+    index.add(np.ascontiguousarray(m, dtype=np.float32))
+    _, ids = index.search(np.ascontiguousarray(q, dtype=np.float32), min(top_k, len(m)))
+    return metrics.evaluate(ids, GroundTruth(places.positives))
+
+
+class Session:
+    """Everything the three modes share: config, splits, model and in-memory frozen features."""
+
+    def __init__(self, conf: dict, map_dir, query_dir, out_dir, device: str = "cpu",
+                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+        self._setup(conf, out_dir, device)
+        guide = guidance_mod.get_source(conf["guidance"], conf["attention"], device)
+        self.places = load_splits(conf["data"], map_dir, query_dir)
+        self.banks: dict[str, tuple[Bank, Bank]] = {}
+        for name in splits:
+            ps = self.places[name]
+            if not ps.q_names or not ps.m_names:
+                raise ValueError(f"the {name} split is empty ({len(ps.q_names)} queries, {len(ps.m_names)} map "
+                                 f"images): check data.split / data.gap against the dataset's extent")
+            qb = Bank(self.model, self.fconf, Path(query_dir), ps.q_names, f"{name} queries", guide and guide.query)
+            mb = Bank(self.model, self.fconf, Path(map_dir), ps.m_names, f"{name} map", guide and guide.map)
+            self.places[name] = ps.without(qb.failed, mb.failed)
+            self.banks[name] = (qb, mb)
+
+    def _setup(self, conf: dict, out_dir, device: str) -> None:
+        """Config, output folder and a freshly seeded model."""
+        self.conf, self.out, self.device = conf, Path(out_dir), device
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.centroid_path = self.out / "centroids.npz"
+        seed_everything(conf["train"]["seed"])
+        self.model, self.fconf = build_model(conf, device)
+        self.arch = trained.arch_record(self.fconf["model"], self.fconf["aggregator"], self.fconf["preprocessing"])
+
+    def variant(self, conf: dict, out_dir) -> Session:
+        """A session for another loss / attention / schedule over the same images, sharing the in-memory
+        frozen features (for comparisons: the frozen backbone runs once for all variants)."""
+        same = ("features", "resize_max", "data", "guidance")
+        diff = [k for k in same if conf[k] != self.conf[k]]
+        if diff or conf["train"]["train_layers"] != self.conf["train"]["train_layers"]:
+            raise ValueError(f"a variant must keep {same} and train.train_layers; differs in {diff}")
+        other = copy.copy(self)
+        other._setup(conf, out_dir, self.device)
+        return other
+
+    def cluster(self) -> Path:
+        """k-means centroids of local features of (a sample of) the training map images."""
+        _, m_bank = self.banks["train"]
+        rng = np.random.default_rng(self.conf["train"]["seed"])
+        n = min(len(m_bank), self.conf["train"]["cluster_images"])
+        with torch.no_grad():
+            local = [self.model.local(m_bank.feats[i][None].to(next(self.model.parameters()).device))
+                     for i in sorted(rng.choice(len(m_bank), n, replace=False))]
+        x = torch.cat([f.flatten(2)[0].T for f in local]).cpu().numpy()
+        if len(x) > 100_000:
+            x = x[rng.choice(len(x), 100_000, replace=False)]
+        self.model.aggregator.fit(x)
+        tmp = self.centroid_path.with_suffix(".tmp.npz")
+        np.savez(tmp, centroids=self.model.aggregator.centroids.detach().cpu().numpy(),
+                 arch=json.dumps(self.arch, sort_keys=True))
+        os.replace(tmp, self.centroid_path)
+        return self.centroid_path
+
+    def init_centroids(self) -> None:
+        """Initialise NetVLAD from saved centroids (clustering first when there are none)."""
+        if not self.centroid_path.exists():
+            self.cluster()
+            return
+        with np.load(self.centroid_path, allow_pickle=False) as data:
+            if str(data["arch"]) != json.dumps(self.arch, sort_keys=True):
+                raise ValueError(f"{self.centroid_path} was clustered for another architecture "
+                                 f"({data['arch']}); delete it or use another output folder")
+            self.model.aggregator.init_from_centroids(data["centroids"])
+
+    def load(self, path: Path, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
+        """Load a checkpoint after checking it was trained for this architecture."""
+        ckpt = trained.read(path)
+        if ckpt is None:
+            raise ValueError(f"{path}: not a vprkit NetVLAD training checkpoint")
+        diff = trained.arch_mismatch(self.arch, ckpt["meta"]["arch"])
+        if diff:
+            raise ValueError(f"{path} was trained for another architecture: " + "; ".join(diff))
+        return load_checkpoint(path, self.model, optimizer, scheduler, restore_rng=restore_rng)
+
+
+def _optimizer(conf: dict, params) -> torch.optim.Optimizer:
+    t = conf["train"]
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    raise ValueError(f"unknown optimizer '{t['optimizer']}'; choose 'adam' or 'sgd'")
+
+
+def _tuple_loss(s: Session, miner: Miner, queries: list[int], rng: np.random.Generator, loss_fn) -> torch.Tensor | None:
+    """Loss of one batch of queries: mined tuples forwarded together; None when nothing could be mined."""
+    tuples = miner.mine(queries, rng)
+    if not tuples:
+        return None
+    q_bank, m_bank = s.banks["train"]
+    k = max(len(t.negatives) for t in tuples)
+    negs = [np.resize(t.negatives, k) for t in tuples]  # pad by repetition; padded pairs are masked out
+    mask = torch.tensor([[j < len(t.negatives) for j in range(k)] for t in tuples])
+    feats = ([q_bank.feats[t.query] for t in tuples] + [m_bank.feats[t.positive] for t in tuples]
+             + [m_bank.feats[j] for n in negs for j in n])
+    desc, weights = run(s.model, feats)
+    b = len(tuples)
+    loss = loss_fn(desc[:b], desc[b:2 * b], desc[2 * b:].reshape(b, k, -1), mask.to(desc.device))
+    g = s.conf["guidance"]
+    if weights is not None and q_bank.guidance is not None and g["weight"] > 0:
+        target = ([q_bank.guidance[t.query] for t in tuples] + [m_bank.guidance[t.positive] for t in tuples]
+                  + [m_bank.guidance[j] for n in negs for j in n])
+        loss = loss + g["weight"] * torch.stack([guidance_loss(w[None], gt[None].to(w.device), g["loss"])
+                                                 for w, gt in zip(weights, target)]).mean()
+    return loss
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def train(s: Session, resume: bool = False) -> dict:
+    """The training loop: mining, loss, LR schedule, per-epoch validation, checkpoints, early stopping."""
+    t = s.conf["train"]
+    last, best = s.out / "last.pt", s.out / "best.pt"
+    s.init_centroids()
+    opt = _optimizer(s.conf, [p for p in s.model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t["lr_step"], gamma=t["lr_gamma"])
+    places = s.places["train"]
+    miner = Miner(places.positives, places.non_negatives, len(places.m_names), t["num_negs"], t["neg_samples"])
+    rng = np.random.default_rng(t["seed"])
+    stopper, start, step = EarlyStopping(t["patience"]), 1, 0
+    if resume and last.exists():
+        meta = s.load(last, opt, sched)
+        start, step = meta["epoch"] + 1, meta["step"]
+        rng.bit_generator.state = json.loads(meta["mining_rng"])
+        miner.previous = meta["neg_cache"].numpy().copy()
+        stopper = EarlyStopping(t["patience"], **meta["early"])
+        logger.info("resuming after epoch %d (step %d)", meta["epoch"], step)
+    log = CSVLog(s.out / "log.csv", keep_until=start - 1 if resume else None, key="epoch")
+    board = _tensorboard(s.out)
+    loss_fn = get_loss(**s.conf["loss"])
+    q_bank, m_bank = s.banks["train"]
+    row: dict = {}
+    for epoch in range(start, t["epochs"] + 1):
+        if stopper.should_stop:
+            logger.info("early stop: no better val R@5 for %d epochs", t["patience"])
+            break
+        s.model.train()
+        order = rng.permutation(len(places.q_names))[: t["max_queries_per_epoch"]]
+        miner.stats, losses, since = MiningStats(), [], None
+        batches = range(0, len(order), t["batch_size"])
+        for b in tqdm(batches, desc=f"epoch {epoch}/{t['epochs']}", unit="batch", leave=False):
+            if since is None or since >= t["cache_refresh"]:
+                miner.refresh(describe(s.model, q_bank), describe(s.model, m_bank))
+                since = 0
+            since += 1
+            loss = _tuple_loss(s, miner, order[b:b + t["batch_size"]].tolist(), rng, loss_fn)
+            if loss is None:
+                continue
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+        sched.step()
+        val = recall(s.model, *s.banks["val"], s.places["val"])
+        improved = stopper.step(val["R@5"])
+        st = miner.stats
+        row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": opt.param_groups[0]["lr"], **{f"val_{k}": val[k] for k in ("R@1", "R@5", "R@10", "R@20")},
+               "skipped_no_positive": st.no_positive, "skipped_no_negative": st.no_negative,
+               "few_negatives": st.few_negatives}
+        log.write(row)
+        if board is not None:
+            for k, v in row.items():
+                board.add_scalar(k, v, epoch)
+        save_checkpoint(last, s.model, opt, sched, kind=trained.KIND, arch=s.arch, conf=s.conf, epoch=epoch,
+                        step=step, early=stopper.state(), mining_rng=json.dumps(rng.bit_generator.state),
+                        neg_cache=torch.from_numpy(miner.previous.copy()), val=val)
+        if improved:
+            shutil.copyfile(last, best.with_name(best.name + ".tmp"))
+            os.replace(best.with_name(best.name + ".tmp"), best)
+        logger.info("epoch %d: %s", epoch, row)
+    if board is not None:
+        board.close()
+    return row
+
+
+def test(s: Session, checkpoint: str | Path | None = None, split: str = "test") -> dict:
+    """Recall@N on a split; without a checkpoint, the k-means-initialised (untrained) NetVLAD."""
+    if checkpoint is not None:
+        s.load(Path(checkpoint), restore_rng=False)
+    else:
+        s.init_centroids()
+    res = recall(s.model, *s.banks[split], s.places[split])
+    res["checkpoint"] = str(checkpoint) if checkpoint else None
+    res["split"] = split
+    outputs.write_json(s.out / f"test-{split}-{Path(checkpoint).stem if checkpoint else 'untrained'}.json", res)
+    return res
+
+
+def main(conf: dict, map_dir: str | Path, query_dir: str | Path, out_dir: str | Path, mode: str = "train",
+         resume: bool = False, checkpoint: str | Path | None = None, split: str = "test",
+         device: str = "cpu") -> dict:
+    """Run one mode: `cluster` (writes OUT/centroids.npz), `train` (OUT/last.pt, best.pt, log.csv) or
+    `test` (Recall@N of `checkpoint`, or of the untrained model, on `split`)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}'; choose one of {MODES}")
+    clustered = (Path(out_dir) / "centroids.npz").exists() or checkpoint is not None
+    splits = {"cluster": ("train",), "train": ("train", "val"),
+              "test": (split,) if clustered else ("train", split)}[mode]
+    s = Session(conf, map_dir, query_dir, out_dir, device, tuple(dict.fromkeys(splits)))
+    if mode == "cluster":
+        return {"centroids": str(s.cluster())}
+    if mode == "train":
+        return train(s, resume)
+    return test(s, checkpoint, split)
