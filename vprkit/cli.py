@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gt", help="ground truth, as for `vprkit query`")
     s.add_argument("--threshold", type=float)
 
+    s = sub.add_parser("train-ames", help="train an AMES re-ranker (fp, or binary by distillation) on a retrieval")
+    s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
+    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.csv, cached local features)")
+    s.add_argument("--preset", default="fp", help="fp, or binary (needs --set teacher=FP_MODEL/best.pt)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
+    s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
+
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
@@ -128,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir), indent=1))
         elif args.command == "rerank":
             _rerank(args)
+        elif args.command == "train-ames":
+            from .train import ames as train_ames
+
+            conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
+            best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
+            print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
         elif args.command == "presets":

@@ -1,0 +1,102 @@
+"""Does AMES re-ranking raise mAP and R@1 over the global retrieval, on places it was not trained on?
+
+Nordland dev (winter queries vs summer map, +-2 steps): AMES (fp) is trained on the first `--train-places`
+places, a binary AMES is distilled from it, and both re-rank the global top-100 of the later, disjoint places.
+
+    .venv/bin/python bench/ames_rerank.py --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from common import machine
+
+from vprkit import api
+from vprkit.data.images import list_images
+from vprkit.rerank import base as rerank_step
+from vprkit.rerank.ames import AMESReranker
+from vprkit.train import ames as train_ames
+
+GT, THRESHOLD = "sequence", 20.0  # frame numbers step by 10: +-2 places
+
+
+def _link_subset(src: Path, names: list[str], dst: Path) -> Path:
+    """A folder of symlinks to `names` (a split of a shipped set without copying it)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        if not (dst / n).exists():
+            (dst / n).symlink_to((src / n).resolve())
+    return dst
+
+
+def _split(data: Path, work: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """Train / test folders: first places for training, later places for testing (disjoint)."""
+    root = data / "nordland_64x32_dev"
+    names = list_images(root / "summer")
+    train, test = names[:args.train_places], names[args.train_places:args.train_places + args.test_places]
+    return {"train_map": _link_subset(root / "summer", train, work / "train_map"),
+            "train_q": _link_subset(root / "winter", train[::args.train_query_step], work / "train_q"),
+            "test_map": _link_subset(root / "summer", test, work / "test_map"),
+            "test_q": _link_subset(root / "winter", test[::args.test_query_step], work / "test_q")}
+
+
+def _retrieval(map_dir: Path, q_dir: Path, work: Path, top_k: int) -> Path:
+    index = work / f"index_{map_dir.name}"
+    if not index.exists():
+        api.index_map(map_dir, index, preset="dinov2-vlad", preprocessing={"resize_max": 224})
+    return Path(api.localize(index, q_dir, top_k, work / f"res_{q_dir.name}", GT, THRESHOLD)["out_dir"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=Path("bench_ames_work"))
+    p.add_argument("--train-places", type=int, default=1000)
+    p.add_argument("--test-places", type=int, default=1000)
+    p.add_argument("--train-query-step", type=int, default=2)
+    p.add_argument("--test-query-step", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--num-query-desc", type=int, default=100)
+    p.add_argument("--num-map-desc", type=int, default=50)
+    args = p.parse_args()
+    work = args.work
+    dirs = _split(args.data, work, args)
+    train_res = _retrieval(dirs["train_map"], dirs["train_q"], work, 20)
+    test_res = _retrieval(dirs["test_map"], dirs["test_q"], work, 100)
+    budgets = {"num_query_desc": args.num_query_desc, "num_map_desc": args.num_map_desc}
+    timings = {}
+    t = time.perf_counter()
+    fp = train_ames.main(train_ames.get_conf("fp", epochs=args.epochs, **budgets), train_res, work / "ames_fp", GT,
+                         THRESHOLD)
+    timings["train fp"] = time.perf_counter() - t
+    t = time.perf_counter()
+    binary = train_ames.main(train_ames.get_conf("binary", epochs=args.epochs, teacher=str(fp)), train_res,
+                             work / "ames_binary", GT, THRESHOLD)
+    timings["train binary"] = time.perf_counter() - t
+    rows = {}
+    for name, ckpt, preset in (("AMES fp", fp, "fp"), ("AMES binary", binary, "binary")):
+        conf = AMESReranker.get_conf(preset, checkpoint=str(ckpt), cache_dir=str(work / "test_cache"), **budgets)
+        t = time.perf_counter()
+        res = rerank_step.main(conf, test_res, work / f"rerank_{preset}", GT, THRESHOLD)
+        timings[f"re-rank {preset}"] = time.perf_counter() - t
+        rows.setdefault("global", res["metrics_global"])
+        rows[name] = res["metrics"]
+    n_q = len(list_images(dirs["test_q"]))
+    print(f"machine: {machine()}")
+    print(f"train: {args.train_places} places ({len(list_images(dirs['train_q']))} queries); test: places "
+          f"{args.train_places}..{args.train_places + args.test_places - 1} ({n_q} queries), global top-100 re-ranked; "
+          f"descriptors {args.num_query_desc} query / {args.num_map_desc} map")
+    print("| method | R@1 | R@5 | R@10 | mAP | mAP@10 |\n|---|---|---|---|---|---|")
+    for name, m in rows.items():
+        print(f"| {name} | {m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | {m['mAP']:.3f} | {m['mAP@10']:.3f} |")
+    print("timings (s): " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    print(f"re-ranking ms/query (incl. local feature extraction of the test set on the first run): "
+          + ", ".join(f"{k}: {1000 * v / n_q:.0f}" for k, v in timings.items() if k.startswith("re-rank")))
+
+
+if __name__ == "__main__":
+    main()
