@@ -201,7 +201,7 @@ def test_revisited_map_on_a_hand_made_case():
     assert out["mP@1_easy"] == pytest.approx((1.0 + 0.0) / 2)
 
 
-def test_revisited_ground_truth_files(tmp_path):
+def test_revisited_ground_truth_files(tmp_path, capsys):
     import collections
     import pickle
 
@@ -212,6 +212,89 @@ def test_revisited_ground_truth_files(tmp_path):
     loaded = revisited.load_gnd(tmp_path / "gnd.pkl")
     ids, gnd = revisited.align(loaded, ["jpg/q.jpg"], ["x/c.jpg", "x/a.jpg", "x/b.jpg"], np.array([[0, 1, -1]]))
     assert ids.tolist() == [[2, 0, -1]] and revisited.evaluate(ids, gnd)["mAP_easy"] == 1.0
+    # the CLI: predictions.txt over our names + a JSON ground truth
+    from vprkit.cli import main
+    from vprkit.evaluation.outputs import write_predictions
+
+    write_predictions(tmp_path / "p.txt", ["jpg/q.jpg"], ["x/a.jpg", "x/b.jpg", "x/c.jpg"], np.array([[1, 2, 0]]),
+                      np.array([[0.9, 0.8, 0.7]]))
+    (tmp_path / "gnd.json").write_text(__import__("json").dumps({**data, "gnd": [{"easy": [2], "junk": [0]}]}))
+    assert main(["evaluate", str(tmp_path / "p.txt"), "--gt", str(tmp_path / "gnd.json"), "--revisited"]) == 0
+    assert '"mAP_easy": 0.25' in capsys.readouterr().out  # junk a dropped: c at rank 1 -> AP = (0 + 1/2) / 2
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps(collections.OrderedDict(data)))
     with pytest.raises(ValueError, match="not a revisited ground-truth file"):
         revisited.load_gnd(tmp_path / "bad.pkl")
+
+
+TINY_MODEL = {"model_dim": 8, "num_heads": 2, "num_layers": 1, "ff_dim": 16, "dropout": 0.0}
+TRAIN = ["num_query_desc=10", "num_map_desc=6", "top_k=5", "batch_size=8", "val_fraction=0.25", "resize_max=32",
+         f"model={__import__('json').dumps(TINY_MODEL)}"]
+
+
+@pytest.fixture
+def retrieval(tiny_backbone, local_conf, image_folder, tmp_path):
+    """A global top-5 of the folder against itself; each image's positive is itself."""
+    from vprkit.cli import main
+
+    names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
+    gt = tmp_path / "pos.txt"
+    gt.write_text("".join(f"{n} {n}\n" for n in names))
+    assert main(["index", str(image_folder), "-o", str(tmp_path / "idx"), "--preset", "mobilenetv2-gem"]) == 0
+    assert main(["query", str(tmp_path / "idx"), str(image_folder), "--top-k", "5", "-o", str(tmp_path / "res")]) == 0
+    return tmp_path / "res", gt
+
+
+@pytest.mark.slow
+def test_training_resumes_exactly(retrieval, tmp_path):
+    from vprkit.cli import main
+
+    res, gt = retrieval
+    run = ["train-ames", str(res), "--gt", str(gt), "--set", *TRAIN]
+    assert main([*run[:4], "-o", str(tmp_path / "a"), *run[4:], "epochs=2"]) == 0
+    assert main([*run[:4], "-o", str(tmp_path / "b"), *run[4:], "epochs=1"]) == 0
+    assert main([*run[:4], "-o", str(tmp_path / "b"), *run[4:], "epochs=2"]) == 0  # resumes after epoch 0
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+
+
+@pytest.mark.slow
+def test_rerank_fp_and_binary_follow_the_score_formula(retrieval, tmp_path):
+    import json
+
+    from vprkit.cli import main
+    from vprkit.models.ames import load_ames
+    from vprkit.rerank.base import load_retrieval
+
+    res, gt = retrieval
+    fp_dir, bin_dir = tmp_path / "fp", tmp_path / "bin"
+    assert main(["train-ames", str(res), "--gt", str(gt), "-o", str(fp_dir), "--set", *TRAIN, "epochs=1"]) == 0
+    assert main(["train-ames", str(res), "--gt", str(gt), "-o", str(bin_dir), "--preset", "binary", "--set",
+                 f"teacher={fp_dir / 'best.pt'}", "bits=8", "epochs=1", "top_k=5", "batch_size=8"]) == 0
+    glob = load_retrieval(res)
+    for ckpt, preset in ((fp_dir / "best.pt", "fp"), (bin_dir / "best.pt", "binary")):
+        out = tmp_path / f"rr_{preset}"
+        assert main(["rerank", str(res), "--method", "ames", "--preset", preset, "-o", str(out), "--gt", str(gt),
+                     "--set", f"checkpoint={ckpt}", "num_query_desc=10", "num_map_desc=6"]) == 0
+        assert "metrics" in json.loads((out / "results.json").read_text())
+        got = load_retrieval(out)
+        model, _ = load_ames(ckpt)
+        q_feats = local.read_rows(next((out / "cache").glob("query_local_*.h5")))
+        m_feats = local.read_rows(next((out / "cache").glob("map_local_*.h5")))
+        lamb, temp = (0.5, 0.2) if preset == "fp" else (0.35, 0.1)
+        for qi in range(len(glob.ids)):  # independent re-computation of every final score
+            cand = glob.ids[qi]
+            qd, qv = local.split(q_feats[[qi] * len(cand)])
+            md, mv = local.split(m_feats[cand])
+            with torch.no_grad():
+                raw = model(qd, qv, md, mv).numpy()
+            final = lamb * glob.scores[qi] + (1 - lamb) / (1 + np.exp(-temp * raw))
+            order = np.argsort(-final, kind="stable")
+            assert got.ids[qi].tolist() == cand[order].tolist()
+            assert got.scores[qi] == pytest.approx(final[order], abs=1e-5)
+    codes = next((tmp_path / "rr_binary" / "cache").glob("*_codes_*.h5"))
+    import h5py
+
+    with h5py.File(codes) as f:
+        assert f["codes"].shape == (12, 6, 1)  # 8-bit codes: one byte per descriptor

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gt", required=True)
     s.add_argument("--threshold", type=float)
     s.add_argument("--map-dir", help="full map folder (for exact mAP); default: images named in the predictions")
+    s.add_argument("--revisited", action="store_true",
+                   help="--gt is a revisited Oxford/Paris gnd file (.pkl or .json): easy/medium/hard mAP and mP@k")
 
     s = sub.add_parser("rerank", help="re-rank the top of a global retrieval written by `vprkit query`")
     s.add_argument("results_dir", help="a query results folder (holds results.json and predictions.txt)")
@@ -77,9 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None) -> dict:
+def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None, revisited: bool = False
+                   ) -> dict:
     """Score a predictions.txt against ground truth."""
     q_names, m_names, preds = outputs.read_predictions(path, list_images(map_dir) if map_dir else None)
+    if revisited:
+        from .evaluation import revisited as rop
+
+        return rop.evaluate(*rop.align(rop.load_gnd(gt), q_names, m_names, preds))
     return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
 
 
@@ -134,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(metrics.format_table({res["preset"]: res["metrics"]}))
             print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
         elif args.command == "evaluate":
-            print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir), indent=1))
+            res = _evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited)
+            print(json.dumps(res, indent=1))
         elif args.command == "rerank":
             _rerank(args)
         elif args.command == "train-ames":

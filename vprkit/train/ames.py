@@ -149,7 +149,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, thre
     start, stop = 0, EarlyStopping(conf["patience"])
     if resume and last.exists():
         done = load_checkpoint(last, model, opt)
-        if done["conf"] != conf:
+        if {**done["conf"], "epochs": 0} != {**conf, "epochs": 0}:  # more epochs may be asked for on resume
             raise ValueError(f"{out_dir} holds a run with other settings; use another folder or resume=False")
         start, stop = done["epoch"] + 1, EarlyStopping(conf["patience"], **done["early"])
     log = CSVLog(out_dir / "log.csv", keep_until=start - 1 if start else None, key="epoch")
@@ -188,5 +188,5 @@ def _train_epoch(model: AMES, teacher: AMES | None, opt: torch.optim.Optimizer, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += float(loss) * len(label)
+        total += loss.item() * len(label)
     return total / max(len(pairs), 1)
