@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from common import machine
 
 from vprkit import api
@@ -62,13 +63,16 @@ def main() -> None:
     p.add_argument("--train-places", type=int, default=300)
     p.add_argument("--test-start", type=int, default=1000, help="first test place (after the training places)")
     p.add_argument("--test-places", type=int, default=300)
-    p.add_argument("--train-query-step", type=int, default=3)
+    p.add_argument("--train-query-step", type=int, default=2)
     p.add_argument("--test-query-step", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--binary-epochs", type=int, default=3)
     p.add_argument("--resize", type=int, default=168, help="long side before DINOv2 (12x6 patches)")
     p.add_argument("--num-query-desc", type=int, default=64)
     p.add_argument("--num-map-desc", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     work = args.work
     dirs = _split(args.data, work, args)
     train_res = _retrieval(dirs["train_map"], dirs["train_q"], work, 20, args.resize)
@@ -76,11 +80,12 @@ def main() -> None:
     budgets = {"num_query_desc": args.num_query_desc, "num_map_desc": args.num_map_desc}
     timings = {}
     t = time.perf_counter()
-    conf = train_ames.get_conf("fp", epochs=args.epochs, resize_max=args.resize, val_fraction=0.1, **budgets)
+    common = {"val_fraction": 0.1, "cache_dir": str(work / "train_cache"), "batch_size": 16, "num_neg": 4}
+    conf = train_ames.get_conf("fp", epochs=args.epochs, resize_max=args.resize, lr=5e-4, **common, **budgets)
     fp = train_ames.main(conf, train_res, work / "ames_fp", GT, THRESHOLD)
     timings["train fp"] = time.perf_counter() - t
     t = time.perf_counter()
-    conf = train_ames.get_conf("binary", epochs=args.epochs, teacher=str(fp), val_fraction=0.1)
+    conf = train_ames.get_conf("binary", epochs=args.binary_epochs, teacher=str(fp), **common)
     binary = train_ames.main(conf, train_res, work / "ames_binary", GT, THRESHOLD)
     timings["train binary"] = time.perf_counter() - t
     rows = {}

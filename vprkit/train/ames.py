@@ -33,7 +33,7 @@ logger = logging.getLogger("vprkit")
 DEFAULT_CONF: dict = {
     "features": "dinov2", "resize_max": None, "num_query_desc": 600, "num_map_desc": 100,
     "model": {"model_dim": 128, "num_heads": 2, "num_layers": 5, "ff_dim": 1024, "dropout": 0.1},
-    "bits": None, "teacher": None, "distill_weight": 1.0, "itq_samples": 20000,
+    "bits": None, "teacher": None, "distill_weight": 1.0, "itq_samples": 20000, "cache_dir": None,
     "epochs": 5, "lr": 3e-4, "weight_decay": 1e-4, "batch_size": 32,
     "top_k": 20, "num_pos": 2, "num_neg": 6, "val_fraction": 0.2, "patience": 3, "seed": 0, "device": "cpu",
 }
@@ -119,7 +119,7 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
         fconf = local.get_conf(conf["features"])
         if conf["resize_max"]:
             fconf["preprocessing"] = {**fconf["preprocessing"], "resize_max": conf["resize_max"]}
-    cache = out_dir / "features"
+    cache = Path(conf["cache_dir"]) if conf["cache_dir"] else out_dir / "features"
     q_path = local.cached(fconf, retrieval.query_dir, retrieval.q_names, cache, "query", conf["num_query_desc"],
                           conf["device"])
     m_path = local.cached(fconf, retrieval.map_dir, retrieval.m_names, cache, "map", conf["num_map_desc"],
