@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--test-places", type=int, default=300)
     p.add_argument("--train-query-step", type=int, default=2)
     p.add_argument("--test-query-step", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--binary-epochs", type=int, default=3)
     p.add_argument("--resize", type=int, default=168, help="long side before DINOv2 (12x6 patches)")
     p.add_argument("--num-query-desc", type=int, default=64)

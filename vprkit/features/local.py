@@ -33,6 +33,9 @@ X, Y, SCALE, MASK, WEIGHT = range(META)
 CONFS: dict[str, dict] = {
     "dinov2": {"model": {"name": "dinov2_vits14"}, "preprocessing": {"resize_max": 224}},
     "dinov2-448": {"model": {"name": "dinov2_vits14"}, "preprocessing": {"resize_max": 448}},
+    # AnyLoc's finding for global VPR descriptors: a middle block's attention values match places best
+    "dinov2-value": {"model": {"name": "dinov2_vits14", "layer": 7, "facet": "value"},
+                     "preprocessing": {"resize_max": 224}},
     "vgg19": {"model": {"name": "vgg19"}, "preprocessing": {"resize_max": 320}},
 }
 DEFAULT_RUNTIME = {"batch_size": 16, "max_pixels": DEFAULT_MAX_PIXELS}
@@ -57,7 +60,7 @@ def conf_key(conf: dict, num_features: int) -> str:
 class LocalExtractor(Extractor):
     """The global extractor's batching and backbone, without an aggregator."""
 
-    def __init__(self, conf: dict, device: str = "cpu") -> None:  # noqa: D107 - no aggregator on purpose
+    def __init__(self, conf: dict, device: str = "cpu") -> None:  # deliberately no aggregator
         self.conf, self.device = conf, torch.device(device)
         self.backbone = get_backbone(**conf["model"]).eval().to(self.device)
 
