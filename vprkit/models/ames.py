@@ -92,6 +92,21 @@ class AMES(nn.Module):
             att.q.bias.zero_()
             att.kv.bias[:dim].zero_()
 
+    @torch.no_grad()
+    def init_whitening(self, desc: torch.Tensor, eps: float = 1e-6) -> None:
+        """Start the input projection as PCA-whitening of (a sample of) training descriptors (n, input_dim).
+
+        Backbone descriptors share a large common component, so raw cosine similarities are all high and the
+        nearest-neighbour start of cross-attention cannot tell matches apart; whitened, they can.
+        """
+        x = F.normalize(self.encode(desc.float()), dim=-1).double()
+        mean = x.mean(0)
+        evals, evecs = torch.linalg.eigh(torch.cov((x - mean).T))
+        k = min(self.embed[0].out_features, x.shape[1])
+        w = evecs[:, -k:].flip(1) / (evals[-k:].flip(0).clamp_min(0) + eps).sqrt()  # (in, k), largest first
+        self.embed[0].weight[:k] = w.T.float()
+        self.embed[0].bias[:k] = -(mean @ w).float()
+
     def encode(self, desc: torch.Tensor) -> torch.Tensor:
         """What the transformer reads: +-1 codes for a binary model, else the descriptors themselves."""
         return self.binarizer(desc) if self.binarizer is not None else desc

@@ -93,19 +93,23 @@ def validation_map(model: AMES, q_feats: torch.Tensor, m_feats: torch.Tensor, ca
 
 
 def _build_model(conf: dict, dim: int, m_feats: torch.Tensor) -> tuple[AMES, AMES | None]:
-    """(model to train, teacher or None): a binary student starts from the teacher and ITQ on map descriptors."""
+    """(model to train, teacher or None). Input projection starts as whitening of map descriptors; a binary
+    student starts from the teacher's transformer and an ITQ binarizer."""
+    desc, valid = local.split(m_feats)
+    desc = desc[valid]
+    sample = desc[np.random.default_rng(conf["seed"]).permutation(len(desc))[:conf["itq_samples"]]]
     if not conf["bits"]:
-        return AMES(input_dim=dim, **conf["model"]), None
+        model = AMES(input_dim=dim, **conf["model"])
+        model.init_whitening(sample)
+        return model, None
     if not conf["teacher"]:
         raise ValueError("binary AMES training distils an fp model: set teacher=PATH (a `vprkit train-ames` best.pt)")
     teacher, _ = load_ames(conf["teacher"])
     student = AMES(**{**teacher.conf, "bits": conf["bits"]})
     own = student.state_dict()
     student.load_state_dict({k: v for k, v in teacher.state_dict().items() if own[k].shape == v.shape}, strict=False)
-    desc, valid = local.split(m_feats)
-    desc = desc[valid]
-    rng = np.random.default_rng(conf["seed"])
-    student.binarizer.init_itq(desc[rng.permutation(len(desc))[:conf["itq_samples"]]].numpy(), seed=conf["seed"])
+    student.binarizer.init_itq(sample.numpy(), seed=conf["seed"])
+    student.init_whitening(sample)
     return student, teacher.to(conf["device"])
 
 
