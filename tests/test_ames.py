@@ -298,3 +298,15 @@ def test_rerank_fp_and_binary_follow_the_score_formula(retrieval, tmp_path):
 
     with h5py.File(codes) as f:
         assert f["codes"].shape == (12, 6, 1)  # 8-bit codes: one byte per descriptor
+
+
+def test_whitening_init_decorrelates_training_descriptors():
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=16) * 3  # a shared component, as backbone descriptors have
+    desc = torch.from_numpy(common + rng.normal(size=(500, 16)) * np.linspace(0.2, 2, 16)).float()
+    model = tiny_ames()
+    model.init_whitening(desc)
+    with torch.no_grad():
+        y = model.embed[0](torch.nn.functional.normalize(desc, dim=-1)).double()
+    assert y.mean(0).abs().max() < 1e-4
+    assert torch.allclose(torch.cov(y.T), torch.eye(8, dtype=torch.float64), atol=1e-3)
