@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gt", required=True)
     s.add_argument("--threshold", type=float)
     s.add_argument("--map-dir", help="full map folder (for exact mAP); default: images named in the predictions")
+    s.add_argument("--revisited", action="store_true",
+                   help="--gt is a revisited Oxford/Paris gnd file (.pkl or .json): easy/medium/hard mAP and mP@k")
 
     s = sub.add_parser("rerank", help="re-rank the top of a global retrieval written by `vprkit query`")
     s.add_argument("results_dir", help="a query results folder (holds results.json and predictions.txt)")
@@ -72,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
+    s = sub.add_parser("train-ames", help="train an AMES re-ranker (fp, or binary by distillation) on a retrieval")
+    s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
+    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.csv, cached local features)")
+    s.add_argument("--preset", default="fp", help="fp, or binary (needs --set teacher=FP_MODEL/best.pt)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
+    s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
 
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
@@ -81,9 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None) -> dict:
+def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None, revisited: bool = False
+                   ) -> dict:
     """Score a predictions.txt against ground truth."""
     q_names, m_names, preds = outputs.read_predictions(path, list_images(map_dir) if map_dir else None)
+    if revisited:
+        from .evaluation import revisited as rop
+
+        return rop.evaluate(*rop.align(rop.load_gnd(gt), q_names, m_names, preds))
     return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
 
 
@@ -152,11 +167,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(metrics.format_table({res["preset"]: res["metrics"]}))
             print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
         elif args.command == "evaluate":
-            print(json.dumps(_evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir), indent=1))
+            res = _evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited)
+            print(json.dumps(res, indent=1))
         elif args.command == "rerank":
             _rerank(args)
         elif args.command == "train":
             _train(args)
+        elif args.command == "train-ames":
+            from .train import ames as train_ames
+
+            conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
+            best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
+            print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
         elif args.command == "presets":

@@ -14,6 +14,7 @@ from .base import Reranker, Retrieval, load_retrieval
 # method name -> "module:class"; ".module" is relative to this package
 REGISTRY: dict[str, str] = {
     "gcsa": ".gcsa:GCSAReranker",
+    "ames": ".ames:AMESReranker",
 }
 
 

@@ -1,0 +1,88 @@
+"""AMES re-ranking: a trained AMES model scores the query against each of its top candidates.
+
+score = lambda * global similarity + (1 - lambda) * sigmoid(temp * raw AMES similarity), candidates
+scored in batches. Local descriptors of queries (`num_query_desc`, default 600) and map
+(`num_map_desc`, default 100) are extracted with the settings stored in the checkpoint and cached in
+`cache_dir` (resumable). A binary (distilled) model reads the map as packed 128-bit codes, built once
+from the map's fp descriptors with the model's own binarizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..features import local
+from ..models.ames import AMES, load_ames, rerank_score
+from .base import Reranker, Retrieval
+
+MapReader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+
+
+class AMESReranker(Reranker):
+    """Re-rank with an AMES checkpoint from `vprkit train-ames` (fp or binary)."""
+
+    name = "ames"
+    # lambda / temperature as tuned by the AMES authors for DINOv2 fp and distilled-binary models
+    confs = {"fp": {"lamb": 0.5, "temp": 0.2}, "binary": {"lamb": 0.35, "temp": 0.1}}
+    default_conf = {"checkpoint": None, "lamb": 0.5, "temp": 0.2, "num_rerank": 100, "num_query_desc": 600,
+                    "num_map_desc": 100, "batch_size": 100, "cache_dir": None, "device": "cpu"}
+
+    def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        c = self.conf
+        if not c["checkpoint"]:
+            raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train-ames`)")
+        model, meta = load_ames(c["checkpoint"])
+        model.to(c["device"])
+        cache = Path(c["cache_dir"] or work_dir)
+        q_path = local.cached(meta["features"], retrieval.query_dir, retrieval.q_names, cache, "query",
+                              c["num_query_desc"], c["device"])
+        m_path = local.cached(meta["features"], retrieval.map_dir, retrieval.m_names, cache, "map",
+                              c["num_map_desc"], c["device"])
+        read_map = self._map_reader(model, m_path)
+        q_desc, q_valid = local.split(local.read_rows(q_path))
+        ids = np.full_like(retrieval.ids, -1)
+        scores = np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
+        for qi in tqdm(range(len(ids)), desc="ames re-ranking", unit="query"):
+            cand = retrieval.ids[qi]
+            ok = cand >= 0
+            raw = score_candidates(model, q_desc[qi], q_valid[qi], read_map, cand[ok], c["batch_size"], c["device"])
+            final = rerank_score(torch.from_numpy(retrieval.scores[qi][ok]).float(), raw, c["lamb"], c["temp"]).numpy()
+            order = np.argsort(-final, kind="stable")
+            ids[qi, :len(order)], scores[qi, :len(order)] = cand[ok][order], final[order]
+        return ids, scores
+
+    @staticmethod
+    def _map_reader(model: AMES, m_path: Path) -> MapReader:
+        """Rows -> (model inputs, valid): fp descriptors, or unpacked codes from the binary store."""
+        if model.binarizer is None:
+            return lambda rows: local.split(local.read_rows(m_path, rows))
+        codes = local.write_codes(m_path, m_path.with_name(m_path.stem + f"_codes_{id_of(model)}.h5"),
+                                  model.binarizer)
+        return lambda rows: local.read_codes(codes, rows)
+
+
+def id_of(model: AMES) -> str:
+    """Short fingerprint of a model's binarizer, so codes of different models never get mixed up."""
+    w = model.binarizer.proj.weight.detach().cpu().numpy().tobytes()
+    return hashlib.sha1(w).hexdigest()[:10]
+
+
+@torch.inference_mode()
+def score_candidates(model: AMES, q_desc: torch.Tensor, q_valid: torch.Tensor, read_map: MapReader,
+                     cand: np.ndarray, batch_size: int = 100, device: str = "cpu") -> torch.Tensor:
+    """Raw AMES similarity of one query (K, D) against map rows `cand`, in batches."""
+    q_in = model.encode(q_desc[None].to(device))
+    q_valid = q_valid[None].to(device)
+    out = []
+    for s in range(0, len(cand), batch_size):
+        m_in, m_valid = read_map(cand[s:s + batch_size])
+        b = len(m_in)
+        out.append(model(q_in.expand(b, -1, -1), q_valid.expand(b, -1), m_in.to(device), m_valid.to(device),
+                         encoded=True).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
