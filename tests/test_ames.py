@@ -281,7 +281,7 @@ def test_rerank_fp_and_binary_follow_the_score_formula(retrieval, tmp_path):
         got = load_retrieval(out)
         model, _ = load_ames(ckpt)
         q_feats = local.read_rows(next((out / "cache").glob("query_local_*.h5")))
-        m_feats = local.read_rows(next((out / "cache").glob("map_local_*.h5")))
+        m_feats = local.read_rows(next(p for p in (out / "cache").glob("map_local_*.h5") if "_codes_" not in p.name))
         lamb, temp = (0.5, 0.2) if preset == "fp" else (0.35, 0.1)
         for qi in range(len(glob.ids)):  # independent re-computation of every final score
             cand = glob.ids[qi]
