@@ -21,16 +21,6 @@ from vprkit.rerank.gcsa import Contexts, side_affinity
 from vprkit.train import gcsa as train_gcsa
 from vprkit.train.checkpoint import load_checkpoint
 
-
-@pytest.fixture
-def one_thread():
-    """Tiny networks train fastest on one thread (OpenMP threads spin-wait on a busy shared CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- affinities
 
 

@@ -143,11 +143,6 @@ def rerank_score(global_sim: torch.Tensor, raw: torch.Tensor, lamb: float = 0.5,
 
 def load_ames(path: str | Path) -> tuple[AMES, dict]:
     """A trained AMES model (eval mode) and its checkpoint meta (local-feature settings, budgets, conf)."""
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import load_trained_model
 
-    meta = load_checkpoint(path, restore_rng=False)
-    if "model_conf" not in meta:
-        raise ValueError(f"{path}: not an AMES checkpoint (no 'model_conf'); train one with `vprkit train-ames`")
-    model = AMES(**meta["model_conf"])
-    load_checkpoint(path, model, restore_rng=False)
-    return model.eval(), meta
+    return load_trained_model(path, AMES, "model_conf", "train an AMES model with `vprkit train-ames`")

@@ -22,7 +22,7 @@ from ..data.sideinfo import SideInfo, load_sideinfo, noise_model, simulate_prior
 from ..evaluation.msls import write_msls_csv
 from ..features import extract, h5io
 from ..models.gcsa import GCSA
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import load_trained_model
 from . import affinity
 from .base import Reranker, Retrieval
 
@@ -154,12 +154,8 @@ def order(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def load_model(path: str | Path) -> tuple[GCSA, dict]:
     """A trained GCSA network and the training conf stored with it."""
-    meta = load_checkpoint(path, restore_rng=False)
-    if "model_config" not in meta:
-        raise ValueError(f"{path}: not a GCSA checkpoint (no model_config); train one with python -m vprkit.train.gcsa")
-    model = GCSA(**meta["model_config"])
-    load_checkpoint(path, model, restore_rng=False)
-    return model.eval(), meta.get("conf", {})
+    model, meta = load_trained_model(path, GCSA, "model_config", "train one with python -m vprkit.train.gcsa")
+    return model, meta.get("conf", {})
 
 
 def query_descriptors(retrieval: Retrieval, cache_dir: Path) -> np.ndarray:

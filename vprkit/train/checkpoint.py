@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,20 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
         _set_rng_state(ckpt["rng"])
     return ckpt["meta"]
 
+
+
+def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], key: str,
+                       hint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A model rebuilt from the constructor arguments saved under meta[`key`], weights loaded, in eval mode.
+
+    Lets a checkpoint be used without knowing how it was configured; `hint` says how to make a right one.
+    """
+    meta = load_checkpoint(path, restore_rng=False)
+    if key not in meta:
+        raise ValueError(f"{path}: not a checkpoint of this kind (no '{key}'); {hint}")
+    model = build(**meta[key])
+    load_checkpoint(path, model, restore_rng=False)
+    return model.eval(), meta
 
 class CSVLog:
     """Append-only CSV of per-step or per-epoch values; on resume, rows past `keep_until` are dropped so a
