@@ -82,7 +82,7 @@ def test_rerank_orders_candidates_by_votes(tiny_backbone, image_folder, tmp_path
     pred = tmp_path / "res" / "predictions.txt"
     rows = [line.split() for line in pred.read_text().splitlines() if not line.startswith("#")]
     by_q: dict = {}
-    for q, r, m, s in rows:
+    for q, _r, m, s in rows:
         by_q.setdefault(q, []).append((m, s))
     pred.write_text("# query rank map_image score\n" + "".join(
         f"{q} {i + 1} {m} {s}\n" for q, c in by_q.items() for i, (m, s) in enumerate(c[::-1])))

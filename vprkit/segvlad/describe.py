@@ -75,5 +75,5 @@ class PCA:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Project and L2-normalise (identity + L2 when not fitted)."""
         if self.proj is not None and self.proj.size:
-            x = (x - self.mean) @ self.proj.T
+            x = x @ self.proj.T - self.mean @ self.proj.T
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -87,19 +87,20 @@ class SegExtractor:
     def centroids(self) -> np.ndarray:
         return self.ext.aggregator.centroids.cpu().numpy()
 
-    def _rgb(self, x: torch.Tensor) -> np.ndarray:
-        """The uint8 image the backbone saw, recovered from its normalised tensor (segments align with tokens)."""
-        mean = torch.tensor(self.ext.backbone.mean).view(3, 1, 1)
-        std = torch.tensor(self.ext.backbone.std).view(3, 1, 1)
-        return ((x.cpu() * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    def _rgb(self, images: torch.Tensor) -> np.ndarray:
+        """The uint8 images (B, H, W, 3) the backbone saw, recovered from the normalised batch (segments align
+        with tokens)."""
+        mean = torch.tensor(self.ext.backbone.mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.ext.backbone.std).view(1, 3, 1, 1) * 255
+        return images.cpu().mul(std).add_(mean).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
     def raw(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
         """(label map, raw SuperSegment VLADs (S, K*C)) for each image of a batch."""
         local = self.ext.local(images).local.cpu().numpy()
         centroids = self.centroids
         out = []
-        for x, tok in zip(images, local):
-            labels = self.segmenter(self._rgb(x), tok)
+        for rgb, tok in zip(self._rgb(images), local):
+            labels = self.segmenter(rgb, tok)
             s = num_segments(labels)
             c, h, w = tok.shape
             sums = residual_sums(tok.reshape(c, -1).T, centroids, patch_weights(labels, (h, w), s))
@@ -107,8 +108,13 @@ class SegExtractor:
         return out
 
     def describe(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(label map, final descriptors (S, D)) per image."""
-        return [(labels, self.pca(raw)) for labels, raw in self.raw(images)]
+        """(label map, final descriptors (S, D)) per image; one PCA product for the whole batch."""
+        raws = self.raw(images)
+        if not raws:
+            return []
+        desc = self.pca(np.concatenate([r for _, r in raws]))
+        bounds = np.cumsum([len(r) for _, r in raws])[:-1]
+        return [(labels, d) for (labels, _), d in zip(raws, np.split(desc, bounds))]
 
     def fit(self, root: Path, names: list[str]) -> None:
         """Vocabulary (map k-means or a given file), then PCA on a bounded sample of map segments."""
