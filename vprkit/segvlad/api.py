@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
-from ..api import _utm_or_none
-from ..data.groundtruth import ground_truth_for_kept
+import h5py
+import numpy as np
+
+from ..api import _utm_or_none, write_results
 from ..data.images import list_images
-from ..evaluation import metrics, outputs, report
 from ..features import h5io
 from ..index import faiss_index
 from . import extract
@@ -41,8 +43,7 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
 
 
 def load_manifest(index_dir: Path) -> dict:
-    import json
-
+    """The manifest of a SegVLAD index, refusing a global-descriptor index."""
     path = index_dir / faiss_index.MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{index_dir}: not an index (no {faiss_index.MANIFEST_FILE})")
@@ -80,34 +81,15 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
-    outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
-    outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
-    result: dict = {"index": str(index_dir), "queries": str(query_dir), "preset": conf["preset"],
-                    "num_queries": len(q_names), "num_map": len(m_names), "top_k": top_k,
-                    "skipped_queries": sorted(set(q_all) - set(q_names)), "queries_without_votes": empty}
-    positives = None
-    if gt is not None:
-        truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold)
-        positives = truth.positives
-        result["metrics"] = metrics.evaluate(ids, truth)
-    outputs.write_json(out_dir / "results.json", result)
-    report.write_report(out_dir / "report.html", f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})",
-                        result.get("metrics"), query_dir, q_names, Path(manifest["map_dir"]), m_names,
-                        ids, scores, positives, top=report_top)
-    result["out_dir"] = str(out_dir)
-    return result
+    return write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, gt,
+                         threshold, report_top, {"queries_without_votes": empty})
 
 
-def read_segments(feature_path: str | Path, names: list[str]) -> list:
+def read_segments(feature_path: str | Path, names: list[str]) -> list[np.ndarray]:
     """The (S, D) float32 segment descriptors of each name."""
-    import h5py
-    import numpy as np
-
     with h5py.File(feature_path, "r") as f:
         return [f[f"{n}/segments"][()].astype(np.float32) for n in names]
 
 
-def _stack(parts: list, width: int):
-    import numpy as np
-
+def _stack(parts: list, width: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, width))

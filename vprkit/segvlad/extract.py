@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..data.images import list_images
 from ..features import h5io
-from ..features.extract import DEFAULT_RUNTIME, Extractor
+from ..features.extract import DEFAULT_RUNTIME, Extractor, pending, succeeded
 from ..segment import get_segmenter
 from ..segment.masks import encode, num_segments
 from .describe import PCA, patch_weights, residual_sums, supersegment_vlad
@@ -180,12 +180,7 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
         ext.fit(root, names)
         if state_path is not None:
             ext.save_state(Path(state_path))
-    if feature_path.exists():
-        previous = h5io.read_attrs(feature_path).get("model_key")
-        if previous is not None and previous != model_key(conf):
-            raise ValueError(f"{feature_path} holds features of another model ({previous}); use a new output file")
-    done = h5io.finished_names(feature_path, key="segments")
-    todo = [n for n in names if n not in done]
+    todo = pending(feature_path, names, model_key(conf), dataset="segments")
     failed: list[str] = []
     dtype = np.float16 if conf["fp16"] else np.float32
     with tqdm(total=len(todo), desc=f"segvlad {root.name}", unit="img") as bar:
@@ -196,8 +191,4 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
                          for n, (lab, d) in zip(batch_names, ext.describe(images))}
                 h5io.write_batch(feature_path, items, {"model_key": model_key(conf)})
             bar.update(len(batch_names) + len(bad))
-    if failed:
-        logger.warning("%d of %d images could not be read and were skipped: %s", len(failed), len(todo),
-                       ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else ""))
-    failed_set = set(failed)
-    return [n for n in names if n not in failed_set]
+    return succeeded(names, failed, len(todo))
