@@ -1,7 +1,7 @@
 """Recall@1/5/10 of SegVLAD (segment retrieval + bin counting) vs the global dinov2-vlad preset, one run.
 
-Needs the data folder: `python bench/segvlad_recall.py --data ../shared/data`. Nordland dev is cut to its
-first --nordland-limit map and query images (index-aligned, so its ground truth is unchanged).
+Needs the data folder: `python bench/segvlad_recall.py --data ../shared/data`. `--limits` cuts a set to its
+first N map and query images (index-aligned, so its ground truth is unchanged).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ def main() -> None:
     p.add_argument("--datasets", default="corridor,gardenspoint_mini10,essex3in1_thumbs,nordland_dev")
     p.add_argument("--presets", default="segvlad-slic", help="SegVLAD presets, comma-separated")
     p.add_argument("--orders", default="3", help="SuperSegment orders, comma-separated")
-    p.add_argument("--nordland-limit", type=int, default=500)
+    p.add_argument("--limits", default="nordland_dev=300", help="DATASET=N,... first N map and query images")
     p.add_argument("--global-preset", default="dinov2-vlad")
     args = p.parse_args()
     root = Path(args.data)
+    limits = {k: int(v) for k, v in (item.split("=") for item in args.limits.split(",") if item)}
     print(f"machine: {machine()}\n")
     for ds in args.datasets.split(","):
         map_dir, q_dir, gt, thr = SETS[ds]
-        limit = args.nordland_limit if ds == "nordland_dev" else None
+        limit = limits.get(ds)
         rows, notes = {}, []
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
