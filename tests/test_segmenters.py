@@ -93,7 +93,7 @@ def test_sam_automatic_masks_from_a_random_tiny_model():
                                    transformer=m.TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64,
                                                                    num_heads=2)),
         pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-    seg = get_segmenter("sam", model=model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    seg = get_segmenter("sam", model=model, points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     masks = [r["segmentation"] for r in seg.generator.generate(image)]
     assert masks and all(mk.shape == (48, 64) for mk in masks)

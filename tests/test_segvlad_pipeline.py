@@ -72,6 +72,7 @@ def test_query_without_segments_gets_no_ranking(tiny_backbone, image_folder, tmp
     assert (tmp_path / "idx" / "results" / image_folder.name / "predictions.txt").read_text().count("\n") == 1
 
 
+@pytest.mark.slow
 def test_rerank_orders_candidates_by_votes(tiny_backbone, image_folder, tmp_path):
     gt = tmp_path / "pos.txt"
     names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
