@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,9 +38,11 @@ def _extract_speed(root: Path, names: list[str], tmp: Path, preset: str) -> tupl
     seg, g = extract.SegExtractor(seg_conf), global_extract.Extractor(g_conf)
     seg.fit(root, names)
     g.fit(root, names)
+    g.save_state(tmp / "g_state.npz")  # global main re-fits unless it finds a state file
     best = {"seg": 0.0, "global": 0.0}
+    g_state = tmp / "g_state.npz"
     for run in range(2):
-        for key, fn in (("global", lambda p: global_extract.main(g_conf, root, p, names=names, extractor=g)),
+        for key, fn in (("global", lambda p: global_extract.main(g_conf, root, p, g_state, names, extractor=g)),
                         ("seg", lambda p: extract.main(seg_conf, root, p, names=names, extractor=seg))):
             t0 = time.perf_counter()
             fn(tmp / f"{key}{run}.h5")
@@ -68,14 +69,15 @@ def _random_store(path: Path, rows: int, dim: int, seed: int = 0) -> None:
     store.flush()
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process; unlike ru_maxrss, VmHWM is not inherited across exec."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
 def _child(store: str, mode: str, seg_per_image: int) -> None:
     """Search 20 query images' segments; print RSS before, peak RSS (MiB) and ms per query image as JSON."""
-    before = _rss_mib()
+    before = _status_mib("VmRSS")
     arr = np.load(store, mmap_mode="r" if mode == "chunked" else None)
     n_img = max(1, len(arr) // seg_per_image)
     index = SegmentIndex(arr, np.arange(len(arr)) // seg_per_image, n_img, chunk=16384 if mode == "chunked"
@@ -85,7 +87,7 @@ def _child(store: str, mode: str, seg_per_image: int) -> None:
     t0 = time.perf_counter()
     index.search(queries, 50, 10)
     ms = (time.perf_counter() - t0) * 1000 / len(queries)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
     print(json.dumps({"growth_mib": peak - before, "ms": ms}))
 
 
