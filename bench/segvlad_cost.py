@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,26 +70,41 @@ def _random_store(path: Path, rows: int, dim: int, seed: int = 0) -> None:
     store.flush()
 
 
-def _status_mib(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process; unlike ru_maxrss, VmHWM is not inherited across exec."""
+def _anon_mib() -> float:
+    """Anonymous (heap) resident memory: excludes the page cache of the memory-mapped store."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon")) / 1024
+
+
+class _PeakSampler(threading.Thread):
+    """Polls RssAnon every few ms (the kernel keeps no peak of it)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.stop = _anon_mib(), threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, _anon_mib())
 
 
 def _child(store: str, mode: str, seg_per_image: int) -> None:
-    """Search 20 query images' segments; print RSS before, peak RSS (MiB) and ms per query image as JSON."""
-    before = _status_mib("VmRSS")
+    """Search 10 query images' segments; print RSS before, peak RSS (MiB) and ms per query image as JSON."""
+    before = _anon_mib()
+    sampler = _PeakSampler()
+    sampler.start()
     arr = np.load(store, mmap_mode="r" if mode == "chunked" else None)
     n_img = max(1, len(arr) // seg_per_image)
     index = SegmentIndex(arr, np.arange(len(arr)) // seg_per_image, n_img, chunk=16384 if mode == "chunked"
                          else len(arr))
     rng = np.random.default_rng(1)
-    queries = [np.asarray(arr[rng.choice(len(arr), seg_per_image)], np.float32) for _ in range(20)]
+    queries = [np.asarray(arr[rng.choice(len(arr), seg_per_image)], np.float32) for _ in range(10)]
     t0 = time.perf_counter()
     index.search(queries, 50, 10)
     ms = (time.perf_counter() - t0) * 1000 / len(queries)
-    peak = _status_mib("VmHWM")
-    print(json.dumps({"growth_mib": peak - before, "ms": ms}))
+    sampler.stop.set()
+    sampler.join()
+    print(json.dumps({"growth_mib": sampler.peak - before, "ms": ms}))
 
 
 def _run_child(store: Path, mode: str, seg_per_image: int) -> dict:
@@ -110,12 +126,27 @@ def _global_query_ms(dim: int, n_map: int) -> float:
     return (time.perf_counter() - t0) * 1000 / len(q)
 
 
+def _memory_table(tmp: Path, sizes: str, dim: int, seg_per_image: int) -> None:
+    """Peak heap growth of a search as the store grows: chunked over a memory map vs the store loaded whole."""
+    print("| map segments | store on disk | memory growth, chunked search (MiB) |"
+          " memory growth, store loaded whole (MiB) | ms/query chunked |\n|---|---|---|---|---|")
+    for rows in map(int, sizes.split(",")):
+        path = tmp / f"store{rows}.npy"
+        _random_store(path, rows, dim)
+        c, f = _run_child(path, "chunked", seg_per_image), _run_child(path, "memory", seg_per_image)
+        print(f"| {rows:,} | {path.stat().st_size / 2**20:,.0f} MiB | {c['growth_mib']:.0f} |"
+              f" {f['growth_mib']:.0f} | {c['ms']:.1f} |", flush=True)
+        path.unlink()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--images", type=int, default=64, help="Nordland dev map images to extract")
     p.add_argument("--preset", default="segvlad-slic")
     p.add_argument("--store-sizes", default="20000,80000,320000", help="segments in the memory test")
+    p.add_argument("--memory-only", nargs=2, type=int, metavar=("DIM", "SEGMENTS_PER_IMAGE"),
+                   help="only the memory table, for stores of this dimension and segments per image")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -127,6 +158,8 @@ def main() -> None:
     names = list_images(root)[: args.images]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.memory_only:
+            return _memory_table(tmp, args.store_sizes, *args.memory_only)
         seg_ips, g_ips = _extract_speed(root, names, tmp, args.preset)
         per_img, desc_b, label_b, dim = _storage(tmp / "seg0.h5", names)
         g_bytes = h5py.File(tmp / "global0.h5", "r")[f"{names[0]}/global"].size * 4
@@ -147,15 +180,7 @@ def main() -> None:
               f"{seg_per_image} segments per query, top-50 segments each): {r['ms']:.1f} ms per query image; "
               f"global dinov2-vlad exact search of {NORDLAND_DEV_MAP}: {g_ms:.2f} ms ({r['ms'] / g_ms:.0f}x)\n")
 
-        print("| map segments | store on disk | memory growth, chunked search (MiB) |"
-              " memory growth, store loaded whole (MiB) | ms/query chunked |\n|---|---|---|---|---|")
-        for rows in map(int, args.store_sizes.split(",")):
-            path = tmp / f"store{rows}.npy"
-            _random_store(path, rows, dim)
-            c, f = _run_child(path, "chunked", seg_per_image), _run_child(path, "memory", seg_per_image)
-            print(f"| {rows:,} | {path.stat().st_size / 2**20:,.0f} MiB | {c['growth_mib']:.0f} |"
-                  f" {f['growth_mib']:.0f} | {c['ms']:.1f} |", flush=True)
-            path.unlink()
+        _memory_table(tmp, args.store_sizes, dim, seg_per_image)
 
 
 if __name__ == "__main__":
