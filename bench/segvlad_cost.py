@@ -154,12 +154,12 @@ def main() -> None:
     from vprkit.data.images import list_images
 
     print(f"machine: {machine()}\n")
-    root = Path(args.data) / "nordland_64x32_dev" / "summer"
-    names = list_images(root)[: args.images]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.memory_only:
             return _memory_table(tmp, args.store_sizes, *args.memory_only)
+        root = Path(args.data) / "nordland_64x32_dev" / "summer"
+        names = list_images(root)[: args.images]
         seg_ips, g_ips = _extract_speed(root, names, tmp, args.preset)
         per_img, desc_b, label_b, dim = _storage(tmp / "seg0.h5", names)
         g_bytes = h5py.File(tmp / "global0.h5", "r")[f"{names[0]}/global"].size * 4
