@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
+
     s = sub.add_parser("train-ames", help="train an AMES re-ranker (fp, or binary by distillation) on a retrieval")
     s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
     s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
@@ -83,12 +84,51 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
     s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
 
+    _segvlad_parser(sub)
+
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
 
     sub.add_parser("presets", help="list the named presets")
     return p
+
+
+def _segvlad_parser(sub) -> None:
+    """`vprkit segvlad index|query`: SegVLAD as a retrieval method (segments of the whole map)."""
+    from .segvlad.extract import CONFS as SEG_CONFS
+    from .segvlad.extract import DEFAULT_PRESET as SEG_DEFAULT
+
+    seg = sub.add_parser("segvlad", help="SegVLAD: retrieve image segments, vote map images")
+    ssub = seg.add_subparsers(dest="segvlad_command", required=True)
+    s = ssub.add_parser("index", help="segment and describe a map, store all its segments")
+    s.add_argument("map_dir")
+    s.add_argument("-o", "--out", required=True)
+    s.add_argument("--preset", default=SEG_DEFAULT, choices=sorted(SEG_CONFS))
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override preset values, dotted for nested ones (order=2, segmenter.checkpoint=sam.pth)")
+    s = ssub.add_parser("query", help="localize a folder of query images against a SegVLAD index")
+    s.add_argument("index_dir")
+    s.add_argument("query_dir")
+    s.add_argument("--top-k", type=int, default=20)
+    s.add_argument("--top-k-segments", type=int, help="map segments each query segment retrieves")
+    s.add_argument("-o", "--out")
+    s.add_argument("--gt")
+    s.add_argument("--threshold", type=float)
+
+
+def _segvlad(args: argparse.Namespace) -> None:
+    from .segvlad import api as seg_api
+
+    if args.segvlad_command == "index":
+        out = seg_api.index_map(args.map_dir, args.out, args.preset, args.device, **parse_overrides(args.set))
+        print(f"SegVLAD index written to {out}")
+    else:
+        res = seg_api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
+                               args.device, top_k_segments=args.top_k_segments)
+        if "metrics" in res:
+            print(metrics.format_table({res["preset"]: res["metrics"]}))
+        print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
 
 
 def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None, revisited: bool = False
@@ -179,11 +219,17 @@ def main(argv: list[str] | None = None) -> int:
             conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
             best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
             print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
+        elif args.command == "segvlad":
+            _segvlad(args)
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
         elif args.command == "presets":
             for name, conf in CONFS.items():
                 print(f"{name:18s} {json.dumps(conf)}" + ("  (default)" if name == DEFAULT_PRESET else ""))
+            from .segvlad.extract import CONFS as SEG_CONFS
+
+            for name, conf in SEG_CONFS.items():
+                print(f"segvlad {name:14s} {json.dumps(conf)}")
             for method in sorted(rerank.REGISTRY):
                 cls = rerank.get_reranker_class(method)
                 for name, conf in cls.confs.items():

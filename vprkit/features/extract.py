@@ -184,12 +184,7 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
             ext.fit(root, names)
             if state_path is not None:
                 ext.save_state(Path(state_path))
-    if feature_path.exists():
-        previous = h5io.read_attrs(feature_path).get("model_key")
-        if previous is not None and previous != model_key(conf):
-            raise ValueError(f"{feature_path} holds features of another model ({previous}); use a new output file")
-    done = h5io.finished_names(feature_path)
-    todo = [n for n in names if n not in done]
+    todo = pending(feature_path, names, model_key(conf))
     failed: list[str] = []
     dtype = np.float16 if conf["fp16"] else np.float32
     with tqdm(total=len(todo), desc=f"extract {root.name}", unit="img") as bar:
@@ -203,8 +198,23 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
                         items[n]["local"] = loc.astype(np.float16)
                 h5io.write_batch(feature_path, items, {"model_key": model_key(conf)})
             bar.update(len(batch_names) + len(bad))
+    return succeeded(names, failed, len(todo))
+
+
+def pending(feature_path: Path, names: list[str], key: str, dataset: str = "global") -> list[str]:
+    """Names still to extract into `feature_path`, refusing a file written by another model (`key`)."""
+    if feature_path.exists():
+        previous = h5io.read_attrs(feature_path).get("model_key")
+        if previous is not None and previous != key:
+            raise ValueError(f"{feature_path} holds features of another model ({previous}); use a new output file")
+    done = h5io.finished_names(feature_path, dataset)
+    return [n for n in names if n not in done]
+
+
+def succeeded(names: list[str], failed: list[str], attempted: int) -> list[str]:
+    """`names` minus the unreadable ones, after one warning that names them."""
     if failed:
-        logger.warning("%d of %d images could not be read and were skipped: %s", len(failed), len(todo),
+        logger.warning("%d of %d images could not be read and were skipped: %s", len(failed), attempted,
                        ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else ""))
     failed_set = set(failed)
     return [n for n in names if n not in failed_set]

@@ -13,16 +13,16 @@ def _key(name: str) -> str:
     return name
 
 
-def finished_names(path: str | Path) -> set[str]:
-    """Names whose global descriptor is already in the file (complete groups only)."""
+def finished_names(path: str | Path, key: str = "global") -> set[str]:
+    """Names whose `key` dataset (the global descriptor by default) is already in the file."""
     path = Path(path)
     if not path.exists():
         return set()
     done: set[str] = set()
     try:
         with h5py.File(path, "r") as f:
-            f.visititems(lambda n, obj: done.add(n.removesuffix("/global"))
-                         if isinstance(obj, h5py.Dataset) and n.endswith("/global") else None)
+            f.visititems(lambda n, obj: done.add(n.removesuffix(f"/{key}"))
+                         if isinstance(obj, h5py.Dataset) and n.endswith(f"/{key}") else None)
     except OSError as exc:
         raise OSError(f"{path}: unreadable feature file ({exc}); delete it or choose another output") from exc
     return done

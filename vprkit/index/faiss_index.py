@@ -71,14 +71,15 @@ def versions() -> dict[str, str]:
     return {"vprkit": __version__, "faiss": faiss.__version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
-def save(out_dir: str | Path, index: faiss.Index, manifest: dict, extra_files: dict[str, Path] | None = None
+def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_files: dict[str, Path] | None = None
          ) -> Path:
-    """Write index + manifest (+ extra files, moved in) into `out_dir` atomically."""
+    """Write index + manifest (+ extra files, moved in) into `out_dir` atomically (index None: no index.faiss)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        faiss.write_index(index, str(tmp / INDEX_FILE))
+        if index is not None:
+            faiss.write_index(index, str(tmp / INDEX_FILE))
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
         for name, src in (extra_files or {}).items():
             shutil.copy2(src, tmp / name)

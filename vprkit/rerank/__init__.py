@@ -15,6 +15,7 @@ from .base import Reranker, Retrieval, load_retrieval
 REGISTRY: dict[str, str] = {
     "gcsa": ".gcsa:GCSAReranker",
     "ames": ".ames:AMESReranker",
+    "segvlad": ".segvlad:SegVLADReranker",
 }
 
 

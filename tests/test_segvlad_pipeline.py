@@ -1,0 +1,105 @@
+"""SegVLAD end to end on small images with a tiny backbone: index, query, resume, re-rank, bad input."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from vprkit import rerank
+from vprkit.cli import main
+from vprkit.segment import get_segmenter
+from vprkit.segment.masks import decode
+from vprkit.segvlad import api, extract
+
+SMALL = {"preprocessing": {"resize_max": 32}, "aggregator": {"name": "vlad", "num_clusters": 4}, "pca_dim": 16,
+         "segmenter.n_segments": 6, "top_k_segments": 5}
+
+
+def test_index_and_query_find_each_image_itself(tiny_backbone, image_folder, tmp_path):
+    idx = api.index_map(image_folder, tmp_path / "idx", **SMALL)
+    manifest = json.loads((idx / "manifest.json").read_text())
+    assert manifest["method"] == "segvlad" and len(manifest["names"]) == 12 and manifest["dim"] == 16
+    owner = np.load(idx / "segment_image.npy")
+    segs = np.load(idx / "segments.npy")
+    assert len(segs) == len(owner) == manifest["num_segments"] and segs.dtype == np.float16
+    assert np.allclose(np.linalg.norm(segs.astype(np.float32), axis=1), 1, atol=1e-2)
+    with h5py.File(idx / "map_segments.h5") as f:  # label maps stored compactly and consistent with descriptors
+        name = manifest["names"][0]
+        labels = decode(f[f"{name}/labels"][()])
+        assert labels.shape == (24, 32) and labels.max() + 1 == len(f[f"{name}/segments"])
+    gt = tmp_path / "pos.txt"
+    gt.write_text("".join(f"{n} {n}\n" for n in manifest["names"]))
+    res = api.localize(idx, image_folder, top_k=3, gt=str(gt))
+    assert res["metrics"]["R@1"] == 1.0  # identical images: every segment retrieves itself first
+
+
+def test_extraction_resumes_and_refuses_another_model(tiny_backbone, image_folder, tmp_path, monkeypatch):
+    conf = extract.get_conf(**SMALL)
+    feats, state = tmp_path / "f.h5", tmp_path / "s.npz"
+    names = extract.main(conf, image_folder, feats, state)
+    assert len(names) == 12 and state.exists()
+    calls = []
+    monkeypatch.setattr(extract.SegExtractor, "describe", lambda self, images: calls.append(1) or [])
+    extract.main(conf, image_folder, feats, state)  # everything done: nothing recomputed
+    assert calls == []
+    other = extract.get_conf(**{**SMALL, "order": 1})
+    with pytest.raises(ValueError, match="another model"):
+        extract.main(other, image_folder, feats, state)
+
+
+def test_degenerate_segmentations_give_defined_descriptors(tiny_backbone, image_folder, tmp_path, monkeypatch):
+    """One segment, hundreds of segments, and no segment at all (every pixel unassigned)."""
+    conf = extract.get_conf(**SMALL)
+    ext = extract.SegExtractor(conf)
+    ext.fit(image_folder, sorted(p.name for p in image_folder.glob("*.png")))
+    _, images, _ = next(ext.ext.batches(image_folder, ["001.png"]))
+    for labels_fn, expected in ((lambda im, tok: np.zeros(im.shape[:2], int), 1),
+                                (lambda im, tok: np.arange(im.shape[0] * im.shape[1]).reshape(im.shape[:2]), 768),
+                                (lambda im, tok: np.full(im.shape[:2], -1), 0)):
+        monkeypatch.setattr(ext.segmenter, "segment", labels_fn)
+        [(labels, desc)] = ext.describe(images)
+        assert desc.shape == (expected, len(ext.pca.proj)) and np.isfinite(desc).all()
+    many = get_segmenter("slic", n_segments=400)(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
+    assert many.max() + 1 > 100  # SLIC honours large counts on small images too
+
+
+def test_query_without_segments_gets_no_ranking(tiny_backbone, image_folder, tmp_path, monkeypatch):
+    idx = api.index_map(image_folder, tmp_path / "idx", **SMALL)
+    monkeypatch.setattr("vprkit.segment.slic.SLIC.segment", lambda self, im, tok=None: np.full(im.shape[:2], -1))
+    res = api.localize(idx, image_folder, top_k=3)
+    assert len(res["queries_without_votes"]) == 12
+    assert (tmp_path / "idx" / "results" / image_folder.name / "predictions.txt").read_text().count("\n") == 1
+
+
+@pytest.mark.slow
+def test_rerank_orders_candidates_by_votes(tiny_backbone, image_folder, tmp_path):
+    gt = tmp_path / "pos.txt"
+    names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
+    gt.write_text("".join(f"{n} {n}\n" for n in names))
+    assert main(["index", str(image_folder), "-o", str(tmp_path / "g"), "--preset", "mobilenetv2-gem"]) == 0
+    assert main(["query", str(tmp_path / "g"), str(image_folder), "--top-k", "5", "-o", str(tmp_path / "res")]) == 0
+    # reverse the global order so the true match is last among the 5 candidates
+    pred = tmp_path / "res" / "predictions.txt"
+    rows = [line.split() for line in pred.read_text().splitlines() if not line.startswith("#")]
+    by_q: dict = {}
+    for q, _r, m, s in rows:
+        by_q.setdefault(q, []).append((m, s))
+    pred.write_text("# query rank map_image score\n" + "".join(
+        f"{q} {i + 1} {m} {s}\n" for q, c in by_q.items() for i, (m, s) in enumerate(c[::-1])))
+    sets = ["preprocessing={\"resize_max\": 32}", "aggregator={\"name\": \"vlad\", \"num_clusters\": 4}",
+            "pca_dim=16", "segmenter.n_segments=6", "top_k_segments=5"]
+    assert main(["rerank", str(tmp_path / "res"), "--method", "segvlad", "--preset", "slic", "--gt", str(gt),
+                 "--set", *sets]) == 0
+    out = json.loads((tmp_path / "res" / "rerank-segvlad-slic" / "results.json").read_text())
+    assert out["metrics_global"]["R@1"] == 0.0 and out["metrics"]["R@1"] == 1.0
+    assert "segvlad" in rerank.REGISTRY
+
+
+def test_cli_segvlad_index_and_query(tiny_backbone, image_folder, tmp_path, capsys):
+    sets = ["preprocessing={\"resize_max\": 32}", "aggregator={\"name\": \"vlad\", \"num_clusters\": 4}",
+            "pca_dim=16", "segmenter.n_segments=6"]
+    assert main(["segvlad", "index", str(image_folder), "-o", str(tmp_path / "idx"), "--set", *sets]) == 0
+    assert main(["segvlad", "query", str(tmp_path / "idx"), str(image_folder), "--top-k", "3"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert main(["query", str(tmp_path / "idx"), str(image_folder)]) == 1  # a global query on a SegVLAD index

@@ -1,0 +1,60 @@
+"""SegVLAD as a re-ranker: score only each query's global top-N by similarity-weighted segment votes.
+
+Map segments are extracted only for images that appear among the candidates (cached, resumable, in
+the work folder); the vocabulary and PCA are fitted on a sample of the whole map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..segvlad import extract
+from ..segvlad.api import read_segments
+from ..segvlad.index import bin_count, knn_chunked
+from .base import Reranker, Retrieval
+
+_RERANK = {"num_rerank": 20}
+
+
+class SegVLADReranker(Reranker):
+    """Candidates ordered by segment votes; candidates without votes keep their global order, after the rest."""
+
+    name = "segvlad"
+    confs = {name.removeprefix("segvlad-"): {**conf, **_RERANK} for name, conf in extract.CONFS.items()}
+    default_conf = confs["slic"]
+
+    def _features(self, retrieval: Retrieval, work_dir: Path) -> tuple[Path, Path]:
+        # the reranker's conf holds a whole extraction preset (plus dotted --set overrides, applied last)
+        conf = extract.get_conf(extract.DEFAULT_PRESET,
+                                **{k: v for k, v in self.conf.items() if k not in ("method", "preset")})
+        work_dir.mkdir(parents=True, exist_ok=True)
+        ext = extract.SegExtractor(conf)
+        state = work_dir / "segvlad_state.npz"
+        if state.exists():
+            ext.load_state(state)
+        else:
+            ext.fit(retrieval.map_dir, retrieval.m_names)
+            ext.save_state(state)
+        used = np.unique(retrieval.ids[retrieval.ids >= 0])
+        m_feats, q_feats = work_dir / "map_segments.h5", work_dir / "query_segments.h5"
+        extract.main(conf, retrieval.map_dir, m_feats, names=[retrieval.m_names[i] for i in used], extractor=ext)
+        extract.main(conf, retrieval.query_dir, q_feats, names=retrieval.q_names, extractor=ext)
+        return m_feats, q_feats
+
+    def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        m_feats, q_feats = self._features(retrieval, Path(work_dir))
+        k_seg = self.conf["top_k_segments"]
+        ids = retrieval.ids.copy()
+        scores = np.zeros(ids.shape, dtype=np.float32)
+        for qi, (query, cand) in enumerate(zip(read_segments(q_feats, retrieval.q_names), retrieval.ids)):
+            valid = cand[cand >= 0]
+            sets = read_segments(m_feats, [retrieval.m_names[i] for i in valid])
+            owner = np.repeat(np.arange(len(valid)), [len(s) for s in sets])
+            store = np.concatenate(sets) if sets else np.zeros((0, query.shape[1]), np.float32)
+            sims, seg = knn_chunked(query, store, min(k_seg, len(store)))
+            votes = bin_count(seg, sims, owner, len(valid))
+            order = np.argsort(-votes, kind="stable")  # ties (e.g. no votes) keep the global order
+            ids[qi, : len(valid)], scores[qi, : len(valid)] = valid[order], votes[order]
+        return ids, scores

@@ -1,0 +1,95 @@
+"""SegVLAD as a retrieval method: `index_map` (map -> segment store) and `localize` (queries -> rankings)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..api import _utm_or_none, write_results
+from ..data.images import list_images
+from ..features import h5io
+from ..index import faiss_index
+from . import extract
+from .index import OWNER_FILE, SEGMENTS_FILE, SegmentIndex, write_store
+
+logger = logging.getLogger("vprkit")
+STATE_FILE, MAP_FEATURES = "segvlad_state.npz", "map_segments.h5"
+
+
+def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, device: str = "cpu",
+              **overrides) -> Path:
+    """Segment and describe the map, store all segments; resumable, the folder appears only when complete."""
+    map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
+    conf = extract.get_conf(preset, **overrides)
+    work = out_dir.with_name(f".{out_dir.name}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    names = extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=list_images(map_dir),
+                         device=device)
+    total, dim = write_store(work / MAP_FEATURES, names, work)
+    manifest = {"method": "segvlad", "conf": conf, "model_key": extract.model_key(conf), "dim": dim,
+                "num_segments": total, "map_dir": str(map_dir), "names": names, "positions": _utm_or_none(names),
+                "versions": faiss_index.versions()}
+    extra = {f: work / f for f in (MAP_FEATURES, STATE_FILE, SEGMENTS_FILE, OWNER_FILE)}
+    faiss_index.save(out_dir, None, manifest, extra)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("indexed %d segments of %d map images into %s", total, len(names), out_dir)
+    return out_dir
+
+
+def load_manifest(index_dir: Path) -> dict:
+    """The manifest of a SegVLAD index, refusing a global-descriptor index."""
+    path = index_dir / faiss_index.MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{index_dir}: not an index (no {faiss_index.MANIFEST_FILE})")
+    manifest = json.loads(path.read_text())
+    if manifest.get("method") != "segvlad":
+        raise ValueError(f"{index_dir} is a global-descriptor index; use `vprkit query` for it, or build a "
+                         "SegVLAD index with `vprkit segvlad index`")
+    return manifest
+
+
+def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
+             gt: str | None = None, threshold: float | None = None, device: str = "cpu", report_top: int = 5,
+             top_k_segments: int | None = None, query_batch: int = 64) -> dict:
+    """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`)."""
+    index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
+    manifest = load_manifest(index_dir)
+    conf, m_names = manifest["conf"], manifest["names"]
+    seg_index = SegmentIndex.load(index_dir, len(m_names))
+    k_seg = top_k_segments or conf["top_k_segments"]
+    out_dir = Path(out_dir) if out_dir is not None else index_dir / "results" / query_dir.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    q_all = list_images(query_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        q_feats = out_dir / "query_segments.h5"
+        if q_feats.exists() and h5io.read_attrs(q_feats).get("model_key") != manifest["model_key"]:
+            q_feats = Path(tmp) / "query_segments.h5"
+        q_names = extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all, device=device)
+        ids, scores = [], []
+        for s in range(0, len(q_names), query_batch):
+            sets = read_segments(q_feats, q_names[s:s + query_batch])
+            i, sc = seg_index.search(sets, k_seg, top_k)
+            ids.append(i)
+            scores.append(sc)
+    ids, scores = _stack(ids, top_k), _stack(scores, top_k)
+    empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
+    if empty:
+        logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
+    return write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, gt,
+                         threshold, report_top, {"queries_without_votes": empty})
+
+
+def read_segments(feature_path: str | Path, names: list[str]) -> list[np.ndarray]:
+    """The (S, D) float32 segment descriptors of each name."""
+    with h5py.File(feature_path, "r") as f:
+        return [f[f"{n}/segments"][()].astype(np.float32) for n in names]
+
+
+def _stack(parts: list, width: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, width))
