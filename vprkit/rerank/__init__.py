@@ -12,7 +12,7 @@ import importlib
 from .base import Reranker, Retrieval, load_retrieval
 
 # method name -> "module:class"; ".module" is relative to this package
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {"patchnetvlad": ".patchnetvlad:PatchNetVLAD"}
 
 
 def get_reranker_class(method: str) -> type[Reranker]:
