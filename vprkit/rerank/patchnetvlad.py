@@ -257,3 +257,61 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
         patches.save_arrays(state_path, arrays | {"pca_weight": model.pca_weight.numpy(),
                                                   "pca_bias": model.pca_bias.numpy()})
     return model.to(torch.device(conf["device"]))
+
+
+def match_two(image_a: str | Path, image_b: str | Path, conf: dict, out_png: str | Path | None = None) -> dict:
+    """Patch-NetVLAD score of two images (weighted sum of per-size raw scores, higher = more similar).
+
+    Without a map there is nothing to fit PCA on, so (unless `checkpoint` brings its PCA) the raw
+    normalised patch VLADs are matched, with a vocabulary fitted on the two images. Draws the patch
+    correspondences that survive RANSAC (homography) for every patch size into `out_png`.
+    """
+    names = [str(image_a), str(image_b)]
+    model = build_model(conf, None, None, images=(Path(""), names))
+    ok, images, bad = model.load_images(Path(""), names)
+    if bad:
+        raise ValueError(f"cannot read {', '.join(bad)}")
+    feats = model.describe(images)
+    sizes = conf["patch_sizes"]
+    matcher = Matcher(conf, model)
+    raw = matcher.scale_scores([feats[f"p{s}"][0] for s in sizes], [feats[f"p{s}"][1:] for s in sizes])[:, 0]
+    score = float(sum(w * r for w, r in zip(conf["patch_weights"], raw.tolist(), strict=True)))
+    lines = []
+    for s, size in enumerate(sizes):
+        fw, mutual = spatial.mutual_nn(torch.from_numpy(feats[f"p{size}"][0]), torch.from_numpy(feats[f"p{size}"][1:]))
+        src = matcher.centres[s][fw[0]][None]
+        _, inl = spatial.ransac_inliers(src, matcher.centres[s][None], mutual, matcher.thresholds[s],
+                                        spatial.ransac_samples(conf["ransac_iters"], 4, conf["seed"]))
+        lines.append([(tuple(matcher.centres[s][i].tolist()), tuple(src[0, i].tolist()))
+                      for i in np.flatnonzero(inl[0].numpy())])
+    if out_png is not None:
+        draw_matches(images_for_display(names, conf["resize"]), lines, Path(out_png))
+    return {"score": score, "scale_scores": dict(zip(map(str, sizes), raw.tolist(), strict=True)),
+            "inliers": dict(zip(map(str, sizes), map(len, lines), strict=True))}
+
+
+def images_for_display(names: list[str], size: list[int]):
+    """The two images at the size the patches were computed at."""
+    from ..data.images import load_image
+
+    return [load_image(n).resize(tuple(size), 3) for n in names]
+
+
+def draw_matches(images: list, lines: list[list[tuple]], path: Path) -> None:
+    """Side-by-side PNG with one colour per patch size; each line joins matched patch centres."""
+    from PIL import Image, ImageDraw
+
+    w, h = images[0].size
+    canvas = Image.new("RGB", (2 * w, h))
+    canvas.paste(images[0], (0, 0))
+    canvas.paste(images[1], (w, 0))
+    draw = ImageDraw.Draw(canvas)
+    colours = [(255, 60, 60), (60, 220, 60), (60, 140, 255), (255, 200, 0)]
+    for s, pairs in enumerate(lines):
+        for (xa, ya), (xb, yb) in pairs:
+            c = colours[s % len(colours)]
+            draw.line([(xa, ya), (xb + w, yb)], fill=c, width=1)
+            for x, y in ((xa, ya), (xb + w, yb)):
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline=c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
