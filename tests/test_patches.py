@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vprkit.aggregators import NetVLAD, VLAD
+from vprkit.aggregators import VLAD, NetVLAD
 from vprkit.features import patches
 
 

@@ -79,8 +79,8 @@ def _ref_ransac(src, dst, valid, thr, samples, model):
         scale = max(np.abs(s).max(), np.abs(d).max(), 1.0)
         degenerate = False
         for p in (s, d):
-            for i, j, l in [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)][: 1 if k == 3 else 4]:
-                a, b = p[j] - p[i], p[l] - p[i]
+            for i, j, m in [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)][: 1 if k == 3 else 4]:
+                a, b = p[j] - p[i], p[m] - p[i]
                 degenerate |= abs(a[0] * b[1] - a[1] * b[0]) <= 1e-6 * scale**2
         if degenerate:
             continue
@@ -143,8 +143,8 @@ def test_ransac_degenerate_inputs_score_zero():
     line = torch.from_numpy(np.stack([t, 2 * t + 3], 1))[None]  # all points collinear
     ones = torch.ones(1, 20, dtype=torch.bool)
     for model in ("homography", "affine"):
-        counts, mask = spatial.ransac_inliers(line, line, ones, 2.0, spatial.ransac_samples(50, spatial.MIN_SAMPLES[model]),
-                                              model)
+        samples = spatial.ransac_samples(50, spatial.MIN_SAMPLES[model])
+        counts, mask = spatial.ransac_inliers(line, line, ones, 2.0, samples, model)
         assert counts.item() == 0 and not mask.any()
     none = torch.zeros(1, 20, dtype=torch.bool)  # zero mutual matches
     assert spatial.ransac_inliers(line, line, none, 2.0, spatial.ransac_samples(50, 4))[0].item() == 0

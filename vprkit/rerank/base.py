@@ -98,6 +98,7 @@ class Reranker(ABC):
     def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
                result: dict) -> None:
         """Write method-specific outputs beside the shared ones (`result` holds the metrics); default none."""
+        return None
 
 
 def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None, gt: str | None = None,

@@ -72,8 +72,8 @@ def _fit_minimal(src: torch.Tensor, dst: torch.Tensor, model: str) -> tuple[torc
     ok = torch.ones(src.shape[:-2], dtype=torch.bool)
     scale = torch.maximum(src.abs().amax((-1, -2)), dst.abs().amax((-1, -2))).clamp(min=1.0)
     for pts in (src, dst):
-        for i, j, l in ((0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3))[: 1 if k == 3 else 4]:
-            u, v = pts[..., j, :] - pts[..., i, :], pts[..., l, :] - pts[..., i, :]
+        for i, j, m in ((0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3))[: 1 if k == 3 else 4]:
+            u, v = pts[..., j, :] - pts[..., i, :], pts[..., m, :] - pts[..., i, :]
             ok &= (u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]).abs() > 1e-6 * scale**2
     x, y = src[..., 0], src[..., 1]
     u, v = dst[..., 0], dst[..., 1]
