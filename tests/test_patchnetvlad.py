@@ -12,7 +12,7 @@ from vprkit.cli import main
 from vprkit.rerank import patchnetvlad as pnv
 
 SMALL = ["resize=[32,24]", "num_clusters=4", "num_pcs=16", "fit_max_images=12", "fit_max_patches=400",
-         "ransac_iters=50"]
+         "ransac_iters=50", "global_weight=0"]
 
 
 @pytest.fixture
@@ -31,8 +31,9 @@ def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
     for q in names:  # move each query's self-match from rank 1 to rank 4, so only re-ranking can fix R@1
         rows = [r for r in body if r[0] == q]
         assert rows[0][2] == q
-        rows.insert(3, rows.pop(0))
-        out += [" ".join([q, str(rank + 1), r[2], r[3]]) for rank, r in enumerate(rows)]
+        names_moved = [r[2] for r in rows]
+        names_moved.insert(3, names_moved.pop(0))  # scores stay in place: the global score ranks it 4th too
+        out += [" ".join([q, str(rank + 1), n, r[3]]) for rank, (n, r) in enumerate(zip(names_moved, rows))]
     pred.write_text("\n".join(out) + "\n")
     return tmp_path / "res", gt, names
 
@@ -65,8 +66,12 @@ def test_broken_candidate_and_empty_patches_score_zero(tmp_path):
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     raw = m.scale_scores([q, np.zeros((0, 16))], [np.stack([q, q[rng.permutation(35)]]), np.zeros((2, 0, 16))])
     assert raw[0, 0] == 1.0 and raw[0, 1] < 1.0 and (raw[1] == 0).all()
-    fused = m.fuse(torch.zeros(2, 3), np.array([0.5, np.nan, 0.2]))
-    assert np.isfinite(fused).all() and (fused == 0).all()
+    fused = m.fuse(torch.zeros(2, 3), np.array([0.5, np.nan, 0.2]))  # padded candidate: NaN global score
+    assert np.isfinite(fused).all() and fused.argmin() == 1 and fused[0] > fused[2]
+    raw = torch.tensor([[0.1, 0.4, 0.2], [3.0, 1.0, 2.0]])
+    glob = np.array([0.9, 0.8, 0.7])
+    zg = (glob - 0.8) / np.sqrt(2 / 3 * 0.01)
+    np.testing.assert_allclose(m.fuse(raw, glob), pnv.spatial.fuse(raw, [0.5, 0.5]).numpy() + 1.0 * zg, rtol=1e-6)
 
 
 def test_checkpoint_parts_load_weights_only(tmp_path):

@@ -63,7 +63,7 @@ class PatchNetVLAD(Reranker):
         "matcher": "spatial",  # 'ransac' or 'spatial' (rapid spatial scoring)
         "ransac_model": "homography", "ransac_iters": 400,
         "ransac_threshold": 1.5,  # in feature cells x patch stride (24 px for VGG at stride 1, as the original)
-        "global_weight": 0.0,  # adds global_weight * zscore(global similarity) to the fused patch score
+        "global_weight": 1.0,  # + global_weight * zscore(global similarity); 0 = the original (patches only)
         "num_clusters": 32, "checkpoint": None,
         "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4, "match_batch": 25,
         "device": "cpu", "seed": 0,
