@@ -47,7 +47,7 @@ def main() -> None:
             res = api.localize(idx, q, top_k=args.num_rerank, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
             rows = {"global vgg19-netvlad": res["metrics"]}
             for preset in args.presets.split(","):
-                over = {"resize": resize, **extra}
+                over = {"resize": resize, "backbone_cache": str(Path(tmp) / "backbone.h5"), **extra}
                 if preset == "performance":
                     over["num_pcs"] = args.performance_pcs
                 conf = PatchNetVLAD.get_conf(preset, **over)

@@ -116,7 +116,17 @@ def test_extract_is_fp16_resumable_and_projected(image_folder, tmp_path):
     assert sum(calls) == 5
     with h5py.File(out) as f:
         assert len(patches.read_patches(f, names, [3])[0]) == 12 and (f[f"{names[0]}/p2"][()] == first).all()
-        direct = model.describe(model.load_images(image_folder, names[:1])[1])["p2"][0]
+        direct = model.describe(model.local_features(image_folder, names[:1])[1])["p2"][0]
         np.testing.assert_allclose(first.astype(np.float32), direct, atol=2e-3)
     with pytest.raises(ValueError, match="other settings"):
         patches.extract(model, image_folder, names, out, "k2")
+
+
+def test_backbone_cache_reused_across_models(image_folder, tmp_path):
+    conf = {"resize": [32, 24], "patch_sizes": [2], "strides": [1], "backbone_cache": str(tmp_path / "bb.h5")}
+    names = ["001.png", "002.png"]
+    first = patches.PatchModel(conf, _Tiny(), _netvlad(c=8)).local_features(image_folder, names)[1]
+    other = patches.PatchModel({**conf, "patch_sizes": [3]}, _Tiny(), _netvlad(c=8))
+    other.backbone.forward = lambda x: pytest.fail("backbone ran although its features were cached")
+    ok, again, bad = other.local_features(image_folder, names)
+    assert ok == names and not bad and torch.equal(first, again)

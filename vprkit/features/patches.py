@@ -149,10 +149,32 @@ class PatchModel(torch.nn.Module):
             return self.backbone.features[:-1](images)
         return self.backbone(images).local
 
+    def local_features(self, root: Path, names: list[str]) -> tuple[list[str], torch.Tensor, list[str]]:
+        """(names read, dense features (B, C, h, w), names that failed), via `conf['backbone_cache']` if set.
+
+        The cache (HDF5 of float32 backbone maps keyed by image path) lets presets that differ only
+        after the backbone (patch sizes, PCA dims, matcher) share one backbone pass per image.
+        """
+        cache = self.conf.get("backbone_cache")
+        keys = [str(Path(root).resolve() / n) for n in names]
+        if cache and Path(cache).exists():
+            with h5py.File(cache, "r") as f:
+                if all(k in f for k in keys):
+                    return names, torch.from_numpy(np.stack([f[k][()] for k in keys])), []
+        ok, images, bad = self.load_images(root, names)
+        local = self.local(images) if ok else torch.empty(0)
+        if cache and ok:
+            with h5py.File(cache, "a") as f:
+                for n, x in zip(ok, local):
+                    key = str(Path(root).resolve() / n)
+                    if key not in f:
+                        f.create_dataset(key, data=x.cpu().numpy())
+        return ok, local, bad
+
     @torch.no_grad()
-    def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def raw(self, local: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(raw global VLAD (B, K*C), raw patch VLADs per size (B, N_s, K*C)) before PCA."""
-        x, a = assignments(self.aggregator, self.local(images))
+        x, a = assignments(self.aggregator, local.to(self.pca_weight.device))
         return patch_vlads(x, a, self.centroids, self.conf["patch_sizes"], self.conf["strides"])
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
@@ -162,9 +184,9 @@ class PatchModel(torch.nn.Module):
         return l2n(v @ self.pca_weight.T + self.pca_bias)
 
     @torch.no_grad()
-    def describe(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        """{'global': (B, d), 'p{size}': (B, N_s, d)} float32 after PCA."""
-        glob, patches = self.raw(images)
+    def describe(self, local: torch.Tensor) -> dict[str, np.ndarray]:
+        """{'global': (B, d), 'p{size}': (B, N_s, d)} float32 after PCA, from backbone features."""
+        glob, patches = self.raw(local)
         out = {"global": self.project(glob).cpu().numpy()}
         for size, p in zip(self.conf["patch_sizes"], patches, strict=True):
             out[f"p{size}"] = self.project(p).cpu().numpy()
@@ -178,9 +200,9 @@ class PatchModel(torch.nn.Module):
         gen = np.random.default_rng(self.conf["seed"])
         rows = []
         for i in tqdm(range(0, len(sample), self.conf["batch_size"]), desc="fit PCA: patches", unit="batch"):
-            _, images, _ = self.load_images(root, sample[i:i + self.conf["batch_size"]])
-            if len(images):
-                allp = torch.cat(self.raw(images)[1], dim=1).cpu().numpy()  # (B, N, D) all sizes
+            ok, local, _ = self.local_features(root, sample[i:i + self.conf["batch_size"]])
+            if ok:
+                allp = torch.cat(self.raw(local)[1], dim=1).cpu().numpy()  # (B, N, D) all sizes
                 for p in allp:
                     rows.append(p[gen.choice(len(p), min(per_image, len(p)), replace=False)])
         if not rows or sum(len(r) for r in rows) < 2:
@@ -229,10 +251,10 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
     bs = model.conf["batch_size"]
     with tqdm(total=len(todo), desc=f"patch features {root.name}", unit="img") as bar:
         for i in range(0, len(todo), bs):
-            ok, images, bad = model.load_images(root, todo[i:i + bs])
+            ok, local, bad = model.local_features(root, todo[i:i + bs])
             failed += bad
             if ok:
-                feats = model.describe(images)
+                feats = model.describe(local)
                 items = {n: {k: v[j].astype(np.float16) for k, v in feats.items()} for j, n in enumerate(ok)}
                 h5io.write_batch(path, items, {"patch_key": key})
             bar.update(len(ok) + len(bad))

@@ -67,6 +67,7 @@ class PatchNetVLAD(Reranker):
         "num_clusters": 32, "checkpoint": None,
         "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4, "match_batch": 25,
         "device": "cpu", "seed": 0,
+        "backbone_cache": None,  # HDF5 path: backbone maps shared by presets (same resize) between runs
     }
     confs = {
         "performance": {"patch_sizes": [2, 5, 8], "strides": [1, 1, 1], "patch_weights": [0.45, 0.15, 0.4],
@@ -213,9 +214,8 @@ def fit_netvlad(model: patches.PatchModel, root: Path, names: list[str]) -> None
     sample = sorted(random.Random(conf["seed"]).sample(names, min(len(names), conf["fit_max_images"])))
     feats = []
     for i in range(0, len(sample), conf["batch_size"]):
-        _, images, _ = model.load_images(root, sample[i:i + conf["batch_size"]])
-        if len(images):
-            loc = model.local(images)
+        ok, loc, _ = model.local_features(root, sample[i:i + conf["batch_size"]])
+        if ok:
             feats.append(loc.permute(0, 2, 3, 1).reshape(-1, loc.shape[1]).cpu().numpy())
     if not feats:
         raise ValueError(f"{root}: no readable images to fit the NetVLAD vocabulary on")
@@ -268,10 +268,10 @@ def match_two(image_a: str | Path, image_b: str | Path, conf: dict, out_png: str
     """
     names = [str(image_a), str(image_b)]
     model = build_model(conf, None, None, images=(Path(""), names))
-    ok, images, bad = model.load_images(Path(""), names)
+    _, local, bad = model.local_features(Path(""), names)
     if bad:
         raise ValueError(f"cannot read {', '.join(bad)}")
-    feats = model.describe(images)
+    feats = model.describe(local)
     sizes = conf["patch_sizes"]
     matcher = Matcher(conf, model)
     raw = matcher.scale_scores([feats[f"p{s}"][0] for s in sizes], [feats[f"p{s}"][1:] for s in sizes])[:, 0]
