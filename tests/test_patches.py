@@ -130,3 +130,35 @@ def test_backbone_cache_reused_across_models(image_folder, tmp_path):
     other.backbone.forward = lambda x: pytest.fail("backbone ran although its features were cached")
     ok, again, bad = other.local_features(image_folder, names)
     assert ok == names and not bad and torch.equal(first, again)
+
+
+def test_pq_codes_are_nearest_centroids_and_decode_close(image_folder, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    book = torch.from_numpy(patches.train_pq(x, 2))
+    assert book.shape == (2, 256, 4)
+    codes = patches.pq_encode(torch.from_numpy(x[:20]), book)
+    for i in range(20):
+        for m in range(2):
+            ref = np.argmin(((book[m].numpy() - x[i, 4 * m:4 * m + 4]) ** 2).sum(1))
+            assert codes[i, m] == ref
+    dec = patches.pq_decode(codes, book).numpy()
+    ref = np.concatenate([book[0, codes[:, 0].long()], book[1, codes[:, 1].long()]], 1)
+    np.testing.assert_allclose(dec, ref / np.linalg.norm(ref, axis=1, keepdims=True), rtol=1e-6)
+    with pytest.raises(ValueError, match="must divide"):
+        patches.train_pq(x, 3)
+
+    conf = {"resize": [32, 24], "patch_sizes": [2], "strides": [1], "num_pcs": 12, "whiten": False, "pq_bytes": 6,
+            "fit_max_images": 12, "fit_max_patches": 500, "batch_size": 6, "seed": 0}
+    model = patches.PatchModel(conf, _Tiny(), _netvlad(c=8))
+    names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
+    model.fit_pca(image_folder, names)
+    patches.extract(model, image_folder, names[:3], tmp_path / "pq.h5", "k", compress=True)
+    patches.extract(model, image_folder, names[:3], tmp_path / "fp.h5", "k")
+    with h5py.File(tmp_path / "pq.h5") as fq, h5py.File(tmp_path / "fp.h5") as ff:
+        assert fq[f"{names[0]}/p2"].dtype == np.uint8 and fq[f"{names[0]}/p2"].shape == (35, 6)
+        with pytest.raises(ValueError, match="no codebook"):
+            patches.read_patches(fq, names[:3], [2])
+        dec = patches.read_patches(fq, names[:3], [2], model.pq_centroids)[0]
+        full = patches.read_patches(ff, names[:3], [2])[0].astype(np.float32)
+    assert (dec * full).sum(-1).mean() > 0.9  # 12-d unit vectors in 6 bytes stay close

@@ -38,12 +38,13 @@ def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
     return tmp_path / "res", gt, names
 
 
-@pytest.mark.parametrize("preset", ["performance", "storage"])
-def test_rerank_puts_self_match_first_and_writes_original_outputs(retrieval, preset):
+@pytest.mark.parametrize("preset,extra", [("performance", []), ("storage", []), ("performance", ["pq_bytes=4"])])
+def test_rerank_puts_self_match_first_and_writes_original_outputs(retrieval, preset, extra):
+    """Patch size 8 exceeds the 8x6 feature map here: that scale has no patches and must not break anything."""
     res, gt, names = retrieval
-    assert main(["rerank", str(res), "--method", "patchnetvlad", "--preset", preset, "--gt", str(gt),
-                 "--set", *SMALL]) == 0
-    out = res / f"rerank-patchnetvlad-{preset}"
+    out = res / f"out-{preset}-{len(extra)}"
+    assert main(["rerank", str(res), "--method", "patchnetvlad", "--preset", preset, "--gt", str(gt), "-o", str(out),
+                 "--set", *SMALL, *extra]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["metrics_global"]["R@1"] == 0.0 and result["metrics"]["R@1"] == 1.0
     kap = (out / "PatchNetVLAD_predictions.txt").read_text().splitlines()

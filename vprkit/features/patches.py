@@ -111,6 +111,7 @@ class PatchModel(torch.nn.Module):
         self.drop_last_relu = drop_last_relu  # NetVLAD checkpoints pool conv5_3 before its ReLU
         self.register_buffer("pca_weight", torch.zeros(0))
         self.register_buffer("pca_bias", torch.zeros(0))
+        self.register_buffer("pq_centroids", torch.zeros(0))  # (M, 256, d / M) when map patches are PQ-coded
 
     @property
     def centroids(self) -> torch.Tensor:
@@ -209,6 +210,9 @@ class PatchModel(torch.nn.Module):
             raise ValueError(f"{root}: not enough map patches to fit PCA (images too small for the patch sizes?)")
         w, b = fit_pca(np.concatenate(rows), self.conf["num_pcs"], self.conf["whiten"])
         self.pca_weight, self.pca_bias = torch.from_numpy(w), torch.from_numpy(b)
+        if self.conf.get("pq_bytes"):
+            projected = self.project(torch.from_numpy(np.concatenate(rows))).numpy()
+            self.pq_centroids = torch.from_numpy(train_pq(projected, self.conf["pq_bytes"], self.conf["seed"]))
 
 
 def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -238,10 +242,43 @@ def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> 
     return weight.float().numpy(), (-(weight @ mean)).float().numpy()
 
 
-def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: str) -> list[str]:
+def train_pq(x: np.ndarray, num_bytes: int, seed: int = 0) -> np.ndarray:
+    """Product-quantiser codebooks (M, 256, d / M) for rows of `x`: one byte per sub-vector."""
+    import faiss
+
+    d = x.shape[1]
+    if d % num_bytes:
+        raise ValueError(f"pq_bytes={num_bytes} must divide the descriptor size {d}")
+    if len(x) < 256:
+        raise ValueError(f"product quantisation needs at least 256 patches to train on, got {len(x)}")
+    pq = faiss.ProductQuantizer(d, num_bytes, 8)
+    pq.cp.seed = seed
+    pq.train(np.ascontiguousarray(x, dtype=np.float32))
+    return faiss.vector_to_array(pq.centroids).reshape(num_bytes, 256, d // num_bytes).astype(np.float32)
+
+
+def pq_encode(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """uint8 codes (..., M): the nearest centroid of each sub-vector of `x` (..., d)."""
+    m, _, dsub = codebook.shape
+    sub = x.reshape(*x.shape[:-1], m, dsub)
+    dist = (codebook**2).sum(-1) - 2 * torch.einsum("...md,mkd->...mk", sub, codebook)
+    return dist.argmin(-1).to(torch.uint8)
+
+
+def pq_decode(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Unit vectors (..., d) rebuilt from codes (..., M)."""
+    m, _, dsub = codebook.shape
+    parts = codebook[torch.arange(m), codes.long()]  # (..., M, d / M)
+    return l2n(parts.reshape(*codes.shape[:-1], m * dsub))
+
+
+def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: str, compress: bool = False
+            ) -> list[str]:
     """Write patch features of `names` to `path` (fp16, resumable); returns the names that could be read.
 
-    `key` identifies the model and settings; a file written with another key is refused.
+    With `compress` and a trained product quantiser, patches are stored as uint8 PQ codes instead (the
+    map side: queries stay fp16 so matching is asymmetric). `key` identifies the model and settings;
+    a file written with another key is refused.
     """
     if path.exists() and h5io.read_attrs(path).get("patch_key") not in (None, key):
         raise ValueError(f"{path} holds patch features of other settings; delete it or use another folder")
@@ -256,15 +293,29 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
             if ok:
                 feats = model.describe(local)
                 items = {n: {k: v[j].astype(np.float16) for k, v in feats.items()} for j, n in enumerate(ok)}
+                if compress and model.pq_centroids.numel():
+                    for j, n in enumerate(ok):
+                        for size in model.conf["patch_sizes"]:
+                            codes = pq_encode(torch.from_numpy(feats[f"p{size}"][j]), model.pq_centroids.cpu())
+                            items[n][f"p{size}"] = codes.numpy()
                 h5io.write_batch(path, items, {"patch_key": key})
             bar.update(len(ok) + len(bad))
     failed_set = set(failed)
     return [n for n in names if n not in failed_set]
 
 
-def read_patches(f: h5py.File, names: list[str], sizes: list[int]) -> list[np.ndarray]:
-    """Per patch size, the stacked float16 features (len(names), N_s, d) of `names` from an open file."""
-    return [np.stack([f[f"{n}/p{s}"][()] for n in names]) for s in sizes]
+def read_patches(f: h5py.File, names: list[str], sizes: list[int], codebook: torch.Tensor | None = None
+                 ) -> list[np.ndarray]:
+    """Per patch size, the stacked features (len(names), N_s, d) of `names` from an open file.
+
+    float16 as stored, or float32 decoded with `codebook` when the file holds PQ codes.
+    """
+    out = [np.stack([f[f"{n}/p{s}"][()] for n in names]) for s in sizes]
+    if out and out[0].dtype == np.uint8:
+        if codebook is None or not codebook.numel():
+            raise ValueError(f"{f.filename} holds PQ codes but no codebook was given")
+        out = [pq_decode(torch.from_numpy(x), codebook).numpy() for x in out]
+    return out
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -60,6 +60,7 @@ class PatchNetVLAD(Reranker):
         "resize": [640, 480],  # (width, height) every image is resized to, as the original
         "patch_sizes": [5], "strides": [1], "patch_weights": [1.0],
         "num_pcs": 4096, "whiten": True,
+        "pq_bytes": None,  # store map patches as product-quantised codes of this many bytes (None: fp16)
         "matcher": "spatial",  # 'ransac' or 'spatial' (rapid spatial scoring)
         "ransac_model": "homography", "ransac_iters": 400,
         "ransac_threshold": 1.5,  # in feature cells x patch stride (24 px for VGG at stride 1, as the original)
@@ -80,15 +81,16 @@ class PatchNetVLAD(Reranker):
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         conf = self.conf
         key = json.dumps({k: conf[k] for k in ("resize", "patch_sizes", "strides", "num_pcs", "whiten",
-                                                "num_clusters", "checkpoint", "seed")}
+                                                "num_clusters", "checkpoint", "seed", "pq_bytes")}
                          | {"index": retrieval.manifest.get("model_key")}, sort_keys=True)
         cache = Path(work_dir) / f"patches-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         cache.mkdir(parents=True, exist_ok=True)
         model = build_model(conf, retrieval, cache / "model.npz")
         needed = sorted({retrieval.m_names[j] for j in retrieval.ids.ravel() if j >= 0})
-        patches.extract(model, retrieval.map_dir, needed, cache / "map.h5", key)
+        patches.extract(model, retrieval.map_dir, needed, cache / "map.h5", key, compress=True)
         patches.extract(model, retrieval.query_dir, retrieval.q_names, cache / "query.h5", key)
         matcher = Matcher(conf, model)
+        matcher.codebook = model.pq_centroids.cpu()
         new_ids, new_scores = retrieval.ids.copy(), np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
         with h5py.File(cache / "map.h5", "r") as fm, h5py.File(cache / "query.h5", "r") as fq:
             for qi, q in enumerate(tqdm(retrieval.q_names, desc="patch matching", unit="query")):
@@ -132,6 +134,7 @@ class Matcher:
         self.thresholds = [conf["ransac_threshold"] * feat_stride * st for st in conf["strides"]]
         k = spatial.MIN_SAMPLES.get(conf["ransac_model"], 4)
         self.samples = spatial.ransac_samples(conf["ransac_iters"], k, conf["seed"])
+        self.codebook: torch.Tensor | None = None  # set when map patches are stored as PQ codes
         if conf["matcher"] not in ("ransac", "spatial"):
             raise ValueError(f"unknown matcher '{conf['matcher']}'; choose 'ransac' or 'spatial'")
 
@@ -165,7 +168,8 @@ class Matcher:
         have = [i for i, c in enumerate(cand) if f"{c}/p{sizes[0]}" in fm]
         for i in range(0, len(have), bs):
             idx = have[i:i + bs]
-            raw[:, idx] = self.scale_scores([x[0] for x in q], patches.read_patches(fm, [cand[j] for j in idx], sizes))
+            db = patches.read_patches(fm, [cand[j] for j in idx], sizes, self.codebook)
+            raw[:, idx] = self.scale_scores([x[0] for x in q], db)
         return self.fuse(raw, global_scores)
 
     def fuse(self, raw: torch.Tensor, global_scores: np.ndarray) -> np.ndarray:
@@ -243,7 +247,8 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
     if state_path is not None and state_path.is_file():
         with np.load(state_path, allow_pickle=False) as data:
             model.aggregator.load_state({k[4:]: data[k] for k in data.files if k.startswith("agg.")})
-            model.pca_weight, model.pca_bias = (torch.from_numpy(data[k]) for k in ("pca_weight", "pca_bias"))
+            model.pca_weight, model.pca_bias, model.pq_centroids = (
+                torch.from_numpy(data[k]) for k in ("pca_weight", "pca_bias", "pq_centroids"))
         return model.to(torch.device(conf["device"]))
     root, names = images if images is not None else (retrieval.map_dir, list_images(retrieval.map_dir))
     if not conf["checkpoint"] and (retrieval is None or _index_netvlad(retrieval) is None):
@@ -255,7 +260,8 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
     if state_path is not None:
         arrays = {f"agg.{k}": v for k, v in model.aggregator.state().items()}
         patches.save_arrays(state_path, arrays | {"pca_weight": model.pca_weight.numpy(),
-                                                  "pca_bias": model.pca_bias.numpy()})
+                                                  "pca_bias": model.pca_bias.numpy(),
+                                                  "pq_centroids": model.pq_centroids.numpy()})
     return model.to(torch.device(conf["device"]))
 
 
