@@ -2,7 +2,7 @@
 
 One run, one table per dataset: `python bench/patchnetvlad_recall.py --data ../shared/data`.
 Images are resized for the patches to --resize (Nordland: --nordland-resize) instead of the presets'
-640x480, and the performance preset is run at --performance-pcs dims: both to fit a 2-core CPU.
+640x480, and the performance presets are run at --performance-pcs dims: both to fit a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ def main() -> None:
             rows = {"global vgg19-netvlad": res["metrics"]}
             for preset in args.presets.split(","):
                 over = {"resize": resize, "backbone_cache": str(Path(tmp) / "backbone.h5"), **extra}
-                if preset == "performance":
+                if preset.startswith("performance"):  # same 8 dims per PQ byte as the -pq presets
                     over["num_pcs"] = args.performance_pcs
+                    if preset.endswith("-pq"):
+                        over["pq_bytes"] = args.performance_pcs // 8
                 conf = PatchNetVLAD.get_conf(preset, **over)
                 out = base.main(conf, Path(tmp) / "res", gt=gt, threshold=thr, num_rerank=args.num_rerank)
                 rows[f"patchnetvlad {preset}"] = out["metrics"]

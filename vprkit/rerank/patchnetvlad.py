@@ -77,6 +77,8 @@ class PatchNetVLAD(Reranker):
         "storage": {"patch_sizes": [5], "strides": [1], "patch_weights": [1.0], "num_pcs": 128,
                     "matcher": "spatial"},
     }
+    # Compact variants: the same, with map patches stored as product-quantised codes.
+    confs.update({f"{name}-pq": {**c, "pq_bytes": b} for (name, c), b in zip(confs.items(), (512, 64, 32))})
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         conf = self.conf
