@@ -221,16 +221,17 @@ def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> 
     Uses the N x N Gram matrix when N < D (patch VLADs are K*C = 16k+ dims), so a few thousand
     patches fit in seconds instead of an SVD of the full matrix.
     """
-    x = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    mean = x.mean(0)
-    xc = x - mean
+    x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    mean = x.double().mean(0)
+    xc = x - mean.float()
     n, d_in = xc.shape
-    if n <= d_in:
-        evals, evecs = torch.linalg.eigh(xc @ xc.T)
+    if n <= d_in:  # products in float32 (the big part), eigen-decomposition in float64
+        evals, evecs = torch.linalg.eigh((xc @ xc.T).double())
         evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
-        keep = min(dim, n - 1, int((evals > evals[0] * 1e-12).sum()))
-        comps = (xc.T @ evecs[:, :keep]) / evals[:keep].sqrt()  # (D, keep) unit principal directions
+        keep = min(dim, n - 1, int((evals > evals[0] * 1e-10).sum()))
+        comps = (xc.T @ evecs[:, :keep].float()).double() / evals[:keep].sqrt()  # (D, keep) unit directions
     else:
+        xc = xc.double()
         evals, evecs = torch.linalg.eigh(xc.T @ xc)
         evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
         keep = min(dim, d_in)
