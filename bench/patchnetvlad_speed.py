@@ -1,8 +1,7 @@
 """Re-ranking time per query (top-N) of the batched matcher vs a naive per-pair loop, same run, same scores.
 
 `python bench/patchnetvlad_speed.py`. The naive loop follows the original's local_matcher: for every
-candidate it reads that candidate's features from disk, runs the sqrt-distance nearest neighbour in
-torch, finds mutual matches with numpy, scores the pair (numpy rapid spatial scoring, or RANSAC on one
+candidate it reads that candidate's features from disk, runs the nearest neighbour search in torch, finds mutual matches with numpy, scores the pair (numpy rapid spatial scoring, or RANSAC on one
 pair), then z-normalises and fuses with numpy. Ours reads all candidates of a query at once and matches
 them in one batched call. Features are random unit vectors with the presets' shapes (a fifth of the
 candidates are noisy copies of the query, so RANSAC has real inliers); timing does not depend on content.
@@ -51,9 +50,11 @@ def naive_scores(conf: dict, matcher: Matcher, path: Path, q: list[np.ndarray], 
             with h5py.File(path, "r") as f:  # the original loads each candidate's .npy per pair
                 db = torch.from_numpy(f[f"{name}/p{size}"][()].astype(np.float32))
             qt = torch.from_numpy(q[s].astype(np.float32))
-            dist = torch.sqrt(2 - 2 * torch.matmul(db, qt.T) + 1e-9)  # (Nd, Nq)
-            fw = torch.argmin(dist, 0).numpy()
-            bw = torch.argmin(dist, 1).numpy()
+            # the original takes argmin of sqrt(2 - 2 d.q) in float32, which merges near-ties; argmax of d.q
+            # is the same neighbour without that rounding
+            sim = torch.matmul(db, qt.T)  # (Nd, Nq)
+            fw = torch.argmax(sim, 0).numpy()
+            bw = torch.argmax(sim, 1).numpy()
             mutuals = np.atleast_1d(np.argwhere(bw[fw] == np.arange(len(fw))).squeeze())
             if conf["matcher"] == "spatial":
                 if len(mutuals):

@@ -132,6 +132,7 @@ def test_backbone_cache_reused_across_models(image_folder, tmp_path):
     assert ok == names and not bad and torch.equal(first, again)
 
 
+@pytest.mark.slow
 def test_pq_codes_are_nearest_centroids_and_decode_close(image_folder, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 8)).astype(np.float32)

@@ -38,7 +38,8 @@ def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
     return tmp_path / "res", gt, names
 
 
-@pytest.mark.parametrize("preset,extra", [("performance", []), ("storage", []), ("performance", ["pq_bytes=4"])])
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,extra", [("storage", []), ("performance", ["pq_bytes=4"])])
 def test_rerank_puts_self_match_first_and_writes_original_outputs(retrieval, preset, extra):
     """Patch size 8 exceeds the 8x6 feature map here: that scale has no patches and must not break anything."""
     res, gt, names = retrieval
