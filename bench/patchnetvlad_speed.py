@@ -1,10 +1,11 @@
 """Re-ranking time per query (top-N) of the batched matcher vs a naive per-pair loop, same run, same scores.
 
 `python bench/patchnetvlad_speed.py`. The naive loop follows the original's local_matcher: for every
-candidate it reads that candidate's features from disk, runs the nearest neighbour search in torch, finds mutual matches with numpy, scores the pair (numpy rapid spatial scoring, or RANSAC on one
-pair), then z-normalises and fuses with numpy. Ours reads all candidates of a query at once and matches
-them in one batched call. Features are random unit vectors with the presets' shapes (a fifth of the
-candidates are noisy copies of the query, so RANSAC has real inliers); timing does not depend on content.
+candidate it reads that candidate's features from disk, runs the nearest neighbour search in torch,
+finds mutual matches with numpy, scores the pair (numpy rapid spatial scoring, or RANSAC on one pair),
+then z-normalises and fuses with numpy. Ours reads all candidates of a query at once and matches them
+in batched calls. Features are random unit vectors with the presets' shapes (a fifth of the candidates
+are noisy copies of the query, so RANSAC has real inliers); timing does not depend on content.
 """
 
 from __future__ import annotations
