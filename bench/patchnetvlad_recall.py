@@ -35,7 +35,7 @@ def main() -> None:
     args = p.parse_args()
     from vprkit.cli import parse_overrides
 
-    root, extra = Path(args.data), parse_overrides(args.set)
+    root, extra = Path(args.data).resolve(), parse_overrides(args.set)  # absolute: --limit links into it
     print(f"machine: {machine()}\n")
     for ds in args.datasets.split(","):
         map_dir, q_dir, gt, thr = DATASETS[ds]
