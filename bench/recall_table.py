@@ -31,7 +31,8 @@ def _first(src: Path, dst: Path, limit: int | None) -> Path:
         return src
     dst.mkdir(parents=True)
     for name in list_images(src)[:limit]:
-        (dst / name).symlink_to(src / name)
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).symlink_to((src / name).resolve())
     return dst
 
 

@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
 
     _segvlad_parser(sub)
 
+    s = sub.add_parser("match-two", help="Patch-NetVLAD score and patch correspondences of two images")
+    s.add_argument("image_a")
+    s.add_argument("image_b")
+    s.add_argument("--preset", default="performance", help="patchnetvlad preset (performance, speed, storage)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any preset parameter")
+    s.add_argument("-o", "--out", default="patchMatchings.png", help="PNG of the verified patch correspondences")
+
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
@@ -221,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
         elif args.command == "segvlad":
             _segvlad(args)
+        elif args.command == "match-two":
+            from .rerank import patchnetvlad
+
+            conf = patchnetvlad.PatchNetVLAD.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
+            print(json.dumps(patchnetvlad.match_two(args.image_a, args.image_b, conf, args.out), indent=1))
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
         elif args.command == "presets":

@@ -13,6 +13,7 @@ from .base import Reranker, Retrieval, load_retrieval
 
 # method name -> "module:class"; ".module" is relative to this package
 REGISTRY: dict[str, str] = {
+    "patchnetvlad": ".patchnetvlad:PatchNetVLAD",
     "gcsa": ".gcsa:GCSAReranker",
     "ames": ".ames:AMESReranker",
     "segvlad": ".segvlad:SegVLADReranker",

@@ -96,6 +96,11 @@ class Reranker(ABC):
         `work_dir` is a folder the method may use for resumable caches (features of map images).
         """
 
+    def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
+               result: dict) -> None:
+        """Write method-specific outputs beside the shared ones (`result` holds the metrics); default none."""
+        return None
+
 
 def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None, gt: str | None = None,
          threshold: float | None = None, num_rerank: int | None = None) -> dict:
@@ -121,6 +126,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
         result["metrics_global"] = metrics.evaluate(cand.ids, truth)
         result["metrics"] = metrics.evaluate(ids, truth)
     outputs.write_json(out_dir / RESULTS_FILE, result)
+    reranker.finish(out_dir, cand, ids, scores, result)
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
     report.write_report(out_dir / "report.html", title, result.get("metrics"), retrieval.query_dir, q,
                         retrieval.map_dir, m, ids, scores, positives)

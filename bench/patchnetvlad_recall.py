@@ -1,0 +1,66 @@
+"""Recall@1/5/10 of the global retrieval (vgg19-netvlad) and of Patch-NetVLAD re-ranking with each preset.
+
+One run, one table per dataset: `python bench/patchnetvlad_recall.py --data ../shared/data`.
+Images are resized for the patches to --resize (Nordland: --nordland-resize) instead of the presets'
+640x480, and the performance presets are run at --performance-pcs dims: both to fit a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from common import machine
+from recall_table import DATASETS, _first
+
+from vprkit import api
+from vprkit.evaluation.metrics import format_table
+from vprkit.rerank import base
+from vprkit.rerank.patchnetvlad import PatchNetVLAD
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--datasets", default=",".join(DATASETS))
+    p.add_argument("--presets", default="speed,storage,performance")
+    p.add_argument("--num-rerank", type=int, default=20)
+    p.add_argument("--limit", type=int, default=200, help="first N map and query images of Nordland (index-aligned)")
+    p.add_argument("--resize", default="[320,240]")
+    p.add_argument("--nordland-resize", default="[256,128]")
+    p.add_argument("--performance-pcs", type=int, default=512)
+    p.add_argument("--set", nargs="*", default=["fit_max_images=40"], help="extra KEY=VALUE for every preset")
+    args = p.parse_args()
+    from vprkit.cli import parse_overrides
+
+    root, extra = Path(args.data).resolve(), parse_overrides(args.set)  # absolute: --limit links into it
+    print(f"machine: {machine()}\n")
+    for ds in args.datasets.split(","):
+        map_dir, q_dir, gt, thr = DATASETS[ds]
+        limit = args.limit if ds.startswith("nordland") else None
+        resize = json.loads(args.nordland_resize if ds.startswith("nordland") else args.resize)
+        with tempfile.TemporaryDirectory() as tmp:
+            m, q = (_first(root / d, Path(tmp) / d, limit) for d in (map_dir, q_dir))
+            idx = api.index_map(m, Path(tmp) / "idx", preset="vgg19-netvlad")
+            res = api.localize(idx, q, top_k=args.num_rerank, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
+            rows = {"global vgg19-netvlad": res["metrics"]}
+            for preset in args.presets.split(","):
+                over = {"resize": resize, "backbone_cache": str(Path(tmp) / "backbone.h5"), **extra}
+                if preset.startswith("performance"):  # same 8 dims per PQ byte as the -pq presets
+                    over["num_pcs"] = args.performance_pcs
+                    if preset.endswith("-pq"):
+                        over["pq_bytes"] = args.performance_pcs // 8
+                conf = PatchNetVLAD.get_conf(preset, **over)
+                out = base.main(conf, Path(tmp) / "res", gt=gt, threshold=thr, num_rerank=args.num_rerank)
+                rows[f"patchnetvlad {preset}"] = out["metrics"]
+                print(f"  {ds} {preset}: {json.dumps({k: out['metrics'][k] for k in ('R@1', 'R@5', 'R@10')})}",
+                      flush=True)
+        print(f"### {ds} ({res['num_map']} map / {res['num_queries']} queries, gt {gt} +-{thr}, "
+              f"top-{args.num_rerank} re-ranked, patches at {resize[0]}x{resize[1]})")
+        print(format_table(rows, keys=("R@1", "R@5", "R@10")) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Patch-NetVLAD re-ranking (Hausler et al., CVPR 2021) with the original's three presets.
+
+For each query, the top-N candidates of the global retrieval are re-ordered by matching multi-scale
+patch descriptors (`vprkit.features.patches`): mutual nearest neighbours, then RANSAC inliers
+('performance') or rapid spatial scoring ('speed', 'storage') per patch size, z-normalised over the
+query's candidates and fused with per-size weights (`vprkit.rerank.spatial`). All candidates of a query
+are matched in one batched torch call (CPU or CUDA: `--set device=cuda`).
+
+Patch features come from, in order of preference:
+  1. `checkpoint=FILE`: a Patch-NetVLAD / NetVLAD checkpoint (VGG16 `encoder.*`, `pool.conv.weight`,
+     `pool.centroids`, optional `WPCA.0.weight/bias`), loaded with `weights_only=True`;
+  2. the index's own NetVLAD when the global preset is VGG19 + NetVLAD (`vgg19-netvlad`);
+  3. VGG19 conv5_4 (bundled Oxford weights) + a NetVLAD whose centroids are k-means-fitted on the map.
+PCA-whitening (no checkpoint PCA) is fitted on the map's patches. Features are cached in the
+re-ranking folder as fp16 HDF5 (resumable) and reused on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..aggregators.netvlad import NetVLAD
+from ..api import STATE_FILE
+from ..data.images import list_images
+from ..features import patches
+from ..models import get_backbone
+from ..models.base import load_state_dict
+from . import spatial
+from .base import Reranker, Retrieval
+
+logger = logging.getLogger("vprkit")
+
+
+def write_kapture_pairs(path: Path, q_names: list[str], m_names: list[str], ids: np.ndarray,
+                        scores: np.ndarray) -> None:
+    """Kapture pairs file (`query, map, score` per line, best first), as the original's *_predictions.txt."""
+    lines = ["# kapture format: 1.0", "# query_image, map_image, score"]
+    for qi, q in enumerate(q_names):
+        lines += [f"{q}, {m_names[j]}, {s:.6f}" for j, s in zip(ids[qi], scores[qi]) if j >= 0]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+class PatchNetVLAD(Reranker):
+    """Multi-scale patch matching with spatial verification over the global top-N."""
+
+    name = "patchnetvlad"
+    default_conf = {
+        "num_rerank": 100,
+        "resize": [640, 480],  # (width, height) every image is resized to, as the original
+        "patch_sizes": [5], "strides": [1], "patch_weights": [1.0],
+        "num_pcs": 4096, "whiten": True,
+        "pq_bytes": None,  # store map patches as product-quantised codes of this many bytes (None: fp16)
+        "matcher": "spatial",  # 'ransac' or 'spatial' (rapid spatial scoring)
+        "ransac_model": "homography", "ransac_iters": 400,
+        "ransac_threshold": 1.5,  # in feature cells x patch stride (24 px for VGG at stride 1, as the original)
+        "global_weight": 1.0,  # + global_weight * zscore(global similarity); 0 = the original (patches only)
+        "num_clusters": 32, "checkpoint": None,
+        "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4, "match_batch": 25,
+        "device": "cpu", "seed": 0,
+        "backbone_cache": None,  # HDF5 path: backbone maps shared by presets (same resize) between runs
+    }
+    confs = {
+        "performance": {"patch_sizes": [2, 5, 8], "strides": [1, 1, 1], "patch_weights": [0.45, 0.15, 0.4],
+                        "num_pcs": 4096, "matcher": "ransac"},
+        "speed": {"patch_sizes": [5], "strides": [1], "patch_weights": [1.0], "num_pcs": 512, "matcher": "spatial"},
+        "storage": {"patch_sizes": [5], "strides": [1], "patch_weights": [1.0], "num_pcs": 128,
+                    "matcher": "spatial"},
+    }
+    # Compact variants: the same, with map patches stored as product-quantised codes.
+    confs.update({f"{name}-pq": {**c, "pq_bytes": b} for (name, c), b in zip(confs.items(), (512, 64, 32))})
+
+    def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        conf = self.conf
+        key = json.dumps({k: conf[k] for k in ("resize", "patch_sizes", "strides", "num_pcs", "whiten",
+                                                "num_clusters", "checkpoint", "seed", "pq_bytes")}
+                         | {"index": retrieval.manifest.get("model_key")}, sort_keys=True)
+        cache = Path(work_dir) / f"patches-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+        cache.mkdir(parents=True, exist_ok=True)
+        model = build_model(conf, retrieval, cache / "model.npz")
+        needed = sorted({retrieval.m_names[j] for j in retrieval.ids.ravel() if j >= 0})
+        patches.extract(model, retrieval.map_dir, needed, cache / "map.h5", key, compress=True)
+        patches.extract(model, retrieval.query_dir, retrieval.q_names, cache / "query.h5", key)
+        matcher = Matcher(conf, model)
+        matcher.codebook = model.pq_centroids.cpu()
+        new_ids, new_scores = retrieval.ids.copy(), np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
+        with h5py.File(cache / "map.h5", "r") as fm, h5py.File(cache / "query.h5", "r") as fq:
+            for qi, q in enumerate(tqdm(retrieval.q_names, desc="patch matching", unit="query")):
+                valid = np.flatnonzero(retrieval.ids[qi] >= 0)
+                if q not in fq or not len(valid):
+                    continue
+                cand = [retrieval.m_names[j] for j in retrieval.ids[qi, valid]]
+                fused = matcher.rank_scores(patches.read_patches(fq, [q], conf["patch_sizes"]), fm, cand,
+                                            retrieval.scores[qi, valid])
+                order = np.argsort(-fused, kind="stable")
+                new_ids[qi, valid] = retrieval.ids[qi, valid][order]
+                new_scores[qi, valid] = fused[order]
+        return new_ids, new_scores
+
+    def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
+               result: dict) -> None:
+        """The original's outputs: NetVLAD_/PatchNetVLAD_predictions.txt (Kapture pairs) and recalls.txt."""
+        n = ids.shape[1]
+        write_kapture_pairs(out_dir / "NetVLAD_predictions.txt", retrieval.q_names, retrieval.m_names,
+                            retrieval.ids[:, :n], retrieval.scores[:, :n])
+        write_kapture_pairs(out_dir / "PatchNetVLAD_predictions.txt", retrieval.q_names, retrieval.m_names,
+                            ids, scores)
+        if "metrics" in result:
+            ns = [int(k[2:]) for k in result["metrics"] if k.startswith("R@")]
+            lines = [f"Recall {name}@{k}: {res[f'R@{k}']:.4f}" for name, res in
+                     (("NetVLAD", result["metrics_global"]), ("PatchNetVLAD", result["metrics"])) for k in ns]
+            (out_dir / "recalls.txt").write_text("\n".join(lines) + "\n")
+
+
+class Matcher:
+    """Scores one query's patch features against a batch of candidates, all candidates at once."""
+
+    def __init__(self, conf: dict, model: patches.PatchModel | None = None,
+                 grids: list[tuple[np.ndarray, np.ndarray]] | None = None, feat_stride: int = 16):
+        self.conf = conf
+        self.device = torch.device(conf["device"])
+        grids = grids if grids is not None else model.grids()
+        feat_stride = model.backbone.stride if model is not None else feat_stride
+        self.grid = [torch.from_numpy(g) for g, _ in grids]
+        self.centres = [torch.from_numpy(c) for _, c in grids]
+        self.thresholds = [conf["ransac_threshold"] * feat_stride * st for st in conf["strides"]]
+        k = spatial.MIN_SAMPLES.get(conf["ransac_model"], 4)
+        self.samples = spatial.ransac_samples(conf["ransac_iters"], k, conf["seed"])
+        self.codebook: torch.Tensor | None = None  # set when map patches are stored as PQ codes
+        if conf["matcher"] not in ("ransac", "spatial"):
+            raise ValueError(f"unknown matcher '{conf['matcher']}'; choose 'ransac' or 'spatial'")
+
+    def scale_scores(self, q: list[np.ndarray], db: list[np.ndarray]) -> torch.Tensor:
+        """Raw per-size scores (S, B): RANSAC inliers / query patches, or rapid spatial score.
+
+        `q` per size (Nq, d) and `db` per size (B, Nd, d), any float dtype.
+        """
+        out = []
+        for s, (qs, ds) in enumerate(zip(q, db, strict=True)):
+            qt = torch.as_tensor(qs, device=self.device).float()
+            dt = torch.as_tensor(ds, device=self.device).float()
+            fw, mutual = spatial.mutual_nn(qt, dt)
+            fw, mutual = fw.cpu(), mutual.cpu()
+            nq = max(qt.shape[0], 1)
+            if self.conf["matcher"] == "ransac":
+                src = self.centres[s][fw] if fw.numel() else torch.zeros(*fw.shape, 2)
+                dst = self.centres[s].expand(fw.shape[0], -1, -1)
+                count, _ = spatial.ransac_inliers(src, dst, mutual, self.thresholds[s], self.samples,
+                                                  self.conf["ransac_model"])
+                out.append(count.float() / nq)
+            else:
+                out.append(spatial.rapid_spatial_scores(self.grid[s], self.grid[s], fw, mutual))
+        return torch.stack(out)
+
+    def rank_scores(self, q: list[np.ndarray], fm: h5py.File, cand: list[str], global_scores: np.ndarray
+                    ) -> np.ndarray:
+        """Fused score per candidate (higher = better) for one query (`q` per size, (1, Nq, d))."""
+        sizes, bs = self.conf["patch_sizes"], self.conf["match_batch"]
+        raw = torch.zeros(len(sizes), len(cand))  # candidates without features keep 0 (as no matches)
+        have = [i for i, c in enumerate(cand) if f"{c}/p{sizes[0]}" in fm]
+        for i in range(0, len(have), bs):
+            idx = have[i:i + bs]
+            db = patches.read_patches(fm, [cand[j] for j in idx], sizes, self.codebook)
+            raw[:, idx] = self.scale_scores([x[0] for x in q], db)
+        return self.fuse(raw, global_scores)
+
+    def fuse(self, raw: torch.Tensor, global_scores: np.ndarray) -> np.ndarray:
+        """Weighted z-scores of the sizes' scores, plus the optional global term."""
+        fused = spatial.fuse(raw, self.conf["patch_weights"])
+        if self.conf["global_weight"]:
+            g = torch.from_numpy(np.nan_to_num(np.asarray(global_scores, dtype=np.float64), nan=-1.0))
+            fused = fused + self.conf["global_weight"] * spatial.zscore(g)
+        return fused.numpy()
+
+
+def _checkpoint_parts(path: str) -> tuple[NetVLAD, dict[str, torch.Tensor]]:
+    """NetVLAD layer and optional PCA arrays from a Patch-NetVLAD / NetVLAD checkpoint (weights only)."""
+    state = load_state_dict(path)
+    if "pool.centroids" not in state or "pool.conv.weight" not in state:
+        raise ValueError(f"{path}: not a NetVLAD checkpoint (no 'pool.centroids' / 'pool.conv.weight')")
+    cent, w = state["pool.centroids"].float(), state["pool.conv.weight"].float()
+    agg = NetVLAD(num_clusters=cent.shape[0], dim=cent.shape[1])
+    bias = state.get("pool.conv.bias", torch.zeros(cent.shape[0])).float()
+    agg.load_state_dict({"conv.weight": w.reshape(*w.shape[:2], 1, 1), "conv.bias": bias, "centroids": cent})
+    pca = {}
+    if "WPCA.0.weight" in state:
+        pw = state["WPCA.0.weight"].float()
+        pca = {"pca_weight": pw.reshape(pw.shape[0], -1),
+               "pca_bias": state.get("WPCA.0.bias", torch.zeros(pw.shape[0])).float()}
+    return agg, pca
+
+
+def _index_netvlad(retrieval: Retrieval) -> NetVLAD | None:
+    """The global index's NetVLAD layer when it pools VGG19 features (so patches share its vocabulary)."""
+    conf = retrieval.manifest.get("conf", {})
+    state_path = retrieval.index_dir / STATE_FILE
+    if conf.get("model", {}).get("name") != "vgg19" or conf.get("aggregator", {}).get("name") != "netvlad" \
+            or not state_path.is_file():
+        return None
+    with np.load(state_path, allow_pickle=False) as data:
+        state = {k: torch.from_numpy(data[k]) for k in data.files}
+    agg = NetVLAD(num_clusters=state["centroids"].shape[0], dim=state["centroids"].shape[1])
+    agg.load_state_dict(state)
+    return agg
+
+
+def fit_netvlad(model: patches.PatchModel, root: Path, names: list[str]) -> None:
+    """k-means NetVLAD vocabulary from conv features of (a sample of) the given images."""
+    conf = model.conf
+    sample = sorted(random.Random(conf["seed"]).sample(names, min(len(names), conf["fit_max_images"])))
+    feats = []
+    for i in range(0, len(sample), conf["batch_size"]):
+        ok, loc, _ = model.local_features(root, sample[i:i + conf["batch_size"]])
+        if ok:
+            feats.append(loc.permute(0, 2, 3, 1).reshape(-1, loc.shape[1]).cpu().numpy())
+    if not feats:
+        raise ValueError(f"{root}: no readable images to fit the NetVLAD vocabulary on")
+    local = np.concatenate(feats)
+    local = local[np.random.default_rng(conf["seed"]).permutation(len(local))[:100_000]]
+    model.aggregator.fit(local)
+
+
+def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None,
+                images: tuple[Path, list[str]] | None = None) -> patches.PatchModel:
+    """The patch model: backbone + NetVLAD + PCA, loaded from `state_path` or fitted (then saved there).
+
+    Fitting uses the map of `retrieval`, or `images` (root, names) when there is no map (match-two).
+    """
+    pca: dict[str, torch.Tensor] = {}
+    if conf["checkpoint"]:
+        agg, pca = _checkpoint_parts(conf["checkpoint"])
+        model = patches.PatchModel(conf, get_backbone("vgg16", checkpoint=conf["checkpoint"]), agg,
+                                   drop_last_relu=True)
+    else:
+        backbone = get_backbone("vgg19")
+        agg = (_index_netvlad(retrieval) if retrieval is not None else None) or \
+            NetVLAD(num_clusters=conf["num_clusters"], dim=backbone.dim)
+        model = patches.PatchModel(conf, backbone, agg)
+    if state_path is not None and state_path.is_file():
+        with np.load(state_path, allow_pickle=False) as data:
+            model.aggregator.load_state({k[4:]: data[k] for k in data.files if k.startswith("agg.")})
+            model.pca_weight, model.pca_bias, model.pq_centroids = (
+                torch.from_numpy(data[k]) for k in ("pca_weight", "pca_bias", "pq_centroids"))
+        return model.to(torch.device(conf["device"]))
+    root, names = images if images is not None else (retrieval.map_dir, list_images(retrieval.map_dir))
+    if not conf["checkpoint"] and (retrieval is None or _index_netvlad(retrieval) is None):
+        fit_netvlad(model, root, names)
+    if pca:
+        model.pca_weight, model.pca_bias = pca["pca_weight"], pca["pca_bias"]
+    elif retrieval is not None:
+        model.fit_pca(root, names)
+    if state_path is not None:
+        arrays = {f"agg.{k}": v for k, v in model.aggregator.state().items()}
+        patches.save_arrays(state_path, arrays | {"pca_weight": model.pca_weight.numpy(),
+                                                  "pca_bias": model.pca_bias.numpy(),
+                                                  "pq_centroids": model.pq_centroids.numpy()})
+    return model.to(torch.device(conf["device"]))
+
+
+def match_two(image_a: str | Path, image_b: str | Path, conf: dict, out_png: str | Path | None = None) -> dict:
+    """Patch-NetVLAD score of two images (weighted sum of per-size raw scores, higher = more similar).
+
+    Without a map there is nothing to fit PCA on, so (unless `checkpoint` brings its PCA) the raw
+    normalised patch VLADs are matched, with a vocabulary fitted on the two images. Draws the patch
+    correspondences that survive RANSAC (homography) for every patch size into `out_png`.
+    """
+    names = [str(image_a), str(image_b)]
+    model = build_model(conf, None, None, images=(Path(""), names))
+    _, local, bad = model.local_features(Path(""), names)
+    if bad:
+        raise ValueError(f"cannot read {', '.join(bad)}")
+    feats = model.describe(local)
+    sizes = conf["patch_sizes"]
+    matcher = Matcher(conf, model)
+    raw = matcher.scale_scores([feats[f"p{s}"][0] for s in sizes], [feats[f"p{s}"][1:] for s in sizes])[:, 0]
+    score = float(sum(w * r for w, r in zip(conf["patch_weights"], raw.tolist(), strict=True)))
+    lines = []
+    for s, size in enumerate(sizes):
+        fw, mutual = spatial.mutual_nn(torch.from_numpy(feats[f"p{size}"][0]), torch.from_numpy(feats[f"p{size}"][1:]))
+        src = matcher.centres[s][fw[0]][None]
+        _, inl = spatial.ransac_inliers(src, matcher.centres[s][None], mutual, matcher.thresholds[s],
+                                        spatial.ransac_samples(conf["ransac_iters"], 4, conf["seed"]))
+        lines.append([(tuple(matcher.centres[s][i].tolist()), tuple(src[0, i].tolist()))
+                      for i in np.flatnonzero(inl[0].numpy())])
+    if out_png is not None:
+        draw_matches(images_for_display(names, conf["resize"]), lines, Path(out_png))
+    return {"score": score, "scale_scores": dict(zip(map(str, sizes), raw.tolist(), strict=True)),
+            "inliers": dict(zip(map(str, sizes), map(len, lines), strict=True))}
+
+
+def images_for_display(names: list[str], size: list[int]):
+    """The two images at the size the patches were computed at."""
+    from ..data.images import load_image
+
+    return [load_image(n).resize(tuple(size), 3) for n in names]
+
+
+def draw_matches(images: list, lines: list[list[tuple]], path: Path) -> None:
+    """Side-by-side PNG with one colour per patch size; each line joins matched patch centres."""
+    from PIL import Image, ImageDraw
+
+    w, h = images[0].size
+    canvas = Image.new("RGB", (2 * w, h))
+    canvas.paste(images[0], (0, 0))
+    canvas.paste(images[1], (w, 0))
+    draw = ImageDraw.Draw(canvas)
+    colours = [(255, 60, 60), (60, 220, 60), (60, 140, 255), (255, 200, 0)]
+    for s, pairs in enumerate(lines):
+        for (xa, ya), (xb, yb) in pairs:
+            c = colours[s % len(colours)]
+            draw.line([(xa, ya), (xb + w, yb)], fill=c, width=1)
+            for x, y in ((xa, ya), (xb + w, yb)):
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline=c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
