@@ -26,7 +26,7 @@ def test_index_query_evaluate_roundtrip(tiny_backbone, image_folder, tmp_path, c
 def test_predictions_roundtrip(tmp_path):
     ids = np.array([[2, 0], [1, 2]])
     outputs.write_predictions(tmp_path / "p.txt", ["qa", "qb"], ["m0", "m1", "m2"], ids, np.ones((2, 2)))
-    q, m, preds = outputs.read_predictions(tmp_path / "p.txt", ["m0", "m1", "m2"])
+    q, m, preds, _ = outputs.read_predictions(tmp_path / "p.txt", ["m0", "m1", "m2"])
     assert q == ["qa", "qb"] and preds.tolist() == ids.tolist()
 
 

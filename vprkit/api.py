@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .data.groundtruth import GroundTruthError, ground_truth_for_kept, utm_from_names
+from .data.groundtruth import GroundTruth, GroundTruthError, ground_truth_for_kept, utm_from_names
 from .data.images import list_images
 from .evaluation import metrics, outputs, report
 from .features import extract, h5io
@@ -81,28 +81,26 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
                                device=device)
         q_desc = h5io.read_global(q_feats, q_names)
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
-    return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, gt,
-                         threshold, report_top)
+    truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
+    return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth,
+                         report_top)
 
 
 def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dict, q_all: list[str],
-                  q_names: list[str], ids, scores, top_k: int, gt: str | None, threshold: float | None,
-                  report_top: int = 5, extra: dict | None = None) -> dict:
-    """predictions.txt, pairs, results.json (+ metrics with `gt`) and report.html of a ranking."""
+                  q_names: list[str], ids, scores, top_k: int, truth: GroundTruth | None,
+                  report_top: int = 5, extra: dict | None = None, title: str | None = None) -> dict:
+    """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking."""
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
     result: dict = {"index": str(index_dir), "queries": str(query_dir), "preset": conf["preset"],
                     "num_queries": len(q_names), "num_map": len(m_names), "top_k": top_k,
                     "skipped_queries": sorted(set(q_all) - set(q_names)), **(extra or {})}
-    positives = None
-    if gt is not None:
-        truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold)
-        positives = truth.positives
+    if truth is not None:
         result["metrics"] = metrics.evaluate(ids, truth)
     outputs.write_json(out_dir / "results.json", result)
-    report.write_report(out_dir / "report.html", f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})",
-                        result.get("metrics"), query_dir, q_names, Path(manifest["map_dir"]), m_names,
-                        ids, scores, positives, top=report_top)
+    title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
+    report.write_report(out_dir / "report.html", title, result.get("metrics"), query_dir, q_names,
+                        Path(manifest["map_dir"]), m_names, ids, scores, truth and truth.positives, top=report_top)
     result["out_dir"] = str(out_dir)
     return result

@@ -141,7 +141,7 @@ def _segvlad(args: argparse.Namespace) -> None:
 def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None, revisited: bool = False
                    ) -> dict:
     """Score a predictions.txt against ground truth."""
-    q_names, m_names, preds = outputs.read_predictions(path, list_images(map_dir) if map_dir else None)
+    q_names, m_names, preds, _ = outputs.read_predictions(path, list_images(map_dir) if map_dir else None)
     if revisited:
         from .evaluation import revisited as rop
 

@@ -35,8 +35,9 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def read_predictions(path: str | Path, m_names: list[str] | None = None
-                     ) -> tuple[list[str], list[str], np.ndarray]:
-    """Parse a predictions.txt into (query names, map names, ranked map indices padded with -1).
+                     ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Parse a predictions.txt into (query names, map names, ranked map indices padded with -1, their scores
+    padded with NaN).
 
     Without `m_names` the map list is the set of predicted images, which is enough for Recall@N
     but undercounts positives for mAP: pass the full map list when you have it.
@@ -48,12 +49,15 @@ def read_predictions(path: str | Path, m_names: list[str] | None = None
     q_names = list(dict.fromkeys(r[0] for r in rows))
     m_names = m_names if m_names is not None else sorted({r[2] for r in rows})
     m_index = {n: i for i, n in enumerate(m_names)}
-    ranked: dict[str, list[int]] = {q: [] for q in q_names}
-    for q, _, m, _ in rows:
+    ranked: dict[str, list[tuple[int, float]]] = {q: [] for q in q_names}
+    for q, _, m, score in rows:
         if m not in m_index:
             raise ValueError(f"{path}: map image '{m}' is not in the map list")
-        ranked[q].append(m_index[m])
-    preds = np.full((len(q_names), max(map(len, ranked.values()), default=0)), -1, dtype=np.int64)
+        ranked[q].append((m_index[m], float(score)))
+    width = max(map(len, ranked.values()), default=0)
+    preds = np.full((len(q_names), width), -1, dtype=np.int64)
+    scores = np.full((len(q_names), width), np.nan, dtype=np.float32)
     for i, q in enumerate(q_names):
-        preds[i, : len(ranked[q])] = ranked[q]
-    return q_names, m_names, preds
+        if ranked[q]:
+            preds[i, : len(ranked[q])], scores[i, : len(ranked[q])] = zip(*ranked[q])
+    return q_names, m_names, preds, scores

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..api import write_results
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
-from ..evaluation import metrics, outputs, report
+from ..evaluation import metrics, outputs
 from ..index import faiss_index
 
 logger = logging.getLogger("vprkit")
@@ -53,21 +54,9 @@ def load_retrieval(results_dir: str | Path) -> Retrieval:
     info = json.loads(info_path.read_text())
     index_dir = Path(info["index"])
     manifest = json.loads((index_dir / faiss_index.MANIFEST_FILE).read_text())
-    q_names, m_names, ids = outputs.read_predictions(results_dir / PREDICTIONS_FILE, manifest["names"])
-    scores = _scores(results_dir / PREDICTIONS_FILE, q_names, ids.shape)
+    q_names, m_names, ids, scores = outputs.read_predictions(results_dir / PREDICTIONS_FILE, manifest["names"])
     return Retrieval(index_dir, Path(info["queries"]), Path(manifest["map_dir"]), q_names, m_names, ids, scores,
                      manifest, results_dir)
-
-
-def _scores(path: Path, q_names: list[str], shape: tuple[int, int]) -> np.ndarray:
-    """The score column of a predictions.txt as a (Q, N) array aligned with the ranked ids (NaN padded)."""
-    row = {q: i for i, q in enumerate(q_names)}
-    scores = np.full(shape, np.nan, dtype=np.float32)
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            q, rank, _, s = line.split()
-            scores[row[q], int(rank) - 1] = float(s)
-    return scores
 
 
 class Reranker(ABC):
@@ -114,21 +103,13 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     reranker = get_reranker_class(conf["method"])(conf)
     ids, scores = reranker.rerank(cand, out_dir / "cache")
-    q, m = retrieval.q_names, retrieval.m_names
-    outputs.write_predictions(out_dir / PREDICTIONS_FILE, q, m, ids, scores)
-    outputs.write_pairs(out_dir / f"pairs-top{n}.txt", q, m, ids)
-    result: dict = {"index": str(retrieval.index_dir), "queries": str(retrieval.query_dir), "conf": conf,
-                    "num_rerank": n, "num_queries": len(q), "num_map": len(m)}
-    positives = None
-    if gt is not None:
-        truth = ground_truth_for_kept(gt, list_images(retrieval.query_dir), q, m, threshold)
-        positives = truth.positives
-        result["metrics_global"] = metrics.evaluate(cand.ids, truth)
-        result["metrics"] = metrics.evaluate(ids, truth)
-    outputs.write_json(out_dir / RESULTS_FILE, result)
-    reranker.finish(out_dir, cand, ids, scores, result)
+    q_all = list_images(retrieval.query_dir)
+    truth = ground_truth_for_kept(gt, q_all, retrieval.q_names, retrieval.m_names, threshold) if gt else None
+    extra: dict = {"conf": conf, "num_rerank": n}
+    if truth is not None:
+        extra["metrics_global"] = metrics.evaluate(cand.ids, truth)
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
-    report.write_report(out_dir / "report.html", title, result.get("metrics"), retrieval.query_dir, q,
-                        retrieval.map_dir, m, ids, scores, positives)
-    result["out_dir"] = str(out_dir)
+    result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
+                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title)
+    reranker.finish(out_dir, cand, ids, scores, result)
     return result

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from ..api import _utm_or_none, write_results
+from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
 from ..features import h5io
 from ..index import faiss_index
@@ -81,8 +82,9 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
-    return write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, gt,
-                         threshold, report_top, {"queries_without_votes": empty})
+    truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold) if gt is not None else None
+    return write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth,
+                         report_top, {"queries_without_votes": empty})
 
 
 def read_segments(feature_path: str | Path, names: list[str]) -> list[np.ndarray]:
