@@ -98,8 +98,8 @@ def read_positions_csv(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     return rows, kind
 
 
-def from_csv(path: str | Path, q_names: list[str], m_names: list[str], threshold: float) -> GroundTruth:
-    """Ground truth from a positions CSV covering both query and map names."""
+def csv_positions(path: str | Path, q_names: list[str], m_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Query and map positions in metres from a positions CSV (lat/lon converted around the map's centre)."""
     rows, kind = read_positions_csv(path)
     missing = [n for n in q_names + m_names if n not in rows]
     if missing:
@@ -109,7 +109,12 @@ def from_csv(path: str | Path, q_names: list[str], m_names: list[str], threshold
     if kind == "latlon":
         origin = (float(m[:, 0].mean()), float(m[:, 1].mean()))
         q, m = latlon_to_metres(q[:, 0], q[:, 1], origin), latlon_to_metres(m[:, 0], m[:, 1], origin)
-    return from_positions(q, m, threshold)
+    return q, m
+
+
+def from_csv(path: str | Path, q_names: list[str], m_names: list[str], threshold: float) -> GroundTruth:
+    """Ground truth from a positions CSV covering both query and map names."""
+    return from_positions(*csv_positions(path, q_names, m_names), threshold)
 
 
 def from_patchnetvlad_npz(path: str | Path, num_queries: int, num_map: int,

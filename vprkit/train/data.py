@@ -22,10 +22,10 @@ from scipy.sparse.csgraph import connected_components
 
 from ..data.groundtruth import (
     GroundTruthError,
+    csv_positions,
     frame_index_from_names,
     from_positions,
     from_positives_file,
-    read_positions_csv,
     utm_from_names,
 )
 from ..data.images import list_images
@@ -97,11 +97,7 @@ def read_positions(spec: str, q_names: list[str], m_names: list[str]) -> tuple[n
         pos = np.arange(len(q_names), dtype=np.float64)[:, None]
         return pos, pos.copy()
     if spec.endswith(".csv"):
-        rows, _ = read_positions_csv(spec)
-        missing = [n for n in q_names + m_names if n not in rows]
-        if missing:
-            raise GroundTruthError(f"{spec}: no position for {len(missing)} images, e.g. {missing[:3]}")
-        return np.stack([rows[n] for n in q_names]), np.stack([rows[n] for n in m_names])
+        return csv_positions(spec, q_names, m_names)
     raise GroundTruthError(f"positions '{spec}': use 'utm', 'sequence', 'index', a .csv, a .mat or a positives file")
 
 
