@@ -214,9 +214,12 @@ class GCSAReranker(Reranker):
         q_desc = query_descriptors(retrieval, Path(work_dir))
         ctx = Contexts.build(q_desc, m_desc, retrieval.ids, model.num_anchors, m_side, model.modalities,
                              train_conf.get("side", {}))
-        ids, scores = order(retrieval.ids, refined_scores(model, ctx, q_side, c["batch_size"]))
-        out = Path(work_dir).parent
-        write_msls_csv(out / "msls_predictions.csv", retrieval.q_names, retrieval.m_names, ids)
-        if c["query_prior_sigma"]:
-            (out / "noise_model.txt").write_text(noise_model(c["query_prior_sigma"], c["seed"]) + "\n")
-        return ids, scores
+        return order(retrieval.ids, refined_scores(model, ctx, q_side, c["batch_size"]))
+
+    def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
+               result: dict) -> None:
+        """The MSLS-challenge CSV, and the query prior's noise model when positions were simulated."""
+        write_msls_csv(out_dir / "msls_predictions.csv", retrieval.q_names, retrieval.m_names, ids)
+        if self.conf["query_prior_sigma"]:
+            (out_dir / "noise_model.txt").write_text(noise_model(self.conf["query_prior_sigma"], self.conf["seed"])
+                                                     + "\n")

@@ -70,14 +70,19 @@ def read_checkpoint(path: str | Path) -> Any:
         raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
 
 
+def _read_vprkit_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, refusing files that are not vprkit checkpoints."""
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise ValueError(f"{path}: not a vprkit checkpoint (no 'model'/'meta' entries)")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     restore_rng: bool = True) -> dict[str, Any]:
     """Restore what was saved into the given objects; returns `meta`. Refuses files that are not checkpoints."""
-    path = Path(path)
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
-        raise ValueError(f"{path}: not a vprkit checkpoint (no 'model'/'meta' entries)")
+    ckpt = _read_vprkit_checkpoint(path)
     if model is not None:
         model.load_state_dict(ckpt["model"])
     if optimizer is not None and "optimizer" in ckpt:
@@ -96,11 +101,12 @@ def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], 
 
     Lets a checkpoint be used without knowing how it was configured; `hint` says how to make a right one.
     """
-    meta = load_checkpoint(path, restore_rng=False)
+    ckpt = _read_vprkit_checkpoint(path)
+    meta = ckpt["meta"]
     if key not in meta:
         raise ValueError(f"{path}: not a checkpoint of this kind (no '{key}'); {hint}")
     model = build(**meta[key])
-    load_checkpoint(path, model, restore_rng=False)
+    model.load_state_dict(ckpt["model"])
     return model.eval(), meta
 
 class CSVLog:
