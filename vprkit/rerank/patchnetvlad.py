@@ -208,9 +208,9 @@ def _index_netvlad(retrieval: Retrieval) -> NetVLAD | None:
             or not state_path.is_file():
         return None
     with np.load(state_path, allow_pickle=False) as data:
-        state = {k: torch.from_numpy(data[k]) for k in data.files}
+        state = {k: data[k] for k in data.files}
     agg = NetVLAD(num_clusters=state["centroids"].shape[0], dim=state["centroids"].shape[1])
-    agg.load_state_dict(state)
+    agg.load_state(state)
     return agg
 
 
@@ -237,14 +237,14 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
     Fitting uses the map of `retrieval`, or `images` (root, names) when there is no map (match-two).
     """
     pca: dict[str, torch.Tensor] = {}
+    index_agg = _index_netvlad(retrieval) if retrieval is not None and not conf["checkpoint"] else None
     if conf["checkpoint"]:
         agg, pca = _checkpoint_parts(conf["checkpoint"])
         model = patches.PatchModel(conf, get_backbone("vgg16", checkpoint=conf["checkpoint"]), agg,
                                    drop_last_relu=True)
     else:
         backbone = get_backbone("vgg19")
-        agg = (_index_netvlad(retrieval) if retrieval is not None else None) or \
-            NetVLAD(num_clusters=conf["num_clusters"], dim=backbone.dim)
+        agg = index_agg or NetVLAD(num_clusters=conf["num_clusters"], dim=backbone.dim)
         model = patches.PatchModel(conf, backbone, agg)
     if state_path is not None and state_path.is_file():
         with np.load(state_path, allow_pickle=False) as data:
@@ -253,7 +253,7 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
                 torch.from_numpy(data[k]) for k in ("pca_weight", "pca_bias", "pq_centroids"))
         return model.to(torch.device(conf["device"]))
     root, names = images if images is not None else (retrieval.map_dir, list_images(retrieval.map_dir))
-    if not conf["checkpoint"] and (retrieval is None or _index_netvlad(retrieval) is None):
+    if not conf["checkpoint"] and index_agg is None:
         fit_netvlad(model, root, names)
     if pca:
         model.pca_weight, model.pca_bias = pca["pca_weight"], pca["pca_bias"]
