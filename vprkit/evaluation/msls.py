@@ -5,10 +5,11 @@ Keys are image keys, i.e. file stems (MSLS images are `images/<key>.jpg`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .outputs import atomic_write
 
 
 def write_msls_csv(path: str | Path, q_names: list[str], m_names: list[str], ids: np.ndarray,
@@ -17,6 +18,4 @@ def write_msls_csv(path: str | Path, q_names: list[str], m_names: list[str], ids
     path = Path(path)
     key = [Path(n).stem for n in m_names]
     lines = [" ".join([Path(q).stem] + [key[j] for j in row[:top] if j >= 0]) for q, row in zip(q_names, ids)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "\n".join(lines) + "\n")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write through a temporary sibling so readers never see a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -21,17 +22,17 @@ def write_predictions(path: str | Path, q_names: list[str], m_names: list[str], 
     lines = ["# query rank map_image score"]
     for qi, q in enumerate(q_names):
         lines += [f"{q} {r + 1} {m_names[j]} {s:.6f}" for r, (j, s) in enumerate(zip(ids[qi], scores[qi])) if j >= 0]
-    _atomic_write(Path(path), "\n".join(lines) + "\n")
+    atomic_write(Path(path), "\n".join(lines) + "\n")
 
 
 def write_pairs(path: str | Path, q_names: list[str], m_names: list[str], ids: np.ndarray) -> None:
     """hloc pairs file: `query map_image` per line, best first."""
     lines = [f"{q} {m_names[j]}" for qi, q in enumerate(q_names) for j in ids[qi] if j >= 0]
-    _atomic_write(Path(path), "\n".join(lines) + "\n")
+    atomic_write(Path(path), "\n".join(lines) + "\n")
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    _atomic_write(Path(path), json.dumps(data, indent=1, default=float))
+    atomic_write(Path(path), json.dumps(data, indent=1, default=float))
 
 
 def read_predictions(path: str | Path, m_names: list[str] | None = None

@@ -77,8 +77,7 @@ class GCSA(nn.Module):
         for m in self.modalities:
             h = h + self.affinity_proj[m](side[m].to(h.dtype))
         h = self.norm(self.encoder(h, src_key_padding_mask=pad))
-        h = nn.functional.normalize(h, dim=-1)
-        return (h[:, 1:] * h[:, :1]).sum(-1)
+        return self.projected_scores(nn.functional.normalize(h, dim=-1))
 
     def config(self) -> dict:
         """Constructor arguments, stored in checkpoints so a re-ranker can rebuild the network."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..api import MAP_FEATURES, STATE_FILE
 from ..data.sideinfo import SideInfo, load_sideinfo, noise_model, simulate_prior
 from ..evaluation.msls import write_msls_csv
 from ..features import extract, h5io
@@ -27,7 +28,6 @@ from . import affinity
 from .base import Reranker, Retrieval
 
 logger = logging.getLogger("vprkit")
-MAP_FEATURES, STATE_FILE = "map_features.h5", "aggregator.npz"
 SIDE_DEFAULTS = {"position_scale": 5.0, "fov_deg": 90.0, "fov_range": 50.0, "radio_scale_db": 10.0}
 
 

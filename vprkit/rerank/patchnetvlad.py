@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..aggregators.netvlad import NetVLAD
 from ..api import STATE_FILE
 from ..data.images import list_images
+from ..evaluation.outputs import atomic_write
 from ..features import patches
 from ..models import get_backbone
 from ..models.base import load_state_dict
@@ -46,9 +47,7 @@ def write_kapture_pairs(path: Path, q_names: list[str], m_names: list[str], ids:
     lines = ["# kapture format: 1.0", "# query_image, map_image, score"]
     for qi, q in enumerate(q_names):
         lines += [f"{q}, {m_names[j]}, {s:.6f}" for j, s in zip(ids[qi], scores[qi]) if j >= 0]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 class PatchNetVLAD(Reranker):
