@@ -74,9 +74,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     state = index_dir / STATE_FILE
     q_all = list_images(query_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        q_feats = out_dir / "query_features.h5"
-        if q_feats.exists() and h5io.read_attrs(q_feats).get("model_key") != mi.manifest["model_key"]:
-            q_feats = Path(tmp) / "query_features.h5"
+        q_feats = query_feature_path(out_dir, Path(tmp), "query_features.h5", mi.manifest["model_key"])
         q_names = extract.main(conf, query_dir, q_feats, state if state.exists() else None, names=q_all,
                                device=device)
         q_desc = h5io.read_global(q_feats, q_names)
@@ -84,6 +82,15 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
     return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth,
                          report_top)
+
+
+def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) -> Path:
+    """Where to keep query features: in the results folder (reused by reruns and re-rankers), unless a file
+    there holds another model's features, which is kept and a temporary file is used instead."""
+    path = out_dir / filename
+    if path.exists() and h5io.read_attrs(path).get("model_key") != key:
+        return tmp_dir / filename
+    return path
 
 
 def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dict, q_all: list[str],

@@ -11,10 +11,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..api import _utm_or_none, write_results
+from ..api import _utm_or_none, query_feature_path, write_results
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
-from ..features import h5io
 from ..index import faiss_index
 from . import extract
 from .index import OWNER_FILE, SEGMENTS_FILE, SegmentIndex, write_store
@@ -68,9 +67,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     q_all = list_images(query_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        q_feats = out_dir / "query_segments.h5"
-        if q_feats.exists() and h5io.read_attrs(q_feats).get("model_key") != manifest["model_key"]:
-            q_feats = Path(tmp) / "query_segments.h5"
+        q_feats = query_feature_path(out_dir, Path(tmp), "query_segments.h5", manifest["model_key"])
         q_names = extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all, device=device)
         ids, scores = [], []
         for s in range(0, len(q_names), query_batch):
