@@ -6,6 +6,11 @@ finds mutual matches with numpy, scores the pair (numpy rapid spatial scoring, o
 then z-normalises and fuses with numpy. Ours reads all candidates of a query at once and matches them
 in batched calls. Features are random unit vectors with the presets' shapes (a fifth of the candidates
 are noisy copies of the query, so RANSAC has real inliers); timing does not depend on content.
+
+`bfloat16` is the same batched matcher with `match_dtype=bfloat16` (8-bit mantissa similarities); its
+column says whether its candidate order equals float32's.
+The last columns time the similarity matmuls alone (float32, same shapes, features already in memory):
+every exact matcher must do them, so naive / matmul is the most any exact implementation could gain.
 """
 
 from __future__ import annotations
@@ -79,6 +84,27 @@ def naive_scores(conf: dict, matcher: Matcher, path: Path, q: list[np.ndarray], 
     return fused + conf["global_weight"] * (g - g.mean()) / g.std()
 
 
+def matmul_floor(q: list[np.ndarray], path: Path, names: list[str], sizes: list[int], batch: int) -> float:
+    """Seconds for the float32 query x candidate similarity matmuls alone (features read beforehand)."""
+    with h5py.File(path, "r") as f:
+        db = [torch.from_numpy(np.stack([f[f"{n}/p{s}"][()] for n in names])).float() for s in sizes]
+    qt = [torch.from_numpy(x).float() for x in q]
+    t0 = time.perf_counter()
+    for d, x in zip(db, qt, strict=True):
+        for i in range(0, len(names), batch):
+            torch.matmul(d[i:i + batch], x.T)
+    return time.perf_counter() - t0
+
+
+def batched(conf: dict, matcher: Matcher, path: Path, q: list[np.ndarray], names: list[str],
+            global_scores: np.ndarray) -> tuple[float, np.ndarray]:
+    """(seconds, fused scores) of the batched matcher for one query."""
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        scores = matcher.rank_scores([x[None] for x in q], f, names, global_scores)
+    return time.perf_counter() - t0, scores
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--num-rerank", type=int, default=100)
@@ -89,35 +115,39 @@ def main() -> None:
                    "costs about 2 TFLOP per query on either side")
     args = p.parse_args()
     print(f"machine: {machine()}\n")
-    print("| preset | image | patches | dims | matcher | naive loop ms/query | batched ms/query | speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| preset | image | patches | dims | matcher | naive loop ms/query | batched ms/query | speed-up "
+          "| matmuls alone ms/query | naive / matmuls | bfloat16 ms/query | speed-up | same order |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for preset in args.presets.split(","):
         size = args.performance_resize if preset == "performance" else args.resize
         conf = PatchNetVLAD.get_conf(preset, resize=[int(v) for v in size.split("x")])
-        matcher = Matcher(conf, grids=[patches.patch_grid(conf["resize"][1] // 16, conf["resize"][0] // 16, s, st, 16)
-                                       for s, st in zip(conf["patch_sizes"], conf["strides"], strict=True)])
-        t_naive = t_ours = 0.0
+        grids = [patches.patch_grid(conf["resize"][1] // 16, conf["resize"][0] // 16, s, st, 16)
+                 for s, st in zip(conf["patch_sizes"], conf["strides"], strict=True)]
+        matcher, fast = Matcher(conf, grids=grids), Matcher({**conf, "match_dtype": "bfloat16"}, grids=grids)
+        t = {"naive": 0.0, "ours": 0.0, "matmul": 0.0, "bf16": 0.0}
+        same = True
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.queries):
                 path = Path(tmp) / f"f{rng.integers(1 << 30)}.h5"
-                q, names = make_features(path, conf, [(g, c) for g, c in zip(matcher.grid, matcher.centres)],
-                                         args.num_rerank, rng)
+                q, names = make_features(path, conf, grids, args.num_rerank, rng)
                 glob = np.sort(rng.random(args.num_rerank))[::-1]
                 t0 = time.perf_counter()
                 ref = naive_scores(conf, matcher, path, q, names, glob)
-                t1 = time.perf_counter()
-                with h5py.File(path, "r") as f:
-                    ours = matcher.rank_scores([x[None] for x in q], f, names, glob)
-                t2 = time.perf_counter()
+                t["naive"] += time.perf_counter() - t0
+                dt, ours = batched(conf, matcher, path, q, names, glob)
+                t["ours"] += dt
                 np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)  # same scores
                 assert (np.argsort(-ours, kind="stable") == np.argsort(-ref, kind="stable")).all()
-                t_naive, t_ours = t_naive + t1 - t0, t_ours + t2 - t1
-        n_patches = sum(len(g) for g in matcher.grid)
-        print(f"| {preset} | {size} | {n_patches} | {conf['num_pcs']} | {conf['matcher']} | "
-              f"{1000 * t_naive / args.queries:.0f} | {1000 * t_ours / args.queries:.0f} | "
-              f"{t_naive / t_ours:.1f}x |", flush=True)
-
+                t["matmul"] += matmul_floor(q, path, names, conf["patch_sizes"], conf["match_batch"])
+                dt, approx = batched(conf, fast, path, q, names, glob)
+                t["bf16"] += dt
+                same &= bool((np.argsort(-approx, kind="stable") == np.argsort(-ref, kind="stable")).all())
+        ms = {k: 1000 * v / args.queries for k, v in t.items()}
+        print(f"| {preset} | {size} | {sum(len(g) for g, _ in grids)} | {conf['num_pcs']} | {conf['matcher']} | "
+              f"{ms['naive']:.0f} | {ms['ours']:.0f} | {t['naive'] / t['ours']:.1f}x | {ms['matmul']:.0f} | "
+              f"{t['naive'] / t['matmul']:.1f}x | {ms['bf16']:.0f} | {t['naive'] / t['bf16']:.1f}x | "
+              f"{'yes' if same else 'no'} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -76,6 +76,22 @@ def test_broken_candidate_and_empty_patches_score_zero(tmp_path):
     np.testing.assert_allclose(m.fuse(raw, glob), pnv.spatial.fuse(raw, [0.5, 0.5]).numpy() + 1.0 * zg, rtol=1e-6)
 
 
+def test_bfloat16_matching_keeps_clear_matches():
+    """bfloat16 similarities find the same mutual matches when the true neighbour is clearly the best."""
+    conf = pnv.PatchNetVLAD.get_conf("storage", match_dtype="bfloat16")
+    grids = [pnv.patches.patch_grid(8, 10, 3, 1, 4)]
+    m, exact = pnv.Matcher(conf, grids=grids, feat_stride=4), pnv.Matcher({**conf, "match_dtype": "float32"},
+                                                                           grids=grids, feat_stride=4)
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((48, 64)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    db = np.stack([q + 0.05 * rng.standard_normal(q.shape), q[rng.permutation(48)], rng.standard_normal(q.shape)])
+    db = (db / np.linalg.norm(db, axis=2, keepdims=True)).astype(np.float16)
+    torch.testing.assert_close(m.scale_scores([q], [db]), exact.scale_scores([q], [db]))
+    with pytest.raises(ValueError, match="match_dtype"):
+        pnv.Matcher({**conf, "match_dtype": "int8"}, grids=grids)
+
+
 def test_checkpoint_parts_load_weights_only(tmp_path):
     k, c, d = 4, 8, 5
     state = {"pool.centroids": torch.randn(k, c), "pool.conv.weight": torch.randn(k, c, 1, 1),

@@ -67,6 +67,9 @@ class PatchNetVLAD(Reranker):
         "num_clusters": 32, "checkpoint": None,
         "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4, "match_batch": 25,
         "device": "cpu", "seed": 0,
+        # 'bfloat16' runs the similarity matmuls ~3-4x faster on CPUs with AVX512-BF16/AMX (and on GPUs), at
+        # 8-bit mantissa precision: near-tied neighbours may swap, so scores are not bit-equal to 'float32'
+        "match_dtype": "float32",
         "backbone_cache": None,  # HDF5 path: backbone maps shared by presets (same resize) between runs
     }
     confs = {
@@ -128,6 +131,9 @@ class Matcher:
                  grids: list[tuple[np.ndarray, np.ndarray]] | None = None, feat_stride: int = 16):
         self.conf = conf
         self.device = torch.device(conf["device"])
+        if conf["match_dtype"] not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown match_dtype '{conf['match_dtype']}'; choose 'float32' or 'bfloat16'")
+        self.dtype = getattr(torch, conf["match_dtype"])
         grids = grids if grids is not None else model.grids()
         feat_stride = model.backbone.stride if model is not None else feat_stride
         self.grid = [torch.from_numpy(g) for g, _ in grids]
@@ -146,8 +152,8 @@ class Matcher:
         """
         out = []
         for s, (qs, ds) in enumerate(zip(q, db, strict=True)):
-            qt = torch.as_tensor(qs, device=self.device).float()
-            dt = torch.as_tensor(ds, device=self.device).float()
+            qt = torch.as_tensor(qs, device=self.device).to(self.dtype)
+            dt = torch.as_tensor(ds, device=self.device).to(self.dtype)
             fw, mutual = spatial.mutual_nn(qt, dt)
             fw, mutual = fw.cpu(), mutual.cpu()
             nq = max(qt.shape[0], 1)
