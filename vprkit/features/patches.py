@@ -252,8 +252,13 @@ def train_pq(x: np.ndarray, num_bytes: int, seed: int = 0) -> np.ndarray:
         raise ValueError(f"pq_bytes={num_bytes} must divide the descriptor size {d}")
     if len(x) < 256:
         raise ValueError(f"product quantisation needs at least 256 patches to train on, got {len(x)}")
+    recommended = 39 * 256  # faiss's own minimum for good k-means codebooks
+    if len(x) < recommended:
+        logger.warning("product quantiser trained on %d patches (%d recommended): raise fit_max_patches for "
+                       "better codes", len(x), recommended)
     pq = faiss.ProductQuantizer(d, num_bytes, 8)
     pq.cp.seed = seed
+    pq.cp.min_points_per_centroid = 1  # warned once above, not once per sub-quantiser
     pq.train(np.ascontiguousarray(x, dtype=np.float32))
     return faiss.vector_to_array(pq.centroids).reshape(num_bytes, 256, d // num_bytes).astype(np.float32)
 
