@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
+from ..evaluation.outputs import atomic_savez
 from ..models import Backbone, get_backbone
 from ..train import trained
 from . import h5io
@@ -158,9 +158,7 @@ class Extractor:
 
     def save_state(self, path: Path) -> None:
         """Write fitted aggregator arrays atomically as .npz (no pickle)."""
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **self.aggregator.state())
-        os.replace(tmp, path)
+        atomic_savez(path, self.aggregator.state())
 
     def load_state(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as data:

@@ -14,7 +14,6 @@ Keypoints are not stored: every image is resized to the same size, so patch posi
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ..aggregators.base import l2n
 from ..aggregators.netvlad import NetVLAD
 from ..aggregators.vlad import VLAD
 from ..data.images import ImageError, load_image
+from ..evaluation.outputs import atomic_savez
 from ..models import Backbone
 from . import h5io
 
@@ -319,8 +319,4 @@ def read_patches(f: h5py.File, names: list[str], sizes: list[int], codebook: tor
     return out
 
 
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """npz written to a temporary name then renamed, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+save_arrays = atomic_savez  # the name rerank/patchnetvlad.py saves its model state with

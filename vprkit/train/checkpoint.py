@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..evaluation.outputs import replacing
 
 
 def seed_everything(seed: int) -> None:
@@ -54,9 +55,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         ckpt["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         ckpt["scheduler"] = scheduler.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def read_checkpoint(path: str | Path) -> Any:

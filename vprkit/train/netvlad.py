@@ -282,10 +282,9 @@ class Session:
         if len(x) > 100_000:
             x = x[rng.choice(len(x), 100_000, replace=False)]
         self.model.aggregator.fit(x)
-        tmp = self.centroid_path.with_suffix(".tmp.npz")
-        np.savez(tmp, centroids=self.model.aggregator.centroids.detach().cpu().numpy(),
-                 arch=json.dumps(self.arch, sort_keys=True))
-        os.replace(tmp, self.centroid_path)
+        arrays = {"centroids": self.model.aggregator.centroids.detach().cpu().numpy(),
+                  "arch": json.dumps(self.arch, sort_keys=True)}
+        outputs.atomic_savez(self.centroid_path, arrays)
         return self.centroid_path
 
     def init_centroids(self) -> None:
