@@ -118,8 +118,18 @@ def test_extract_is_fp16_resumable_and_projected(image_folder, tmp_path):
         assert len(patches.read_patches(f, names, [3])[0]) == 12 and (f[f"{names[0]}/p2"][()] == first).all()
         direct = model.describe(model.local_features(image_folder, names[:1])[1])["p2"][0]
         np.testing.assert_allclose(first.astype(np.float32), direct, atol=2e-3)
-    with pytest.raises(ValueError, match="other settings"):
+    whole = tmp_path / "whole.h5"  # an uninterrupted run writes the same file
+    assert patches.extract(model, image_folder, names, whole, "k1") == names
+    with h5py.File(out) as a, h5py.File(whole) as b:
+        for n in names:
+            assert sorted(a[n]) == sorted(b[n]) and all((a[n][k][()] == b[n][k][()]).all() for k in a[n])
+    with pytest.raises(ValueError, match="features of another model"):
         patches.extract(model, image_folder, names, out, "k2")
+    with h5py.File(out, "a") as f:  # a cache written before the attribute was renamed from patch_key
+        del f.attrs["model_key"]
+        f.attrs["patch_key"] = "k1"
+    calls.clear()
+    assert patches.extract(model, image_folder, names, out, "k1") == names and not calls
 
 
 def test_backbone_cache_reused_across_models(image_folder, tmp_path):

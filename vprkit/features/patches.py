@@ -29,6 +29,7 @@ from ..data.images import ImageError, load_image
 from ..evaluation.outputs import atomic_savez
 from ..models import Backbone
 from . import h5io
+from .extract import pending, succeeded
 
 logger = logging.getLogger("vprkit")
 
@@ -281,10 +282,7 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
     map side: queries stay fp16 so matching is asymmetric). `key` identifies the model and settings;
     a file written with another key is refused.
     """
-    if path.exists() and h5io.read_attrs(path).get("patch_key") not in (None, key):
-        raise ValueError(f"{path} holds patch features of other settings; delete it or use another folder")
-    done = h5io.finished_names(path)
-    todo = [n for n in names if n not in done]
+    todo = pending(path, names, key)
     failed: list[str] = []
     bs = model.conf["batch_size"]
     with tqdm(total=len(todo), desc=f"patch features {root.name}", unit="img") as bar:
@@ -299,10 +297,9 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
                         for size in model.conf["patch_sizes"]:
                             codes = pq_encode(torch.from_numpy(feats[f"p{size}"][j]), model.pq_centroids.cpu())
                             items[n][f"p{size}"] = codes.numpy()
-                h5io.write_batch(path, items, {"patch_key": key})
+                h5io.write_batch(path, items, {"model_key": key})
             bar.update(len(ok) + len(bad))
-    failed_set = set(failed)
-    return [n for n in names if n not in failed_set]
+    return succeeded(names, failed, len(todo))
 
 
 def read_patches(f: h5py.File, names: list[str], sizes: list[int], codebook: torch.Tensor | None = None
