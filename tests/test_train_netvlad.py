@@ -201,3 +201,19 @@ def test_early_stopping_ends_training_without_val_improvement(route, tiny, tmp_p
     log = _log(tmp_path / "e" / "log.csv")
     assert [r["epoch"] for r in log] == ["1", "2"]
     assert log[0]["val_R@5"] == log[1]["val_R@5"]
+
+
+def test_bank_batches_like_the_extractor(route, tiny):
+    """Frozen features come from the extractor's batching: its batch size and pixel limit, bad files skipped."""
+    model, fconf = netvlad.build_model(_conf())
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(route / "map" / "big.png")
+    (route / "map" / "broken.png").write_bytes(b"not an image")
+    names = ["000.png", "broken.png", "001.png", "002.png", "big.png", "003.png"]
+    calls = []
+    frozen = model.frozen
+    model.frozen = lambda x: calls.append(len(x)) or frozen(x)
+    bank = netvlad.Bank(model, {**fconf, "batch_size": 2, "max_pixels": 32 * 32}, route / "map", names, "map")
+    assert bank.failed == [1, 4] and calls == [2, 2]  # big.png is over the pixel limit
+    for name, feat in zip(["000.png", "001.png", "002.png", "003.png"], bank.feats):
+        img = TinyBackbone().preprocess(Image.open(route / "map" / name).convert("RGB"))
+        torch.testing.assert_close(feat, frozen(img[None])[0])

@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from ..aggregators import get_aggregator
 from ..data.groundtruth import GroundTruth
-from ..data.images import ImageError, load_image, resize_to_stride
 from ..evaluation import metrics, outputs
 from ..features import extract
 from ..models import get_backbone
@@ -164,36 +163,20 @@ class Bank:
     """
 
     def __init__(self, model: TrainModel, fconf: dict, root: Path, names: list[str], desc: str,
-                 guidance=None, batch: int = 32) -> None:
-        bb, resize = model.backbone, fconf["preprocessing"].get("resize_max")
-        feats: list[torch.Tensor | None] = [None] * len(names)
+                 guidance=None) -> None:
+        device = next(model.parameters()).device
+        position = {n: i for i, n in enumerate(names)}
+        self.feats: list[torch.Tensor] = []
         self.guidance: list[torch.Tensor] | None = [] if guidance is not None else None
         self.failed: list[int] = []
-        pending: list[tuple[int, torch.Tensor]] = []
-        for i, name in enumerate(tqdm(names, desc=f"frozen features: {desc}", unit="img", leave=False)):
-            try:
-                img = resize_to_stride(load_image(root / name), resize, bb.stride)
-            except ImageError as exc:
-                logger.warning("skipping %s", exc)
-                self.failed.append(i)
-                continue
-            x = bb.preprocess(img)
-            if self.guidance is not None:
-                self.guidance.append(guidance(root, name, x.shape[-2:]))
-            if pending and (len(pending) == batch or pending[0][1].shape != x.shape):
-                self._flush(model, pending, feats)
-            pending.append((i, x))
-        self._flush(model, pending, feats)
-        self.feats = [f for f in feats if f is not None]
-
-    @staticmethod
-    def _flush(model: TrainModel, pending: list, feats: list) -> None:
-        if pending:
-            device = next(model.parameters()).device
-            out = model.frozen(torch.stack([x for _, x in pending]).to(device)).cpu()
-            for (i, _), f in zip(pending, out):
-                feats[i] = f
-            pending.clear()
+        with tqdm(total=len(names), desc=f"frozen features: {desc}", unit="img", leave=False) as bar:
+            for batch_names, images, bad in extract.batches(model.backbone, fconf, root, names):
+                self.failed += [position[n] for n in bad]
+                if batch_names:
+                    self.feats += list(model.frozen(images.to(device)).cpu())
+                if self.guidance is not None:
+                    self.guidance += [guidance(root, n, images.shape[-2:]) for n in batch_names]
+                bar.update(len(batch_names) + len(bad))
 
     def __len__(self) -> int:
         return len(self.feats)
