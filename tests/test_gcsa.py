@@ -237,7 +237,7 @@ def test_two_stage_training_starts_stage2_from_stage1(tmp_path, one_thread):
     rows = [line.split(",") for line in (tmp_path / "stage2.csv").read_text().splitlines()]
     assert rows[0] == ["epoch", "loss", "val_mAP@10", "val_R@1"] and len(rows) == 3
     meta = load_checkpoint(tmp_path / "stage2-last.pt", GCSA(16, 5, ["position"], **conf["model"]))
-    assert meta["done"] and meta["epoch"] == 1
+    assert meta["epoch"] == 1 and meta["early"]["best"] == max(float(r[2]) for r in rows[1:])
     assert train_gcsa.train(conf, ctx, truth, m_side, tmp_path) == final  # finished stages are not retrained
 
 

@@ -67,7 +67,7 @@ def test_resume_equals_uninterrupted_run(route, tiny, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert _log(tmp_path / "a" / "log.csv") == _log(tmp_path / "b" / "log.csv")
-    assert [r["epoch"] for r in _log(tmp_path / "a" / "log.csv")] == ["1", "2", "3"]
+    assert [r["epoch"] for r in _log(tmp_path / "a" / "log.csv")] == ["0", "1", "2"]  # epochs count from 0
     assert float(_log(tmp_path / "a" / "log.csv")[0]["loss"]) > 0
     # training moved the attention and NetVLAD weights (the frozen backbone did not)
     first = netvlad.build_model(conf)[0].state_dict()
@@ -196,10 +196,10 @@ def test_partial_backbone_training_leaves_cached_features_intact():
 
 
 def test_early_stopping_ends_training_without_val_improvement(route, tiny, tmp_path):
-    # lr 0: val R@5 never improves after epoch 1, so patience 1 stops after epoch 2 of 5
+    # lr 0: val R@5 never improves after epoch 0, so patience 1 stops after epoch 1 (the second of 5)
     _run(route, tmp_path / "e", _conf(**{"train.epochs": 5, "train.lr": 0.0, "train.patience": 1}))
     log = _log(tmp_path / "e" / "log.csv")
-    assert [r["epoch"] for r in log] == ["1", "2"]
+    assert [r["epoch"] for r in log] == ["0", "1"]
     assert log[0]["val_R@5"] == log[1]["val_R@5"]
 
 

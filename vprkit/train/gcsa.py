@@ -40,7 +40,7 @@ from ..rerank.gcsa import (
     query_descriptors,
     refined_scores,
 )
-from .checkpoint import CSVLog, EarlyStopping, load_checkpoint, save_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, resume, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
 
@@ -142,18 +142,12 @@ class Trainer:
     def stage(self, model: GCSA, stage: int, params: list[torch.nn.Parameter]) -> Path:
         """Train one stage; returns its best checkpoint (reused as is when the stage already finished)."""
         sc = self.conf[f"stage{stage}"]
-        best_path, last_path = self.out_dir / f"stage{stage}.pt", self.out_dir / f"stage{stage}-last.pt"
         opt = torch.optim.Adam(params, lr=sc["lr"])
-        start, stopper = 0, EarlyStopping(self.conf["patience"])
-        if last_path.exists():
-            meta = load_checkpoint(last_path, model, opt)
-            if meta.get("done"):
-                logger.info("stage %d already trained: %s", stage, best_path)
-                return best_path
-            start, stopper = meta["epoch"] + 1, EarlyStopping(self.conf["patience"], **meta["stopper"])
-        log = CSVLog(self.out_dir / f"stage{stage}.csv", keep_until=start - 1 if start else None, key="epoch")
+        progress = resume(self.out_dir / f"stage{stage}-last.pt", self.out_dir / f"stage{stage}.pt",
+                          self.out_dir / f"stage{stage}.csv", self.conf["patience"],
+                          lambda path: load_checkpoint(path, model, opt))
         meta = {"model_config": model.config(), "conf": self.conf, "stage": stage}
-        for epoch in range(start, sc["epochs"]):
+        for epoch in progress.epochs(sc["epochs"]):
             model.train()
             q_side = self.query_side(epoch)
             rows = np.random.permutation(self.train)
@@ -166,17 +160,10 @@ class Trainer:
                 opt.step()
                 losses.append(loss.item())
             val = self.validate(model, stage)
-            improved = stopper.step(val["mAP@10"])
-            if improved:
-                save_checkpoint(best_path, model, epoch=epoch, val=val, **meta)
-            done = stopper.should_stop or epoch == sc["epochs"] - 1
-            log.write({"epoch": epoch, "loss": float(np.mean(losses)), "val_mAP@10": val["mAP@10"],
-                       "val_R@1": val["R@1"]})
-            save_checkpoint(last_path, model, opt, epoch=epoch, stopper=stopper.state(), done=done, **meta)
+            progress.end_epoch(epoch, val["mAP@10"], {"loss": float(np.mean(losses)), "val_mAP@10": val["mAP@10"],
+                                                      "val_R@1": val["R@1"]}, model, opt, meta={**meta, "val": val})
             logger.info("stage %d epoch %d loss %.4f val mAP@10 %.4f", stage, epoch, np.mean(losses), val["mAP@10"])
-            if done:
-                break
-        return best_path
+        return progress.best
 
 
 def train(conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_dir: str | Path) -> Path:
