@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from ..rerank.gcsa import (
     projected_scores,
     query_descriptors,
     refined_scores,
+    side_batches,
 )
 from .checkpoint import load_checkpoint, resume, save_checkpoint, seed_everything
 
@@ -117,20 +119,25 @@ class Trainer:
         n_val = int(round(conf["val_fraction"] * len(perm)))
         self.val, self.train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         self.labels = torch.from_numpy(np.stack([np.isin(ctx.ids[i], truth.positives[i]) for i in range(len(ctx.ids))]))
-        sigma = conf["query_prior_sigma"]
-        self.val_side = simulate_prior(q_true, sigma, conf["seed"] + 10_000) if sigma else q_true
+        self.val_ctx = ctx.subset(self.val)
 
     def query_side(self, epoch: int) -> SideInfo:
         """This epoch's simulated query priors (or the given positions when no noise is simulated)."""
         sigma = self.conf["query_prior_sigma"]
         return simulate_prior(self.q_true, sigma, self.conf["seed"] + epoch) if sigma else self.q_true
 
+    @cached_property
+    def val_sides(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Side affinities of the validation queries (one fixed prior draw), computed once for all epochs."""
+        sigma = self.conf["query_prior_sigma"]
+        side = simulate_prior(self.q_true, sigma, self.conf["seed"] + 10_000) if sigma else self.q_true
+        return list(side_batches(self.val_ctx, side.subset(self.val)))
+
     def validate(self, model: GCSA, stage: int) -> dict:
         """Metrics of the validation queries' re-ranking (stage 1: projected-descriptor cosine)."""
-        ctx = self.ctx.subset(self.val)
-        scores = (projected_scores(model, ctx) if stage == 1 else
-                  refined_scores(model, ctx, self.val_side.subset(self.val)))
-        ids, _ = order(ctx.ids, scores)
+        scores = (projected_scores(model, self.val_ctx) if stage == 1 else
+                  refined_scores(model, self.val_ctx, self.val_sides))
+        ids, _ = order(self.val_ctx.ids, scores)
         return metrics.evaluate(ids, GroundTruth([self.truth.positives[i] for i in self.val]))
 
     def _loss(self, model: GCSA, stage: int, rows: np.ndarray, q_side: SideInfo) -> torch.Tensor:
