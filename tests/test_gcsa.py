@@ -12,7 +12,7 @@ from conftest import DEMO
 
 from vprkit.cli import main as cli
 from vprkit.data.groundtruth import GroundTruth
-from vprkit.data.sideinfo import load_sideinfo, read_metadata_csv, read_msls, simulate_prior, unknown
+from vprkit.data.sideinfo import clean, load_sideinfo, read_metadata_csv, read_msls, simulate_prior, unknown
 from vprkit.evaluation.metrics import average_precision
 from vprkit.evaluation.msls import write_msls_csv
 from vprkit.models.gcsa import GCSA, AffinityProjection
@@ -108,6 +108,14 @@ def test_metadata_csv_bad_values(tmp_path, caplog):
     assert "2 positions with NaN/inf" in caplog.text and "'e.jpg'" in caplog.text
     text = caplog.text
     assert "wrapped modulo 360" in text and "treated as unknown" in text and "no row" in text and "d.jpg" in text
+
+
+def test_clean_is_the_one_check_of_given_but_unusable_positions():
+    info = unknown(["a", "b", "c", "d"])
+    info.position = np.array([[1.0, 2.0], [np.inf, np.inf], [np.nan, np.nan], [np.nan, 3.0]])
+    out = clean(info)
+    assert out.has("position").tolist() == [True, False, False, False] and np.isnan(out.position[1:]).all()
+    assert len(out.notes) == 1 and out.notes[0].startswith("2 positions") and "['b', 'd']" in out.notes[0]
 
 
 def test_msls_layout(tmp_path):
