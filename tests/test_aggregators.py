@@ -1,9 +1,12 @@
 """Aggregators against plain numpy re-derivations on small arrays."""
 
 import numpy as np
+import pytest
 import torch
 
 from vprkit.aggregators import get_aggregator
+from vprkit.aggregators.vlad import fit_pca
+from vprkit.segvlad.describe import PCA
 
 
 def _unit(x, axis=-1):
@@ -51,6 +54,41 @@ def test_vlad_pca_whitening_decorrelates_map_descriptors():
     vlad.fit_pca(raw.astype(np.float32))
     z = (raw - vlad.pca_mean.numpy()) @ vlad.pca_proj.numpy().T
     np.testing.assert_allclose(np.cov(z.T), np.eye(4), atol=1e-3)
+
+
+def numpy_pca(x, dim, whiten, eps=1e-6):
+    """float64 SVD re-derivation: (mean, principal axes with their largest entry positive [/ sigma])."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    d = min(dim, len(x) - 1, x.shape[1])
+    axes = vt[:d] * np.sign(vt[np.arange(d), np.abs(vt[:d]).argmax(1)])[:, None]
+    return mean, axes / np.sqrt(s[:d] ** 2 / (len(x) - 1) + eps)[:, None] if whiten else axes
+
+
+@pytest.mark.parametrize("n, d", [(60, 300), (400, 12)])  # N <= D: Gram matrix; N > D: scatter matrix
+@pytest.mark.parametrize("whiten", [True, False])
+def test_fit_pca_equals_numpy_svd(n, d, whiten):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((n, d)) * np.geomspace(3, 0.1, d) + 2.0).astype(np.float32)
+    mean, proj = fit_pca(x, 8, whiten)
+    ref_mean, ref = numpy_pca(x, 8, whiten)
+    np.testing.assert_allclose(mean, ref_mean, atol=1e-6)
+    np.testing.assert_allclose(proj, ref, atol=2e-4 * np.abs(ref).max())
+    z = (x - mean) @ proj.T
+    np.testing.assert_allclose(np.cov(z.T), np.eye(8) if whiten else np.diag(z.var(0, ddof=1)), atol=2e-3)
+    assert fit_pca(x, 1000, whiten)[1].shape == (min(n - 1, d), d)  # at most N - 1 axes have variance
+
+
+def test_vlad_and_segvlad_pca_are_the_shared_fit():
+    x = (np.random.default_rng(1).standard_normal((30, 50)) * np.geomspace(2, 0.1, 50)).astype(np.float32)
+    vlad = get_aggregator("vlad", num_clusters=2, pca_dim=6)
+    vlad.fit_pca(x)
+    ref_mean, ref = numpy_pca(x, 6, whiten=True)
+    np.testing.assert_allclose(vlad.pca_proj.numpy(), ref, atol=2e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(vlad.pca_mean.numpy(), ref_mean, atol=1e-6)
+    plain = PCA.fit(x, 6, whiten=False)  # SegVLAD's default: principal axes, not whitened
+    np.testing.assert_allclose(plain.proj, numpy_pca(x, 6, whiten=False)[1], atol=1e-4)
 
 
 def test_netvlad_matches_numpy_soft_assignment():

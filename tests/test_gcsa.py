@@ -12,12 +12,12 @@ from conftest import DEMO
 
 from vprkit.cli import main as cli
 from vprkit.data.groundtruth import GroundTruth
-from vprkit.data.sideinfo import load_sideinfo, read_metadata_csv, read_msls, simulate_prior, unknown
+from vprkit.data.sideinfo import clean, load_sideinfo, read_metadata_csv, read_msls, simulate_prior, unknown
 from vprkit.evaluation.metrics import average_precision
 from vprkit.evaluation.msls import write_msls_csv
 from vprkit.models.gcsa import GCSA, AffinityProjection
 from vprkit.rerank import affinity
-from vprkit.rerank.gcsa import Contexts, side_affinity
+from vprkit.rerank.gcsa import Contexts, order, refined_scores, side_affinity, side_batches
 from vprkit.train import gcsa as train_gcsa
 from vprkit.train.checkpoint import load_checkpoint
 
@@ -108,6 +108,14 @@ def test_metadata_csv_bad_values(tmp_path, caplog):
     assert "2 positions with NaN/inf" in caplog.text and "'e.jpg'" in caplog.text
     text = caplog.text
     assert "wrapped modulo 360" in text and "treated as unknown" in text and "no row" in text and "d.jpg" in text
+
+
+def test_clean_is_the_one_check_of_given_but_unusable_positions():
+    info = unknown(["a", "b", "c", "d"])
+    info.position = np.array([[1.0, 2.0], [np.inf, np.inf], [np.nan, np.nan], [np.nan, 3.0]])
+    out = clean(info)
+    assert out.has("position").tolist() == [True, False, False, False] and np.isnan(out.position[1:]).all()
+    assert len(out.notes) == 1 and out.notes[0].startswith("2 positions") and "['b', 'd']" in out.notes[0]
 
 
 def test_msls_layout(tmp_path):
@@ -237,8 +245,29 @@ def test_two_stage_training_starts_stage2_from_stage1(tmp_path, one_thread):
     rows = [line.split(",") for line in (tmp_path / "stage2.csv").read_text().splitlines()]
     assert rows[0] == ["epoch", "loss", "val_mAP@10", "val_R@1"] and len(rows) == 3
     meta = load_checkpoint(tmp_path / "stage2-last.pt", GCSA(16, 5, ["position"], **conf["model"]))
-    assert meta["done"] and meta["epoch"] == 1
+    assert meta["epoch"] == 1 and meta["early"]["best"] == max(float(r[2]) for r in rows[1:])
     assert train_gcsa.train(conf, ctx, truth, m_side, tmp_path) == final  # finished stages are not retrained
+
+
+def test_validation_side_affinities_are_computed_once(tmp_path, monkeypatch, one_thread):
+    q_desc, m_desc, ids, m_side, truth = _synthetic()
+    conf = train_gcsa.get_conf("position", model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2},
+                               num_anchors=5, query_prior_sigma=1.0)
+    ctx = Contexts.build(q_desc, m_desc, ids, 5, m_side, ["position"], conf["side"])
+    trainer = train_gcsa.Trainer(conf, ctx, truth, m_side, tmp_path)
+    model = GCSA(16, 5, ["position"], **conf["model"])
+    calls = []
+    side = Contexts.side
+    monkeypatch.setattr(Contexts, "side", lambda self, rows, q: calls.append(len(rows)) or side(self, rows, q))
+    first = trainer.validate(model, 2)
+    assert sum(calls) == len(trainer.val) == 9
+    torch.nn.init.normal_(model.affinity_proj["position"].linear.weight)  # "another epoch's" model
+    again = trainer.validate(model, 2)
+    assert sum(calls) == 9 and again != first  # same affinities reused, new model scored
+    # the same as side affinities drawn afresh (validation's fixed prior: seed + 10000)
+    val_ctx, prior = ctx.subset(trainer.val), simulate_prior(m_side, 1.0, conf["seed"] + 10_000).subset(trainer.val)
+    fresh, _ = order(val_ctx.ids, refined_scores(model, val_ctx, side_batches(val_ctx, prior)))
+    assert again == train_gcsa.metrics.evaluate(fresh, GroundTruth([truth.positives[i] for i in trainer.val]))
 
 
 # ---------------------------------------------------------------- the re-ranking step

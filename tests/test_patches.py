@@ -63,20 +63,6 @@ def test_patch_grid_matches_receptive_field_centres():
     assert grid2[:, 0].max() == 3 and grid2[:, 1].max() == 2
 
 
-def test_fit_pca_whitens_and_matches_svd():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((50, 200)) @ rng.standard_normal((200, 200)) * 0.1 + 3.0
-    w, b = patches.fit_pca(x, 10, whiten=True)
-    y = x @ w.T + b
-    np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(np.cov(y.T), np.eye(10), atol=1e-3)
-    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
-    wn, _ = patches.fit_pca(x, 10, whiten=False)
-    np.testing.assert_allclose(np.abs((wn * vt[:10]).sum(1)), 1.0, atol=1e-5)  # same directions up to sign
-    w_all, _ = patches.fit_pca(x, 500)
-    assert w_all.shape == (49, 200)  # rank of 50 centred samples
-
-
 class _Tiny(torch.nn.Module):
     stride, dim = 4, 8
 
@@ -118,8 +104,39 @@ def test_extract_is_fp16_resumable_and_projected(image_folder, tmp_path):
         assert len(patches.read_patches(f, names, [3])[0]) == 12 and (f[f"{names[0]}/p2"][()] == first).all()
         direct = model.describe(model.local_features(image_folder, names[:1])[1])["p2"][0]
         np.testing.assert_allclose(first.astype(np.float32), direct, atol=2e-3)
-    with pytest.raises(ValueError, match="other settings"):
+    whole = tmp_path / "whole.h5"  # an uninterrupted run writes the same file
+    assert patches.extract(model, image_folder, names, whole, "k1") == names
+    with h5py.File(out) as a, h5py.File(whole) as b:
+        for n in names:
+            assert sorted(a[n]) == sorted(b[n]) and all((a[n][k][()] == b[n][k][()]).all() for k in a[n])
+    with pytest.raises(ValueError, match="features of another model"):
         patches.extract(model, image_folder, names, out, "k2")
+    with h5py.File(out, "a") as f:  # a cache written before the attribute was renamed from patch_key
+        del f.attrs["model_key"]
+        f.attrs["patch_key"] = "k1"
+    calls.clear()
+    assert patches.extract(model, image_folder, names, out, "k1") == names and not calls
+
+
+def test_patch_pca_is_the_shared_fit_as_weight_and_bias(image_folder, monkeypatch):
+    from vprkit.aggregators.vlad import fit_pca
+
+    seen = {}
+
+    def spy(x, dim, whiten):
+        seen["fit"] = x, fit_pca(x, dim, whiten)
+        return seen["fit"][1]
+
+    monkeypatch.setattr(patches, "fit_pca", spy)
+    conf = {"resize": [32, 24], "patch_sizes": [2, 3], "strides": [1, 1], "num_pcs": 12, "whiten": True,
+            "fit_max_images": 12, "fit_max_patches": 500, "batch_size": 5, "seed": 0}
+    model = patches.PatchModel(conf, _Tiny(), _netvlad(c=8))
+    model.fit_pca(image_folder, sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png")))
+    x, (mean, proj) = seen["fit"]
+    assert proj.shape == (12, 32) and len(x) >= 400
+    got = x @ model.pca_weight.numpy().T + model.pca_bias.numpy()
+    np.testing.assert_allclose(got, (x - mean) @ proj.T, atol=1e-4)
+    np.testing.assert_allclose(np.cov(got.T), np.eye(12), atol=2e-3)  # whitened (var / (var + eps) ~ 1)
 
 
 def test_backbone_cache_reused_across_models(image_folder, tmp_path):

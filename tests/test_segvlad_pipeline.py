@@ -1,6 +1,7 @@
 """SegVLAD end to end on small images with a tiny backbone: index, query, resume, re-rank, bad input."""
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,9 +20,11 @@ SMALL = {"preprocessing": {"resize_max": 32}, "aggregator": {"name": "vlad", "nu
 def test_index_and_query_find_each_image_itself(tiny_backbone, image_folder, tmp_path):
     idx = api.index_map(image_folder, tmp_path / "idx", **SMALL)
     manifest = json.loads((idx / "manifest.json").read_text())
-    assert manifest["method"] == "segvlad" and len(manifest["names"]) == 12 and manifest["dim"] == 16
+    assert manifest["method"] == "segvlad" and len(manifest["names"]) == 12
     owner = np.load(idx / "segment_image.npy")
     segs = np.load(idx / "segments.npy")
+    # PCA keeps at most pca_dim axes, and only axes along which the tiny map's segments vary
+    assert segs.shape[1] == manifest["dim"] == min(16, np.linalg.matrix_rank(segs.astype(np.float32), 1e-2))
     assert len(segs) == len(owner) == manifest["num_segments"] and segs.dtype == np.float16
     assert np.allclose(np.linalg.norm(segs.astype(np.float32), axis=1), 1, atol=1e-2)
     with h5py.File(idx / "map_segments.h5") as f:  # label maps stored compactly and consistent with descriptors
@@ -73,7 +76,7 @@ def test_query_without_segments_gets_no_ranking(tiny_backbone, image_folder, tmp
 
 
 @pytest.mark.slow
-def test_rerank_orders_candidates_by_votes(tiny_backbone, image_folder, tmp_path):
+def test_rerank_orders_candidates_by_votes(tiny_backbone, image_folder, tmp_path, monkeypatch):
     gt = tmp_path / "pos.txt"
     names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
     gt.write_text("".join(f"{n} {n}\n" for n in names))
@@ -89,8 +92,17 @@ def test_rerank_orders_candidates_by_votes(tiny_backbone, image_folder, tmp_path
         f"{q} {i + 1} {m} {s}\n" for q, c in by_q.items() for i, (m, s) in enumerate(c[::-1])))
     sets = ["preprocessing={\"resize_max\": 32}", "aggregator={\"name\": \"vlad\", \"num_clusters\": 4}",
             "pca_dim=16", "segmenter.n_segments=6", "top_k_segments=5"]
+    reads = []
+
+    class File(h5py.File):  # counts how often segment files are opened for reading
+        def __init__(self, name, mode="r", *args, **kwargs):
+            reads.extend([Path(name).name] if mode == "r" and str(name).endswith("_segments.h5") else [])
+            super().__init__(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", File)
     assert main(["rerank", str(tmp_path / "res"), "--method", "segvlad", "--preset", "slic", "--gt", str(gt),
                  "--set", *sets]) == 0
+    assert sorted(reads) == ["map_segments.h5", "query_segments.h5"]  # once per run, not once per query
     out = json.loads((tmp_path / "res" / "rerank-segvlad-slic" / "results.json").read_text())
     assert out["metrics_global"]["R@1"] == 0.0 and out["metrics"]["R@1"] == 1.0
     assert "segvlad" in rerank.REGISTRY

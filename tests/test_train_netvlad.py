@@ -67,7 +67,7 @@ def test_resume_equals_uninterrupted_run(route, tiny, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert _log(tmp_path / "a" / "log.csv") == _log(tmp_path / "b" / "log.csv")
-    assert [r["epoch"] for r in _log(tmp_path / "a" / "log.csv")] == ["1", "2", "3"]
+    assert [r["epoch"] for r in _log(tmp_path / "a" / "log.csv")] == ["0", "1", "2"]  # epochs count from 0
     assert float(_log(tmp_path / "a" / "log.csv")[0]["loss"]) > 0
     # training moved the attention and NetVLAD weights (the frozen backbone did not)
     first = netvlad.build_model(conf)[0].state_dict()
@@ -196,8 +196,24 @@ def test_partial_backbone_training_leaves_cached_features_intact():
 
 
 def test_early_stopping_ends_training_without_val_improvement(route, tiny, tmp_path):
-    # lr 0: val R@5 never improves after epoch 1, so patience 1 stops after epoch 2 of 5
+    # lr 0: val R@5 never improves after epoch 0, so patience 1 stops after epoch 1 (the second of 5)
     _run(route, tmp_path / "e", _conf(**{"train.epochs": 5, "train.lr": 0.0, "train.patience": 1}))
     log = _log(tmp_path / "e" / "log.csv")
-    assert [r["epoch"] for r in log] == ["1", "2"]
+    assert [r["epoch"] for r in log] == ["0", "1"]
     assert log[0]["val_R@5"] == log[1]["val_R@5"]
+
+
+def test_bank_batches_like_the_extractor(route, tiny):
+    """Frozen features come from the extractor's batching: its batch size and pixel limit, bad files skipped."""
+    model, fconf = netvlad.build_model(_conf())
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(route / "map" / "big.png")
+    (route / "map" / "broken.png").write_bytes(b"not an image")
+    names = ["000.png", "broken.png", "001.png", "002.png", "big.png", "003.png"]
+    calls = []
+    frozen = model.frozen
+    model.frozen = lambda x: calls.append(len(x)) or frozen(x)
+    bank = netvlad.Bank(model, {**fconf, "batch_size": 2, "max_pixels": 32 * 32}, route / "map", names, "map")
+    assert bank.failed == [1, 4] and calls == [2, 2]  # big.png is over the pixel limit
+    for name, feat in zip(["000.png", "001.png", "002.png", "003.png"], bank.feats):
+        img = TinyBackbone().preprocess(Image.open(route / "map" / name).convert("RGB"))
+        torch.testing.assert_close(feat, frozen(img[None])[0])

@@ -25,15 +25,33 @@ def kmeans(x: np.ndarray, k: int, niter: int = 50, seed: int = 0) -> np.ndarray:
     return km.centroids.astype(np.float32)
 
 
-def fit_pca_whitening(x: np.ndarray, dim: int, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """PCA-whitening (mean, projection (dim, D)) fitted on rows of `x`, via SVD of the centred data."""
-    mean = x.mean(axis=0)
-    xc = x - mean
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    dim = min(dim, vt.shape[0])
-    var = (s[:dim] ** 2) / max(len(x) - 1, 1)
-    proj = vt[:dim] / np.sqrt(var + eps)[:, None]
-    return mean.astype(np.float32), proj.astype(np.float32)
+def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the rows of `x` (N, D): (mean (D,), projection (d, D)), applied as (v - mean) @ projection.T.
+
+    Rows are the principal axes, largest variance first, each signed so that its largest entry is positive
+    (a deterministic result); with `whiten` each is divided by its standard deviation sqrt(var + eps).
+    d = min(dim, N - 1, D, numerical rank): axes without variance in `x` carry no information, and
+    whitening would blow their noise up. The N x N Gram matrix is decomposed when N <= D (VLADs have
+    K*C = 12k-16k dims, maps a few thousand vectors: seconds instead of an SVD of the whole matrix),
+    the D x D scatter matrix otherwise; large products in float32, eigen-decompositions in float64.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    n, d_in = x.shape
+    mean = x.double().mean(0)
+    xc = x - mean.float()
+    gram = n <= d_in
+    evals, evecs = torch.linalg.eigh((xc @ xc.T).double() if gram else xc.double().T @ xc.double())
+    evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
+    keep = min(dim, n - 1, d_in, int((evals > evals[0] * 1e-10).sum())) if n else 0
+    if gram:  # right singular vectors from left ones: x^T u / sigma
+        axes = (xc.T @ evecs[:, :keep].float()).double() / evals[:keep].sqrt()
+    else:
+        axes = evecs[:, :keep]
+    axes = axes * torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    proj = axes.T
+    if whiten:
+        proj = proj / (evals[:keep] / max(n - 1, 1) + eps).sqrt()[:, None]
+    return mean.float().numpy(), proj.float().numpy()
 
 
 class VLAD(Aggregator):
@@ -61,7 +79,7 @@ class VLAD(Aggregator):
     def fit_pca(self, descriptors: np.ndarray) -> None:
         """PCA-whitening fitted on the map's raw VLAD vectors (needs more images than pca_dim for a full rank)."""
         if self.pca_dim:
-            mean, proj = fit_pca_whitening(descriptors, self.pca_dim)
+            mean, proj = fit_pca(descriptors, self.pca_dim)
             self.pca_mean, self.pca_proj = torch.from_numpy(mean), torch.from_numpy(proj)
 
     def state(self) -> dict[str, np.ndarray]:

@@ -70,12 +70,11 @@ def unknown(names: list[str], dim: int = 2, source: str = "none") -> SideInfo:
 
 def clean(info: SideInfo) -> SideInfo:
     """Make bad values defined: non-finite positions unknown, headings wrapped into [0, 360), with warnings."""
-    bad_pos = ~np.isfinite(info.position).all(axis=1) & np.isfinite(info.position).any(axis=1)
+    bad_pos = ~np.isfinite(info.position).all(axis=1) & ~np.isnan(info.position).all(axis=1)  # given, not usable
     if bad_pos.any():
         info.position[bad_pos] = np.nan
-        _note(info, f"{bad_pos.sum()} positions with NaN/inf coordinates treated as unknown, e.g. "
+        _note(info, f"{bad_pos.sum()} positions with NaN/inf or missing coordinates treated as unknown, e.g. "
                     f"{[info.names[i] for i in np.flatnonzero(bad_pos)[:3]]}")
-    info.position[~np.isfinite(info.position).all(axis=1)] = np.nan
     h = info.heading
     outside = np.isfinite(h) & ((h < 0) | (h >= 360))
     if outside.any():
@@ -143,20 +142,15 @@ def read_metadata_csv(path: str | Path, names: list[str], origin: tuple[float, f
     missing = [n for n in names if n not in rows]
     if missing:
         _note(info, f"{len(missing)} images have no row (all side information unknown), e.g. {missing[:3]}")
-    bad = []
     for j, n in enumerate(names):
         if n in rows:
             pos, info.heading[j], info.radio[j] = rows[n]
             if pos_cols:
                 info.position[j] = pos
-            if not np.isnan(pos).all() and not np.isfinite(pos).all():
-                bad.append(n)  # a position was given but is NaN / inf / incomplete
-    if bad:
-        info.position[[names.index(n) for n in bad]] = np.nan
-        _note(info, f"{len(bad)} positions with NaN/inf or missing coordinates treated as unknown, e.g. {bad[:3]}")
+    info = clean(info)  # before the lat/lon conversion, so the warning names what the file says
     if pos_cols == ("lat", "lon"):
         info.position, info.origin = _latlon(info.position, origin)
-    return clean(info)
+    return info
 
 
 def _latlon(latlon: np.ndarray, origin: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float]]:

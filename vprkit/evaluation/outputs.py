@@ -1,19 +1,39 @@
-"""Prediction files: plain text (query, rank, map image, score), hloc pairs, JSON."""
+"""Prediction files: plain text (query, rank, map image, score), hloc pairs, JSON; atomic file writes."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write through a temporary sibling so readers never see a half-written file."""
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write to: renamed over `path` when the block succeeds, removed when
+    it fails, so readers never see a half-written file and a failed write leaves the old one intact."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write text through a temporary sibling (see `replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_savez(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays as one uncompressed .npz (no pickle needed to read it back), written through `replacing`."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def write_predictions(path: str | Path, q_names: list[str], m_names: list[str], ids: np.ndarray,

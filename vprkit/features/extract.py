@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
+from ..evaluation.outputs import atomic_savez
 from ..models import Backbone, get_backbone
 from ..train import trained
 from . import h5io
@@ -84,6 +84,31 @@ def model_key(conf: dict) -> str:
     return json.dumps({k: conf[k] for k in ("model", "aggregator", "preprocessing")}, sort_keys=True)
 
 
+def batches(backbone: Backbone, conf: dict, root: Path, names: list[str]
+            ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+    """Yield (names, images, failures) batches of up to conf['batch_size'] equal-sized images, preprocessed
+    for `backbone` as the preset says; unreadable files are logged and go to failures."""
+    stride, resize = backbone.stride, conf["preprocessing"].get("resize_max")
+    batch_names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    failed: list[str] = []
+    for name in names:
+        try:
+            img = resize_to_stride(load_image(root / name, conf["max_pixels"]), resize, stride)
+        except ImageError as exc:
+            logger.warning("skipping %s", exc)
+            failed.append(name)
+            continue
+        x = backbone.preprocess(img)
+        if tensors and (x.shape != tensors[0].shape or len(tensors) == conf["batch_size"]):
+            yield batch_names, torch.stack(tensors), failed
+            batch_names, tensors, failed = [], [], []
+        batch_names.append(name)
+        tensors.append(x)
+    if tensors or failed:
+        yield batch_names, torch.stack(tensors) if tensors else torch.empty(0), failed
+
+
 class Extractor:
     """Backbone + aggregator in eval mode, with the preprocessing of the preset."""
 
@@ -104,25 +129,7 @@ class Extractor:
 
     def batches(self, root: Path, names: list[str]) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
         """Yield (names, images, failures) batches of equal-sized images; bad files go to failures."""
-        stride, resize = self.backbone.stride, self.conf["preprocessing"].get("resize_max")
-        batch_names: list[str] = []
-        tensors: list[torch.Tensor] = []
-        failed: list[str] = []
-        for name in names:
-            try:
-                img = resize_to_stride(load_image(root / name, self.conf["max_pixels"]), resize, stride)
-            except ImageError as exc:
-                logger.warning("skipping %s", exc)
-                failed.append(name)
-                continue
-            x = self.backbone.preprocess(img)
-            if tensors and (x.shape != tensors[0].shape or len(tensors) == self.conf["batch_size"]):
-                yield batch_names, torch.stack(tensors), failed
-                batch_names, tensors, failed = [], [], []
-            batch_names.append(name)
-            tensors.append(x)
-        if tensors or failed:
-            yield batch_names, torch.stack(tensors) if tensors else torch.empty(0), failed
+        return batches(self.backbone, self.conf, root, names)
 
     @torch.no_grad()
     def local(self, images: torch.Tensor):
@@ -158,9 +165,7 @@ class Extractor:
 
     def save_state(self, path: Path) -> None:
         """Write fitted aggregator arrays atomically as .npz (no pickle)."""
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **self.aggregator.state())
-        os.replace(tmp, path)
+        atomic_savez(path, self.aggregator.state())
 
     def load_state(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as data:

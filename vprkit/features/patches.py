@@ -14,7 +14,6 @@ Keypoints are not stored: every image is resized to the same size, so patch posi
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -25,10 +24,12 @@ from tqdm import tqdm
 
 from ..aggregators.base import l2n
 from ..aggregators.netvlad import NetVLAD
-from ..aggregators.vlad import VLAD
+from ..aggregators.vlad import VLAD, fit_pca
 from ..data.images import ImageError, load_image
+from ..evaluation.outputs import atomic_savez
 from ..models import Backbone
 from . import h5io
+from .extract import pending, succeeded
 
 logger = logging.getLogger("vprkit")
 
@@ -208,39 +209,11 @@ class PatchModel(torch.nn.Module):
                     rows.append(p[gen.choice(len(p), min(per_image, len(p)), replace=False)])
         if not rows or sum(len(r) for r in rows) < 2:
             raise ValueError(f"{root}: not enough map patches to fit PCA (images too small for the patch sizes?)")
-        w, b = fit_pca(np.concatenate(rows), self.conf["num_pcs"], self.conf["whiten"])
-        self.pca_weight, self.pca_bias = torch.from_numpy(w), torch.from_numpy(b)
+        mean, proj = fit_pca(np.concatenate(rows), self.conf["num_pcs"], self.conf["whiten"])
+        self.pca_weight, self.pca_bias = torch.from_numpy(proj), torch.from_numpy(-(proj @ mean))
         if self.conf.get("pq_bytes"):
             projected = self.project(torch.from_numpy(np.concatenate(rows))).numpy()
             self.pq_centroids = torch.from_numpy(train_pq(projected, self.conf["pq_bytes"], self.conf["seed"]))
-
-
-def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Linear map (weight (d, D), bias (d,)) = PCA(-whitening) of the rows of `x`, d = min(dim, N - 1, D).
-
-    Uses the N x N Gram matrix when N < D (patch VLADs are K*C = 16k+ dims), so a few thousand
-    patches fit in seconds instead of an SVD of the full matrix.
-    """
-    x = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    mean = x.double().mean(0)
-    xc = x - mean.float()
-    n, d_in = xc.shape
-    if n <= d_in:  # products in float32 (the big part), eigen-decomposition in float64
-        evals, evecs = torch.linalg.eigh((xc @ xc.T).double())
-        evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
-        keep = min(dim, n - 1, int((evals > evals[0] * 1e-10).sum()))
-        comps = (xc.T @ evecs[:, :keep].float()).double() / evals[:keep].sqrt()  # (D, keep) unit directions
-    else:
-        xc = xc.double()
-        evals, evecs = torch.linalg.eigh(xc.T @ xc)
-        evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
-        keep = min(dim, d_in)
-        comps = evecs[:, :keep]
-    weight = comps.T
-    if whiten:
-        var = evals[:keep] / max(n - 1, 1)
-        weight = weight / (var + eps).sqrt()[:, None]
-    return weight.float().numpy(), (-(weight @ mean)).float().numpy()
 
 
 def train_pq(x: np.ndarray, num_bytes: int, seed: int = 0) -> np.ndarray:
@@ -286,10 +259,7 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
     map side: queries stay fp16 so matching is asymmetric). `key` identifies the model and settings;
     a file written with another key is refused.
     """
-    if path.exists() and h5io.read_attrs(path).get("patch_key") not in (None, key):
-        raise ValueError(f"{path} holds patch features of other settings; delete it or use another folder")
-    done = h5io.finished_names(path)
-    todo = [n for n in names if n not in done]
+    todo = pending(path, names, key)
     failed: list[str] = []
     bs = model.conf["batch_size"]
     with tqdm(total=len(todo), desc=f"patch features {root.name}", unit="img") as bar:
@@ -304,10 +274,9 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
                         for size in model.conf["patch_sizes"]:
                             codes = pq_encode(torch.from_numpy(feats[f"p{size}"][j]), model.pq_centroids.cpu())
                             items[n][f"p{size}"] = codes.numpy()
-                h5io.write_batch(path, items, {"patch_key": key})
+                h5io.write_batch(path, items, {"model_key": key})
             bar.update(len(ok) + len(bad))
-    failed_set = set(failed)
-    return [n for n in names if n not in failed_set]
+    return succeeded(names, failed, len(todo))
 
 
 def read_patches(f: h5py.File, names: list[str], sizes: list[int], codebook: torch.Tensor | None = None
@@ -324,8 +293,4 @@ def read_patches(f: h5py.File, names: list[str], sizes: list[int], codebook: tor
     return out
 
 
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """npz written to a temporary name then renamed, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+save_arrays = atomic_savez  # the name rerank/patchnetvlad.py saves its model state with

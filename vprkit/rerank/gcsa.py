@@ -11,7 +11,7 @@ by simulated noisy priors (the noise model is logged and stored in the results).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,14 +126,23 @@ def _batches(n: int, size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def side_batches(ctx: Contexts, q_side: SideInfo | None, batch_size: int = 64
+                 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(query rows, their side affinities) batch by batch, computed as they are asked for. They do not depend
+    on the model: keep them in a list to score the same queries again (validation every epoch)."""
+    for rows in _batches(len(ctx.ids), batch_size):
+        yield rows, ctx.side(rows, q_side)
+
+
 @torch.no_grad()
-def refined_scores(model: GCSA, ctx: Contexts, q_side: SideInfo | None, batch_size: int = 64) -> np.ndarray:
-    """(Q, K) refined similarities for every query (padded candidates get -inf)."""
+def refined_scores(model: GCSA, ctx: Contexts, sides: Iterable[tuple[np.ndarray, dict[str, torch.Tensor]]]
+                   ) -> np.ndarray:
+    """(Q, K) refined similarities for every query (padded candidates get -inf); `sides` from `side_batches`."""
     model.eval()
     out = np.empty(ctx.ids.shape, dtype=np.float32)
-    for rows in _batches(len(ctx.ids), batch_size):
+    for rows, side in sides:
         desc, anchors, pad = ctx.tensors(rows, model.project)
-        out[rows] = model(desc, anchors, ctx.side(rows, q_side), pad, projected=True).numpy()
+        out[rows] = model(desc, anchors, side, pad, projected=True).numpy()
     return np.where(ctx.ids < 0, -np.inf, out)
 
 
@@ -214,7 +223,7 @@ class GCSAReranker(Reranker):
         q_desc = query_descriptors(retrieval, Path(work_dir))
         ctx = Contexts.build(q_desc, m_desc, retrieval.ids, model.num_anchors, m_side, model.modalities,
                              train_conf.get("side", {}))
-        return order(retrieval.ids, refined_scores(model, ctx, q_side, c["batch_size"]))
+        return order(retrieval.ids, refined_scores(model, ctx, side_batches(ctx, q_side, c["batch_size"])))
 
     def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
                result: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ..segvlad import extract
@@ -48,13 +49,16 @@ class SegVLADReranker(Reranker):
         k_seg = self.conf["top_k_segments"]
         ids = retrieval.ids.copy()
         scores = np.zeros(ids.shape, dtype=np.float32)
-        for qi, (query, cand) in enumerate(zip(read_segments(q_feats, retrieval.q_names), retrieval.ids)):
-            valid = cand[cand >= 0]
-            sets = read_segments(m_feats, [retrieval.m_names[i] for i in valid])
-            owner = np.repeat(np.arange(len(valid)), [len(s) for s in sets])
-            store = np.concatenate(sets) if sets else np.zeros((0, query.shape[1]), np.float32)
-            sims, seg = knn_chunked(query, store, min(k_seg, len(store)))
-            votes = bin_count(seg, sims, owner, len(valid))
-            order = np.argsort(-votes, kind="stable")  # ties (e.g. no votes) keep the global order
-            ids[qi, : len(valid)], scores[qi, : len(valid)] = valid[order], votes[order]
+        # both files open once; only one query and its candidates' segments are in memory at a time
+        with h5py.File(q_feats, "r") as q_file, h5py.File(m_feats, "r") as m_file:
+            for qi, (q_name, cand) in enumerate(zip(retrieval.q_names, retrieval.ids)):
+                [query] = read_segments(q_file, [q_name])
+                valid = cand[cand >= 0]
+                sets = read_segments(m_file, [retrieval.m_names[i] for i in valid])
+                owner = np.repeat(np.arange(len(valid)), [len(s) for s in sets])
+                store = np.concatenate(sets) if sets else np.zeros((0, query.shape[1]), np.float32)
+                sims, seg = knn_chunked(query, store, min(k_seg, len(store)))
+                votes = bin_count(seg, sims, owner, len(valid))
+                order = np.argsort(-votes, kind="stable")  # ties (e.g. no votes) keep the global order
+                ids[qi, : len(valid)], scores[qi, : len(valid)] = valid[order], votes[order]
         return ids, scores

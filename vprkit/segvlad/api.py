@@ -84,10 +84,13 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
                          report_top, {"queries_without_votes": empty})
 
 
-def read_segments(feature_path: str | Path, names: list[str]) -> list[np.ndarray]:
-    """The (S, D) float32 segment descriptors of each name."""
-    with h5py.File(feature_path, "r") as f:
-        return [f[f"{n}/segments"][()].astype(np.float32) for n in names]
+def read_segments(features: str | Path | h5py.File, names: list[str]) -> list[np.ndarray]:
+    """The (S, D) float32 segment descriptors of each name, from a feature file (or an already open one, for
+    callers that read a few names at a time many times)."""
+    if not isinstance(features, h5py.File):
+        with h5py.File(features, "r") as f:
+            return read_segments(f, names)
+    return [features[f"{n}/segments"][()].astype(np.float32) for n in names]
 
 
 def _stack(parts: list, width: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..aggregators.vlad import fit_pca_whitening
+from ..aggregators.vlad import fit_pca
 
 
 def patch_weights(labels: np.ndarray, grid: tuple[int, int], num_segments: int) -> np.ndarray:
@@ -67,10 +67,7 @@ class PCA:
 
     @classmethod
     def fit(cls, x: np.ndarray, dim: int, whiten: bool) -> PCA:
-        mean, proj = fit_pca_whitening(x, dim)
-        if not whiten:  # whitened rows are principal axes / sigma: rescale to unit length
-            proj = proj / np.maximum(np.linalg.norm(proj, axis=1, keepdims=True), 1e-12)
-        return cls(mean, proj)
+        return cls(*fit_pca(x, dim, whiten))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Project and L2-normalise (identity + L2 when not fitted)."""

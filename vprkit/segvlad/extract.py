@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.images import list_images
+from ..evaluation.outputs import atomic_savez
 from ..features import h5io
 from ..features.extract import DEFAULT_RUNTIME, Extractor, pending, succeeded
 from ..segment import get_segmenter
@@ -140,11 +140,10 @@ class SegExtractor:
 
     def save_state(self, path: Path) -> None:
         """Vocabulary and PCA as .npz (no pickle), written atomically."""
-        tmp = path.with_suffix(".tmp.npz")
         empty = np.zeros(0, np.float32)
-        np.savez(tmp, centroids=self.centroids, pca_mean=self.pca.mean if self.pca.proj is not None else empty,
-                 pca_proj=self.pca.proj if self.pca.proj is not None else empty)
-        os.replace(tmp, path)
+        atomic_savez(path, {"centroids": self.centroids,
+                            "pca_mean": self.pca.mean if self.pca.proj is not None else empty,
+                            "pca_proj": self.pca.proj if self.pca.proj is not None else empty})
 
     def load_state(self, path: Path) -> None:
         self.fitted = True

@@ -3,20 +3,29 @@
 Checkpoints hold only tensors and plain Python values so they load with `weights_only=True`
 (safe for files from others). They are written to a temporary name and renamed, so an
 interrupted save never leaves a half-written checkpoint.
+
+A training loop is `progress = resume(...)`, then `for epoch in progress.epochs(n)`: train, validate,
+`progress.end_epoch(...)`. Epochs count from 0; `last` holds everything an exact resume needs,
+`best` the weights and `meta` of the best validated epoch.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..evaluation.outputs import replacing
+
+logger = logging.getLogger("vprkit")
 
 
 def seed_everything(seed: int) -> None:
@@ -54,9 +63,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         ckpt["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         ckpt["scheduler"] = scheduler.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -94,7 +102,6 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
     return ckpt["meta"]
 
 
-
 def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], key: str,
                        hint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A model rebuilt from the constructor arguments saved under meta[`key`], weights loaded, in eval mode.
@@ -108,6 +115,7 @@ def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], 
     model = build(**meta[key])
     model.load_state_dict(ckpt["model"])
     return model.eval(), meta
+
 
 class CSVLog:
     """Append-only CSV of per-step or per-epoch values; on resume, rows past `keep_until` are dropped so a
@@ -157,3 +165,49 @@ class EarlyStopping:
 
     def state(self) -> dict[str, float | int]:
         return {"best": self.best, "bad": self.bad}
+
+
+@dataclass
+class Progress:
+    """A training run's bookkeeping between epochs: where it starts, early stopping, its log and checkpoints."""
+
+    last: Path  # every epoch: model, optimizer, scheduler, RNG and loop state (exact resume)
+    best: Path  # the best validated epoch: model and meta
+    stopper: EarlyStopping
+    log: CSVLog
+    start: int = 0  # the first epoch to run
+    meta: dict[str, Any] = field(default_factory=dict)  # meta of the checkpoint resumed from ({}: a fresh run)
+
+    def epochs(self, total: int) -> Iterator[int]:
+        """Epochs `start` .. total - 1, ending once early stopping says so (at once for a run that had stopped)."""
+        for epoch in range(self.start, total):
+            if self.stopper.should_stop:
+                logger.info("early stop: no better validation score for %d epochs", self.stopper.patience)
+                return
+            yield epoch
+
+    def end_epoch(self, epoch: int, score: float, row: dict[str, Any], model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                  meta: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> bool:
+        """Step early stopping with `score` (higher is better), log `row`, save `last` (with `meta` and the
+        loop's own resume `state`) and, when `score` improved, `best` (model and `meta`). True if it improved."""
+        improved = self.stopper.step(score)
+        self.log.write({"epoch": epoch, **row})
+        meta = {**(meta or {}), "epoch": epoch}
+        save_checkpoint(self.last, model, optimizer, scheduler, **meta, **(state or {}), early=self.stopper.state())
+        if improved:
+            save_checkpoint(self.best, model, **meta)
+        return improved
+
+
+def resume(last: str | Path, best: str | Path, log: str | Path, patience: int, load: Callable[[Path], dict],
+           enabled: bool = True) -> Progress:
+    """Progress of a run writing `last`, `best` and the CSV `log`: continued after the epoch saved in `last`
+    when `enabled` and it exists (`load(last)` restores model, optimizer, RNG... and returns the meta; the log
+    is cut back to that epoch), else a fresh start (the log starts over)."""
+    last, best = Path(last), Path(best)
+    meta = load(last) if enabled and last.exists() else {}
+    start = meta["epoch"] + 1 if meta else 0
+    early = meta.get("early", meta.get("stopper", {}))  # GCSA checkpoints before 2026-11-23 said 'stopper'
+    return Progress(last, best, EarlyStopping(patience, **early),
+                    CSVLog(log, keep_until=start - 1 if meta else None, key="epoch"), start, meta)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,9 @@ from ..rerank.gcsa import (
     projected_scores,
     query_descriptors,
     refined_scores,
+    side_batches,
 )
-from .checkpoint import CSVLog, EarlyStopping, load_checkpoint, save_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, resume, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
 
@@ -117,20 +119,25 @@ class Trainer:
         n_val = int(round(conf["val_fraction"] * len(perm)))
         self.val, self.train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         self.labels = torch.from_numpy(np.stack([np.isin(ctx.ids[i], truth.positives[i]) for i in range(len(ctx.ids))]))
-        sigma = conf["query_prior_sigma"]
-        self.val_side = simulate_prior(q_true, sigma, conf["seed"] + 10_000) if sigma else q_true
+        self.val_ctx = ctx.subset(self.val)
 
     def query_side(self, epoch: int) -> SideInfo:
         """This epoch's simulated query priors (or the given positions when no noise is simulated)."""
         sigma = self.conf["query_prior_sigma"]
         return simulate_prior(self.q_true, sigma, self.conf["seed"] + epoch) if sigma else self.q_true
 
+    @cached_property
+    def val_sides(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Side affinities of the validation queries (one fixed prior draw), computed once for all epochs."""
+        sigma = self.conf["query_prior_sigma"]
+        side = simulate_prior(self.q_true, sigma, self.conf["seed"] + 10_000) if sigma else self.q_true
+        return list(side_batches(self.val_ctx, side.subset(self.val)))
+
     def validate(self, model: GCSA, stage: int) -> dict:
         """Metrics of the validation queries' re-ranking (stage 1: projected-descriptor cosine)."""
-        ctx = self.ctx.subset(self.val)
-        scores = (projected_scores(model, ctx) if stage == 1 else
-                  refined_scores(model, ctx, self.val_side.subset(self.val)))
-        ids, _ = order(ctx.ids, scores)
+        scores = (projected_scores(model, self.val_ctx) if stage == 1 else
+                  refined_scores(model, self.val_ctx, self.val_sides))
+        ids, _ = order(self.val_ctx.ids, scores)
         return metrics.evaluate(ids, GroundTruth([self.truth.positives[i] for i in self.val]))
 
     def _loss(self, model: GCSA, stage: int, rows: np.ndarray, q_side: SideInfo) -> torch.Tensor:
@@ -142,18 +149,12 @@ class Trainer:
     def stage(self, model: GCSA, stage: int, params: list[torch.nn.Parameter]) -> Path:
         """Train one stage; returns its best checkpoint (reused as is when the stage already finished)."""
         sc = self.conf[f"stage{stage}"]
-        best_path, last_path = self.out_dir / f"stage{stage}.pt", self.out_dir / f"stage{stage}-last.pt"
         opt = torch.optim.Adam(params, lr=sc["lr"])
-        start, stopper = 0, EarlyStopping(self.conf["patience"])
-        if last_path.exists():
-            meta = load_checkpoint(last_path, model, opt)
-            if meta.get("done"):
-                logger.info("stage %d already trained: %s", stage, best_path)
-                return best_path
-            start, stopper = meta["epoch"] + 1, EarlyStopping(self.conf["patience"], **meta["stopper"])
-        log = CSVLog(self.out_dir / f"stage{stage}.csv", keep_until=start - 1 if start else None, key="epoch")
+        progress = resume(self.out_dir / f"stage{stage}-last.pt", self.out_dir / f"stage{stage}.pt",
+                          self.out_dir / f"stage{stage}.csv", self.conf["patience"],
+                          lambda path: load_checkpoint(path, model, opt))
         meta = {"model_config": model.config(), "conf": self.conf, "stage": stage}
-        for epoch in range(start, sc["epochs"]):
+        for epoch in progress.epochs(sc["epochs"]):
             model.train()
             q_side = self.query_side(epoch)
             rows = np.random.permutation(self.train)
@@ -166,17 +167,10 @@ class Trainer:
                 opt.step()
                 losses.append(loss.item())
             val = self.validate(model, stage)
-            improved = stopper.step(val["mAP@10"])
-            if improved:
-                save_checkpoint(best_path, model, epoch=epoch, val=val, **meta)
-            done = stopper.should_stop or epoch == sc["epochs"] - 1
-            log.write({"epoch": epoch, "loss": float(np.mean(losses)), "val_mAP@10": val["mAP@10"],
-                       "val_R@1": val["R@1"]})
-            save_checkpoint(last_path, model, opt, epoch=epoch, stopper=stopper.state(), done=done, **meta)
+            progress.end_epoch(epoch, val["mAP@10"], {"loss": float(np.mean(losses)), "val_mAP@10": val["mAP@10"],
+                                                      "val_R@1": val["R@1"]}, model, opt, meta={**meta, "val": val})
             logger.info("stage %d epoch %d loss %.4f val mAP@10 %.4f", stage, epoch, np.mean(losses), val["mAP@10"])
-            if done:
-                break
-        return best_path
+        return progress.best
 
 
 def train(conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_dir: str | Path) -> Path:

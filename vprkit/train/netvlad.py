@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +21,13 @@ from tqdm import tqdm
 
 from ..aggregators import get_aggregator
 from ..data.groundtruth import GroundTruth
-from ..data.images import ImageError, load_image, resize_to_stride
 from ..evaluation import metrics, outputs
 from ..features import extract
 from ..models import get_backbone
 from . import guidance as guidance_mod
 from . import trained
-from .checkpoint import CSVLog, EarlyStopping, load_checkpoint, save_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, seed_everything
+from .checkpoint import resume as resume_progress
 from .data import PlaceSet, load_splits
 from .losses import get_loss, guidance_loss
 from .mining import Miner, MiningStats
@@ -164,36 +162,20 @@ class Bank:
     """
 
     def __init__(self, model: TrainModel, fconf: dict, root: Path, names: list[str], desc: str,
-                 guidance=None, batch: int = 32) -> None:
-        bb, resize = model.backbone, fconf["preprocessing"].get("resize_max")
-        feats: list[torch.Tensor | None] = [None] * len(names)
+                 guidance=None) -> None:
+        device = next(model.parameters()).device
+        position = {n: i for i, n in enumerate(names)}
+        self.feats: list[torch.Tensor] = []
         self.guidance: list[torch.Tensor] | None = [] if guidance is not None else None
         self.failed: list[int] = []
-        pending: list[tuple[int, torch.Tensor]] = []
-        for i, name in enumerate(tqdm(names, desc=f"frozen features: {desc}", unit="img", leave=False)):
-            try:
-                img = resize_to_stride(load_image(root / name), resize, bb.stride)
-            except ImageError as exc:
-                logger.warning("skipping %s", exc)
-                self.failed.append(i)
-                continue
-            x = bb.preprocess(img)
-            if self.guidance is not None:
-                self.guidance.append(guidance(root, name, x.shape[-2:]))
-            if pending and (len(pending) == batch or pending[0][1].shape != x.shape):
-                self._flush(model, pending, feats)
-            pending.append((i, x))
-        self._flush(model, pending, feats)
-        self.feats = [f for f in feats if f is not None]
-
-    @staticmethod
-    def _flush(model: TrainModel, pending: list, feats: list) -> None:
-        if pending:
-            device = next(model.parameters()).device
-            out = model.frozen(torch.stack([x for _, x in pending]).to(device)).cpu()
-            for (i, _), f in zip(pending, out):
-                feats[i] = f
-            pending.clear()
+        with tqdm(total=len(names), desc=f"frozen features: {desc}", unit="img", leave=False) as bar:
+            for batch_names, images, bad in extract.batches(model.backbone, fconf, root, names):
+                self.failed += [position[n] for n in bad]
+                if batch_names:
+                    self.feats += list(model.frozen(images.to(device)).cpu())
+                if self.guidance is not None:
+                    self.guidance += [guidance(root, n, images.shape[-2:]) for n in batch_names]
+                bar.update(len(batch_names) + len(bad))
 
     def __len__(self) -> int:
         return len(self.feats)
@@ -282,10 +264,9 @@ class Session:
         if len(x) > 100_000:
             x = x[rng.choice(len(x), 100_000, replace=False)]
         self.model.aggregator.fit(x)
-        tmp = self.centroid_path.with_suffix(".tmp.npz")
-        np.savez(tmp, centroids=self.model.aggregator.centroids.detach().cpu().numpy(),
-                 arch=json.dumps(self.arch, sort_keys=True))
-        os.replace(tmp, self.centroid_path)
+        arrays = {"centroids": self.model.aggregator.centroids.detach().cpu().numpy(),
+                  "arch": json.dumps(self.arch, sort_keys=True)}
+        outputs.atomic_savez(self.centroid_path, arrays)
         return self.centroid_path
 
     def init_centroids(self) -> None:
@@ -353,35 +334,29 @@ def _tensorboard(out: Path):
 def train(s: Session, resume: bool = False) -> dict:
     """The training loop: mining, loss, LR schedule, per-epoch validation, checkpoints, early stopping."""
     t = s.conf["train"]
-    last, best = s.out / "last.pt", s.out / "best.pt"
     s.init_centroids()
     opt = _optimizer(s.conf, [p for p in s.model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t["lr_step"], gamma=t["lr_gamma"])
     places = s.places["train"]
     miner = Miner(places.positives, places.non_negatives, len(places.m_names), t["num_negs"], t["neg_samples"])
     rng = np.random.default_rng(t["seed"])
-    stopper, start, step = EarlyStopping(t["patience"]), 1, 0
-    if resume and last.exists():
-        meta = s.load(last, opt, sched)
-        start, step = meta["epoch"] + 1, meta["step"]
-        rng.bit_generator.state = json.loads(meta["mining_rng"])
-        miner.previous = meta["neg_cache"].numpy().copy()
-        stopper = EarlyStopping(t["patience"], **meta["early"])
-        logger.info("resuming after epoch %d (step %d)", meta["epoch"], step)
-    log = CSVLog(s.out / "log.csv", keep_until=start - 1 if resume else None, key="epoch")
+    progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"],
+                               lambda path: s.load(path, opt, sched), enabled=resume)
+    step = progress.meta.get("step", 0)
+    if progress.meta:
+        rng.bit_generator.state = json.loads(progress.meta["mining_rng"])
+        miner.previous = progress.meta["neg_cache"].numpy().copy()
+        logger.info("resuming after epoch %d (step %d)", progress.meta["epoch"], step)
     board = _tensorboard(s.out)
     loss_fn = get_loss(**s.conf["loss"])
     q_bank, m_bank = s.banks["train"]
     row: dict = {}
-    for epoch in range(start, t["epochs"] + 1):
-        if stopper.should_stop:
-            logger.info("early stop: no better val R@5 for %d epochs", t["patience"])
-            break
+    for epoch in progress.epochs(t["epochs"]):
         s.model.train()
         order = rng.permutation(len(places.q_names))[: t["max_queries_per_epoch"]]
         miner.stats, losses, since = MiningStats(), [], None
         batches = range(0, len(order), t["batch_size"])
-        for b in tqdm(batches, desc=f"epoch {epoch}/{t['epochs']}", unit="batch", leave=False):
+        for b in tqdm(batches, desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch", leave=False):
             if since is None or since >= t["cache_refresh"]:
                 miner.refresh(describe(s.model, q_bank), describe(s.model, m_bank))
                 since = 0
@@ -396,22 +371,18 @@ def train(s: Session, resume: bool = False) -> dict:
             losses.append(loss.item())
         sched.step()
         val = recall(s.model, *s.banks["val"], s.places["val"])
-        improved = stopper.step(val["R@5"])
         st = miner.stats
         row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], **{f"val_{k}": val[k] for k in ("R@1", "R@5", "R@10", "R@20")},
                "skipped_no_positive": st.no_positive, "skipped_no_negative": st.no_negative,
                "few_negatives": st.few_negatives}
-        log.write(row)
+        progress.end_epoch(epoch, val["R@5"], row, s.model, opt, sched,
+                           meta={"kind": trained.KIND, "arch": s.arch, "conf": s.conf, "val": val},
+                           state={"step": step, "mining_rng": json.dumps(rng.bit_generator.state),
+                                  "neg_cache": torch.from_numpy(miner.previous.copy())})
         if board is not None:
             for k, v in row.items():
                 board.add_scalar(k, v, epoch)
-        save_checkpoint(last, s.model, opt, sched, kind=trained.KIND, arch=s.arch, conf=s.conf, epoch=epoch,
-                        step=step, early=stopper.state(), mining_rng=json.dumps(rng.bit_generator.state),
-                        neg_cache=torch.from_numpy(miner.previous.copy()), val=val)
-        if improved:
-            shutil.copyfile(last, best.with_name(best.name + ".tmp"))
-            os.replace(best.with_name(best.name + ".tmp"), best)
         logger.info("epoch %d: %s", epoch, row)
     if board is not None:
         board.close()
