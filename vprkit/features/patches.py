@@ -26,7 +26,6 @@ from ..aggregators.base import l2n
 from ..aggregators.netvlad import NetVLAD
 from ..aggregators.vlad import VLAD, fit_pca
 from ..data.images import ImageError, load_image
-from ..evaluation.outputs import atomic_savez
 from ..models import Backbone
 from . import h5io
 from .extract import pending, succeeded
@@ -293,4 +292,3 @@ def read_patches(f: h5py.File, names: list[str], sizes: list[int], codebook: tor
     return out
 
 
-save_arrays = atomic_savez  # the name rerank/patchnetvlad.py saves its model state with

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..aggregators.netvlad import NetVLAD
 from ..api import STATE_FILE
 from ..data.images import list_images
-from ..evaluation.outputs import atomic_write
+from ..evaluation.outputs import atomic_savez, atomic_write
 from ..features import patches
 from ..models import get_backbone
 from ..models.base import load_state_dict
@@ -266,7 +266,7 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
         model.fit_pca(root, names)
     if state_path is not None:
         arrays = {f"agg.{k}": v for k, v in model.aggregator.state().items()}
-        patches.save_arrays(state_path, arrays | {"pca_weight": model.pca_weight.numpy(),
+        atomic_savez(state_path, arrays | {"pca_weight": model.pca_weight.numpy(),
                                                   "pca_bias": model.pca_bias.numpy(),
                                                   "pq_centroids": model.pq_centroids.numpy()})
     return model.to(torch.device(conf["device"]))
