@@ -65,7 +65,8 @@ class PatchNetVLAD(Reranker):
         "ransac_threshold": 1.5,  # in feature cells x patch stride (24 px for VGG at stride 1, as the original)
         "global_weight": 1.0,  # + global_weight * zscore(global similarity); 0 = the original (patches only)
         "num_clusters": 32, "checkpoint": None,
-        "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4, "match_batch": 25,
+        "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4,
+        "match_batch": 4,  # candidates per batched call: small keeps similarity blocks in a CPU cache; raise on GPU
         "device": "cpu", "seed": 0,
         # 'bfloat16' runs the similarity matmuls ~3-4x faster on CPUs with AVX512-BF16/AMX (and on GPUs), at
         # 8-bit mantissa precision: near-tied neighbours may swap, so scores are not bit-equal to 'float32'
