@@ -80,6 +80,39 @@ def test_rerank_score_formula():
     assert rerank_score(g, raw, lamb=0.3, temp=0.5).numpy() == pytest.approx(expected, abs=1e-6)
 
 
+def test_fuse_orders_by_the_score_formula_and_keeps_missing_candidates_last():
+    from vprkit.rerank.ames import fuse
+
+    ids, glob = np.array([[3, 1, -1]]), np.array([[0.9, 0.5, np.nan]])
+    raw = np.array([[0.0, 10.0, np.nan]])
+    # temp 0.2: 3 -> 0.45 + 0.5 * sigmoid(0) = 0.7; 1 -> 0.25 + 0.5 * sigmoid(2) = 0.69040
+    got_ids, got_scores = fuse(ids, glob, raw, 0.5, 0.2)
+    assert got_ids.tolist() == [[3, 1, -1]]
+    assert got_scores[0, :2] == pytest.approx([0.7, 0.25 + 0.5 / (1 + np.exp(-2))], abs=1e-6)
+    assert np.isnan(got_scores[0, 2])
+    # temp 1: 1 -> 0.25 + 0.5 * sigmoid(10) = 0.74998 > 0.7
+    assert fuse(ids, glob, raw, 0.5, 1.0)[0].tolist() == [[1, 3, -1]]
+
+
+def test_tune_fusion_picks_the_largest_lambda_that_helps_and_1_for_a_useless_model():
+    from vprkit.data.groundtruth import GroundTruth
+    from vprkit.rerank.ames import tune_fusion
+
+    ids = np.array([[0, 1, 2], [3, 4, 5]])
+    glob = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])
+    truth = GroundTruth([np.array([2]), np.array([5])])  # the global ranking puts each positive last: AP 1/3
+    raw = np.array([[-5.0, -5.0, 5.0], [-5.0, -5.0, 5.0]])  # the model puts it first
+    # the positive beats the top negative when (1 - lambda) * (sigmoid(5 t) - sigmoid(-5 t)) > lambda * 0.2, i.e.
+    # (1 - lambda) * tanh(2.5 t) > 0.2 lambda: impossible for lambda 0.9 (0.1 < 0.18); for lambda 0.8 it needs
+    # tanh(2.5 t) > 0.8, i.e. t > 0.44: the first grid temp above is 0.5
+    best = tune_fusion(ids, glob, raw, truth)
+    assert (best["lamb"], best["temp"]) == (0.8, 0.5)
+    assert best["mAP"] == pytest.approx(1.0) and best["R@1"] == 1.0
+    assert best["global_mAP"] == pytest.approx(1 / 3)
+    useless = tune_fusion(ids, glob, np.zeros_like(raw), truth)  # constant raw: no lambda changes the order
+    assert useless["lamb"] == 1.0 and useless["mAP"] == pytest.approx(1 / 3)
+
+
 def test_pack_unpack_roundtrip_and_hamming_equals_sign_dot():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 128)).astype(np.float32)
