@@ -80,6 +80,84 @@ def test_rerank_score_formula():
     assert rerank_score(g, raw, lamb=0.3, temp=0.5).numpy() == pytest.approx(expected, abs=1e-6)
 
 
+def test_fuse_orders_by_the_score_formula_and_keeps_missing_candidates_last():
+    from vprkit.rerank.ames import fuse
+
+    ids, glob = np.array([[3, 1, -1]]), np.array([[0.9, 0.5, np.nan]])
+    raw = np.array([[0.0, 10.0, np.nan]])
+    # temp 0.2: 3 -> 0.45 + 0.5 * sigmoid(0) = 0.7; 1 -> 0.25 + 0.5 * sigmoid(2) = 0.69040
+    got_ids, got_scores = fuse(ids, glob, raw, 0.5, 0.2)
+    assert got_ids.tolist() == [[3, 1, -1]]
+    assert got_scores[0, :2] == pytest.approx([0.7, 0.25 + 0.5 / (1 + np.exp(-2))], abs=1e-6)
+    assert np.isnan(got_scores[0, 2])
+    # temp 1: 1 -> 0.25 + 0.5 * sigmoid(10) = 0.74998 > 0.7
+    assert fuse(ids, glob, raw, 0.5, 1.0)[0].tolist() == [[1, 3, -1]]
+
+
+def test_tune_fusion_picks_the_largest_lambda_that_helps_and_1_for_a_useless_model():
+    from vprkit.data.groundtruth import GroundTruth
+    from vprkit.rerank.ames import tune_fusion
+
+    ids = np.array([[0, 1, 2], [3, 4, 5]])
+    glob = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])
+    truth = GroundTruth([np.array([2]), np.array([5])])  # the global ranking puts each positive last: AP 1/3
+    raw = np.array([[-5.0, -5.0, 5.0], [-5.0, -5.0, 5.0]])  # the model puts it first
+    # the positive beats the top negative when (1 - lambda) * (sigmoid(5 t) - sigmoid(-5 t)) > lambda * 0.2, i.e.
+    # (1 - lambda) * tanh(2.5 t) > 0.2 lambda: impossible for lambda 0.9 (0.1 < 0.18); for lambda 0.8 it needs
+    # tanh(2.5 t) > 0.8, i.e. t > 0.44: the first grid temp above is 0.5
+    best = tune_fusion(ids, glob, raw, truth)
+    assert (best["lamb"], best["temp"]) == (0.8, 0.5)
+    assert best["mAP"] == pytest.approx(1.0) and best["R@1"] == 1.0
+    assert best["global_mAP"] == pytest.approx(1 / 3)
+    useless = tune_fusion(ids, glob, np.zeros_like(raw), truth)  # constant raw: no lambda changes the order
+    assert useless["lamb"] == 1.0 and useless["mAP"] == pytest.approx(1 / 3)
+
+
+def test_chamfer_teacher_matches_a_numpy_chamfer_and_ignores_padding():
+    from vprkit.models.ames import ChamferTeacher
+
+    proj = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(4))
+        proj.bias.zero_()
+    teacher = ChamferTeacher(proj, shift=0.5, scale=3.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 4)), rng.normal(size=(3, 4))
+    cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    expected = cos.max(1).mean()  # each descriptor of the first image: its best match in the second
+    pad = np.full((1, 4), 1e3)  # padding content must not count
+    src = torch.from_numpy(np.concatenate([a, pad]))[None].float()
+    tgt = torch.from_numpy(np.concatenate([b, pad]))[None].float()
+    sv, tv = torch.tensor([[True, True, False]]), torch.tensor([[True, True, True, False]])
+    assert teacher.chamfer(src, sv, tgt, tv).item() == pytest.approx(expected, abs=1e-5)
+    assert teacher(src, sv, tgt, tv).item() == pytest.approx(3.0 * (expected - 0.5), abs=1e-4)
+    assert teacher.chamfer(src, torch.zeros_like(sv), tgt, tv).item() == 0.0  # no descriptors: defined, 0
+    teacher.standardize(torch.tensor([0.1, 0.3, 0.5]))  # mean 0.3, std 0.2 -> logits -2, 0, 2
+    assert (teacher.shift, teacher.scale) == pytest.approx((0.3, 10.0))
+
+
+def test_chamfer_teacher_logits_are_standardized_on_query_candidate_pairs():
+    from vprkit.train.ames import _chamfer_teacher
+
+    rng = np.random.default_rng(0)
+    feats = np.zeros((6, 4, local.META + 16), dtype=np.float32)
+    feats[:, :, local.MASK] = 1.0
+    feats[:, :, local.META:] = rng.normal(size=(6, 4, 16))
+    feats = torch.from_numpy(feats)
+    cand = np.array([[1, 2, -1], [0, 3, 4], [5, 0, 1]])  # -1: no candidate, left out
+    model = tiny_ames()
+    model.init_whitening(local.split(feats)[0].reshape(-1, 16))
+    teacher = _chamfer_teacher(model, feats, feats, cand, {"top_k": 3, "seed": 0, "device": "cpu"})
+    qi, ki = np.nonzero(cand >= 0)
+    qd, qv = local.split(feats[qi])
+    md, mv = local.split(feats[cand[qi, ki]])
+    with torch.no_grad():
+        logits = teacher(qd, qv, md, mv)
+    assert logits.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert logits.std().item() == pytest.approx(2.0, abs=1e-4)
+    assert not any(p.requires_grad for p in teacher.parameters())  # a fixed target, never trained
+
+
 def test_pack_unpack_roundtrip_and_hamming_equals_sign_dot():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 128)).astype(np.float32)

@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
     s.add_argument("--threshold", type=float)
     s.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.csv, cached local features)")
-    s.add_argument("--preset", default="fp", help="fp, or binary (needs --set teacher=FP_MODEL/best.pt)")
+    s.add_argument("--preset", default="fp", help="fp, fp-chamfer (labels + Chamfer similarity as a soft target), "
+                   "or binary (needs --set teacher=FP_MODEL/best.pt)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
     s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
 

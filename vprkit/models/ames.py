@@ -136,6 +136,40 @@ class AMES(nn.Module):
         return raw.masked_fill(empty, EMPTY_LOGIT)
 
 
+class ChamferTeacher(nn.Module):
+    """A hand-crafted local similarity to distil into AMES without labels: the mean, over the first image's
+    descriptors, of the best cosine similarity in the second image, after a fixed projection (the student's
+    starting whitening), as the logit `scale * (chamfer - shift)`.
+
+    On tiny images a few hundred labelled pairs teach AMES shortcuts (which map images are often negatives)
+    rather than matching; this target says at every pair how well the descriptors match.
+    """
+
+    def __init__(self, proj: nn.Linear, shift: float = 0.0, scale: float = 1.0) -> None:
+        super().__init__()
+        self.proj = proj.requires_grad_(False)
+        self.shift, self.scale = shift, scale
+
+    def chamfer(self, src: torch.Tensor, src_valid: torch.Tensor, tgt: torch.Tensor, tgt_valid: torch.Tensor
+                ) -> torch.Tensor:
+        """(B,) mean best cosine of src descriptors in tgt; 0 where either image has no descriptor."""
+        a, b = (F.normalize(self.proj(F.normalize(x, dim=-1)), dim=-1) for x in (src, tgt))
+        sim = (a @ b.transpose(1, 2)).masked_fill(~tgt_valid[:, None, :], -2.0).amax(2)
+        n = src_valid.sum(1)
+        out = (sim * src_valid).sum(1) / n.clamp_min(1)
+        return out.masked_fill((n == 0) | ~tgt_valid.any(1), 0.0)
+
+    @torch.no_grad()
+    def standardize(self, chamfers: torch.Tensor, spread: float = 2.0) -> None:
+        """Centre the logits on `chamfers` of sample pairs (label-free) with standard deviation `spread`."""
+        self.shift = float(chamfers.mean())
+        self.scale = spread / max(float(chamfers.std()), 1e-6)
+
+    def forward(self, src: torch.Tensor, src_valid: torch.Tensor, tgt: torch.Tensor, tgt_valid: torch.Tensor
+                ) -> torch.Tensor:
+        return self.scale * (self.chamfer(src, src_valid, tgt, tgt_valid) - self.shift)
+
+
 def rerank_score(global_sim: torch.Tensor, raw: torch.Tensor, lamb: float = 0.5, temp: float = 0.2) -> torch.Tensor:
     """AMES's final score: lambda * global similarity + (1 - lambda) * sigmoid(temp * raw)."""
     return lamb * global_sim + (1 - lamb) * torch.sigmoid(temp * raw)

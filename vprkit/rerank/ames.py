@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.groundtruth import GroundTruth
+from ..evaluation import metrics
 from ..features import local
 from ..models.ames import AMES, load_ames, rerank_score
 from .base import Reranker, Retrieval
@@ -35,6 +37,12 @@ class AMESReranker(Reranker):
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         c = self.conf
+        return fuse(retrieval.ids, retrieval.scores, self.raw_scores(retrieval, work_dir), c["lamb"], c["temp"])
+
+    def raw_scores(self, retrieval: Retrieval, work_dir: Path) -> np.ndarray:
+        """(Q, N) raw AMES similarities of each query and its candidates (NaN where there is no candidate),
+        before fusion: what `tune_fusion` needs to choose lambda and temp on a validation retrieval."""
+        c = self.conf
         if not c["checkpoint"]:
             raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train-ames`)")
         model, meta = load_ames(c["checkpoint"])
@@ -46,16 +54,12 @@ class AMESReranker(Reranker):
                               c["num_map_desc"], c["device"])
         read_map = self._map_reader(model, m_path)
         q_desc, q_valid = local.split(local.read_rows(q_path))
-        ids = np.full_like(retrieval.ids, -1)
-        scores = np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
-        for qi in tqdm(range(len(ids)), desc="ames re-ranking", unit="query"):
-            cand = retrieval.ids[qi]
-            ok = cand >= 0
-            raw = score_candidates(model, q_desc[qi], q_valid[qi], read_map, cand[ok], c["batch_size"], c["device"])
-            final = rerank_score(torch.from_numpy(retrieval.scores[qi][ok]).float(), raw, c["lamb"], c["temp"]).numpy()
-            order = np.argsort(-final, kind="stable")
-            ids[qi, :len(order)], scores[qi, :len(order)] = cand[ok][order], final[order]
-        return ids, scores
+        raw = np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
+        for qi in tqdm(range(len(raw)), desc="ames re-ranking", unit="query"):
+            ok = retrieval.ids[qi] >= 0
+            raw[qi, ok] = score_candidates(model, q_desc[qi], q_valid[qi], read_map, retrieval.ids[qi][ok],
+                                           c["batch_size"], c["device"]).numpy()
+        return raw
 
     @staticmethod
     def _map_reader(model: AMES, m_path: Path) -> MapReader:
@@ -86,3 +90,35 @@ def score_candidates(model: AMES, q_desc: torch.Tensor, q_valid: torch.Tensor, r
         out.append(model(q_in.expand(b, -1, -1), q_valid.expand(b, -1), m_in.to(device), m_valid.to(device),
                          encoded=True).cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def fuse(ids: np.ndarray, global_scores: np.ndarray, raw: np.ndarray, lamb: float, temp: float
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates (Q, N) re-ordered by `rerank_score` (best first; missing candidates, id -1, stay last)."""
+    ok = ids >= 0
+    final = rerank_score(torch.from_numpy(np.nan_to_num(global_scores)).float(),
+                         torch.from_numpy(np.nan_to_num(raw)).float(), lamb, temp).numpy()
+    order = np.argsort(np.where(ok, -final, np.inf), axis=1, kind="stable")
+    out_ids = np.take_along_axis(ids, order, 1)
+    out_scores = np.where(out_ids >= 0, np.take_along_axis(final, order, 1), np.nan).astype(np.float32)
+    return out_ids, out_scores
+
+
+LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TEMPS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def tune_fusion(ids: np.ndarray, global_scores: np.ndarray, raw: np.ndarray, truth: GroundTruth,
+                lambdas=LAMBDAS, temps=TEMPS) -> dict:
+    """lambda and temp with the best mAP of the fused ranking of a validation retrieval (never the test set).
+
+    Ties go to the larger lambda (closer to the global ranking), so a model that adds nothing gets lambda 1
+    and cannot lower the global figures. Returns {"lamb", "temp", "mAP", "R@1", "global_mAP"}.
+    """
+    best = None
+    for lamb in sorted(lambdas, reverse=True):
+        for temp in (temps if lamb < 1 else temps[:1]):  # lambda 1 ignores temp
+            m = metrics.evaluate(fuse(ids, global_scores, raw, lamb, temp)[0], truth, ns=(1,), map_ks=())
+            if best is None or m["mAP"] > best["mAP"] + 1e-12:
+                best = {"lamb": lamb, "temp": temp, "mAP": m["mAP"], "R@1": m["R@1"]}
+    return {**best, "global_mAP": metrics.mean_average_precision(ids, truth)}

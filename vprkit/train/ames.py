@@ -11,6 +11,7 @@ top-k; the best epoch is kept as best.pt and training stops early when it no lon
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..evaluation.metrics import average_precision
 from ..features import local
-from ..models.ames import AMES, load_ames
+from ..models.ames import AMES, ChamferTeacher, load_ames
 from ..rerank.base import Retrieval, load_retrieval
 from .checkpoint import CSVLog, EarlyStopping, load_checkpoint, save_checkpoint, seed_everything
 
@@ -40,6 +41,8 @@ DEFAULT_CONF: dict = {
 CONFS: dict[str, dict] = {
     "fp": {},
     "binary": {"bits": 128, "lr": 1e-4},  # needs teacher=PATH of an fp model
+    # labels plus the Chamfer similarity of the same descriptors as a soft target at every pair (small data)
+    "fp-chamfer": {"teacher": "chamfer", "distill_weight": 0.5},
 }
 
 
@@ -92,16 +95,19 @@ def validation_map(model: AMES, q_feats: torch.Tensor, m_feats: torch.Tensor, ca
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def _build_model(conf: dict, dim: int, m_feats: torch.Tensor) -> tuple[AMES, AMES | None]:
-    """(model to train, teacher or None). Input projection starts as whitening of map descriptors; a binary
-    student starts from the teacher's transformer and an ITQ binarizer."""
+def _build_model(conf: dict, dim: int, q_feats: torch.Tensor, m_feats: torch.Tensor, cand: np.ndarray
+                 ) -> tuple[AMES, torch.nn.Module | None]:
+    """(model to train, teacher or None). Input projection starts as whitening of map descriptors; an fp model
+    may distil the Chamfer similarity (teacher="chamfer") besides its labels; a binary student starts from the
+    teacher's transformer and an ITQ binarizer."""
     desc, valid = local.split(m_feats)
     desc = desc[valid]
     sample = desc[np.random.default_rng(conf["seed"]).permutation(len(desc))[:conf["itq_samples"]]]
     if not conf["bits"]:
         model = AMES(input_dim=dim, **conf["model"])
         model.init_whitening(sample)
-        return model, None
+        chamfer = conf["teacher"] == "chamfer"
+        return model, _chamfer_teacher(model, q_feats, m_feats, cand, conf) if chamfer else None
     if not conf["teacher"]:
         raise ValueError("binary AMES training distils an fp model: set teacher=PATH (a `vprkit train-ames` best.pt)")
     teacher, _ = load_ames(conf["teacher"])
@@ -111,6 +117,21 @@ def _build_model(conf: dict, dim: int, m_feats: torch.Tensor) -> tuple[AMES, AME
     student.binarizer.init_itq(sample.numpy(), seed=conf["seed"])
     student.init_whitening(sample)
     return student, teacher.to(conf["device"])
+
+
+def _chamfer_teacher(model: AMES, q_feats: torch.Tensor, m_feats: torch.Tensor, cand: np.ndarray, conf: dict,
+                     sample: int = 2000) -> ChamferTeacher:
+    """Chamfer similarity through the model's starting whitening, its logits standardized on (query, top-k
+    candidate) pairs: no labels needed."""
+    teacher = ChamferTeacher(copy.deepcopy(model.embed[0]))
+    top = cand[:, :conf["top_k"]]
+    qi, ki = np.nonzero(top >= 0)
+    pick = np.random.default_rng(conf["seed"]).permutation(len(qi))[:sample]
+    qd, qv = local.split(q_feats[qi[pick]])
+    md, mv = local.split(m_feats[top[qi[pick], ki[pick]]])
+    with torch.no_grad():
+        teacher.standardize(teacher.chamfer(qd, qv, md, mv))
+    return teacher.to(conf["device"])
 
 
 def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -141,7 +162,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, thre
                                   threshold)
     seed_everything(conf["seed"])
     fconf, q_feats, m_feats = _features(conf, retrieval, out_dir)
-    model, teacher = _build_model(conf, q_feats.shape[-1] - local.META, m_feats)
+    model, teacher = _build_model(conf, q_feats.shape[-1] - local.META, q_feats, m_feats, retrieval.ids)
     model.to(conf["device"])
     opt = torch.optim.AdamW(model.parameters(), lr=conf["lr"], weight_decay=conf["weight_decay"])
     queries = np.random.default_rng(conf["seed"]).permutation(len(retrieval.q_names))
@@ -172,8 +193,8 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, thre
     return best
 
 
-def _train_epoch(model: AMES, teacher: AMES | None, opt: torch.optim.Optimizer, conf: dict, q_feats: torch.Tensor,
-                 m_feats: torch.Tensor,
+def _train_epoch(model: AMES, teacher: torch.nn.Module | None, opt: torch.optim.Optimizer, conf: dict,
+                 q_feats: torch.Tensor, m_feats: torch.Tensor,
                  cand: np.ndarray, truth: GroundTruth, train: np.ndarray) -> float:
     """One pass over freshly mined pairs; returns the mean loss."""
     model.train()
