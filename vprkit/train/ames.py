@@ -27,7 +27,8 @@ from ..evaluation.metrics import average_precision
 from ..features import local
 from ..models.ames import AMES, ChamferTeacher, load_ames
 from ..rerank.base import Retrieval, load_retrieval
-from .checkpoint import CSVLog, EarlyStopping, load_checkpoint, save_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, seed_everything
+from .checkpoint import resume as resume_progress
 
 logger = logging.getLogger("vprkit")
 
@@ -170,27 +171,21 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, thre
     val, train = np.sort(queries[:n_val]), np.sort(queries[n_val:])
     meta = {"conf": conf, "model_conf": model.conf, "features": fconf, "num_query_desc": conf["num_query_desc"],
             "num_map_desc": conf["num_map_desc"]}
-    last, best = out_dir / "last.pt", out_dir / "best.pt"
-    start, stop = 0, EarlyStopping(conf["patience"])
-    if resume and last.exists():
-        done = load_checkpoint(last, model, opt)
+    def load(path: Path) -> dict:
+        done = load_checkpoint(path, model, opt)
         if {**done["conf"], "epochs": 0} != {**conf, "epochs": 0}:  # more epochs may be asked for on resume
             raise ValueError(f"{out_dir} holds a run with other settings; use another folder or resume=False")
-        start, stop = done["epoch"] + 1, EarlyStopping(conf["patience"], **done["early"])
-    log = CSVLog(out_dir / "log.csv", keep_until=start - 1 if start else None, key="epoch")
-    for epoch in range(start, conf["epochs"]):
-        if stop.should_stop:
-            break
+        return done
+
+    progress = resume_progress(out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.csv", conf["patience"],
+                               load, enabled=resume)
+    for epoch in progress.epochs(conf["epochs"]):
         loss = _train_epoch(model, teacher, opt, conf, q_feats, m_feats, retrieval.ids, truth, train)
         score = validation_map(model, q_feats, m_feats, retrieval.ids, truth, val, conf["top_k"], conf["device"]) \
             if len(val) else -loss
-        improved = stop.step(score)
-        log.write({"epoch": epoch, "train_loss": loss, "val_mAP": score})
         logger.info("epoch %d: loss %.4f, validation mAP %.4f", epoch, loss, score)
-        if improved:
-            save_checkpoint(best, model, **meta, epoch=epoch)
-        save_checkpoint(last, model, opt, **meta, epoch=epoch, early=stop.state())
-    return best
+        progress.end_epoch(epoch, score, {"train_loss": loss, "val_mAP": score}, model, opt, meta=meta)
+    return progress.best
 
 
 def _train_epoch(model: AMES, teacher: torch.nn.Module | None, opt: torch.optim.Optimizer, conf: dict,
