@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..aggregators.vlad import fit_pca
 from .binarize import Binarizer
 
 # cross-attention starts as sharp nearest-neighbour matching (queries = keys = MATCH_INIT * identity): from a
@@ -99,13 +100,10 @@ class AMES(nn.Module):
         Backbone descriptors share a large common component, so raw cosine similarities are all high and the
         nearest-neighbour start of cross-attention cannot tell matches apart; whitened, they can.
         """
-        x = F.normalize(self.encode(desc.float()), dim=-1).double()
-        mean = x.mean(0)
-        evals, evecs = torch.linalg.eigh(torch.cov((x - mean).T))
-        k = min(self.embed[0].out_features, x.shape[1])
-        w = evecs[:, -k:].flip(1) / (evals[-k:].flip(0).clamp_min(0) + eps).sqrt()  # (in, k), largest first
-        self.embed[0].weight[:k] = w.T.float()
-        self.embed[0].bias[:k] = -(mean @ w).float()
+        x = F.normalize(self.encode(desc.float()), dim=-1)
+        mean, proj = (torch.from_numpy(a) for a in fit_pca(x.cpu().numpy(), self.embed[0].out_features, eps=eps))
+        self.embed[0].weight[:len(proj)] = proj
+        self.embed[0].bias[:len(proj)] = -(proj @ mean)
 
     def encode(self, desc: torch.Tensor) -> torch.Tensor:
         """What the transformer reads: +-1 codes for a binary model, else the descriptors themselves."""
