@@ -9,6 +9,7 @@ import torch
 from vprkit.train.checkpoint import (
     CSVLog,
     EarlyStopping,
+    check_same_run,
     load_checkpoint,
     resume,
     save_checkpoint,
@@ -121,3 +122,15 @@ def test_resume_reads_old_stopper_key_and_fresh_runs_restart_the_log(tmp_path):
     assert p.start == 5 and (p.stopper.best, p.stopper.bad) == (0.5, 1) and list(p.epochs(7)) == [5, 6]
     fresh = resume(tmp_path / "last.pt", tmp_path / "best.pt", tmp_path / "log.csv", 3, None, enabled=False)
     assert fresh.start == 0 and fresh.meta == {} and not (tmp_path / "log.csv").exists()
+
+
+def test_check_same_run_names_changed_nested_settings_and_allows_listed_ones():
+    saved = {"lr": 0.1, "train": {"epochs": 2, "margin": 0.1}, "mods": ["position"]}
+    check_same_run(saved, {**saved, "train": {"epochs": 9, "margin": 0.1}}, "r/last.pt", ("train.epochs",))
+    with pytest.raises(ValueError) as err:
+        check_same_run(saved, {"lr": 0.1, "train": {"epochs": 2, "margin": 0.2}, "mods": ["radio"], "new": 1},
+                       "r/last.pt")
+    msg = str(err.value)
+    assert msg.startswith("r/last.pt is a run with other settings")
+    assert "mods: ['position'] -> ['radio']; new: None -> 1; train.margin: 0.1 -> 0.2" in msg
+    assert "lr" not in msg and "epochs" not in msg

@@ -75,6 +75,15 @@ def test_resume_equals_uninterrupted_run(route, tiny, tmp_path):
     assert torch.equal(first["backbone.conv.weight"], a["model"]["backbone.conv.weight"])
 
 
+
+def test_rerun_refuses_other_settings_and_restart_starts_over(route, tiny, tmp_path):
+    _run(route, tmp_path / "r", _conf(**{"train.epochs": 1}))
+    with pytest.raises(ValueError, match=r"last.pt is a run with other settings \(train.lr: 0.01 -> 0.02\)"):
+        _run(route, tmp_path / "r", _conf(**{"train.epochs": 2, "train.lr": 2e-2}))
+    _run(route, tmp_path / "r", _conf(**{"train.epochs": 2, "train.lr": 2e-2}), resume=False)
+    assert [r["epoch"] for r in _log(tmp_path / "r" / "log.csv")] == ["0", "1"]
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["meta"]["conf"]["train"]["lr"] == 2e-2
+
 def test_training_improves_loss_and_checkpoint_plugs_into_index(route, tiny, tmp_path):
     conf = _conf(**{"train.epochs": 4, "train.max_queries_per_epoch": None})
     untrained = _run(route, tmp_path / "t", conf, "test", split="val")

@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="mobilenetv2-netvlad", help="training preset (see `vprkit presets`)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any setting with dotted keys, e.g. train.epochs=5 data.positions=utm")
-    s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    s.add_argument("--restart", action="store_true",
+                   help="train: start over instead of continuing the run in OUT (last.pt, same settings)")
     s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
 
@@ -192,7 +193,7 @@ def _train(args: argparse.Namespace) -> None:
     from .train import netvlad
 
     conf = netvlad.get_conf(args.preset, parse_overrides(args.set))
-    res = netvlad.main(conf, args.map_dir, args.query_dir, args.out, args.mode, args.resume, args.checkpoint,
+    res = netvlad.main(conf, args.map_dir, args.query_dir, args.out, args.mode, not args.restart, args.checkpoint,
                        args.split, args.device)
     if args.mode == "test":
         print(metrics.format_table({args.checkpoint or "untrained (k-means)": res}))

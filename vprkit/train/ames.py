@@ -27,7 +27,7 @@ from ..evaluation.metrics import average_precision
 from ..features import local
 from ..models.ames import AMES, ChamferTeacher, load_ames
 from ..rerank.base import Retrieval, load_retrieval
-from .checkpoint import load_checkpoint, seed_everything
+from .checkpoint import check_same_run, load_checkpoint, seed_everything
 from .checkpoint import resume as resume_progress
 
 logger = logging.getLogger("vprkit")
@@ -173,8 +173,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, thre
             "num_map_desc": conf["num_map_desc"]}
     def load(path: Path) -> dict:
         done = load_checkpoint(path, model, opt)
-        if {**done["conf"], "epochs": 0} != {**conf, "epochs": 0}:  # more epochs may be asked for on resume
-            raise ValueError(f"{out_dir} holds a run with other settings; use another folder or resume=False")
+        check_same_run(done["conf"], conf, path, may_change=("epochs", "device"))
         return done
 
     progress = resume_progress(out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.csv", conf["patience"],

@@ -117,6 +117,27 @@ def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], 
     return model.eval(), meta
 
 
+def _dotted(conf: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level of dotted keys ({"train": {"lr": 1}} -> {"train.lr": 1})."""
+    flat: dict[str, Any] = {}
+    for key, value in conf.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_run(saved: dict, conf: dict, path: str | Path, may_change: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a run under other settings (it would silently mix two experiments), naming the
+    settings that differ; `may_change` (dotted keys: more epochs, another device) are allowed to."""
+    old, new = _dotted(saved), _dotted(conf)
+    changed = sorted(k for k in old.keys() | new.keys() if k not in may_change and old.get(k) != new.get(k))
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"{path} is a run with other settings ({diffs}); use another output folder, or start over (--restart, resume=False)")
+
+
 class CSVLog:
     """Append-only CSV of per-step or per-epoch values; on resume, rows past `keep_until` are dropped so a
     resumed run's log equals an uninterrupted one."""

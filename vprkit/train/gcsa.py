@@ -42,7 +42,7 @@ from ..rerank.gcsa import (
     refined_scores,
     side_batches,
 )
-from .checkpoint import load_checkpoint, resume, save_checkpoint, seed_everything
+from .checkpoint import check_same_run, load_checkpoint, resume, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
 
@@ -110,10 +110,12 @@ def init_stage2(model: GCSA, stage1_checkpoint: str | Path, freeze_proj: bool) -
 
 
 class Trainer:
-    """Holds the training data and runs the two stages (each resumable from its last epoch)."""
+    """Holds the training data and runs the two stages (each resumed from its last epoch when `resume`)."""
 
-    def __init__(self, conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_dir: Path) -> None:
+    def __init__(self, conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_dir: Path,
+                 resume: bool = True) -> None:
         self.conf, self.ctx, self.truth, self.q_true, self.out_dir = conf, ctx, truth, q_true, out_dir
+        self.resume = resume
         rng = np.random.default_rng(conf["seed"])
         perm = rng.permutation(len(ctx.ids))
         n_val = int(round(conf["val_fraction"] * len(perm)))
@@ -150,9 +152,14 @@ class Trainer:
         """Train one stage; returns its best checkpoint (reused as is when the stage already finished)."""
         sc = self.conf[f"stage{stage}"]
         opt = torch.optim.Adam(params, lr=sc["lr"])
+
+        def load(path: Path) -> dict:
+            done = load_checkpoint(path, model, opt)
+            check_same_run(done["conf"], self.conf, path, may_change=("stage1.epochs", "stage2.epochs"))
+            return done
+
         progress = resume(self.out_dir / f"stage{stage}-last.pt", self.out_dir / f"stage{stage}.pt",
-                          self.out_dir / f"stage{stage}.csv", self.conf["patience"],
-                          lambda path: load_checkpoint(path, model, opt))
+                          self.out_dir / f"stage{stage}.csv", self.conf["patience"], load, enabled=self.resume)
         meta = {"model_config": model.config(), "conf": self.conf, "stage": stage}
         for epoch in progress.epochs(sc["epochs"]):
             model.train()
@@ -173,13 +180,14 @@ class Trainer:
         return progress.best
 
 
-def train(conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_dir: str | Path) -> Path:
+def train(conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_dir: str | Path,
+          resume: bool = True) -> Path:
     """Both stages on prepared contexts; returns the final checkpoint (out_dir/gcsa.pt)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(conf["seed"])
     model = GCSA(ctx.q_desc.shape[1], conf["num_anchors"], conf["modalities"], **conf["model"])
-    trainer = Trainer(conf, ctx, truth, q_true, out_dir)
+    trainer = Trainer(conf, ctx, truth, q_true, out_dir, resume)
     if conf["model"]["proj_dim"]:
         s1 = trainer.stage(model, 1, list(model.input_proj.parameters()))
         params = init_stage2(model, s1, conf["stage2"]["freeze_proj"])
@@ -195,8 +203,9 @@ def train(conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_d
 
 
 def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_sideinfo: str | None,
-         query_sideinfo: str | None, threshold: float | None = None) -> Path:
-    """Train GCSA on a `vprkit query` results folder of training queries; returns the checkpoint path."""
+         query_sideinfo: str | None, threshold: float | None = None, resume: bool = True) -> Path:
+    """Train GCSA on a `vprkit query` results folder of training queries; returns the checkpoint path.
+    A run found in `out_dir` is continued (same settings, more epochs allowed) when `resume`."""
     retrieval: Retrieval = load_retrieval(results_dir)
     out_dir = Path(out_dir)
     n = conf["num_candidates"]
@@ -210,7 +219,7 @@ def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_
     q_desc = query_descriptors(retrieval, out_dir / "cache")
     ctx = Contexts.build(q_desc, m_desc, retrieval.ids[:, :n], conf["num_anchors"], m_side, conf["modalities"],
                          conf["side"])
-    return train(conf, ctx, truth, q_true, out_dir)
+    return train(conf, ctx, truth, q_true, out_dir, resume)
 
 
 def _cli(argv: list[str] | None = None) -> None:
@@ -225,10 +234,12 @@ def _cli(argv: list[str] | None = None) -> None:
     p.add_argument("--query-sideinfo", help="as --map-sideinfo; positions are the truth the priors are drawn from")
     p.add_argument("--preset", choices=sorted(confs), default="position")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override conf keys (JSON values)")
+    p.add_argument("--restart", action="store_true", help="start over instead of continuing the run in OUT")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     conf = get_conf(args.preset, **parse_overrides(args.set))
-    path = main(conf, args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo, args.threshold)
+    path = main(conf, args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo, args.threshold,
+                not args.restart)
     print(f"checkpoint: {path}")
 
 

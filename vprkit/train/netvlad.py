@@ -26,7 +26,7 @@ from ..features import extract
 from ..models import get_backbone
 from . import guidance as guidance_mod
 from . import trained
-from .checkpoint import load_checkpoint, seed_everything
+from .checkpoint import check_same_run, load_checkpoint, seed_everything
 from .checkpoint import resume as resume_progress
 from .data import PlaceSet, load_splits
 from .losses import get_loss, guidance_loss
@@ -331,8 +331,9 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def train(s: Session, resume: bool = False) -> dict:
-    """The training loop: mining, loss, LR schedule, per-epoch validation, checkpoints, early stopping."""
+def train(s: Session, resume: bool = True) -> dict:
+    """The training loop: mining, loss, LR schedule, per-epoch validation, checkpoints, early stopping.
+    Continues a run found in the output folder (same settings, more epochs allowed) unless `resume` is False."""
     t = s.conf["train"]
     s.init_centroids()
     opt = _optimizer(s.conf, [p for p in s.model.parameters() if p.requires_grad])
@@ -340,8 +341,14 @@ def train(s: Session, resume: bool = False) -> dict:
     places = s.places["train"]
     miner = Miner(places.positives, places.non_negatives, len(places.m_names), t["num_negs"], t["neg_samples"])
     rng = np.random.default_rng(t["seed"])
-    progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"],
-                               lambda path: s.load(path, opt, sched), enabled=resume)
+
+    def load(path: Path) -> dict:
+        done = s.load(path, opt, sched)
+        check_same_run(done["conf"], s.conf, path, may_change=("train.epochs",))
+        return done
+
+    progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"], load,
+                               enabled=resume)
     step = progress.meta.get("step", 0)
     if progress.meta:
         rng.bit_generator.state = json.loads(progress.meta["mining_rng"])
@@ -403,7 +410,7 @@ def test(s: Session, checkpoint: str | Path | None = None, split: str = "test") 
 
 
 def main(conf: dict, map_dir: str | Path, query_dir: str | Path, out_dir: str | Path, mode: str = "train",
-         resume: bool = False, checkpoint: str | Path | None = None, split: str = "test",
+         resume: bool = True, checkpoint: str | Path | None = None, split: str = "test",
          device: str = "cpu") -> dict:
     """Run one mode: `cluster` (writes OUT/centroids.npz), `train` (OUT/last.pt, best.pt, log.csv) or
     `test` (Recall@N of `checkpoint`, or of the untrained model, on `split`)."""
