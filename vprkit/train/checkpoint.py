@@ -135,7 +135,8 @@ def check_same_run(saved: dict, conf: dict, path: str | Path, may_change: tuple[
     changed = sorted(k for k in old.keys() | new.keys() if k not in may_change and old.get(k) != new.get(k))
     if changed:
         diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-        raise ValueError(f"{path} is a run with other settings ({diffs}); use another output folder, or start over (--restart, resume=False)")
+        raise ValueError(f"{path} is a run with other settings ({diffs}); use another output folder, "
+                         "or start over (--restart, resume=False)")
 
 
 class CSVLog:
