@@ -3,7 +3,8 @@
 Nordland dev (winter queries vs summer map, +-2 steps), three disjoint blocks of places, each with its own map:
 AMES (fp) is trained on the first block, a binary AMES is distilled from it, lambda and temp of each are chosen
 on the validation block (the last `--val-places` of the training side), and both re-rank the global top-100 of
-the test block, which nothing was trained or tuned on.
+the test block, which nothing was trained or tuned on. The training-free Chamfer re-ranker (same local features,
+lambda and temp chosen the same way) is the baseline a trained AMES has to beat.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/ames_rerank.py --data ../shared/data
 """
@@ -23,8 +24,10 @@ from vprkit import api
 from vprkit.data.groundtruth import ground_truth_for_kept
 from vprkit.data.images import list_images
 from vprkit.rerank import base as rerank_step
+from vprkit.rerank import get_reranker_class
 from vprkit.rerank.ames import AMESReranker, tune_fusion
 from vprkit.rerank.base import load_retrieval
+from vprkit.rerank.chamfer import ChamferReranker
 from vprkit.train import ames as train_ames
 
 # set -> (folder, map, queries, ground truth spec, threshold)
@@ -102,12 +105,17 @@ def main() -> None:
     binary = train_ames.main(conf, res["train"], work / "ames_binary", *gt)
     timings["train binary"] = time.perf_counter() - t
     rows, tuned = {}, {}
-    for name, ckpt, preset in (("AMES fp", fp, "fp"), ("AMES binary", binary, "binary")):
+    cache = str(work / "eval_cache")
+    methods = {"AMES fp": AMESReranker.get_conf("fp", checkpoint=str(fp), cache_dir=cache, **budgets),
+               "AMES binary": AMESReranker.get_conf("binary", checkpoint=str(binary), cache_dir=cache, **budgets),
+               "Chamfer (no training)": ChamferReranker.get_conf(args.local, resize_max=args.resize, cache_dir=cache,
+                                                                 **budgets)}
+    val = load_retrieval(res["val"])
+    truth = ground_truth_for_kept(gt[0], list_images(val.query_dir), val.q_names, val.m_names, gt[1])
+    for name, conf in methods.items():
+        preset = conf["preset"] if conf["method"] == "ames" else "chamfer"
         t = time.perf_counter()
-        conf = AMESReranker.get_conf(preset, checkpoint=str(ckpt), cache_dir=str(work / "eval_cache"), **budgets)
-        val = load_retrieval(res["val"])
-        truth = ground_truth_for_kept(gt[0], list_images(val.query_dir), val.q_names, val.m_names, gt[1])
-        best = tune_fusion(val.ids, val.scores, AMESReranker(conf).raw_scores(val, work), truth)
+        best = tune_fusion(val.ids, val.scores, get_reranker_class(conf["method"])(conf).raw_scores(val, work), truth)
         tuned[name] = best
         timings[f"tune {preset}"] = time.perf_counter() - t
         t = time.perf_counter()

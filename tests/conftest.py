@@ -64,3 +64,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
+    """A global top-5 of `image_folder` against itself (tiny backbone for global and local features); each
+    image's positive is itself."""
+    from vprkit.cli import main
+
+    monkeypatch.setattr("vprkit.features.local.get_backbone", lambda name, **kw: tiny_backbone())
+    names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
+    gt = tmp_path / "pos.txt"
+    gt.write_text("".join(f"{n} {n}\n" for n in names))
+    assert main(["index", str(image_folder), "-o", str(tmp_path / "idx"), "--preset", "mobilenetv2-gem"]) == 0
+    assert main(["query", str(tmp_path / "idx"), str(image_folder), "--top-k", "5", "-o", str(tmp_path / "res")]) == 0
+    return tmp_path / "res", gt

@@ -309,19 +309,6 @@ TRAIN = ["num_query_desc=10", "num_map_desc=6", "top_k=5", "batch_size=8", "val_
          f"model={__import__('json').dumps(TINY_MODEL)}"]
 
 
-@pytest.fixture
-def retrieval(tiny_backbone, local_conf, image_folder, tmp_path):
-    """A global top-5 of the folder against itself; each image's positive is itself."""
-    from vprkit.cli import main
-
-    names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
-    gt = tmp_path / "pos.txt"
-    gt.write_text("".join(f"{n} {n}\n" for n in names))
-    assert main(["index", str(image_folder), "-o", str(tmp_path / "idx"), "--preset", "mobilenetv2-gem"]) == 0
-    assert main(["query", str(tmp_path / "idx"), str(image_folder), "--top-k", "5", "-o", str(tmp_path / "res")]) == 0
-    return tmp_path / "res", gt
-
-
 @pytest.mark.slow
 def test_training_resumes_exactly(retrieval, tmp_path):
     from vprkit.cli import main

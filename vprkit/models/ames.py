@@ -148,14 +148,14 @@ class ChamferTeacher(nn.Module):
         self.proj = proj.requires_grad_(False)
         self.shift, self.scale = shift, scale
 
+    def embed(self, desc: torch.Tensor) -> torch.Tensor:
+        """Descriptors (..., D) L2-normalised, projected, L2-normalised again: cosines become dot products."""
+        return F.normalize(self.proj(F.normalize(desc, dim=-1)), dim=-1)
+
     def chamfer(self, src: torch.Tensor, src_valid: torch.Tensor, tgt: torch.Tensor, tgt_valid: torch.Tensor
                 ) -> torch.Tensor:
         """(B,) mean best cosine of src descriptors in tgt; 0 where either image has no descriptor."""
-        a, b = (F.normalize(self.proj(F.normalize(x, dim=-1)), dim=-1) for x in (src, tgt))
-        sim = (a @ b.transpose(1, 2)).masked_fill(~tgt_valid[:, None, :], -2.0).amax(2)
-        n = src_valid.sum(1)
-        out = (sim * src_valid).sum(1) / n.clamp_min(1)
-        return out.masked_fill((n == 0) | ~tgt_valid.any(1), 0.0)
+        return chamfer_similarity(self.embed(src), src_valid, self.embed(tgt), tgt_valid)
 
     @torch.no_grad()
     def standardize(self, chamfers: torch.Tensor, spread: float = 2.0) -> None:
@@ -166,6 +166,17 @@ class ChamferTeacher(nn.Module):
     def forward(self, src: torch.Tensor, src_valid: torch.Tensor, tgt: torch.Tensor, tgt_valid: torch.Tensor
                 ) -> torch.Tensor:
         return self.scale * (self.chamfer(src, src_valid, tgt, tgt_valid) - self.shift)
+
+
+def chamfer_similarity(src: torch.Tensor, src_valid: torch.Tensor, tgt: torch.Tensor, tgt_valid: torch.Tensor
+                       ) -> torch.Tensor:
+    """(B,) mean, over each src image's valid rows (B, Ks, d), of the best dot product with the valid rows of
+    its tgt image (B, Kt, d); 0 where either has none. Batch dimensions broadcast: one query (1, Ks, d) against
+    B candidates costs one product."""
+    sim = (src @ tgt.transpose(-1, -2)).masked_fill(~tgt_valid[..., None, :], -2.0).amax(-1)
+    n = src_valid.sum(-1)
+    out = (sim * src_valid).sum(-1) / n.clamp_min(1)
+    return out.masked_fill((n == 0) | ~tgt_valid.any(-1), 0.0)
 
 
 def rerank_score(global_sim: torch.Tensor, raw: torch.Tensor, lamb: float = 0.5, temp: float = 0.2) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Re-rankers: re-order the top-N of a global retrieval (Patch-NetVLAD, SegVLAD, AMES, GCSA).
+"""Re-rankers: re-order the top-N of a global retrieval (Patch-NetVLAD, SegVLAD, AMES, Chamfer, GCSA).
 
 Each method is one module in this package with a `Reranker` subclass and its named presets; the
 registry maps a method name to "module:class" and imports lazily, so a method's optional
@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "patchnetvlad": ".patchnetvlad:PatchNetVLAD",
     "gcsa": ".gcsa:GCSAReranker",
     "ames": ".ames:AMESReranker",
+    "chamfer": ".chamfer:ChamferReranker",
     "segvlad": ".segvlad:SegVLADReranker",
 }
 

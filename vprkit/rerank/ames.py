@@ -47,11 +47,7 @@ class AMESReranker(Reranker):
             raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train-ames`)")
         model, meta = load_ames(c["checkpoint"])
         model.to(c["device"])
-        cache = Path(c["cache_dir"] or work_dir)
-        q_path = local.cached(meta["features"], retrieval.query_dir, retrieval.q_names, cache, "query",
-                              c["num_query_desc"], c["device"])
-        m_path = local.cached(meta["features"], retrieval.map_dir, retrieval.m_names, cache, "map",
-                              c["num_map_desc"], c["device"])
+        q_path, m_path = self.local_features(meta["features"], retrieval, work_dir)
         read_map = self._map_reader(model, m_path)
         q_desc, q_valid = local.split(local.read_rows(q_path))
         raw = np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
@@ -60,6 +56,16 @@ class AMESReranker(Reranker):
             raw[qi, ok] = score_candidates(model, q_desc[qi], q_valid[qi], read_map, retrieval.ids[qi][ok],
                                            c["batch_size"], c["device"]).numpy()
         return raw
+
+    def local_features(self, fconf: dict, retrieval: Retrieval, work_dir: Path) -> tuple[Path, Path]:
+        """The cached local features of the queries and of the map, extracted when missing (resumable; kept in
+        `cache_dir`, or `work_dir`, for every later run with the same settings and images)."""
+        c = self.conf
+        cache = Path(c["cache_dir"] or work_dir)
+        return (local.cached(fconf, retrieval.query_dir, retrieval.q_names, cache, "query", c["num_query_desc"],
+                             c["device"]),
+                local.cached(fconf, retrieval.map_dir, retrieval.m_names, cache, "map", c["num_map_desc"],
+                             c["device"]))
 
     @staticmethod
     def _map_reader(model: AMES, m_path: Path) -> MapReader:
