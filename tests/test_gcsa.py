@@ -247,6 +247,11 @@ def test_two_stage_training_starts_stage2_from_stage1(tmp_path, one_thread):
     meta = load_checkpoint(tmp_path / "stage2-last.pt", GCSA(16, 5, ["position"], **conf["model"]))
     assert meta["epoch"] == 1 and meta["early"]["best"] == max(float(r[2]) for r in rows[1:])
     assert train_gcsa.train(conf, ctx, truth, m_side, tmp_path) == final  # finished stages are not retrained
+    other = {**conf, "batch_size": 8}
+    with pytest.raises(ValueError, match=r"stage1-last.pt is a run with other settings \(batch_size: 16 -> 8\)"):
+        train_gcsa.train(other, ctx, truth, m_side, tmp_path)
+    train_gcsa.train(other, ctx, truth, m_side, tmp_path, resume=False)  # starts over under the new settings
+    assert load_checkpoint(tmp_path / "stage2-last.pt", GCSA(16, 5, ["position"], **conf["model"]))["conf"] == other
 
 
 def test_validation_side_affinities_are_computed_once(tmp_path, monkeypatch, one_thread):
