@@ -41,12 +41,15 @@ CONFS: dict[str, dict] = {
 DEFAULT_RUNTIME = {"batch_size": 16, "max_pixels": DEFAULT_MAX_PIXELS}
 
 
-def get_conf(preset: str = "dinov2", **overrides) -> dict:
-    """A copy of a local-feature preset with runtime defaults and `overrides`."""
+def get_conf(preset: str = "dinov2", resize_max: int | None = None, **overrides) -> dict:
+    """A copy of a local-feature preset with runtime defaults and `overrides`; `resize_max` (when given)
+    replaces only the preset's resize, keeping the rest of its preprocessing."""
     if preset not in CONFS:
         raise KeyError(f"unknown local-feature preset '{preset}'; choose one of {sorted(CONFS)}")
     conf = {**json.loads(json.dumps(CONFS[preset])), "preset": preset, **DEFAULT_RUNTIME}
     conf.update({k: v for k, v in overrides.items() if v is not None})
+    if resize_max:
+        conf["preprocessing"] = {**conf["preprocessing"], "resize_max": resize_max}
     return conf
 
 

@@ -142,9 +142,7 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
         fconf, conf["num_query_desc"], conf["num_map_desc"] = meta["features"], meta["num_query_desc"], \
             meta["num_map_desc"]
     else:
-        fconf = local.get_conf(conf["features"])
-        if conf["resize_max"]:
-            fconf["preprocessing"] = {**fconf["preprocessing"], "resize_max": conf["resize_max"]}
+        fconf = local.get_conf(conf["features"], conf["resize_max"])
     cache = Path(conf["cache_dir"]) if conf["cache_dir"] else out_dir / "features"
     q_path = local.cached(fconf, retrieval.query_dir, retrieval.q_names, cache, "query", conf["num_query_desc"],
                           conf["device"])
