@@ -27,7 +27,7 @@ from ..evaluation.metrics import average_precision
 from ..features import local
 from ..models.ames import AMES, ChamferTeacher, load_ames
 from ..rerank.base import Retrieval, load_retrieval
-from .checkpoint import check_same_run, load_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, seed_everything
 from .checkpoint import resume as resume_progress
 
 logger = logging.getLogger("vprkit")
@@ -169,13 +169,8 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, thre
     val, train = np.sort(queries[:n_val]), np.sort(queries[n_val:])
     meta = {"conf": conf, "model_conf": model.conf, "features": fconf, "num_query_desc": conf["num_query_desc"],
             "num_map_desc": conf["num_map_desc"]}
-    def load(path: Path) -> dict:
-        done = load_checkpoint(path, model, opt)
-        check_same_run(done["conf"], conf, path, may_change=("epochs", "device"))
-        return done
-
     progress = resume_progress(out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.csv", conf["patience"],
-                               load, enabled=resume)
+                               lambda path: load_checkpoint(path, model, opt), resume, conf, ("epochs", "device"))
     for epoch in progress.epochs(conf["epochs"]):
         loss = _train_epoch(model, teacher, opt, conf, q_feats, m_feats, retrieval.ids, truth, train)
         score = validation_map(model, q_feats, m_feats, retrieval.ids, truth, val, conf["top_k"], conf["device"]) \

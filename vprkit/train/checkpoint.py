@@ -223,12 +223,15 @@ class Progress:
 
 
 def resume(last: str | Path, best: str | Path, log: str | Path, patience: int, load: Callable[[Path], dict],
-           enabled: bool = True) -> Progress:
+           enabled: bool = True, conf: dict | None = None, may_change: tuple[str, ...] = ()) -> Progress:
     """Progress of a run writing `last`, `best` and the CSV `log`: continued after the epoch saved in `last`
     when `enabled` and it exists (`load(last)` restores model, optimizer, RNG... and returns the meta; the log
-    is cut back to that epoch), else a fresh start (the log starts over)."""
+    is cut back to that epoch), else a fresh start (the log starts over). With `conf`, a run saved with other
+    settings than `conf` (meta["conf"]; `may_change` excepted) is refused (`check_same_run`)."""
     last, best = Path(last), Path(best)
     meta = load(last) if enabled and last.exists() else {}
+    if meta and conf is not None:
+        check_same_run(meta["conf"], conf, last, may_change)
     start = meta["epoch"] + 1 if meta else 0
     early = meta.get("early", meta.get("stopper", {}))  # GCSA checkpoints before 2026-11-23 said 'stopper'
     return Progress(last, best, EarlyStopping(patience, **early),

@@ -42,7 +42,7 @@ from ..rerank.gcsa import (
     refined_scores,
     side_batches,
 )
-from .checkpoint import check_same_run, load_checkpoint, resume, save_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, resume, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
 
@@ -152,14 +152,10 @@ class Trainer:
         """Train one stage; returns its best checkpoint (reused as is when the stage already finished)."""
         sc = self.conf[f"stage{stage}"]
         opt = torch.optim.Adam(params, lr=sc["lr"])
-
-        def load(path: Path) -> dict:
-            done = load_checkpoint(path, model, opt)
-            check_same_run(done["conf"], self.conf, path, may_change=("stage1.epochs", "stage2.epochs"))
-            return done
-
         progress = resume(self.out_dir / f"stage{stage}-last.pt", self.out_dir / f"stage{stage}.pt",
-                          self.out_dir / f"stage{stage}.csv", self.conf["patience"], load, enabled=self.resume)
+                          self.out_dir / f"stage{stage}.csv", self.conf["patience"],
+                          lambda path: load_checkpoint(path, model, opt), self.resume, self.conf,
+                          ("stage1.epochs", "stage2.epochs"))
         meta = {"model_config": model.config(), "conf": self.conf, "stage": stage}
         for epoch in progress.epochs(sc["epochs"]):
             model.train()

@@ -26,7 +26,7 @@ from ..features import extract
 from ..models import get_backbone
 from . import guidance as guidance_mod
 from . import trained
-from .checkpoint import check_same_run, load_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, seed_everything
 from .checkpoint import resume as resume_progress
 from .data import PlaceSet, load_splits
 from .losses import get_loss, guidance_loss
@@ -341,14 +341,8 @@ def train(s: Session, resume: bool = True) -> dict:
     places = s.places["train"]
     miner = Miner(places.positives, places.non_negatives, len(places.m_names), t["num_negs"], t["neg_samples"])
     rng = np.random.default_rng(t["seed"])
-
-    def load(path: Path) -> dict:
-        done = s.load(path, opt, sched)
-        check_same_run(done["conf"], s.conf, path, may_change=("train.epochs",))
-        return done
-
-    progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"], load,
-                               enabled=resume)
+    progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"],
+                               lambda path: s.load(path, opt, sched), resume, s.conf, ("train.epochs",))
     step = progress.meta.get("step", 0)
     if progress.meta:
         rng.bit_generator.state = json.loads(progress.meta["mining_rng"])
