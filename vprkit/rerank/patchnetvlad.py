@@ -268,8 +268,8 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
     if state_path is not None:
         arrays = {f"agg.{k}": v for k, v in model.aggregator.state().items()}
         atomic_savez(state_path, arrays | {"pca_weight": model.pca_weight.numpy(),
-                                                  "pca_bias": model.pca_bias.numpy(),
-                                                  "pq_centroids": model.pq_centroids.numpy()})
+                                           "pca_bias": model.pca_bias.numpy(),
+                                           "pq_centroids": model.pq_centroids.numpy()})
     return model.to(torch.device(conf["device"]))
 
 
