@@ -35,16 +35,32 @@ class WriteError(OSError):
 
 
 @contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn a failed write (OSError, or the RuntimeError of faiss / HDF5) into a `WriteError` naming `path`."""
+def writing(path: str | Path, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Turn a failed write (OSError, or the `also` types: faiss and HDF5 raise RuntimeError) into a `WriteError`
+    naming `path` and saying when the disk is full."""
     try:
         yield
     except WriteError:
         raise
-    except (OSError, RuntimeError) as exc:
+    except (OSError, *also) as exc:
         code = getattr(exc, "errno", None) or (errno.ENOSPC if "No space left" in str(exc) else None)
         why = "disk full (ENOSPC)" if code == errno.ENOSPC else (getattr(exc, "strerror", None) or str(exc))
-        raise WriteError(code or errno.EIO, f"{path}: cannot write: {why}") from exc
+        err = WriteError(f"{path}: cannot write: {why}")
+        err.errno = code or errno.EIO
+        raise err from exc
+
+
+def ensure_space(path: str | Path, nbytes: int, margin: int = 1 << 20) -> None:
+    """Refuse, before it starts, a write of about `nbytes` that would fill the disk under `path`: HDF5 can
+    crash the process (segfault) or leave its file unusable when the disk fills in the middle of a write."""
+    folder = Path(path).parent
+    st = os.statvfs(folder if folder.exists() else Path.cwd())
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes + margin:
+        err = WriteError(f"{path}: cannot write: disk full (ENOSPC): {free} bytes free, about {nbytes + margin} "
+                         "needed; free some space and run the same command again (finished work is kept)")
+        err.errno = errno.ENOSPC
+        raise err
 
 
 @contextmanager
@@ -142,6 +158,8 @@ def output_folder(path: str | Path, markers: Iterable[str], what: str, keep: tup
     path = Path(path)
     check_output(path, markers, what)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.new"):  # left by a killed run (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
     try:
         tmp.chmod(_umask_mode())

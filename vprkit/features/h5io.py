@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data.safeio import file_identity, replacing, writing
+from ..data.safeio import ensure_space, file_identity, replacing, writing
 
 logger = logging.getLogger("vprkit")
 SOURCE = "source"
@@ -42,8 +42,10 @@ def finished_names(path: str | Path, key: str = "global") -> set[str]:
 def write_batch(path: str | Path, items: dict[str, dict[str, np.ndarray]], attrs: dict | None = None,
                 root: str | Path | None = None) -> None:
     """Append one batch and close the file, so everything before it is safely on disk. With `root`, each
-    group records the identity of the image file `root/name` it was computed from."""
-    with writing(path), h5py.File(path, "a") as f:
+    group records the identity of the image file `root/name` it was computed from. Refused before it starts
+    when the disk is (nearly) full, so HDF5 never meets a failing write."""
+    ensure_space(path, 2 * sum(a.nbytes for arrays in items.values() for a in arrays.values()) + 8192 * len(items))
+    with writing(path, (RuntimeError,)), h5py.File(path, "a") as f:
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
         for name, arrays in items.items():

@@ -78,7 +78,7 @@ def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_f
     out_dir = Path(out_dir)
     with output_folder(out_dir, [MANIFEST_FILE], "index") as tmp:
         if index is not None:
-            with writing(out_dir / INDEX_FILE):
+            with writing(out_dir / INDEX_FILE, (RuntimeError,)):
                 faiss.write_index(index, str(tmp / INDEX_FILE))
         with writing(out_dir / MANIFEST_FILE):
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
