@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import hashlib
 import os
 import shutil
@@ -98,8 +99,8 @@ def read_text(path: str | Path) -> str:
 
 
 def check_output(path: str | Path, markers: Iterable[str], what: str) -> None:
-    """Refuse an output folder path that holds something else than a vprkit `what` (a folder with one of
-    `markers` in it) or nothing: the user's files are never written over or deleted."""
+    """Refuse an output folder path that holds something else than a vprkit `what` (a folder with an entry
+    matching one of the glob patterns `markers`) or nothing: the user's files are never written over or deleted."""
     path = Path(path)
     _recover(path)
     if not path.exists() and not path.is_symlink():
@@ -108,7 +109,7 @@ def check_output(path: str | Path, markers: Iterable[str], what: str) -> None:
     if not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder; refusing to replace it with a vprkit {what} "
                          "(choose another -o)")
-    if any((path / m).exists() for m in markers) or not any(path.iterdir()):
+    if any(next(path.glob(m), None) is not None for m in markers) or not any(path.iterdir()):
         return
     raise InputError(f"{path}: exists and is not a vprkit {what} (no {' or '.join(markers)} in it); refusing to "
                      "write into it (choose another -o, or empty it yourself)")
@@ -158,7 +159,7 @@ def output_folder(path: str | Path, markers: Iterable[str], what: str, keep: tup
     path = Path(path)
     check_output(path, markers, what)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.new"):  # left by a killed run (we hold the lock)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.new"):  # left by a killed run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
     try:

@@ -27,7 +27,7 @@ from ..data.safeio import InputError, check_output
 from ..evaluation.outputs import replacing
 
 logger = logging.getLogger("vprkit")
-RUN_MARKERS = ("last.pt", "best.pt", "log.csv", "centroids.npz", "gcsa.pt", "stage1-last.pt", "cache")
+RUN_MARKERS = ("*.pt", "log.csv", "stage*.csv", "centroids.npz", "test-*.json", "cache", "features", "tensorboard")
 
 
 def run_folder(out_dir: str | Path) -> Path:
