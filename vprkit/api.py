@@ -77,6 +77,7 @@ def results_folder(out_dir: str | Path | None, index_dir: Path, query_dir: Path)
 
 
 def check_top_k(top_k: int) -> int:
+    """A ranking needs at least one entry per query (0 used to end in an AssertionError inside FAISS)."""
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     return top_k
