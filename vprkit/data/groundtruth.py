@@ -150,7 +150,7 @@ def from_patchnetvlad_npz(path: str | Path, num_queries: int, num_map: int,
 
 def read_name_list(path: str | Path) -> list[str]:
     """Patch-NetVLAD image-name list: one relative path per line."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def from_positives_file(path: str | Path, q_names: list[str], m_names: list[str]) -> GroundTruth:

@@ -117,7 +117,7 @@ def load(index_dir: str | Path) -> MapIndex:
     try:
         index = faiss.read_index(str(index_dir / INDEX_FILE))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        reason = str(exc).strip().rpartition("Error: ")[2] or "unreadable"  # faiss's own words, without its C++ frame
         raise InputError(f"{index_dir / INDEX_FILE}: corrupt or truncated FAISS index ({reason}); rebuild the "
                          "index") from None
     if index.ntotal != len(manifest["names"]):
