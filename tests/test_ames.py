@@ -355,8 +355,8 @@ def test_rerank_fp_and_binary_follow_the_score_formula(retrieval, tmp_path):
             with torch.no_grad():
                 raw = model(qd, qv, md, mv).numpy()
             final = lamb * glob.scores[qi] + (1 - lamb) / (1 + np.exp(-temp * raw))
-            order = np.argsort(-final, kind="stable")
-            assert got.ids[qi].tolist() == cand[order].tolist()
+            order = [cand.tolist().index(j) for j in got.ids[qi]]  # best first, up to near-ties (CPU rounding)
+            assert sorted(order) == list(range(len(cand))) and (np.diff(final[order]) <= 1e-5).all()
             assert got.scores[qi] == pytest.approx(final[order], abs=1e-5)
     codes = next((tmp_path / "rr_binary" / "cache").glob("*_codes_*.h5"))
     import h5py

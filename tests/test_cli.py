@@ -32,9 +32,9 @@ def test_predictions_roundtrip(tmp_path):
 
 def test_errors_are_clear(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["index", str(tmp_path / "empty"), "-o", str(tmp_path / "idx"), "--preset", "dinov2-gem"]) == 1
+    assert main(["index", str(tmp_path / "empty"), "-o", str(tmp_path / "idx"), "--preset", "dinov2-gem"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vprkit: error:") and "no images" in err and "empty" in err
     assert not (tmp_path / "idx").exists() and not (tmp_path / ".idx.work").exists()
-    assert main(["query", str(tmp_path), str(tmp_path)]) == 1
+    assert main(["query", str(tmp_path), str(tmp_path)]) == 2
     assert "not a vprkit index" in capsys.readouterr().err

@@ -320,5 +320,5 @@ def test_train_and_rerank_cli_on_corridor(corridor_results, tmp_path, caplog, on
 
 
 def test_rerank_without_checkpoint_is_a_clear_error(corridor_results, capsys):
-    assert cli(["rerank", str(corridor_results), "--method", "gcsa"]) == 1
+    assert cli(["rerank", str(corridor_results), "--method", "gcsa"]) == 2
     assert "GCSA needs a trained model" in capsys.readouterr().err

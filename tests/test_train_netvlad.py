@@ -177,7 +177,7 @@ def test_cli_counts_queries_without_positive_and_few_negatives(route, tiny, tmp_
                      "--checkpoint", str(out / "best.pt")]) == 0
     assert "| R@1 |" in capsys.readouterr().out
     assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
-                     "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+                     "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt not found" in capsys.readouterr().err
 
 

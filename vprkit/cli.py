@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", required=True, help="index folder to create")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
-    s.add_argument("--batch-size", type=int)
+    s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=int, help="long image side before the backbone")
     s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
     s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth)")
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("query", help="localize a folder of query images against an index")
     s.add_argument("index_dir")
     s.add_argument("query_dir")
-    s.add_argument("--top-k", type=int, default=20)
+    s.add_argument("--top-k", type=positive_int, default=20)
     s.add_argument("-o", "--out", help="results folder (default INDEX/results/QUERY_NAME)")
     s.add_argument("--gt", help="ground truth: 'utm', 'sequence', 'index', a .npz, a .csv or a positives file")
     s.add_argument("--threshold", type=float, help="positive distance (m; frames for 'sequence')")
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", help="the method's named preset")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any preset parameter (VALUE parsed as JSON when it can be)")
-    s.add_argument("--num-rerank", type=int, help="candidates re-ranked per query (default: the method's)")
+    s.add_argument("--num-rerank", type=positive_int, help="candidates re-ranked per query (default: the method's)")
     s.add_argument("-o", "--out", help="output folder (default RESULTS_DIR/rerank-METHOD-PRESET)")
     s.add_argument("--gt", help="ground truth, as for `vprkit query`")
     s.add_argument("--threshold", type=float)
@@ -119,8 +119,8 @@ def _segvlad_parser(sub) -> None:
     s = ssub.add_parser("query", help="localize a folder of query images against a SegVLAD index")
     s.add_argument("index_dir")
     s.add_argument("query_dir")
-    s.add_argument("--top-k", type=int, default=20)
-    s.add_argument("--top-k-segments", type=int, help="map segments each query segment retrieves")
+    s.add_argument("--top-k", type=positive_int, default=20)
+    s.add_argument("--top-k-segments", type=positive_int, help="map segments each query segment retrieves")
     s.add_argument("-o", "--out")
     s.add_argument("--gt")
     s.add_argument("--threshold", type=float)
@@ -252,10 +252,21 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, conf in netvlad.CONFS.items():
                 print(f"train {name:28s} {json.dumps(conf)}")
-    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # bad input (InputError is a ValueError)
+        print(f"vprkit: error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a failed write (WriteError names the file), or another system error
         print(f"vprkit: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or negative counts are refused with exit code 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 if __name__ == "__main__":

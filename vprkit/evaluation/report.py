@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import ImageError, load_image
+from ..data.safeio import atomic_write
 
 THUMB = 160
 
@@ -54,5 +55,5 @@ td.q{{background:#eef}} td.ok{{background:#cfc}} td.bad{{background:#fcc}} img{{
 <table><tr><th>query</th>{''.join(f'<th>top {i + 1}</th>' for i in range(top))}</tr>
 {''.join(rows)}</table></body></html>"""
     path = Path(path)
-    path.write_text(page)
+    atomic_write(path, page)
     return path

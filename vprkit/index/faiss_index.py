@@ -1,21 +1,22 @@
 """Build, save, load and search a FAISS index of map descriptors.
 
-The index folder is written to a temporary sibling and renamed into place, so it is never
-half-written. Its manifest (model config, dimension, image list, positions, versions) lets a
+The index folder is written to a temporary sibling and swapped into place (`safeio.output_folder`), so it
+is never half-written, a path that is not an index is never touched, and an old index's results/ are kept. Its
+manifest (model config, dimension, image list, positions, versions) lets a
 query run refuse features from another model with a clear message.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from ..data.safeio import InputError, content_hash, output_folder, writing
 
 INDEX_FILE, MANIFEST_FILE = "index.faiss", "manifest.json"
 DEFAULT_FACTORY = "Flat"
@@ -73,34 +74,53 @@ def versions() -> dict[str, str]:
 
 def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_files: dict[str, Path] | None = None
          ) -> Path:
-    """Write index + manifest (+ extra files, moved in) into `out_dir` atomically (index None: no index.faiss)."""
+    """Write index + manifest (+ extra files, copied in) as `out_dir`, atomically (index None: no index.faiss)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with output_folder(out_dir, [MANIFEST_FILE], "index") as tmp:
         if index is not None:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-        for name, src in (extra_files or {}).items():
-            shutil.copy2(src, tmp / name)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            with writing(out_dir / INDEX_FILE, (RuntimeError,)):
+                faiss.write_index(index, str(tmp / INDEX_FILE))
+        with writing(out_dir / MANIFEST_FILE):
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+            for name, src in (extra_files or {}).items():
+                shutil.copy2(src, tmp / name)
     return out_dir
 
 
+def read_manifest(index_dir: str | Path) -> dict:
+    """An index's manifest, with one clear error when it is missing, truncated or not a vprkit manifest."""
+    path = Path(index_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{index_dir}: not a vprkit index (no {MANIFEST_FILE}); build one with "
+                                "`vprkit index MAP_DIR -o OUT`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: corrupt or truncated manifest ({exc}); rebuild the index") from None
+    if not isinstance(manifest, dict) or not {"conf", "names", "map_dir"} <= set(manifest):
+        raise InputError(f"{path}: not a vprkit manifest (needs conf, names, map_dir); rebuild the index")
+    return manifest
+
+
+def fingerprint(index_dir: str | Path) -> str:
+    """Hash of an index's manifest: results record it, so they are never read against another index."""
+    return content_hash(Path(index_dir) / MANIFEST_FILE)
+
+
 def load(index_dir: str | Path) -> MapIndex:
-    """Load a saved index, with a clear error when the folder is not one."""
+    """Load a saved index, with a clear error when the folder is not one or its files are damaged."""
     index_dir = Path(index_dir)
-    if not (index_dir / MANIFEST_FILE).is_file() or not (index_dir / INDEX_FILE).is_file():
+    if not (index_dir / INDEX_FILE).is_file():
         raise FileNotFoundError(f"{index_dir}: not a vprkit index (expected {MANIFEST_FILE} and {INDEX_FILE}); "
                                 "build one with `vprkit index MAP_DIR -o OUT`")
-    manifest = json.loads((index_dir / MANIFEST_FILE).read_text())
-    return MapIndex(faiss.read_index(str(index_dir / INDEX_FILE)), manifest)
+    manifest = read_manifest(index_dir)
+    try:
+        index = faiss.read_index(str(index_dir / INDEX_FILE))
+    except RuntimeError as exc:
+        reason = str(exc).strip().rpartition("Error: ")[2] or "unreadable"  # faiss's own words, without its C++ frame
+        raise InputError(f"{index_dir / INDEX_FILE}: corrupt or truncated FAISS index ({reason}); rebuild the "
+                         "index") from None
+    if index.ntotal != len(manifest["names"]):
+        raise InputError(f"{index_dir / INDEX_FILE}: holds {index.ntotal} vectors but the manifest lists "
+                         f"{len(manifest['names'])} images; rebuild the index")
+    return MapIndex(index, manifest)

@@ -42,7 +42,7 @@ from ..rerank.gcsa import (
     refined_scores,
     side_batches,
 )
-from .checkpoint import load_checkpoint, resume, save_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, resume, run_folder, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
 
@@ -202,8 +202,8 @@ def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_
          query_sideinfo: str | None, threshold: float | None = None, resume: bool = True) -> Path:
     """Train GCSA on a `vprkit query` results folder of training queries; returns the checkpoint path.
     A run found in `out_dir` is continued (same settings, more epochs allowed) when `resume`."""
+    out_dir = run_folder(out_dir)
     retrieval: Retrieval = load_retrieval(results_dir)
-    out_dir = Path(out_dir)
     n = conf["num_candidates"]
     if retrieval.ids.shape[1] < max(n, conf["num_anchors"]):
         logger.warning("the retrieval has only %d candidates per query (asked for %d candidates, %d anchors)",

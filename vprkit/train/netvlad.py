@@ -26,7 +26,7 @@ from ..features import extract
 from ..models import get_backbone
 from . import guidance as guidance_mod
 from . import trained
-from .checkpoint import load_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 from .data import PlaceSet, load_splits
 from .losses import get_loss, guidance_loss
@@ -410,6 +410,7 @@ def main(conf: dict, map_dir: str | Path, query_dir: str | Path, out_dir: str | 
     `test` (Recall@N of `checkpoint`, or of the untrained model, on `split`)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose one of {MODES}")
+    out_dir = run_folder(out_dir)
     clustered = (Path(out_dir) / "centroids.npz").exists() or checkpoint is not None
     splits = {"cluster": ("train",), "train": ("train", "val"),
               "test": (split,) if clustered else ("train", split)}[mode]
