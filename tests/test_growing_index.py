@@ -159,3 +159,25 @@ for i in range(10000):
         _, ids = mi.search((d / np.linalg.norm(d))[None], 1)
         assert mi.names[ids[0, 0]] == f"k/{i}.jpg"
     MapWriter(idx).close()  # and a writer can open it again
+
+
+def test_cli_append_adds_only_new_images_which_then_find_themselves(tiny_backbone, image_folder, tmp_path):
+    import shutil
+
+    from vprkit import api, cli
+
+    first = tmp_path / "first"
+    (first / "sub").mkdir(parents=True)
+    names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
+    for n in names[:8]:
+        shutil.copy(image_folder / n, first / n)
+    idx = api.index_map(first, tmp_path / "idx", preset="mobilenetv2-gem", batch_size=4)
+    assert cli.main(["index", str(image_folder), "-o", str(idx), "--append"]) == 0
+    mi = faiss_index.load(idx)
+    assert sorted(mi.live_names()) == names and journal.read(idx)[0] == []  # compacted at the end
+    res = api.localize(idx, image_folder, top_k=1, out_dir=tmp_path / "res")
+    top1 = [line.split() for line in (tmp_path / "res" / "predictions.txt").read_text().splitlines()[1:]]
+    assert res["num_map"] == 12 and all(q == m for q, _, m, _ in top1)
+    assert mi.image_path(names[-1]).read_bytes() == (image_folder / names[-1]).read_bytes()
+    assert cli.main(["index", str(image_folder), "-o", str(idx), "--append"]) == 0  # nothing new: no change
+    assert faiss_index.load(idx).live_names() == mi.live_names()

@@ -2,8 +2,8 @@
 
 The index folder is opened by a `MapWriter` (this process is its only writer), the map's model once;
 queries go through the dynamic batcher. Limits are enforced before any work: body bytes (413, checked
-on the raw ASGI stream), content type (415), header-declared pixels (413), decodability (422), API key
-and scope (401 / 403), per-key rate (429), processing time (504). Client-supplied names are validated
+on the raw ASGI stream), slow uploads (408), content type (415), header-declared pixels (413), decodability
+(422), API key and scope (401 / 403), per-key rate (429), processing time (504). Client-supplied names are validated
 (`growing.check_name`) and looked up in the manifest; they never become a path.
 """
 
@@ -14,6 +14,8 @@ import io
 import json
 import logging
 import re
+import signal
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -159,42 +161,49 @@ class Service:
         self.writer.close()
 
 
-class BodyLimit:
-    """ASGI wrapper refusing request bodies over `max_bytes` (413), from Content-Length or while streaming, and
-    bodies whose next chunk takes over `timeout_s` to arrive (408: a stalled or deliberately slow upload)."""
+class Limits:
+    """Outermost ASGI layer: refuses bodies over `max_bytes_body` (413, from Content-Length or while streaming)
+    or stalled for `body_timeout_s` (408), answers 504 past `timeout_s`, and records every request's metrics."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float) -> None:
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+    def __init__(self, app, svc: Service) -> None:
+        self.app, self.svc = app, svc
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await _send_json(send, 413, f"request body over the limit of {self.max_bytes} bytes")
-        seen, started = 0, False
+        s, t0 = self.svc.s, time.perf_counter()
+        seen, status = 0, [0]
 
         async def limited():
             nonlocal seen
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                message = await asyncio.wait_for(receive(), s["body_timeout_s"])
             except TimeoutError:
-                raise _Refused(408, f"request body stalled for over {self.timeout_s} s") from None
+                raise _Refused(408, f"request body stalled for over {s['body_timeout_s']} s") from None
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _Refused(413, f"request body over the limit of {self.max_bytes} bytes")
+            if seen > s["max_body_bytes"]:
+                raise _Refused(413, f"request body over the limit of {s['max_body_bytes']} bytes")
             return message
 
         async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
             await send(message)
 
+        length = dict(scope["headers"]).get(b"content-length")
         try:
-            await self.app(scope, limited, tracking_send)
+            if length is not None and (not length.isdigit() or int(length) > s["max_body_bytes"]):
+                raise _Refused(413, f"request body over the limit of {s['max_body_bytes']} bytes")
+            await asyncio.wait_for(self.app(scope, limited, tracking_send), s["timeout_s"])
         except _Refused as exc:
-            if not started:
-                await _send_json(send, exc.status, exc.detail)
+            if not status[0]:
+                await _send_json(tracking_send, exc.status, exc.detail)
+        except TimeoutError:
+            if not status[0]:
+                await _send_json(tracking_send, 504, f"request took over {s['timeout_s']} s")
+        finally:
+            route = getattr(scope.get("route"), "path", "other")
+            self.svc.metrics.observe(route, status[0] or 500, time.perf_counter() - t0)
 
 
 class _Refused(Exception):
@@ -282,18 +291,6 @@ def create_app(svc: Service) -> FastAPI:
                 raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": str(int(np.ceil(wait)))})
             return caller
         return check
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        route = request.scope.get("route")
-        try:
-            response = await asyncio.wait_for(call_next(request), svc.s["timeout_s"])
-        except TimeoutError:
-            response = JSONResponse({"detail": f"request took over {svc.s['timeout_s']} s"}, status_code=504)
-        route = request.scope.get("route") or route
-        svc.metrics.observe(getattr(route, "path", "other"), response.status_code, time.perf_counter() - t0)
-        return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -409,7 +406,7 @@ def _known(svc: Service, name: str) -> str:
 def build(index_dir: str | Path, keys: str | Path | None = None, settings: dict | None = None, device: str = "cpu"):
     """The ASGI app (with the body limit outermost) and its Service."""
     svc = Service(index_dir, keys, settings, device)
-    return BodyLimit(create_app(svc), svc.s["max_body_bytes"], svc.s["body_timeout_s"]), svc
+    return Limits(create_app(svc), svc), svc
 
 
 def run(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,
@@ -422,6 +419,8 @@ def run(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: 
     app, svc = build(index_dir, keys, settings, device)
     logger.warning("serving %s (%d images, preset %s) on http://%s:%d  (docs: /docs)%s", index_dir,
                    len(svc.map.ids), svc.ext.conf["preset"], host, port, "" if keys else "  [no API keys]")
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: exit cleanly (0) through `finally` then
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
     finally:
