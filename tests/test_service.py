@@ -23,6 +23,7 @@ from vprkit.index import faiss_index  # noqa: E402
 from vprkit.service.auth import add_key  # noqa: E402
 
 MAX_BODY, MAX_PIXELS = 2_000_000, 1_000_000
+RERANK = {"resize_max": 112, "whiten_images": 12, "dim": 32}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def setup(tmp_path_factory):
             e.update(rate_per_s=0.001, burst=2)
     keys.write_text(json.dumps(data))
     settings = {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS, "body_timeout_s": 2,
-                "rerank": {"resize_max": 112, "whiten_images": 12, "dim": 32}}
+                "rerank": RERANK}
     server = Server(idx, keys, settings)
     yield server, k, idx, root
     server.kill()
@@ -220,17 +221,28 @@ def test_concurrent_requests_are_batched_and_counted_in_metrics(setup):
 
 
 @pytest.mark.slow
-def test_chamfer_rerank_reorders_the_same_candidates(setup):
-    server, k, *_ = setup
-    c = Client(server.url, k["read"])
-    plain = c.localize(query(100), top_k=4)
-    re = c.localize(query(100), top_k=4, rerank="chamfer")
-    assert re["reranked"] and sorted(m["name"] for m in re["matches"]) == sorted(m["name"] for m in plain["matches"])
-    # fused scores: lambda * global + (1 - lambda) * sigmoid(...) lies between lambda * global and that + (1 - lambda)
-    lamb = 0.4
-    glob = {m["name"]: m["score"] for m in plain["matches"]}
-    for m in re["matches"]:
-        assert lamb * glob[m["name"]] <= m["score"] <= lamb * glob[m["name"]] + (1 - lamb)
+def test_chamfer_rerank_gives_the_offline_rerank_step_scores(setup):
+    """Reference: `vprkit query` then `vprkit rerank --method chamfer` with the same settings on the same query."""
+    import shutil
+
+    from vprkit import api
+    from vprkit.evaluation.outputs import read_predictions
+    from vprkit.rerank import base
+    from vprkit.rerank.chamfer import ChamferReranker
+
+    server, k, idx, root = setup
+    qdir = root / "one-query"
+    qdir.mkdir()
+    shutil.copy(query(100), qdir / "q.jpg")
+    api.localize(idx, qdir, top_k=4, out_dir=root / "res")
+    conf = ChamferReranker.get_conf(**RERANK)
+    base.main(conf, root / "res", root / "res-chamfer", num_rerank=4)
+    _, m_names, ids, scores = read_predictions(root / "res-chamfer" / "predictions.txt",
+                                               faiss_index.load(idx).names)
+    offline = {m_names[i]: s for i, s in zip(ids[0], scores[0])}
+    online = Client(server.url, k["read"]).localize(query(100), top_k=4, rerank="chamfer")
+    assert online["reranked"]
+    assert {m["name"]: m["score"] for m in online["matches"]} == pytest.approx(offline, abs=2e-3)
 
 
 @pytest.mark.slow

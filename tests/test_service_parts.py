@@ -134,3 +134,29 @@ def test_a_failing_forward_pass_reaches_every_waiting_request():
     out = asyncio.run(go())
     b.close()
     assert all(isinstance(o, RuntimeError) for o in out)
+
+
+def test_the_outer_layer_answers_504_past_the_time_limit_and_counts_it():
+    from types import SimpleNamespace
+
+    from vprkit.service.app import Limits
+    from vprkit.service.metrics import Metrics
+
+    async def never(scope, receive, send):
+        await asyncio.Event().wait()
+
+    svc = SimpleNamespace(s={"timeout_s": 0.05, "body_timeout_s": 5, "max_body_bytes": 100}, metrics=Metrics())
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(Limits(never, svc)({"type": "http", "headers": []}, receive, send))
+    assert sent[0]["status"] == 504 and b"took over" in sent[1]["body"]
+    assert b'vprkit_requests_total{route="other",status="504"} 1.0' in svc.metrics.text()
+    sent.clear()
+    asyncio.run(Limits(never, svc)({"type": "http", "headers": [(b"content-length", b"101")]}, receive, send))
+    assert sent[0]["status"] == 413

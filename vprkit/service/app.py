@@ -134,7 +134,7 @@ class Service:
         names, positions = self.candidates(ids[0])
         scores = scores[0][:len(names)]
         if rerank and names:
-            order, scores = self.reranker().rerank(img, names, scores, self.map.names)
+            order, scores = self.reranker().rerank(img, names, scores, self._live_names)
             names, positions = [names[i] for i in order], [positions[i] for i in order]
         w = posterior(scores, positions, self.s["estimate_temp"], prior) if names else np.zeros(0)
         order = np.argsort(-w, kind="stable")[:top_k] if prior else np.arange(min(top_k, len(names)))
@@ -142,6 +142,10 @@ class Service:
                    for i in order]
         est = estimate(names, positions, w, self.s["estimate_radius"]) if names else None
         return {"matches": matches, "estimate": est, "reranked": bool(rerank), "map_size": len(self.map.ids)}
+
+    def _live_names(self) -> list[str]:
+        with self.writer.lock:
+            return self.map.live_names()
 
     def thumbnail(self, name: str) -> bytes:
         if name in self._thumbs:

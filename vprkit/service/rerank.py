@@ -52,16 +52,18 @@ class OnlineChamfer:
             self._cache.popitem(last=False)
         return self._cache[name]
 
-    def _whitening(self, map_names: list[str]):
+    def _whitening(self, map_names: Callable[[], list[str]]):
         if self._sim is None:
+            map_names = map_names()
             sample = np.unique(np.linspace(0, len(map_names) - 1, self.conf["whiten_images"]).round().astype(int))
             rows = np.stack([self._map_rows(map_names[i]) for i in sample])
             self._sim = whitening(*local.split(rows), self.conf["dim"])
         return self._sim
 
-    def rerank(self, img: Image.Image, cand_names: list[str], scores: np.ndarray, map_names: list[str]
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Order (indices into cand_names, fused scores), best first."""
+    def rerank(self, img: Image.Image, cand_names: list[str], scores: np.ndarray,
+               map_names: Callable[[], list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Order (indices into cand_names, fused scores), best first; `map_names` (the live map, asked for only
+        once) gives the whitening sample."""
         with self._lock:
             sim = self._whitening(map_names)
             q_desc, q_valid = local.split(self.rows(img, self.conf["num_query_desc"]))
