@@ -16,6 +16,7 @@ import logging
 import re
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,7 @@ class Service:
         self.streams = Streams(self.stream_factory, self.s["stream_idle_s"], self.s["max_streams"])
         self._rerank = None
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()  # the lazily built re-ranker and the thumbnail cache
         self.metrics.map_size.set(len(self.writer.map.ids))
 
     def stream_factory(self, search) -> StreamLocalizer:
@@ -86,10 +88,11 @@ class Service:
 
     def reranker(self):
         """The Chamfer re-ranker, built on first use (it loads its own backbone)."""
-        if self._rerank is None:
-            from .rerank import OnlineChamfer
+        with self._lock:
+            if self._rerank is None:
+                from .rerank import OnlineChamfer
 
-            self._rerank = OnlineChamfer(self.image_path, self.s["rerank"], device=str(self.ext.device))
+                self._rerank = OnlineChamfer(self.image_path, self.s["rerank"], device=str(self.ext.device))
         return self._rerank
 
     def image_path(self, name: str) -> Path:
@@ -126,13 +129,18 @@ class Service:
             ok = [int(i) for i in ids if i >= 0]
             return [self.map.names[i] for i in ok], [self.map.position(i) for i in ok]
 
+    def ranked(self, desc: np.ndarray, k: int) -> tuple[np.ndarray, list[str], list]:
+        """(scores, names, positions) of the top k, under one lock: a compaction cannot renumber in between."""
+        with self.writer.lock:
+            scores, ids = self.search(desc, k)
+            names, positions = self.candidates(ids[0])
+        return scores[0][:len(names)], names, positions
+
     def localize(self, img: Image.Image, desc: np.ndarray, top_k: int, rerank: bool,
                  prior: tuple[float, float, float] | None) -> dict:
         """Top-k matches (re-ranked, weighted by the prior) and the position estimate."""
         depth = max(top_k, self.s["prior_depth"]) if prior else top_k
-        scores, ids = self.search(desc, depth)
-        names, positions = self.candidates(ids[0])
-        scores = scores[0][:len(names)]
+        scores, names, positions = self.ranked(desc, depth)
         if rerank and names:
             order, scores = self.reranker().rerank(img, names, scores, self._live_names)
             names, positions = [names[i] for i in order], [positions[i] for i in order]
@@ -148,17 +156,23 @@ class Service:
             return self.map.live_names()
 
     def thumbnail(self, name: str) -> bytes:
-        if name in self._thumbs:
-            self._thumbs.move_to_end(name)
-            return self._thumbs[name]
+        with self._lock:
+            if name in self._thumbs:
+                self._thumbs.move_to_end(name)
+                return self._thumbs[name]
         img = load_image(self.image_path(name), self.s["max_pixels"])
         img.thumbnail((self.s["thumb_px"], self.s["thumb_px"]))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=85)
-        self._thumbs[name] = buf.getvalue()
-        while len(self._thumbs) > self.s["thumb_cache"]:
-            self._thumbs.popitem(last=False)
-        return self._thumbs[name]
+        with self._lock:
+            self._thumbs[name] = buf.getvalue()
+            while len(self._thumbs) > self.s["thumb_cache"]:
+                self._thumbs.popitem(last=False)
+        return buf.getvalue()
+
+    def forget_thumbnail(self, name: str) -> None:
+        with self._lock:
+            self._thumbs.pop(name, None)
 
     def close(self) -> None:
         self.batcher.close()
@@ -382,6 +396,7 @@ def create_app(svc: Service) -> FastAPI:
         position = _parse_floats(fields["position"], 2, "position (x,y)") if fields.get("position") else None
         _, desc = await svc.describe(data)
         i = await asyncio.to_thread(svc.writer.add, name, desc, data, position)
+        svc.forget_thumbnail(name)  # a replaced image
         svc.metrics.map_size.set(len(svc.map.ids))
         return {"name": name, "id": i, "position": position, "map_size": len(svc.map.ids)}
 
@@ -390,7 +405,7 @@ def create_app(svc: Service) -> FastAPI:
         await guard("write")(request)
         name = _known(svc, name)
         await asyncio.to_thread(svc.writer.remove, name)
-        svc._thumbs.pop(name, None)
+        svc.forget_thumbnail(name)
         return {"name": name, "removed": True, "map_size": len(svc.map.ids)}
 
     return app
