@@ -102,11 +102,14 @@ def test_replaced_and_removed_images_leave_their_bytes_out_of_the_compacted_fold
     w.close()
 
 
-def test_one_writer_at_a_time_and_crash_leftovers_are_ignored(tmp_path):
+def test_one_writer_at_a_time_and_crash_leftovers_are_ignored(tmp_path, capsys):
+    from vprkit import cli
+
     idx, live = make_index(tmp_path)
     w = MapWriter(idx)
     with pytest.raises(LockedError, match="another process"):
         MapWriter(idx)
+    assert cli.main(["serve", str(idx)]) == 1 and "being written by another process" in capsys.readouterr().err
     w.close()
     leftover = tmp_path / ".idx.compact"  # a compaction killed before (or after) its swap
     leftover.mkdir()

@@ -160,3 +160,13 @@ def test_the_outer_layer_answers_504_past_the_time_limit_and_counts_it():
     sent.clear()
     asyncio.run(Limits(never, svc)({"type": "http", "headers": [(b"content-length", b"101")]}, receive, send))
     assert sent[0]["status"] == 413
+
+
+def test_serve_refuses_a_public_address_without_keys_and_a_folder_that_is_no_index(tmp_path):
+    from vprkit import cli
+    from vprkit.service.app import run
+
+    with pytest.raises(ValueError, match="without --keys"):
+        run(tmp_path, host="0.0.0.0")
+    assert cli.main(["serve", str(tmp_path / "nothing")]) == 1
+    assert not any(tmp_path.iterdir())  # no lock file or anything else left beside it

@@ -166,12 +166,18 @@ def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_f
     return out_dir
 
 
-def load(index_dir: str | Path) -> MapIndex:
-    """Load a saved index with its journal applied, with a clear error when the folder is not one."""
+def require(index_dir: str | Path) -> Path:
+    """The folder, when it holds an index; else a clear error."""
     index_dir = Path(index_dir)
     if not (index_dir / MANIFEST_FILE).is_file() or not (index_dir / INDEX_FILE).is_file():
         raise FileNotFoundError(f"{index_dir}: not a vprkit index (expected {MANIFEST_FILE} and {INDEX_FILE}); "
                                 "build one with `vprkit index MAP_DIR -o OUT`")
+    return index_dir
+
+
+def load(index_dir: str | Path) -> MapIndex:
+    """Load a saved index with its journal applied, with a clear error when the folder is not one."""
+    index_dir = require(index_dir)
     manifest = json.loads((index_dir / MANIFEST_FILE).read_text())
     mi = MapIndex(faiss.read_index(str(index_dir / INDEX_FILE)), manifest, index_dir)
     for record in journal.read(index_dir)[0]:

@@ -44,7 +44,7 @@ def check_name(name: str) -> str:
     return name
 
 
-class LockedError(RuntimeError):
+class LockedError(OSError):
     """Another process is writing the index folder."""
 
 
@@ -52,7 +52,7 @@ class MapWriter:
     """The single writer of an index folder; `map` is the live, searchable view (guard it with `lock`)."""
 
     def __init__(self, index_dir: str | Path, compact_every: int = 1000) -> None:
-        self.index_dir = Path(index_dir)
+        self.index_dir = faiss_index.require(index_dir)
         self.compact_every = compact_every
         self.lock = threading.RLock()
         self._lock_fd = _take_lock(self.index_dir)
