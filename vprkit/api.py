@@ -83,6 +83,36 @@ def check_top_k(top_k: int) -> int:
     return top_k
 
 
+def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", **overrides) -> list[str]:
+    """Add the images of `map_dir` that the index lacks (by name), with the index's own model; returns them.
+
+    Each addition is journaled durably (`index.growing`), so a crash keeps what was added and a rerun
+    adds the rest; the journal is compacted into the base files at the end.
+    """
+    from .index.growing import MapWriter, check_name
+
+    map_dir, index_dir = Path(map_dir).resolve(), Path(index_dir)
+    writer = MapWriter(index_dir, compact_every=0)
+    try:
+        conf = {**writer.map.manifest["conf"], **{k: v for k, v in overrides.items() if v is not None}}
+        names = [check_name(n) for n in list_images(map_dir) if n not in writer.map.ids]
+        if names:
+            work = index_dir.with_name(f".{index_dir.name}.append")
+            work.mkdir(exist_ok=True)
+            state = index_dir / STATE_FILE
+            names = extract.main(conf, map_dir, work / MAP_FEATURES, state if state.exists() else None, names=names,
+                                 device=device)
+            positions = _utm_or_none(names) or [None] * len(names)
+            for name, desc, pos in zip(names, h5io.read_global(work / MAP_FEATURES, names), positions):
+                writer.add(name, desc, (map_dir / name).read_bytes(), pos)
+            writer.compact()
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        writer.close()
+    logger.info("appended %d map images to %s", len(names), index_dir)
+    return names
+
+
 def _utm_or_none(names: list[str]) -> list[list[float]] | None:
     """Map positions when the file names carry them (`@east@north@`), for re-rankers and reports."""
     try:

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
     s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth)")
     s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
+    s.add_argument("--append", action="store_true",
+                   help="add MAP_DIR's new images to the existing index OUT (journaled, crash-safe)")
 
     s = sub.add_parser("query", help="localize a folder of query images against an index")
     s.add_argument("index_dir")
@@ -100,7 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
 
     sub.add_parser("presets", help="list the named presets")
+    _serve_parser(sub)
     return p
+
+
+def _serve_parser(sub) -> None:
+    """`vprkit serve INDEX`: the localization service (needs the `serve` extra)."""
+    s = sub.add_parser("serve", help="HTTP localization service on an index (OpenAPI docs at /docs)")
+    s.add_argument("index_dir")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--keys", help="API keys file (hashed; see docs/service.md); without it every caller may write")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="service settings, e.g. max_batch=16 batch_wait_ms=5 rate_per_s=20 (see docs/service.md)")
 
 
 def _segvlad_parser(sub) -> None:
@@ -205,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        if args.command == "index":
+        if args.command == "index" and args.append:
+            added = api.append_map(args.map_dir, args.out, args.device, batch_size=args.batch_size)
+            print(f"{len(added)} images appended to {args.out}")
+        elif args.command == "serve":
+            from .service.app import run
+
+            run(args.index_dir, args.host, args.port, args.keys, parse_overrides(args.set), args.device)
+        elif args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device,
                                 batch_size=args.batch_size, fp16=args.fp16, **_model_overrides(args))
             print(f"index written to {out}")
