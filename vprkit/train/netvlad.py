@@ -241,6 +241,15 @@ def recall(model: TrainModel, q_bank: Bank, m_bank: Bank, places: PlaceSet, top_
     return metrics.evaluate(ids, GroundTruth(places.positives))
 
 
+def _bank_guidance(conf: dict) -> dict | None:
+    """The guidance settings the in-memory masks were made with (None without guidance); the loss weight,
+    kind and resize only act in training."""
+    g = conf["guidance"]
+    if g["source"] is None or not guidance_mod.is_guided(conf["attention"]):
+        return None
+    return {k: g[k] for k in ("source", "mask_dir", "checkpoint", "classes")}
+
+
 class Session:
     """Everything the three modes share: config, splits, model and in-memory frozen features."""
 
@@ -272,10 +281,12 @@ class Session:
     def variant(self, conf: dict, out_dir) -> Session:
         """A session for another loss / attention / schedule over the same images, sharing the in-memory
         frozen features (for comparisons: the frozen backbone runs once for all variants)."""
-        same = ("features", "resize_max", "data", "guidance")
+        same = ("features", "resize_max", "data")
         diff = [k for k in same if conf[k] != self.conf[k]]
+        diff += ["guidance masks"] if _bank_guidance(conf) != _bank_guidance(self.conf) else []
         if diff or conf["train"]["train_layers"] != self.conf["train"]["train_layers"]:
-            raise ValueError(f"a variant must keep {same} and train.train_layers; differs in {diff}")
+            raise ValueError(f"a variant must keep {same}, the guidance masks and train.train_layers; "
+                             f"differs in {diff}")
         other = copy.copy(self)
         other._setup(conf, out_dir, self.device)
         return other
