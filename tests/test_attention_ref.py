@@ -152,3 +152,15 @@ def test_reference_guidance_classes_are_the_originals_train_ids():
     # vehicle = car 13, truck 14, bus 15, train 16, motorcycle 17, bicycle 18
     assert class_ids(["human", "vehicle", "sky"]) == list(range(10, 19))
     assert class_ids(["human"]) == [11, 12] and class_ids(["sky"]) == [10]
+
+
+def test_checkpoints_bring_their_mask_mode_and_old_ones_mean_assignment():
+    from vprkit.train import trained
+
+    model, agg = {"name": "mobilenetv2", "layer": 13}, {"name": "netvlad", "num_clusters": 4}
+    new = {"path": "new.pt", "meta": {"arch": trained.arch_record(model, {**agg, "attention": "deattention-ref",
+                                                                         "mask_mode": "features"})}}
+    got = trained.aggregator_conf(new, model, agg)
+    assert (got["attention"], got["mask_mode"]) == ("deattention-ref", "features")
+    old = {"path": "old.pt", "meta": {"arch": {"model": model, "aggregator": {**agg, "attention": "crn"}}}}
+    assert trained.aggregator_conf(old, model, agg)["mask_mode"] == "assignment"  # written before mask_mode existed
