@@ -164,3 +164,8 @@ def test_checkpoints_bring_their_mask_mode_and_old_ones_mean_assignment():
     assert (got["attention"], got["mask_mode"]) == ("deattention-ref", "features")
     old = {"path": "old.pt", "meta": {"arch": {"model": model, "aggregator": {**agg, "attention": "crn"}}}}
     assert trained.aggregator_conf(old, model, agg)["mask_mode"] == "assignment"  # written before mask_mode existed
+
+
+def test_unknown_mask_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown mask_mode 'both'"):
+        NetVLAD(num_clusters=4, dim=8, attention="crn-ref", mask_mode="both")
