@@ -19,16 +19,19 @@ import numpy as np
 from . import hmm, seqslam
 
 Search = Callable[[np.ndarray, int], np.ndarray]  # (n, dim) descriptors, k -> (n, k) place indices (route order)
-CHUNK_CELLS = 1 << 23  # batch work in query chunks of about this many (query x place) cells
+CHUNK_CELLS = 1 << 22  # batch work in query chunks of about this many (query x place) cells
 
 
 def exact_search(map_desc: np.ndarray) -> Search:
-    """Top-k by inner product over all places (a flat index)."""
-    def search(q: np.ndarray, k: int) -> np.ndarray:
+    """Top-k by inner product over all places (a flat index), in query chunks of bounded memory."""
+    def top(q: np.ndarray, k: int) -> np.ndarray:
         sims = q @ map_desc.T
-        k = min(k, sims.shape[1])
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), axis=1), 1)
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(idx, np.argsort(-np.take_along_axis(sims, idx, 1), axis=1), 1)
+
+    def search(q: np.ndarray, k: int) -> np.ndarray:
+        k, step = min(k, len(map_desc)), max(1, CHUNK_CELLS // max(len(map_desc), 1))
+        return np.concatenate([top(q[a:a + step], k) for a in range(0, len(q), step)])
     return search
 
 

@@ -67,19 +67,25 @@ def line_costs(enhanced: np.ndarray, rows: np.ndarray, shift: np.ndarray) -> np.
     """Best (over velocities) mean enhanced difference of the line ending at each map place.
 
     `enhanced` (R, L) holds enhanced rows; `rows` (T, K) says which row is window frame k of query t (-1: the
-    frame does not exist); `shift` (V, K) from `shifts`. Returns (T, L) costs, lower = better.
+    frame does not exist; for each k the queries that have it are consecutive and so are their rows, as for any
+    stream); `shift` (V, K) from `shifts`. Returns (T, L) costs, lower = better.
     """
-    length = enhanced.shape[1]
+    length, reach = enhanced.shape[1], int(np.abs(shift).max())
+    padded = np.pad(enhanced, ((0, 0), (reach, reach)), mode="edge")  # places beyond the ends clamp to them
     valid = rows >= 0
-    count = np.maximum(valid.sum(axis=1, keepdims=True), 1)
-    cols = np.arange(length)
+    count = np.maximum(valid.sum(axis=1, keepdims=True), 1).astype(np.float32)
+    spans = []
+    for k in range(rows.shape[1]):
+        have = np.flatnonzero(valid[:, k])
+        spans.append((have[0], have[-1] + 1, rows[have[0], k]) if len(have) else None)
     best = np.full((len(rows), length), np.inf, dtype=np.float32)
+    acc = np.empty_like(best)
     for s in shift:
-        acc = np.zeros((len(rows), length), dtype=np.float32)
-        for k, off in enumerate(s):
-            take = valid[:, k]
-            if take.any():
-                acc[take] += enhanced[rows[take, k]][:, np.clip(cols + off, 0, length - 1)]
+        acc[:] = 0
+        for span, off in zip(spans, s):
+            if span is not None:
+                a, b, r = span
+                acc[a:b] += padded[r:r + b - a, reach + off:reach + off + length]
         np.minimum(best, acc / count, out=best)
     return best
 
