@@ -3,7 +3,7 @@
 Descriptors: `pixels` (SeqSLAM's), the default DINOv2 preset, and a NetVLAD trained with `vprkit train` (pass its
 checkpoint; docs/sequence.md has the training command). Queries are the winter frames from `--first-query` on
 (default 1210: the part of the route the NetVLAD did not train on), the map is all 2000 summer places.
-Prints R@1 and recall at 100 % precision (R@100P) of single-image matching and of online SeqSLAM for each ds.
+Prints R@1 and recall at 100 % precision (Rec@100P) of single-image matching and of online SeqSLAM per ds.
 Descriptors are cached in --work (resumable).
 `python bench/sequence_nordland.py --data ../shared/data --netvlad RUN/best.pt`
 """
@@ -78,7 +78,7 @@ def main() -> None:
             rows[f"{name}, SeqSLAM online ds={ds}"] = res
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"Nordland dev: winter frames from {args.first_query} on vs the 2000 summer places, +-2 places")
-    print(metrics.format_table(rows, keys=("R@1", "R@5", "R@100P", "R@99P", "AUC-PR")))
+    print(metrics.format_table(rows, keys=("R@1", "R@5", "Rec@100P", "Rec@99P", "AUC-PR")))
 
 
 if __name__ == "__main__":

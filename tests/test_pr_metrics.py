@@ -31,7 +31,7 @@ def test_evaluate_counts_queries_without_positive_as_false_positives():
     gt = GroundTruth([np.array([0]), np.array([], dtype=np.int64), np.array([2])])
     res = evaluate(preds, gt, ns=(1,), scores=scores)
     # 0.9 ok (P 1, R 1/2), 0.8 is a query without positive (P 1/2), 0.7 ok (P 2/3, R 1)
-    assert res["R@100P"] == pytest.approx(0.5)
-    assert res["R@99P"] == pytest.approx(0.5)
+    assert res["Rec@100P"] == pytest.approx(0.5)
+    assert res["Rec@99P"] == pytest.approx(0.5)
     assert res["AUC-PR"] == pytest.approx(0.5 * 1 + 0 + 0.5 * (1 / 2 + 2 / 3) / 2)
     assert res["R@1"] == 1.0

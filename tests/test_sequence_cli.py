@@ -33,7 +33,7 @@ def test_sequence_cli_and_stream(tmp_path, capsys):
     assert main(["sequence", str(idx), str(DEMO / "query"), "--method", "seqslam", "--set", "ds=5", "enhance=0",
                  "--gt", "index", "-o", str(res)]) == 0
     out = json.loads((res / "results.json").read_text())
-    for key in ("R@1", "AUC-PR", "R@100P", "R@99P"):
+    for key in ("R@1", "AUC-PR", "Rec@100P", "Rec@99P"):
         assert 0 <= out["metrics"][key] <= 1 and 0 <= out["metrics_single"][key] <= 1
     assert (res / "report.html").is_file() and (res / "predictions.txt").is_file()
     seq = [line.split() for line in (res / "sequence.txt").read_text().splitlines()[1:]]

@@ -152,7 +152,7 @@ def _sequence(args: argparse.Namespace) -> None:
     else:
         res = seq.main(conf, args.source, args.query_dir, args.out, args.gt, args.threshold, device=args.device)
     if "metrics" in res:
-        keys = ("R@1", "R@5", "R@100P", "R@99P", "AUC-PR")
+        keys = ("R@1", "R@5", "Rec@100P", "Rec@99P", "AUC-PR")
         print(metrics.format_table({"single image": res["metrics_single"], conf["preset"]: res["metrics"]}, keys))
     print(f"predictions, sequence.txt, results.json and report.html in {res['out_dir']}")
 

@@ -91,13 +91,14 @@ def recall_at_precision(precision: np.ndarray, recall: np.ndarray, min_precision
 def score_metrics(scores: np.ndarray, correct: np.ndarray, num_positive: int | None = None) -> dict:
     """AUC-PR and recall at 100 % and 99 % precision, JSON-ready."""
     p, r, _ = precision_recall(scores, correct, num_positive)
-    return {"AUC-PR": auc_pr(p, r), "R@100P": recall_at_precision(p, r, 1.0), "R@99P": recall_at_precision(p, r, 0.99)}
+    return {"AUC-PR": auc_pr(p, r), "Rec@100P": recall_at_precision(p, r, 1.0),
+            "Rec@99P": recall_at_precision(p, r, 0.99)}
 
 
 def evaluate(predictions: np.ndarray, gt: GroundTruth, ns=DEFAULT_NS, map_ks=(5, 10),
              scores: np.ndarray | None = None) -> dict:
     """All metrics as one JSON-ready dict; with `scores` (Q, k) the first column is each query's confidence and
-    the precision-recall metrics (AUC-PR, R@100P, R@99P) are added."""
+    the precision-recall metrics (AUC-PR, Rec@100P, Rec@99P) are added."""
     has_pos = sum(len(p) > 0 for p in gt.positives)
     out = {f"R@{n}": v for n, v in recall_at_n(predictions, gt, ns).items()}
     out["mAP"] = mean_average_precision(predictions, gt)

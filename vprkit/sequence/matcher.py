@@ -75,22 +75,28 @@ def candidate_costs(window: np.ndarray, rows: np.ndarray, map_desc: np.ndarray, 
 
     `window` (W, dim) are the frames' descriptors, `rows` (K,) which window row is line frame k (-1: none).
     Each stretch of the map scored is widened by the lines' reach and half the enhancement window, so the costs
-    equal those of the full search.
+    equal those of the full search. The stretches are scored side by side in one matrix: enhancement stays within
+    each, and each is padded with its edge values so lines clamp at its ends as at the map's.
     """
     m, nb, half = len(map_desc), conf["neighbours"], conf["enhance"] // 2
+    reach = int(np.abs(shift).max())
     ends = np.unique(np.clip(top[:, None] + np.arange(-nb, nb + 1)[None], 0, m - 1))
     lo = np.clip(ends + shift.min() - half, 0, m - 1)
     hi = np.clip(ends + shift.max() + half, 0, m - 1)
     starts = np.r_[True, lo[1:] > hi[:-1] + 1]  # merge overlapping stretches (ends are sorted)
-    seg_lo, seg_hi = lo[starts], np.maximum.reduceat(hi, np.flatnonzero(starts))
-    seg_of = np.cumsum(starts) - 1
-    costs = np.empty(len(ends), dtype=np.float32)
-    for s, (a, b) in enumerate(zip(seg_lo, seg_hi)):
-        enh = seqslam.enhance(1.0 - window @ map_desc[a:b + 1].T, conf["enhance"])
-        line = seqslam.line_costs(enh, rows[None], shift)[0]
-        mine = seg_of == s
-        costs[mine] = line[ends[mine] - a]
-    return ends, costs
+    seg_lo = lo[starts]
+    length = np.maximum.reduceat(hi, np.flatnonzero(starts)) + 1 - seg_lo
+    seg = np.repeat(np.arange(len(seg_lo)), length)
+    col0 = np.cumsum(length) - length  # where each stretch starts among the scored columns
+    places = seg_lo[seg] + np.arange(len(seg)) - col0[seg]
+    enh = seqslam.enhance(1.0 - window @ map_desc[places].T, conf["enhance"], (col0[seg], (col0 + length)[seg]))
+    block = length + 2 * reach
+    b0 = np.cumsum(block) - block
+    bseg = np.repeat(np.arange(len(seg_lo)), block)
+    inside = np.clip(np.arange(len(bseg)) - b0[bseg] - reach, 0, length[bseg] - 1)
+    costs = seqslam.line_costs(enh[:, col0[bseg] + inside], rows[None], shift)[0]
+    end_seg = np.cumsum(starts) - 1
+    return ends, costs[b0[end_seg] + reach + ends - seg_lo[end_seg]]
 
 
 def seqslam_batch(q_desc: np.ndarray, map_desc: np.ndarray, conf: dict, search: Search | None = None
@@ -125,7 +131,8 @@ def seqslam_batch(q_desc: np.ndarray, map_desc: np.ndarray, conf: dict, search: 
         rows = np.where((f >= 0) & (f < n_q), f - first, -1)
         costs = seqslam.line_costs(enh, rows, shift)
         est[a:b], conf_out[a:b] = seqslam.best_match(costs, conf["exclude"])
-        top = np.argsort(costs, axis=1, kind="stable")[:, :k]
+        top = np.argpartition(costs, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(np.take_along_axis(costs, top, 1), axis=1, kind="stable"), 1)
         ids[a:b], scores[a:b] = top, -np.take_along_axis(costs, top, 1)
     return est, conf_out, ids, scores
 

@@ -18,23 +18,32 @@ from __future__ import annotations
 import numpy as np
 
 
-def enhance(diff: np.ndarray, window: int) -> np.ndarray:
+def enhance(diff: np.ndarray, window: int, bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Local contrast enhancement along the map axis (last): each cell minus the mean of the cells within
-    `window` // 2 places of it, over their sample std. Row-wise, so rows can be enhanced one at a time."""
+    `window` // 2 places of it, over their sample std. Row-wise, so rows can be enhanced one at a time.
+    `bounds` (first, end) per column: the stretch its window may not leave (several map stretches side by side)."""
     diff = np.asarray(diff, dtype=np.float64)
     if window <= 0:
         return diff.astype(np.float32)
     m, half = diff.shape[-1], window // 2
-    lo = np.maximum(np.arange(m) - half, 0)
-    hi = np.minimum(np.arange(m) + half, m - 1) + 1
+    first, end = bounds if bounds is not None else (0, m)
+    lo = np.maximum(np.arange(m) - half, first)
+    hi = np.minimum(np.arange(m) + half + 1, end)
     pad = [(0, 0)] * (diff.ndim - 1) + [(1, 0)]
     c1 = np.pad(np.cumsum(diff, axis=-1), pad)
     c2 = np.pad(np.cumsum(diff * diff, axis=-1), pad)
     n = (hi - lo).astype(np.float64)
-    mean = (c1[..., hi] - c1[..., lo]) / n
-    var = np.maximum((c2[..., hi] - c2[..., lo]) - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
-    std = np.sqrt(var)
-    out = np.where(std > 0, (diff - mean) / np.where(std > 0, std, 1.0), 0.0)
+    mean = c1[..., hi]
+    mean -= c1[..., lo]
+    mean /= n
+    var = c2[..., hi]  # in place from here on: these are (frames x places) arrays
+    var -= c2[..., lo]
+    var -= n * mean * mean
+    var /= np.maximum(n - 1, 1)
+    std = np.sqrt(np.maximum(var, 0.0, out=var), out=var)
+    std[std == 0] = np.inf  # a flat neighbourhood: enhanced difference 0
+    out = diff - mean
+    out /= std
     return out.astype(np.float32)
 
 
