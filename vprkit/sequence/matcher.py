@@ -4,7 +4,8 @@ Map descriptors are given in route order (see `order.layout`); descriptors are L
 of a frame and a place is 1 - cosine similarity. Two search modes:
 - `full`: every map place is scored for every frame; batch work runs in query chunks so memory stays
   (chunk + ds) x map, and a stream keeps ds enhanced rows (ds x map).
-- `candidates`: only each frame's global top-K places and `neighbours` places either side of them are scored
+- `candidates`: only each frame's global top-K places (and the place after the previous estimate) and
+  `neighbours` places either side of them are scored
   (with the map stretch their lines and the contrast enhancement need); a stream keeps its last ds descriptors.
   Memory and time per frame do not depend on the map size beyond the top-K search itself.
 """
@@ -35,6 +36,12 @@ def exact_search(map_desc: np.ndarray) -> Search:
     return search
 
 
+def _tracked(top: np.ndarray, previous: int | None, num_places: int) -> np.ndarray:
+    """Candidates: the frame's top places plus the place after the previous estimate, so a stream that is on
+    track stays on it when the global search misses the right place."""
+    return top if previous is None else np.r_[top, min(previous + 1, num_places - 1)]
+
+
 def _ranked(costs: np.ndarray, places: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """The `top_k` places of lowest cost and their scores (-cost, higher = better)."""
     order = np.argsort(costs, kind="stable")[:top_k]
@@ -51,6 +58,7 @@ class SeqSLAMStream:
         self.shift = seqslam.shifts(seqslam.velocities(conf["vmin"], conf["vmax"], self.ds), self.offsets)
         self.search = search if conf["search"] == "candidates" else None
         self.past: deque = deque(maxlen=self.ds)  # enhanced rows (full) or descriptors (candidates)
+        self.previous: int | None = None
 
     def add(self, q: np.ndarray) -> tuple[int, float, np.ndarray, np.ndarray]:
         q = np.asarray(q, dtype=np.float32).ravel()
@@ -62,11 +70,12 @@ class SeqSLAMStream:
         else:
             self.past.append(q)
             rows = np.arange(-self.ds, 0) + len(self.past)
-            top = self.search(q[None], self.conf["top_k"])[0]
+            top = _tracked(self.search(q[None], self.conf["top_k"])[0], self.previous, len(self.map))
             places, costs = candidate_costs(np.stack(self.past), rows, self.map, top, self.shift, self.conf)
         est, margin = seqslam.best_match(costs[None], self.conf["exclude"])
         ids, scores = _ranked(costs, places, self.conf["top_k"])
-        return int(places[est[0]]), float(margin[0]), ids, scores
+        self.previous = int(places[est[0]])
+        return self.previous, float(margin[0]), ids, scores
 
 
 def candidate_costs(window: np.ndarray, rows: np.ndarray, map_desc: np.ndarray, top: np.ndarray,
@@ -116,7 +125,8 @@ def seqslam_batch(q_desc: np.ndarray, map_desc: np.ndarray, conf: dict, search: 
             ok = (frames[t] >= 0) & (frames[t] < n_q)
             first = frames[t][ok][0]
             rows = np.where(ok, frames[t] - first, -1)
-            places, costs = candidate_costs(q_desc[frames[t][ok]], rows, map_desc, top[t], shift, conf)
+            cands = _tracked(top[t], est[t - 1] if t else None, m)
+            places, costs = candidate_costs(q_desc[frames[t][ok]], rows, map_desc, cands, shift, conf)
             e, mg = seqslam.best_match(costs[None], conf["exclude"])
             est[t], conf_out[t] = places[e[0]], mg[0]
             r_ids, r_sc = _ranked(costs, places, k)
