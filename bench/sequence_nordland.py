@@ -3,7 +3,8 @@
 Descriptors: `pixels` (SeqSLAM's), the default DINOv2 preset, and a NetVLAD trained with `vprkit train` (pass its
 checkpoint; docs/sequence.md has the training command). Queries are the winter frames from `--first-query` on
 (default 1210: the part of the route the NetVLAD did not train on), the map is all 2000 summer places.
-Prints R@1 and recall at 100 % precision (Rec@100P) of single-image matching and of online SeqSLAM per ds.
+Prints R@1 and recall at 100 % precision (Rec@100P) of single-image matching, online SeqSLAM per ds and the
+online HMM (forward filtering, default preset).
 Descriptors are cached in --work (resumable).
 `python bench/sequence_nordland.py --data ../shared/data --netvlad RUN/best.pt`
 """
@@ -76,6 +77,8 @@ def main() -> None:
             est, confidence, ids, scores = pipeline.match(seq_conf, q_desc, m_desc)
             res = metrics.evaluate(ids, truth, scores=np.c_[confidence, scores[:, 1:]])
             rows[f"{name}, SeqSLAM online ds={ds}"] = res
+        est, confidence, ids, scores = pipeline.match(pipeline.get_conf("hmm"), q_desc, m_desc)
+        rows[f"{name}, HMM online (filter)"] = metrics.evaluate(ids, truth, scores=np.c_[confidence, scores[:, 1:]])
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"Nordland dev: winter frames from {args.first_query} on vs the 2000 summer places, +-2 places")
     print(metrics.format_table(rows, keys=("R@1", "R@5", "Rec@100P", "Rec@99P", "AUC-PR")))

@@ -164,3 +164,30 @@ def test_streaming_equals_batch_online(preset, search):
     out = [loc.add(x) for x in q]
     assert [o[0] for o in out] == est.tolist()
     assert [o[1] for o in out] == pytest.approx(confidence.tolist(), rel=1e-4, abs=1e-5)
+
+
+def test_layout_from_timestamps_positions_and_names(tmp_path):
+    from vprkit.data.groundtruth import GroundTruthError
+    from vprkit.sequence.order import layout
+
+    names = ["a.png", "b.png", "c.png"]
+    (tmp_path / "t.csv").write_text("name,timestamp\na.png,3.5\nb.png,1.0\nc.png,2.0\n")
+    assert layout(str(tmp_path / "t.csv"), names).order.tolist() == [1, 2, 0]
+    (tmp_path / "p.csv").write_text("name,easting,northing\na.png,0,0\nb.png,5,0\nc.png,5,5\n")
+    assert layout(str(tmp_path / "p.csv"), names).positions.tolist() == [[0, 0], [5, 0], [5, 5]]
+    assert layout("utm", ["x@10.0@20.0@.jpg"]).positions.tolist() == [[10.0, 20.0]]
+    with pytest.raises(GroundTruthError, match="no timestamp"):
+        layout(str(tmp_path / "t.csv"), names + ["d.png"])
+
+
+def test_hmm_on_a_map_that_is_not_a_route():
+    """Places on a 10 x 10 grid stored in shuffled order; the stream walks a turning path between neighbours."""
+    rng = np.random.default_rng(7)
+    grid = np.array([(x, y) for x in range(10) for y in range(10)], dtype=float)
+    perm = rng.permutation(100)
+    pos = grid[perm]
+    walk = [(2, 2), (3, 2), (4, 2), (4, 3), (4, 4), (3, 4), (3, 5), (3, 6), (4, 6), (5, 6)]
+    path = np.array([int(np.flatnonzero((pos == w).all(axis=1))[0]) for w in walk])
+    q, m = stream_on(path, num_places=100, dim=64, noise=3.0, seed=8)
+    conf = pipeline.get_conf("hmm-viterbi", radius=1.5, step=1.0, sigma=0.5, temperature=0.05)
+    assert pipeline.match(conf, q, m, positions=pos)[0].tolist() == path.tolist()
