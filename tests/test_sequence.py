@@ -164,6 +164,8 @@ def test_streaming_equals_batch_online(preset, search):
     out = [loc.add(x) for x in q]
     assert [o[0] for o in out] == est.tolist()
     assert [o[1] for o in out] == pytest.approx(confidence.tolist(), rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="size 3, but the index holds 32-d"):
+        loc.add(np.zeros(3, dtype=np.float32))
 
 
 def test_layout_from_timestamps_positions_and_names(tmp_path):

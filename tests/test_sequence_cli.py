@@ -49,3 +49,5 @@ def test_sequence_cli_and_stream(tmp_path, capsys):
     assert (tmp_path / "q" / "sequence-hmm" / "results.json").is_file()
     assert main(["sequence", str(idx), str(DEMO / "query"), "--set", "ds=0"]) == 1
     assert "ds must be >= 1" in capsys.readouterr().err
+    assert main(["sequence", str(tmp_path)]) == 1
+    assert "results.json not found" in capsys.readouterr().err

@@ -147,8 +147,7 @@ def _sequence(args: argparse.Namespace) -> None:
     if conf["method"] != args.method:
         raise ValueError(f"preset '{args.preset}' is a {conf['method']} preset, not {args.method}")
     if args.query_dir is None:
-        info = json.loads((Path(args.source) / "results.json").read_text())
-        res = seq.main(conf, info["index"], None, args.out, args.gt, args.threshold, args.source, args.device)
+        res = seq.main(conf, None, None, args.out, args.gt, args.threshold, args.source, args.device)
     else:
         res = seq.main(conf, args.source, args.query_dir, args.out, args.gt, args.threshold, device=args.device)
     if "metrics" in res:

@@ -68,7 +68,10 @@ class SequenceLocalizer:
 
     def add(self, frame: Image.Image | np.ndarray) -> tuple[int, float]:
         """Localize the next frame of the stream: (map image number, confidence)."""
-        is_desc = isinstance(frame, np.ndarray) and frame.squeeze().ndim == 1 and frame.size == self.index.index.d
+        dim = self.index.index.d
+        is_desc = isinstance(frame, np.ndarray) and frame.squeeze().ndim == 1
+        if is_desc and frame.size != dim:
+            raise ValueError(f"descriptor of size {frame.size}, but the index holds {dim}-d descriptors")
         q = frame.ravel() if is_desc else self.describe(frame)
         place, score, _, _ = self.stream.add(q)
         return int(self.order[place]), score

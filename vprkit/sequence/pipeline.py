@@ -109,13 +109,19 @@ def _queries(index_dir: Path, manifest: dict, query_dir: str | Path | None, resu
         return q_dir, q_all, q_names, h5io.read_global(feats, q_names)
 
 
-def main(conf: dict, index_dir: str | Path, query_dir: str | Path | None = None, out_dir: str | Path | None = None,
-         gt: str | None = None, threshold: float | None = None, results_dir: str | Path | None = None,
-         device: str = "cpu") -> dict:
-    """Sequence-match a query folder (or a `vprkit query` results folder's queries) against an index; write
-    predictions, results.json (+ sequence and single-image metrics with `gt`), report.html and sequence.txt."""
+def main(conf: dict, index_dir: str | Path | None, query_dir: str | Path | None = None,
+         out_dir: str | Path | None = None, gt: str | None = None, threshold: float | None = None,
+         results_dir: str | Path | None = None, device: str = "cpu") -> dict:
+    """Sequence-match a query folder against an index, or the queries of a `vprkit query` results folder (index
+    None: the one it was made with); write predictions, results.json (+ sequence and single-image metrics with
+    `gt`), report.html and sequence.txt."""
     if (query_dir is None) == (results_dir is None):
         raise ValueError("give either a query folder or a `vprkit query` results folder")
+    if index_dir is None:
+        info = Path(results_dir) / "results.json"
+        if not info.is_file():
+            raise FileNotFoundError(f"{info} not found: give a `vprkit query` results folder or INDEX QUERY_DIR")
+        index_dir = json.loads(info.read_text())["index"]
     index_dir = Path(index_dir)
     mi = faiss_index.load(index_dir)
     base = Path(results_dir) if results_dir is not None else index_dir / "results" / Path(query_dir).name
