@@ -1,9 +1,9 @@
-"""Sequence matching cost: seconds for a 3,576-frame route against a 3,576-place map, and peak working memory of
-candidate mode on a 1M-place map against exact full-matrix mode (where that fits).
+"""Sequence matching cost: seconds for a 3,576-frame route against a 3,576-place map, and peak working memory and
+time of candidate mode against exact full-matrix mode (chunked) on a 20k and a 1M-place map.
 
 Synthetic unit descriptors (a route visited at 1.1 places per frame with noise): only sizes matter here.
 Memory is the peak of Python/numpy allocations during matching (tracemalloc), the map descriptors themselves and
-the FAISS top-K search (C++) excluded. `python bench/sequence_speed.py` (about a minute on 2 busy cores).
+the FAISS top-K search (C++) excluded. `python bench/sequence_speed.py` (about 5 minutes on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -74,11 +74,14 @@ def main() -> None:
         if preset == "seqslam":
             full_peak = peak
     q, m = route(args.big_map, args.big_frames, args.big_dim, seed=2)
-    sec, peak, r1 = timed(pipeline.get_conf("seqslam-candidates"), q, m, faiss_search(m))
-    print(f"| {args.big_map:,} | seqslam-candidates | {sec:.1f} | {peak:.0f} | {r1:.3f} |")
-    print(f"candidate mode on {args.big_map:,} places uses {peak / full_peak:.3f}x the peak memory of full mode on "
-          f"{small:,} (full mode on {args.big_map:,} would need a {args.big_map // 1000}k-wide enhanced row per frame "
-          f"in chunks of {pipeline.matcher.CHUNK_CELLS // args.big_map or 1} frames)")
+    big = {}
+    for preset in ("seqslam-candidates", "seqslam"):
+        big[preset] = timed(pipeline.get_conf(preset), q, m, faiss_search(m))
+        sec, peak, r1 = big[preset]
+        print(f"| {args.big_map:,} | {preset} | {sec:.1f} | {peak:.0f} | {r1:.3f} |", flush=True)
+    cand, full = big["seqslam-candidates"], big["seqslam"]
+    print(f"candidate / full mode on {args.big_map:,} places: peak memory {cand[1] / full[1]:.4f}x, "
+          f"time {cand[0] / full[0]:.2f}x (full mode on {small:,}: {full_peak:.0f} MiB)")
 
 
 if __name__ == "__main__":
