@@ -9,7 +9,6 @@ confidence, the score the precision-recall metrics threshold).
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from ..evaluation import metrics, outputs
 from ..features import extract, h5io
 from ..index import faiss_index
 from . import hmm, matcher, order
-
-logger = logging.getLogger("vprkit")
 
 _COMMON = {"mode": "online", "search": "full", "top_k": 20, "map_order": "folder", "query_order": "folder"}
 _SEQSLAM = {"method": "seqslam", **_COMMON, "ds": 10, "vmin": 0.8, "vmax": 1.2, "enhance": 10, "exclude": 10,
