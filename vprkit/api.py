@@ -166,8 +166,11 @@ def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) ->
 
 def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dict, q_all: list[str],
                   q_names: list[str], ids, scores, top_k: int, truth: GroundTruth | None,
-                  report_top: int = 5, extra: dict | None = None, title: str | None = None) -> dict:
-    """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking."""
+                  report_top: int = 5, extra: dict | None = None, title: str | None = None,
+                  confidence=None) -> dict:
+    """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking.
+
+    Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score."""
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
@@ -176,7 +179,7 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
                     "num_queries": len(q_names), "num_map": len(m_names), "top_k": top_k,
                     "skipped_queries": sorted(set(q_all) - set(q_names)), **(extra or {})}
     if truth is not None:
-        result["metrics"] = metrics.evaluate(ids, truth)
+        result["metrics"] = metrics.evaluate(ids, truth, scores=scores if confidence is None else confidence[:, None])
     outputs.write_json(out_dir / "results.json", result)
     title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
     report.write_report(out_dir / "report.html", title, result.get("metrics"), query_dir, q_names,

@@ -1,4 +1,4 @@
-"""Command line: `vprkit index | query | rerank | evaluate | train | demo | presets`."""
+"""Command line: `vprkit index | query | rerank | sequence | evaluate | train | demo | presets`."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
 
     _segvlad_parser(sub)
+    _sequence_parser(sub)
 
     s = sub.add_parser("match-two", help="Patch-NetVLAD score and patch correspondences of two images")
     s.add_argument("image_a")
@@ -138,6 +139,35 @@ def _segvlad_parser(sub) -> None:
     s.add_argument("-o", "--out")
     s.add_argument("--gt")
     s.add_argument("--threshold", type=float)
+
+
+def _sequence_parser(sub) -> None:
+    """`vprkit sequence`: localize a stream of query frames (SeqSLAM, HMM)."""
+    s = sub.add_parser("sequence", help="sequence matching of a query stream (SeqSLAM, HMM) on an index")
+    s.add_argument("source", help="an index folder (then give QUERY_DIR), or a `vprkit query` results folder")
+    s.add_argument("query_dir", nargs="?", help="query frames, in stream order (sorted names, or --set query_order)")
+    s.add_argument("--method", default="seqslam", choices=["seqslam", "hmm"])
+    s.add_argument("--preset", help="the method's preset (e.g. seqslam-candidates, hmm-viterbi; see `vprkit presets`)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset values (ds=20)")
+    s.add_argument("-o", "--out", help="output folder (default .../sequence-PRESET beside the query results)")
+    s.add_argument("--gt", help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+
+
+def _sequence(args: argparse.Namespace) -> None:
+    from .sequence import pipeline as seq
+
+    conf = seq.get_conf(args.preset or args.method, **parse_overrides(args.set))
+    if conf["method"] != args.method:
+        raise ValueError(f"preset '{args.preset}' is a {conf['method']} preset, not {args.method}")
+    if args.query_dir is None:
+        res = seq.main(conf, None, None, args.out, args.gt, args.threshold, args.source, args.device)
+    else:
+        res = seq.main(conf, args.source, args.query_dir, args.out, args.gt, args.threshold, device=args.device)
+    if "metrics" in res:
+        keys = ("R@1", "R@5", "Rec@100P", "Rec@99P", "AUC-PR")
+        print(metrics.format_table({"single image": res["metrics_single"], conf["preset"]: res["metrics"]}, keys))
+    print(f"predictions, sequence.txt, results.json and report.html in {res['out_dir']}")
 
 
 def _segvlad(args: argparse.Namespace) -> None:
@@ -251,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
         elif args.command == "segvlad":
             _segvlad(args)
+        elif args.command == "sequence":
+            _sequence(args)
         elif args.command == "match-two":
             from .rerank import patchnetvlad
 
@@ -269,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
                 cls = rerank.get_reranker_class(method)
                 for name, conf in cls.confs.items():
                     print(f"rerank {method} {name:12s} {json.dumps({**cls.default_conf, **conf})}")
+            from .sequence.pipeline import CONFS as SEQ_CONFS
+
+            for name, conf in SEQ_CONFS.items():
+                print(f"sequence {name:18s} {json.dumps(conf)}")
             from .train import netvlad
 
             for name, conf in netvlad.CONFS.items():

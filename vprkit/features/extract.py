@@ -62,6 +62,11 @@ CONFS: dict[str, dict] = {
         "aggregator": {"name": "gem", "p": 3.0},
         "preprocessing": {"resize_max": 320},
     },
+    "pixels": {  # SeqSLAM's descriptor: 64x32 grey thumbnail, 8x8 patches z-normalised (no network)
+        "model": {"name": "pixels", "width": 64, "height": 32, "patch": 8},
+        "aggregator": {"name": "flatten"},
+        "preprocessing": {"resize_max": None},
+    },
 }
 DEFAULT_PRESET = "dinov2-vlad"
 DEFAULT_RUNTIME = {"batch_size": 16, "fit_max_images": 500, "max_pixels": DEFAULT_MAX_PIXELS, "fp16": False,
