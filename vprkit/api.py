@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .data.groundtruth import GroundTruth, GroundTruthError, ground_truth_for_kept, utm_from_names
 from .data.images import list_images
 from .evaluation import metrics, outputs, report
@@ -95,7 +97,8 @@ def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) ->
 
 def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dict, q_all: list[str],
                   q_names: list[str], ids, scores, top_k: int, truth: GroundTruth | None,
-                  report_top: int = 5, extra: dict | None = None, title: str | None = None) -> dict:
+                  report_top: int = 5, extra: dict | None = None, title: str | None = None,
+                  baseline: report.Ranking | None = None) -> dict:
     """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking."""
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
@@ -107,7 +110,12 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
         result["metrics"] = metrics.evaluate(ids, truth)
     outputs.write_json(out_dir / "results.json", result)
     title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
-    report.write_report(out_dir / "report.html", title, result.get("metrics"), query_dir, q_names,
-                        Path(manifest["map_dir"]), m_names, ids, scores, truth and truth.positives, top=report_top)
+    m_pos = manifest.get("positions")
+    q_pos = _utm_or_none(q_names) if m_pos else None
+    report.write_report(out_dir / "report.html", report.ReportData(
+        title, query_dir, q_names, Path(manifest["map_dir"]), m_names,
+        report.Ranking(conf["preset"] if baseline is None else "re-ranked", ids, scores, result.get("metrics")),
+        truth.positives if truth else None, baseline, q_pos and np.array(q_pos), m_pos and np.array(m_pos),
+        top=report_top))
     result["out_dir"] = str(out_dir)
     return result

@@ -68,3 +68,40 @@ def format_table(results: dict[str, dict], keys=("R@1", "R@5", "R@10", "R@20", "
     for name, res in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{res.get(k, float('nan')):.3f}" for k in keys) + " |")
     return "\n".join(lines)
+
+
+def top1_correct(predictions: np.ndarray, gt: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each query's first prediction is a positive, and which queries have a positive at all."""
+    rel, has_pos = _hits(predictions[:, :1], gt)
+    return rel[:, 0], has_pos
+
+
+def precision_recall(scores: np.ndarray, correct: np.ndarray, has_positive: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of accepting the k most confident queries, for k = 1..Q.
+
+    Queries are sorted by descending top-1 score (stable, so ties keep query order); an accepted query is a
+    true positive when its top-1 is correct, otherwise a false positive (including queries with no positive
+    in the map). Recall divides by the number of queries that have a positive (`has_positive`; all when None),
+    as in sequence-matching evaluations (SeqSLAM-style P-R over a match threshold).
+    """
+    scores, correct = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
+    num_pos = int(np.sum(has_positive)) if has_positive is not None else len(correct)
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(correct[order])
+    precision = tp / np.arange(1, len(tp) + 1)
+    recall = tp / num_pos if num_pos else np.zeros(len(tp))
+    return precision, recall
+
+
+def auc_pr(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the P-R curve by the trapezoid rule, the curve starting at (recall 0, precision 1)."""
+    if not len(precision):
+        return float("nan")
+    return float(np.trapezoid(np.r_[1.0, precision], np.r_[0.0, recall]))
+
+
+def recall_at_precision(precision: np.ndarray, recall: np.ndarray, min_precision: float = 1.0) -> float:
+    """Largest recall reached while precision is at least `min_precision` (0 if never)."""
+    ok = np.asarray(precision) >= min_precision - 1e-12
+    return float(np.max(np.asarray(recall)[ok])) if ok.any() else 0.0

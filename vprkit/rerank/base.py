@@ -18,7 +18,7 @@ import numpy as np
 from ..api import write_results
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
-from ..evaluation import metrics, outputs
+from ..evaluation import metrics, outputs, report
 from ..index import faiss_index
 
 logger = logging.getLogger("vprkit")
@@ -109,7 +109,8 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     if truth is not None:
         extra["metrics_global"] = metrics.evaluate(cand.ids, truth)
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
+    baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
-                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title)
+                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline)
     reranker.finish(out_dir, cand, ids, scores, result)
     return result
