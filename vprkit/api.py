@@ -83,7 +83,14 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
     truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
     return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top)
+                         report_top, gt_record(gt, threshold))
+
+
+def gt_record(gt: str | None, threshold: float | None) -> dict:
+    """The ground truth a results.json was scored with, so `vprkit compare` can score it again."""
+    if gt is None:
+        return {}
+    return {"gt": str(Path(gt).resolve()) if Path(gt).is_file() else gt, "threshold": threshold}
 
 
 def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) -> Path:

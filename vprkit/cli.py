@@ -1,4 +1,4 @@
-"""Command line: `vprkit index | query | rerank | evaluate | train | demo | presets`."""
+"""Command line: `vprkit index | query | rerank | evaluate | compare | export | train | demo | presets`."""
 
 from __future__ import annotations
 
@@ -64,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float)
 
     _train_parser(sub)
+
+    s = sub.add_parser("compare", help="two results folders side by side: metrics, per-query wins and losses")
+    s.add_argument("results_a")
+    s.add_argument("results_b")
+    s.add_argument("-o", "--out", default="compare", help="folder for report.html and compare.json")
+    s.add_argument("--gt", help="ground truth (default: the one RESULTS_A's results.json records)")
+    s.add_argument("--threshold", type=float)
+
+    s = sub.add_parser("export", help="a results folder as hloc or Kapture retrieval files")
+    s.add_argument("results_dir")
+    s.add_argument("--format", required=True, choices=["hloc", "kapture"])
+    s.add_argument("-o", "--out", required=True, help="output folder")
     _segvlad_parser(sub)
 
     s = sub.add_parser("match-two", help="Patch-NetVLAD score and patch correspondences of two images")
@@ -276,6 +288,17 @@ def main(argv: list[str] | None = None) -> int:
             _rerank(args)
         elif args.command == "train":
             _train(args)
+        elif args.command == "compare":
+            from . import compare
+
+            res = compare.main(args.results_a, args.results_b, args.out, args.gt, args.threshold)
+            print(metrics.format_table(res["metrics"]))
+            print(f"B right where A wrong: {res['b_wins']}, A right where B wrong: {res['a_wins']} "
+                  f"(both right {res['both_right']}, both wrong {res['both_wrong']})\nreport: {res['report']}")
+        elif args.command == "export":
+            from . import export
+
+            print("\n".join(map(str, export.main(args.results_dir, args.format, args.out))))
         elif args.command == "segvlad":
             _segvlad(args)
         elif args.command == "match-two":

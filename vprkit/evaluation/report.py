@@ -54,6 +54,7 @@ class ReportData:
     m_positions: np.ndarray | None = None
     match_figures: dict[int, Path] = field(default_factory=dict)  # query index -> correspondence image
     top: int = 5
+    change_labels: tuple[str, str] = ("fixed", "broken")  # names of the two baseline-vs-ranking filters
 
 
 def files_dir(path: Path) -> Path:
@@ -192,7 +193,8 @@ def write_report(path: str | Path, d: ReportData) -> Path:
     figs, pr_numbers = _plots(d, out)
     rows, maps, counts = _rows(d, out, path.parent)
     data = {"title": d.title, "top": d.top, "metrics": _metrics_table(d, pr_numbers), "plots": figs,
-            "labels": {"ranking": d.ranking.label, "baseline": d.baseline.label if d.baseline else None},
+            "labels": {"ranking": d.ranking.label, "baseline": d.baseline.label if d.baseline else None,
+                       "fixed": d.change_labels[0], "broken": d.change_labels[1]},
             "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows}
     atomic_write(out / "data.js", "window.VPRKIT_REPORT = " + json.dumps(data, separators=(",", ":")) + ";\n")
     for asset in ("report.js", "report.css"):

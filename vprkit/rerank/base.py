@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import write_results
+from ..api import gt_record, write_results
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
 from ..evaluation import metrics, outputs, report
@@ -105,7 +105,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     ids, scores = reranker.rerank(cand, out_dir / "cache")
     q_all = list_images(retrieval.query_dir)
     truth = ground_truth_for_kept(gt, q_all, retrieval.q_names, retrieval.m_names, threshold) if gt else None
-    extra: dict = {"conf": conf, "num_rerank": n}
+    extra: dict = {"conf": conf, "num_rerank": n, **gt_record(gt, threshold)}
     if truth is not None:
         extra["metrics_global"] = metrics.evaluate(cand.ids, truth)
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"

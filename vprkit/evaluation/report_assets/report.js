@@ -5,6 +5,8 @@
   var FILES = document.querySelector('script[src$="data.js"]').getAttribute("src").replace(/data\.js$/, "");
   var LABELS = {all: "all", wrong: "wrong", right: "right", nopos: "no positive", nogt: "no ground truth",
                 fixed: "fixed", broken: "broken"};
+  LABELS.fixed = D.labels.fixed;
+  LABELS.broken = D.labels.broken;
   var state = {filter: "all", page: 0, size: 50};
 
   function el(tag, attrs, children) {
@@ -58,7 +60,7 @@
 
   function row(q) {
     var tags = [el("span", {class: "tag " + q[2]}, [LABELS[q[2]]])];
-    if (q[7]) tags.push(el("span", {class: "tag " + (q[7] > 0 ? "fixed" : "broken")}, [q[7] > 0 ? "fixed" : "broken"]));
+    if (q[7]) tags.push(el("span", {class: "tag " + (q[7] > 0 ? "fixed" : "broken")}, [LABELS[q[7] > 0 ? "fixed" : "broken"]]));
     var cells = [el("td", {class: "q"}, [img("q", q[1])].concat(tags, [el("br"), q[0]]))];
     for (var r = 0; r < D.top; r++) {
       if (r >= q[3].length) { cells.push(el("td", {class: "na"}, [])); continue; }
