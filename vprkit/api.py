@@ -110,7 +110,7 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
-    result: dict = {"index": str(index_dir), "queries": str(query_dir), "preset": conf["preset"],
+    result: dict = {"index": str(Path(index_dir).resolve()), "queries": str(query_dir), "preset": conf["preset"],
                     "num_queries": len(q_names), "num_map": len(m_names), "top_k": top_k,
                     "skipped_queries": sorted(set(q_all) - set(q_names)), **(extra or {})}
     if truth is not None:

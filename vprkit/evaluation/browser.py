@@ -44,11 +44,12 @@ def inspect(page_path: Path, screenshot: Path | None = None, click: str | None =
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(Path(page_path).resolve().as_uri(), wait_until="load")
         fcp = page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime")
+        rows_ms = page.evaluate("() => (performance.getEntriesByName('vprkit-rows-rendered')[0] || {}).startTime")
         plots = page.eval_on_selector_all(
             "#plots img", "is => is.map(i => ({src: i.getAttribute('src'), width: i.naturalWidth, "
                           "visible: i.getBoundingClientRect().height > 0}))")
         first_row_visible = page.is_visible("#queries tr[data-status]")
-        out = {"console_errors": errors, "first_contentful_paint_ms": fcp, "plots": plots,
+        out = {"console_errors": errors, "first_contentful_paint_ms": fcp, "rows_rendered_ms": rows_ms, "plots": plots,
                "first_row_visible": first_row_visible, "rows": _rows(page),
                "page_info": page.inner_text("#page-info"),
                "filters": page.eval_on_selector_all("#controls button", "bs => bs.map(b => b.innerText)")}

@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,6 @@ class ReportData:
     baseline: Ranking | None = None
     q_positions: np.ndarray | None = None  # (Q, 2) metres, with m_positions draws the map
     m_positions: np.ndarray | None = None
-    match_figures: dict[int, Path] = field(default_factory=dict)  # query index -> correspondence image
     top: int = 5
     change_labels: tuple[str, str] = ("fixed", "broken")  # names of the two baseline-vs-ranking filters
 
@@ -130,8 +128,13 @@ def _plots(d: ReportData, out: Path) -> tuple[list[dict], dict[str, dict]]:
     return figs, pr_numbers
 
 
-def _rows(d: ReportData, out: Path, page_dir: Path) -> tuple[list, list, dict]:
-    """Per-query rows in display order, the referenced map images, and counts per filter."""
+def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
+    """Per-query rows in display order, the referenced map images ([name, thumbnail]), and counts per filter.
+
+    A row (read by report.js by position, to keep data.js small): [query name, thumbnail, status, top map refs,
+    their scores, their correctness (0/1), a positive's map ref for wrong rows (-1 otherwise), change against the
+    baseline (1 fixed, -1 broken, 0), the baseline's top-1 map ref when changed (-1 otherwise)].
+    """
     qdir, mdir = out / "thumbs" / "q", out / "thumbs" / "m"
     qdir.mkdir(parents=True, exist_ok=True)
     mdir.mkdir(parents=True, exist_ok=True)
@@ -158,11 +161,9 @@ def _rows(d: ReportData, out: Path, page_dir: Path) -> tuple[list, list, dict]:
         pos = set(d.positives[qi].tolist()) if d.positives is not None else set()
         first_pos = ref(int(d.positives[qi][0])) if status[qi] == "wrong" else -1
         was = ref(int(d.baseline.ids[qi, 0])) if change[qi] and d.baseline.ids[qi, 0] >= 0 else -1
-        match = d.match_figures.get(int(qi))
         rows.append([d.q_names[qi], thumbnail(d.q_root / d.q_names[qi], qdir), status[qi],
                      [ref(int(j)) for j in ids[qi][valid]], [round(float(s), 4) for s in scores[qi][valid]],
-                     [int(int(j) in pos) for j in ids[qi][valid]], first_pos, int(change[qi]), was,
-                     os.path.relpath(match, page_dir) if match else None])
+                     [int(int(j) in pos) for j in ids[qi][valid]], first_pos, int(change[qi]), was])
     counts = {s: status.count(s) for s in STATUS_ORDER}
     counts.update(fixed=int((change > 0).sum()), broken=int((change < 0).sum()), all=len(status))
     return rows, maps, counts
@@ -191,7 +192,7 @@ def write_report(path: str | Path, d: ReportData) -> Path:
     out = files_dir(path)
     out.mkdir(parents=True, exist_ok=True)
     figs, pr_numbers = _plots(d, out)
-    rows, maps, counts = _rows(d, out, path.parent)
+    rows, maps, counts = _rows(d, out)
     data = {"title": d.title, "top": d.top, "metrics": _metrics_table(d, pr_numbers), "plots": figs,
             "labels": {"ranking": d.ranking.label, "baseline": d.baseline.label if d.baseline else None,
                        "fixed": d.change_labels[0], "broken": d.change_labels[1]},

@@ -71,7 +71,6 @@
     cells.push(q[6] >= 0 ? mapCell(q[6], "pos", "a positive") : el("td", {}, []));
     var extra = [];
     if (q[8] >= 0) extra.push(mapCell(q[8], "na", (D.labels.baseline || "before") + " #1"));
-    if (q[9]) extra.push(el("td", {}, [el("img", {src: q[9], loading: "lazy", style: "max-width:320px"})]));
     return el("tr", {"data-status": q[2]}, cells.concat(extra));
   }
 
@@ -120,4 +119,5 @@
   plots();
   controls();
   render();
+  if (window.performance && performance.mark) performance.mark("vprkit-rows-rendered");
 })();
