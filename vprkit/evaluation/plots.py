@@ -51,9 +51,9 @@ def pr_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float,
     """Precision against recall, each curve labelled with its AUC and its recall at 100 % precision."""
     fig, ax = _figure("recall", "precision", "Precision-recall (top-1 score as confidence)")
     for label, (precision, recall, auc, r100) in curves.items():
-        ax.plot(np.r_[0.0, recall], np.r_[1.0, precision], label=f"{label}: AUC {auc:.3f}, R@100%P {r100:.3f}")
+        ax.plot(np.r_[0.0, recall], np.r_[1.0, precision], label=f"{label}\nAUC {auc:.3f}, R@100%P {r100:.3f}")
     ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=7)
     return _save(fig, path)
 
 

@@ -117,7 +117,7 @@ def _plots(d: ReportData, out: Path) -> tuple[list[dict], dict[str, dict]]:
         plots.score_histogram(out / "top1_scores.svg", top1[keep], correct[keep])
         figs += [{"src": "recall_at_n.svg", "caption": "Recall@N"},
                  {"src": "precision_recall.svg", "caption": "Precision-recall over queries by top-1 score"},
-                 {"src": "top1_scores.svg", "caption": "Top-1 scores, right vs wrong"}]
+                 {"src": "top1_scores.svg", "caption": f"Top-1 scores, right vs wrong ({d.ranking.label})"}]
     if d.q_positions is not None and d.m_positions is not None and len(d.q_names):
         first = d.ranking.ids[:, 0]
         found = first >= 0

@@ -83,6 +83,7 @@
     var head = [el("th", {}, ["query"])];
     for (var r = 0; r < D.top; r++) head.push(el("th", {}, ["top " + (r + 1)]));
     head.push(el("th", {}, ["positive (wrong only)"]));
+    if (D.labels.baseline) head.push(el("th", {}, [D.labels.baseline + " #1 (when it differs in outcome)"]));
     table.appendChild(el("tr", {}, head));
     rows.slice(state.page * state.size, (state.page + 1) * state.size).forEach(function (q) {
       table.appendChild(row(q)); });
