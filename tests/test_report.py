@@ -64,3 +64,16 @@ def test_report_in_headless_chromium(tmp_path):
     assert {r["status"] for r in seen["filtered_rows"]} == {"right"} and len(seen["filtered_rows"]) == 50
     assert seen["filtered_page_info"].strip().startswith("page 1 of 2 (79 queries)")
     assert len(seen["next_page_rows"]) == 29 and seen["next_page_info"].strip().startswith("page 2 of 2")
+
+
+def test_without_ground_truth_rows_keep_query_order_and_no_curves(tmp_path):
+    from dataclasses import replace
+
+    from vprkit.evaluation.report import write_report
+
+    _, d = synthetic_report(tmp_path / "a", num_queries=6)
+    page = write_report(tmp_path / "b" / "report.html", replace(d, positives=None, baseline=None))
+    data = read_report_data(page)
+    assert [q[2] for q in data["queries"]] == ["nogt"] * 6 and data["counts"]["all"] == 6
+    assert [q[0][-9:-4] for q in data["queries"]] == [f"{i:05d}" for i in range(6)]
+    assert [p["src"] for p in data["plots"]] == ["map.svg"]  # positions are known, correctness is not
