@@ -4,8 +4,8 @@
 
 Query and map files are symlinks to eight real images, so only eight thumbnails are made (thumbnail cost is
 linear and measured on real data in docs/report.md), but data.js, the per-query rows and the plots (map with
-100k error lines) are full size. Prints the machine, seconds to write, file sizes, and in headless Chromium
-the first paint and the time the first page of rows is in the DOM.
+100k error lines on a figure-eight route) are full size. Prints the machine, seconds to write, file sizes,
+and in headless Chromium the first paint and the time the first page of rows is in the DOM.
 """
 
 import argparse
@@ -23,12 +23,12 @@ from vprkit.evaluation import browser  # noqa: E402
 from vprkit.evaluation.report import Ranking, ReportData, files_dir, write_report  # noqa: E402
 
 
-def _folder(root: Path, kind: str, n: int, y: float) -> list[str]:
-    """n symlinks named with their position (@east@north@) to eight small images."""
+def _folder(root: Path, kind: str, n: int) -> list[str]:
+    """n symlinks to eight small images."""
     (root / kind).mkdir(parents=True, exist_ok=True)
     for c in range(8):
         Image.new("RGB", (64, 32), (30 * c, 100, 200 - 20 * c)).save(root / f"{kind}-src{c}.jpg")
-    names = [f"@{i}@{y}@{kind}{i:06d}.jpg" for i in range(n)]
+    names = [f"{kind}{i:06d}.jpg" for i in range(n)]
     for i, name in enumerate(names):
         link = root / kind / name
         if not link.is_symlink():
@@ -42,12 +42,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/report_scale"))
     args = p.parse_args()
     n, rng = args.queries, np.random.default_rng(0)
-    q_names, m_names = _folder(args.out, "q", n, 5.0), _folder(args.out, "m", n, 0.0)
+    q_names, m_names = _folder(args.out, "q", n), _folder(args.out, "m", n)
     ids = (np.arange(n)[:, None] + rng.integers(-3, 40, size=(n, 5))) % n  # about 1 in 10 right at top-1
     scores = np.sort(rng.random((n, 5)), axis=1)[:, ::-1].astype(np.float32)
     positives = [np.arange(max(i - 2, 0), min(i + 3, n)) for i in range(n)]
-    pos_q = np.stack([np.arange(n), np.full(n, 5.0)], 1)
-    pos_m = np.stack([np.arange(n), np.zeros(n)], 1)
+    t = 2 * np.pi * np.arange(n) / n  # a figure-eight route, queries 5 m off the map's path
+    pos_m = np.stack([400 * np.sin(t), 200 * np.sin(2 * t)], 1)
+    pos_q = pos_m + 5.0
     data = ReportData(f"{n} synthetic queries", args.out / "q", q_names, args.out / "m", m_names,
                       Ranking("synthetic", ids, scores), positives, None, pos_q, pos_m)
     t = time.perf_counter()
