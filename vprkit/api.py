@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.groundtruth import GroundTruth, GroundTruthError, ground_truth_for_kept, utm_from_names
+from .data.groundtruth import GroundTruth, GroundTruthError, csv_positions, ground_truth_for_kept, utm_from_names
 from .data.images import list_images
 from .evaluation import metrics, outputs, report
 from .features import extract, h5io
@@ -93,6 +93,19 @@ def gt_record(gt: str | None, threshold: float | None) -> dict:
     return {"gt": str(Path(gt).resolve()) if Path(gt).is_file() else gt, "threshold": threshold}
 
 
+def report_positions(manifest: dict, q_names: list[str], gt: str | None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Query and map positions in metres for the report's map: from a positions-CSV ground truth, else from
+    `@east@north@` file names; (None, None) when neither covers every image."""
+    if gt is not None and gt.endswith(".csv"):
+        try:
+            return csv_positions(gt, q_names, manifest["names"])
+        except GroundTruthError:
+            pass
+    q_pos = _utm_or_none(q_names) if manifest.get("positions") else None
+    return (None, None) if q_pos is None else (np.array(q_pos), np.array(manifest["positions"]))
+
+
 def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) -> Path:
     """Where to keep query features: in the results folder (reused by reruns and re-rankers), unless a file
     there holds another model's features, which is kept and a temporary file is used instead."""
@@ -117,12 +130,10 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
         result["metrics"] = metrics.evaluate(ids, truth)
     outputs.write_json(out_dir / "results.json", result)
     title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
-    m_pos = manifest.get("positions")
-    q_pos = _utm_or_none(q_names) if m_pos else None
+    q_pos, m_pos = report_positions(manifest, q_names, result.get("gt"))
     report.write_report(out_dir / "report.html", report.ReportData(
         title, query_dir, q_names, Path(manifest["map_dir"]), m_names,
         report.Ranking(conf["preset"] if baseline is None else "re-ranked", ids, scores, result.get("metrics")),
-        truth.positives if truth else None, baseline, q_pos and np.array(q_pos), m_pos and np.array(m_pos),
-        top=report_top))
+        truth.positives if truth else None, baseline, q_pos, m_pos, top=report_top))
     result["out_dir"] = str(out_dir)
     return result
