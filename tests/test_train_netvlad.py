@@ -167,18 +167,17 @@ def test_cli_counts_queries_without_positive_and_few_negatives(route, tiny, tmp_
     sets = ["resize_max=16", f"data.positions={tmp_path / 'pos.txt'}", "data.split=[0.5,0.25,0.25]",
             "train.epochs=2", "train.batch_size=4", "train.num_negs=50", "train.neg_samples=50", "train.mining=nearest"]
     out = tmp_path / "cli"
-    assert cli.main(["train", "train", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets]) == 0
+    dirs = [str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets]
+    assert cli.main(["train", "netvlad", "train", *dirs]) == 0
     log = _log(out / "log.csv")
     # 12 train queries: query 3 is skipped every epoch; the other 11 have only 11 negatives (< 50 asked)
     assert [int(r["skipped_no_positive"]) for r in log] == [1, 1]
     assert [int(r["few_negatives"]) for r in log] == [11, 11]
     assert [int(r["skipped_no_negative"]) for r in log] == [0, 0]
     capsys.readouterr()
-    assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
-                     "--checkpoint", str(out / "best.pt")]) == 0
+    assert cli.main(["train", "netvlad", "test", *dirs, "--checkpoint", str(out / "best.pt")]) == 0
     assert "| R@1 |" in capsys.readouterr().out
-    assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
-                     "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert cli.main(["train", "netvlad", "test", *dirs, "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt not found" in capsys.readouterr().err
 
 

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .data.groundtruth import GroundTruth, GroundTruthError, ground_truth_for_kept, utm_from_names
+import numpy as np
+
+from .data.groundtruth import GroundTruth, GroundTruthError, csv_positions, ground_truth_for_kept, utm_from_names
 from .data.images import list_images
 from .data.safeio import InputError, check_output, locked
 from .evaluation import metrics, outputs, report
@@ -150,7 +152,27 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
     truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
     return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top)
+                         report_top, gt_record(gt, threshold))
+
+
+def gt_record(gt: str | None, threshold: float | None) -> dict:
+    """The ground truth a results.json was scored with, so `vprkit compare` can score it again."""
+    if gt is None:
+        return {}
+    return {"gt": str(Path(gt).resolve()) if Path(gt).is_file() else gt, "threshold": threshold}
+
+
+def report_positions(manifest: dict, q_names: list[str], gt: str | None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Query and map positions in metres for the report's map: from a positions-CSV ground truth, else from
+    `@east@north@` file names; (None, None) when neither covers every image."""
+    if gt is not None and gt.endswith(".csv"):
+        try:
+            return csv_positions(gt, q_names, manifest["names"])
+        except GroundTruthError:
+            pass
+    q_pos = _utm_or_none(q_names) if manifest.get("positions") else None
+    return (None, None) if q_pos is None else (np.array(q_pos), np.array(manifest["positions"]))
 
 
 def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) -> Path:
@@ -167,14 +189,15 @@ def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) ->
 def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dict, q_all: list[str],
                   q_names: list[str], ids, scores, top_k: int, truth: GroundTruth | None,
                   report_top: int = 5, extra: dict | None = None, title: str | None = None,
-                  confidence=None) -> dict:
+                  confidence=None, baseline: report.Ranking | None = None) -> dict:
     """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking.
 
-    Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score."""
+    Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score;
+    `baseline` (the ranking before re-ranking) adds the fixed / broken queries to the report."""
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
-    result: dict = {"index": str(index_dir.resolve()), "index_fingerprint": faiss_index.fingerprint(index_dir),
+    result: dict = {"index": str(Path(index_dir).resolve()), "index_fingerprint": faiss_index.fingerprint(index_dir),
                     "queries": str(query_dir), "preset": conf["preset"],
                     "num_queries": len(q_names), "num_map": len(m_names), "top_k": top_k,
                     "skipped_queries": sorted(set(q_all) - set(q_names)), **(extra or {})}
@@ -182,7 +205,10 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
         result["metrics"] = metrics.evaluate(ids, truth, scores=scores if confidence is None else confidence[:, None])
     outputs.write_json(out_dir / "results.json", result)
     title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
-    report.write_report(out_dir / "report.html", title, result.get("metrics"), query_dir, q_names,
-                        Path(manifest["map_dir"]), m_names, ids, scores, truth and truth.positives, top=report_top)
+    q_pos, m_pos = report_positions(manifest, q_names, result.get("gt"))
+    report.write_report(out_dir / "report.html", report.ReportData(
+        title, query_dir, q_names, Path(manifest["map_dir"]), m_names,
+        report.Ranking(conf["preset"] if baseline is None else "re-ranked", ids, scores, result.get("metrics")),
+        truth.positives if truth else None, baseline, q_pos, m_pos, top=report_top))
     result["out_dir"] = str(out_dir)
     return result

@@ -1,4 +1,5 @@
-"""Command line: `vprkit index | query | rerank | sequence | evaluate | train | demo | presets`."""
+"""Command line: `vprkit index | query | rerank | sequence | evaluate | compare | export | train | serve | demo |
+presets`."""
 
 from __future__ import annotations
 
@@ -65,29 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gt", help="ground truth, as for `vprkit query`")
     s.add_argument("--threshold", type=float)
 
-    s = sub.add_parser("train", help="train NetVLAD (+ attention) on images with positions: cluster, train, test")
-    s.add_argument("mode", choices=["cluster", "train", "test"])
-    s.add_argument("map_dir")
-    s.add_argument("query_dir")
-    s.add_argument("-o", "--out", required=True, help="run folder (centroids.npz, last.pt, best.pt, log.csv)")
-    s.add_argument("--preset", default="mobilenetv2-netvlad", help="training preset (see `vprkit presets`)")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override any setting with dotted keys, e.g. train.epochs=5 data.positions=utm")
-    s.add_argument("--restart", action="store_true",
-                   help="train: start over instead of continuing the run in OUT (last.pt, same settings)")
-    s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
-    s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
+    _train_parser(sub)
 
-    s = sub.add_parser("train-ames", help="train an AMES re-ranker (fp, or binary by distillation) on a retrieval")
-    s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
-    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s = sub.add_parser("compare", help="two results folders side by side: metrics, per-query wins and losses")
+    s.add_argument("results_a")
+    s.add_argument("results_b")
+    s.add_argument("-o", "--out", default="compare", help="folder for report.html and compare.json")
+    s.add_argument("--gt", help="ground truth (default: the one RESULTS_A's results.json records)")
     s.add_argument("--threshold", type=float)
-    s.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.csv, cached local features)")
-    s.add_argument("--preset", default="fp", help="fp, fp-chamfer (labels + Chamfer similarity as a soft target), "
-                   "or binary (needs --set teacher=FP_MODEL/best.pt)")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
-    s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
 
+    s = sub.add_parser("export", help="a results folder as hloc or Kapture retrieval files")
+    s.add_argument("results_dir")
+    s.add_argument("--format", required=True, choices=["hloc", "kapture"])
+    s.add_argument("-o", "--out", required=True, help="output folder")
     _segvlad_parser(sub)
     _sequence_parser(sub)
 
@@ -116,6 +107,67 @@ def _serve_parser(sub) -> None:
     s.add_argument("--keys", help="API keys file (hashed; see docs/service.md); without it every caller may write")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="service settings, e.g. max_batch=16 batch_wait_ms=5 rate_per_s=20 (see docs/service.md)")
+
+
+def _train_parser(sub) -> None:
+    """`vprkit train netvlad|ames|gcsa ...`: every trainable method under one command."""
+    t = sub.add_parser("train", help="train a method: netvlad (cluster, train, test), ames, gcsa")
+    tsub = t.add_subparsers(dest="method", required=True)
+    s = tsub.add_parser("netvlad", help="NetVLAD (+ attention) on images with positions: cluster, train, test")
+    s.add_argument("mode", choices=["cluster", "train", "test"])
+    s.add_argument("map_dir")
+    s.add_argument("query_dir")
+    s.add_argument("-o", "--out", required=True, help="run folder (centroids.npz, last.pt, best.pt, log.csv)")
+    s.add_argument("--preset", default="mobilenetv2-netvlad", help="training preset (see `vprkit presets`)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any setting with dotted keys, e.g. train.epochs=5 data.positions=utm")
+    s.add_argument("--restart", action="store_true",
+                   help="train: start over instead of continuing the run in OUT (last.pt, same settings)")
+    s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
+
+    s = tsub.add_parser("ames", help="an AMES re-ranker (fp, or binary by distillation) on a retrieval")
+    s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
+    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.csv, cached local features)")
+    s.add_argument("--preset", default="fp", help="fp, fp-chamfer (labels + Chamfer similarity as a soft target), "
+                   "or binary (needs --set teacher=FP_MODEL/best.pt)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
+    s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
+
+    s = tsub.add_parser("gcsa", help="GCSA re-ranker on a retrieval of training queries")
+    s.add_argument("results_dir", help="`vprkit query` results folder of the training queries")
+    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("-o", "--out", required=True, help="training folder (checkpoints, logs)")
+    s.add_argument("--map-sideinfo", help="index | sequence | utm | msls | metadata .csv")
+    s.add_argument("--query-sideinfo", help="as --map-sideinfo; positions are the truth the priors are drawn from")
+    s.add_argument("--preset", default="position", help="GCSA training preset (see `vprkit presets`)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override conf keys (JSON values)")
+    s.add_argument("--restart", action="store_true", help="start over instead of continuing the run in OUT")
+
+
+LEGACY_TRAIN = {"train-ames": ["train", "ames"]}  # old command -> new words
+NETVLAD_MODES = ("cluster", "train", "test")
+
+
+def modern_argv(argv: list[str]) -> list[str]:
+    """Old training forms (`vprkit train-ames`, `vprkit train cluster|train|test`) rewritten to
+    `vprkit train METHOD ...`, with a deprecation line giving the new form on stderr."""
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] != "--device")),
+              None)
+    if at is None:
+        return argv
+    new = None
+    if argv[at] in LEGACY_TRAIN:
+        new = argv[:at] + LEGACY_TRAIN[argv[at]] + argv[at + 1:]
+    elif argv[at] == "train" and argv[at + 1: at + 2] and argv[at + 1] in NETVLAD_MODES:
+        new = argv[:at + 1] + ["netvlad"] + argv[at + 1:]
+    if new is None:
+        return argv
+    print(f"vprkit: this form is deprecated; use: vprkit {' '.join(new)}", file=sys.stderr)
+    return new
 
 
 def _segvlad_parser(sub) -> None:
@@ -233,7 +285,22 @@ def _rerank(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    """`vprkit train MODE`: print what the mode produced."""
+    """`vprkit train METHOD ...`: run the method's training `main` and print what it produced."""
+    if args.method == "ames":
+        from .train import ames as train_ames
+
+        conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
+        best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
+        print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
+        return
+    if args.method == "gcsa":
+        from .train import gcsa
+
+        conf = gcsa.get_conf(args.preset, **parse_overrides(args.set))
+        path = gcsa.main(conf, args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo,
+                         args.threshold, not args.restart)
+        print(f"checkpoint: {path}")
+        return
     from .train import netvlad
 
     conf = netvlad.get_conf(args.preset, parse_overrides(args.set))
@@ -246,7 +313,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(modern_argv(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if args.command == "index" and args.append:
@@ -273,12 +340,17 @@ def main(argv: list[str] | None = None) -> int:
             _rerank(args)
         elif args.command == "train":
             _train(args)
-        elif args.command == "train-ames":
-            from .train import ames as train_ames
+        elif args.command == "compare":
+            from . import compare
 
-            conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
-            best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
-            print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
+            res = compare.main(args.results_a, args.results_b, args.out, args.gt, args.threshold)
+            print(metrics.format_table(res["metrics"]))
+            print(f"B right where A wrong: {res['b_wins']}, A right where B wrong: {res['a_wins']} "
+                  f"(both right {res['both_right']}, both wrong {res['both_wrong']})\nreport: {res['report']}")
+        elif args.command == "export":
+            from . import export
+
+            print("\n".join(map(str, export.main(args.results_dir, args.format, args.out))))
         elif args.command == "segvlad":
             _segvlad(args)
         elif args.command == "sequence":

@@ -117,3 +117,9 @@ def format_table(results: dict[str, dict], keys=("R@1", "R@5", "R@10", "R@20", "
     for name, res in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{res.get(k, float('nan')):.3f}" for k in keys) + " |")
     return "\n".join(lines)
+
+
+def top1_correct(predictions: np.ndarray, gt: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each query's first prediction is a positive, and which queries have a positive at all."""
+    rel, has_pos = _hits(predictions[:, :1], gt)
+    return rel[:, 0], has_pos

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import RESULTS_MARKERS, write_results
+from ..api import RESULTS_MARKERS, gt_record, write_results
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import InputError, check_output, locked
-from ..evaluation import metrics, outputs
+from ..evaluation import metrics, outputs, report
 from ..index import faiss_index
 
 logger = logging.getLogger("vprkit")
@@ -119,11 +119,12 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
         ids, scores = reranker.rerank(cand, out_dir / "cache")
     q_all = list_images(retrieval.query_dir)
     truth = ground_truth_for_kept(gt, q_all, retrieval.q_names, retrieval.m_names, threshold) if gt else None
-    extra: dict = {"conf": conf, "num_rerank": n}
+    extra: dict = {"conf": conf, "num_rerank": n, **gt_record(gt, threshold)}
     if truth is not None:
         extra["metrics_global"] = metrics.evaluate(cand.ids, truth)
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
+    baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
-                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title)
+                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline)
     reranker.finish(out_dir, cand, ids, scores, result)
     return result
