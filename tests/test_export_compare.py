@@ -68,7 +68,7 @@ def test_kapture_export_reads_back_with_kapture(retrieval, tmp_path):
 def test_export_refuses_results_without_query_features(retrieval, tmp_path, capsys):
     res, _ = retrieval
     (res / "query_features.h5").unlink()
-    assert main(["export", str(res), "--format", "hloc", "-o", str(tmp_path / "h")]) == 1
+    assert main(["export", str(res), "--format", "hloc", "-o", str(tmp_path / "h")]) == 2
     assert "no query_features.h5" in capsys.readouterr().err
 
 
@@ -80,7 +80,7 @@ def test_compare_counts_wins_and_losses(retrieval, tmp_path, capsys):
     worse = ids.copy()
     worse[:4] = worse[:4, ::-1]  # B puts the correct image (itself) last for the first four queries
     outputs.write_predictions(b / "predictions.txt", q, m, worse, scores)
-    assert main(["compare", str(res), str(b), "-o", str(tmp_path / "cmp")]) == 1  # no ground truth recorded
+    assert main(["compare", str(res), str(b), "-o", str(tmp_path / "cmp")]) == 2  # no ground truth recorded
     assert "records no ground truth" in capsys.readouterr().err
     assert main(["compare", str(res), str(b), "-o", str(tmp_path / "cmp"), "--gt", str(gt)]) == 0
     assert "B right where A wrong: 0, A right where B wrong: 4" in capsys.readouterr().out

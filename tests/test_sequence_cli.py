@@ -47,7 +47,7 @@ def test_sequence_cli_and_stream(tmp_path, capsys):
     assert main(["query", str(idx), str(DEMO / "query"), "--gt", "index", "-o", str(tmp_path / "q")]) == 0
     assert main(["sequence", str(tmp_path / "q"), "--method", "hmm", "--gt", "index"]) == 0
     assert (tmp_path / "q" / "sequence-hmm" / "results.json").is_file()
-    assert main(["sequence", str(idx), str(DEMO / "query"), "--set", "ds=0"]) == 1
+    assert main(["sequence", str(idx), str(DEMO / "query"), "--set", "ds=0"]) == 2
     assert "ds must be >= 1" in capsys.readouterr().err
-    assert main(["sequence", str(tmp_path)]) == 1
+    assert main(["sequence", str(tmp_path)]) == 2
     assert "results.json not found" in capsys.readouterr().err

@@ -168,5 +168,5 @@ def test_serve_refuses_a_public_address_without_keys_and_a_folder_that_is_no_ind
 
     with pytest.raises(ValueError, match="without --keys"):
         run(tmp_path, host="0.0.0.0")
-    assert cli.main(["serve", str(tmp_path / "nothing")]) == 1
+    assert cli.main(["serve", str(tmp_path / "nothing")]) == 2
     assert not any(tmp_path.iterdir())  # no lock file or anything else left beside it
