@@ -178,6 +178,10 @@ def test_streaming_equals_batch_online(preset, search):
     assert [o[1] for o in out] == pytest.approx(confidence.tolist(), rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="size 3, but the index holds 32-d"):
         loc.add(np.zeros(3, dtype=np.float32))
+    # a fork (one per service stream) shares the map's descriptors and starts from a fresh state
+    fresh = SequenceLocalizer(mi, conf, map_desc=m).fork()
+    assert fresh.stream is not loc.stream and fresh.stream.map is fresh._new_stream().map
+    assert [fresh.add(x) for x in q] == out
 
 
 def test_layout_from_timestamps_positions_and_names(tmp_path):

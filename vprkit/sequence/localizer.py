@@ -6,6 +6,7 @@ its last `ds` descriptors (candidates); the HMM keeps one belief over places.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,20 @@ class SequenceLocalizer:
         route = np.ascontiguousarray(np.asarray(map_desc, dtype=np.float32)[lay.order])
         search = pipeline.index_search(self.index, lay.order)
         if self.conf["method"] == "seqslam":
-            self.stream = matcher.SeqSLAMStream(route, self.conf, search)
+            self._new_stream = lambda: matcher.SeqSLAMStream(route, self.conf, search)
         else:
             pos = None if lay.positions is None else lay.positions[lay.order]
-            self.stream = matcher.HMMStream(route, self.conf, pipeline.transitions(self.conf, len(route), pos),
-                                            search)
+            trans = pipeline.transitions(self.conf, len(route), pos)
+            self._new_stream = lambda: matcher.HMMStream(route, self.conf, trans, search)
+        self.stream = self._new_stream()
         self.device, self._extractor = device, None
+
+    def fork(self) -> SequenceLocalizer:
+        """Another stream on the same map: shares the map's descriptors, order and model; fresh state of its own
+        (so many streams cost one map, plus each stream's window)."""
+        other = copy.copy(self)
+        other.stream = self._new_stream()
+        return other
 
     def describe(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """Global descriptor of one image with the index's model."""

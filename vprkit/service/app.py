@@ -31,6 +31,7 @@ from starlette.datastructures import UploadFile
 from ..data.images import ImageError, PixelLimitError, decode_image, load_image, resize_to_stride
 from ..features.extract import Extractor
 from ..index.growing import MapWriter, check_name
+from ..sequence.localizer import SequenceLocalizer
 from .auth import Caller, KeyStore, RateLimiter
 from .batching import Batcher
 from .estimate import estimate, posterior
@@ -42,7 +43,8 @@ STATIC = Path(__file__).parent / "static"
 DEFAULTS = {
     "top_k": 5, "max_top_k": 100, "max_batch": 16, "batch_wait_ms": 5.0, "max_body_bytes": 20_000_000,
     "max_pixels": 40_000_000, "rate_per_s": 50.0, "rate_burst": 100.0, "timeout_s": 30.0, "body_timeout_s": 10.0,
-    "stream_idle_s": 300.0, "max_streams": 1000, "stream_window": 10, "compact_every": 1000, "estimate_temp": 0.05,
+    "stream_idle_s": 300.0, "max_streams": 1000, "stream_window": 10, "stream_preset": "seqslam-candidates",
+    "compact_every": 1000, "estimate_temp": 0.05,
     "estimate_radius": 25.0, "prior_depth": 50, "thumb_px": 160, "thumb_cache": 512, "map_points_max": 20000,
     "rerank": {},
 }
@@ -73,14 +75,29 @@ class Service:
         self.limiter = RateLimiter(self.s["rate_per_s"], self.s["rate_burst"])
         self.streams = Streams(self.stream_factory, self.s["stream_idle_s"], self.s["max_streams"])
         self._rerank = None
+        self._sequence: tuple | None = None  # (map version, SequenceLocalizer the streams fork from)
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()  # the lazily built re-ranker and the thumbnail cache
         self.metrics.map_size.set(len(self.writer.map.ids))
 
     def stream_factory(self, search) -> StreamLocalizer:
-        """One stream's sequence localizer. PLUG-IN POINT: at merge, return
-        `vprkit.sequence.SequenceLocalizer(self.map, conf)` (its `add(frame) -> (estimate, score)`) here."""
-        return WindowLocalizer(search, window=self.s["stream_window"])
+        """One stream's localizer: `vprkit.sequence.SequenceLocalizer` with the `stream_preset` (default SeqSLAM in
+        candidates mode, so a stream's memory is bounded by its window and candidates, not the map) on the live
+        map, shared by all streams and rebuilt when the map changes; the built-in `WindowLocalizer` where the
+        index cannot give its vectors back (compressed indexes)."""
+        with self.writer.lock:
+            mi = self.map
+            key = (mi.index.ntotal, len(mi.deleted))
+            if self._sequence is None or self._sequence[0] != key:
+                try:
+                    desc = mi.index.reconstruct_n(0, mi.index.ntotal)
+                except RuntimeError:
+                    self._sequence = (key, None)
+                else:
+                    desc[sorted(mi.deleted)] = 0  # removed images: no similarity to anything
+                    self._sequence = (key, SequenceLocalizer(mi, self.s["stream_preset"], map_desc=desc))
+            base = self._sequence[1]
+        return WindowLocalizer(search, window=self.s["stream_window"]) if base is None else base.fork()
 
     @property
     def map(self):
