@@ -79,7 +79,8 @@ class ShardWorker:
 
     def __init__(self, conf: dict, image_dir: str, shard_dir: str, state_path: str, device: str = "cpu",
                  pid_dir: str | None = None) -> None:
-        self.conf, self.image_dir, self.shard_dir, self.state_path = conf, Path(image_dir), Path(shard_dir), Path(state_path)
+        self.conf, self.image_dir, self.shard_dir = conf, Path(image_dir), Path(shard_dir)
+        self.state_path = Path(state_path)
         self.extractor = extract.Extractor(conf, device)
         if self.extractor.aggregator.needs_fit:
             self.extractor.load_state(self.state_path)
@@ -123,7 +124,8 @@ def run_shards_on_ray(conf: dict, image_dir: Path, shard_dir: Path, state_path: 
     connect(address, num_workers)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar says how far it is
     gpus = 1 if device.startswith("cuda") and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    ds = ray.data.from_items([{"shard": i, "names": json.dumps(shards[i])} for i in todo], override_num_blocks=len(todo))
+    rows = [{"shard": i, "names": json.dumps(shards[i])} for i in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=num_workers),
                         num_cpus=1, num_gpus=gpus, ray_remote_args_fn=_retry_forever,
                         fn_constructor_kwargs={"conf": conf, "image_dir": str(image_dir), "shard_dir": str(shard_dir),
