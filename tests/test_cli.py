@@ -32,9 +32,28 @@ def test_predictions_roundtrip(tmp_path):
 
 def test_errors_are_clear(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["index", str(tmp_path / "empty"), "-o", str(tmp_path / "idx"), "--preset", "dinov2-gem"]) == 1
+    assert main(["index", str(tmp_path / "empty"), "-o", str(tmp_path / "idx"), "--preset", "dinov2-gem"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vprkit: error:") and "no images" in err and "empty" in err
     assert not (tmp_path / "idx").exists() and not (tmp_path / ".idx.work").exists()
-    assert main(["query", str(tmp_path), str(tmp_path)]) == 1
+    assert main(["query", str(tmp_path), str(tmp_path)]) == 2
     assert "not a vprkit index" in capsys.readouterr().err
+
+
+def test_old_training_forms_run_the_new_one_and_say_so(capsys, monkeypatch):
+    from vprkit import cli
+    from vprkit.train import gcsa
+
+    assert cli.modern_argv(["--device", "cpu", "train-ames", "R", "--gt", "g", "-o", "o"]) == \
+        ["--device", "cpu", "train", "ames", "R", "--gt", "g", "-o", "o"]
+    assert "use: vprkit --device cpu train ames R --gt g -o o" in capsys.readouterr().err
+    assert cli.modern_argv(["train", "cluster", "M", "Q", "-o", "r"]) == ["train", "netvlad", "cluster", "M", "Q",
+                                                                         "-o", "r"]
+    assert "use: vprkit train netvlad cluster M Q -o r" in capsys.readouterr().err
+    new = ["train", "netvlad", "test", "M", "Q", "-o", "r"]
+    assert cli.modern_argv(new) == new and capsys.readouterr().err == ""
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    assert gcsa._cli(["R", "--gt", "index", "-o", "o"]) == 0
+    assert seen == [["train", "gcsa", "R", "--gt", "index", "-o", "o"]]
+    assert "use: vprkit train gcsa R --gt index -o o" in capsys.readouterr().err

@@ -293,10 +293,10 @@ def corridor_results(tiny_backbone, tmp_path):
 
 
 def test_train_and_rerank_cli_on_corridor(corridor_results, tmp_path, caplog, one_thread):
-    train_gcsa._cli([str(corridor_results), "--gt", "index", "-o", str(tmp_path / "train"), "--map-sideinfo", "index",
-                     "--query-sideinfo", "index", "--preset", "position", "--set",
-                     'model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2}', "num_anchors=10",
-                     "num_candidates=20", 'stage1={"epochs": 2}', 'stage2={"epochs": 3}', "query_prior_sigma=2"])
+    assert cli(["train", "gcsa", str(corridor_results), "--gt", "index", "-o", str(tmp_path / "train"),
+                "--map-sideinfo", "index", "--query-sideinfo", "index", "--preset", "position", "--set",
+                'model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2}', "num_anchors=10",
+                "num_candidates=20", 'stage1={"epochs": 2}', 'stage2={"epochs": 3}', "query_prior_sigma=2"]) == 0
     ckpt = tmp_path / "train" / "gcsa.pt"
     meta = load_checkpoint(ckpt, restore_rng=False)
     assert meta["model_config"]["width"] == 16 and meta["conf"]["stage2"] == {"epochs": 3, "lr": 1e-3,
@@ -320,5 +320,5 @@ def test_train_and_rerank_cli_on_corridor(corridor_results, tmp_path, caplog, on
 
 
 def test_rerank_without_checkpoint_is_a_clear_error(corridor_results, capsys):
-    assert cli(["rerank", str(corridor_results), "--method", "gcsa"]) == 1
+    assert cli(["rerank", str(corridor_results), "--method", "gcsa"]) == 2
     assert "GCSA needs a trained model" in capsys.readouterr().err

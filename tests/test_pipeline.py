@@ -3,6 +3,8 @@
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_top_k
+from report_helpers import read_report_data
 
 from vprkit import api
 from vprkit.features import extract, h5io
@@ -62,7 +64,8 @@ def test_index_query_and_model_refusal(tiny_backbone, image_folder, tmp_path):
     gt.write_text("".join(f"{n} {n}\n" for n in mi.names))
     res = api.localize(out, image_folder, top_k=3, gt=str(gt), out_dir=tmp_path / "res")
     assert res["metrics"]["R@1"] == 1.0
-    assert (tmp_path / "res" / "report.html").read_text().count("<tr>") == 13
+    data = read_report_data(tmp_path / "res" / "report.html")
+    assert len(data["queries"]) == 12 and data["counts"]["right"] == 12
     pairs = (tmp_path / "res" / "pairs-top3.txt").read_text().splitlines()
     assert len(pairs) == 36 and pairs[0].split()[0] == pairs[0].split()[1]
     with pytest.raises(ValueError, match="built with preset 'mobilenetv2-gem'"):
@@ -75,8 +78,8 @@ def test_chunked_search_equals_exact_numpy():
     q = rng.normal(size=(37, 16)).astype(np.float32)
     mi = faiss_index.MapIndex(faiss_index.build(db), {"names": []})
     scores, ids = mi.search(q, 5, chunk=8)
-    ref = np.argsort(-(q @ db.T), axis=1)[:, :5]
-    np.testing.assert_array_equal(ids, ref)
+    assert_top_k(ids, q @ db.T)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ db.T, ids, 1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="expects dimension 16"):
         mi.search(q[:, :4], 5)
 
@@ -92,4 +95,21 @@ def test_ivf_with_all_lists_probed_equals_exact():
     q = rng.normal(size=(20, 8)).astype(np.float32)
     ivf = faiss_index.MapIndex(faiss_index.build(db, "IVF4,Flat"), {"names": []})
     _, ids = ivf.search(q, 3, nprobe=4)
-    np.testing.assert_array_equal(ids, np.argsort(-(q @ db.T), axis=1)[:, :3])
+    assert_top_k(ids, q @ db.T)
+
+
+def test_report_map_from_positions_csv_or_names(tiny_backbone, image_folder, tmp_path):
+    out = api.index_map(image_folder, tmp_path / "idx", preset="mobilenetv2-gem", batch_size=4)
+    names = faiss_index.load(out).names
+    csv = tmp_path / "pos.csv"
+    csv.write_text("name,easting,northing\n" + "".join(f"{n},{100 * i},{-7 * i}\n" for i, n in enumerate(names)))
+    q_pos, m_pos = api.report_positions({"names": names, "positions": None}, names[:3], str(csv))
+    np.testing.assert_array_equal(q_pos, [[0, 0], [100, -7], [200, -14]])
+    assert m_pos.shape == (12, 2) and m_pos[11].tolist() == [1100, -77]
+    utm = ["@5.5@-2@a.jpg", "@7@8@b.jpg"]
+    q_pos, m_pos = api.report_positions({"names": utm, "positions": [[5.5, -2.0], [7.0, 8.0]]}, utm[::-1], None)
+    assert q_pos.tolist() == [[7, 8], [5.5, -2]] and m_pos.tolist() == [[5.5, -2], [7, 8]]
+    assert api.report_positions({"names": names, "positions": None}, names, "sequence") == (None, None)
+    api.localize(out, image_folder, top_k=3, gt=str(csv), out_dir=tmp_path / "res")
+    data = read_report_data(tmp_path / "res" / "report.html")
+    assert "map.svg" in [p["src"] for p in data["plots"]] and (tmp_path / "res" / "report_files" / "map.svg").is_file()

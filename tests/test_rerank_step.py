@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from report_helpers import read_report_data
 
 from vprkit import rerank
 from vprkit.cli import main, parse_overrides
@@ -49,12 +50,18 @@ def test_rerank_cli_writes_and_evaluates(results, capsys):
     assert out["metrics"]["R@5"] == 1.0 and out["metrics"]["mAP"] == pytest.approx(1 / 3)
     lines = (res_dir / "rerank-reverse-all" / "predictions.txt").read_text().splitlines()[1:]
     assert lines[2].split()[:3] == [names[0], "3", names[0]]
+    # the report: every query was right before and wrong after, so all 12 are "broken", none "fixed"
+    data = read_report_data(res_dir / "rerank-reverse-all" / "report.html")
+    assert data["labels"]["baseline"] == "global" and data["counts"]["broken"] == 12 and data["counts"]["fixed"] == 0
+    assert set(data["metrics"]) == {"global", "re-ranked"} and data["metrics"]["global"]["R@1"] == 1.0
+    first = data["queries"][0]
+    assert first[7] == -1 and data["maps"][first[8]][0] == first[0]  # the global top-1 was the query itself
 
 
 def test_overrides_and_unknown_method(results, capsys):
     assert parse_overrides(["a=3", "b=[1,2]", "c=ransac", "d=0.5"]) == {"a": 3, "b": [1, 2], "c": "ransac", "d": 0.5}
     assert Reverse.get_conf("all", num_rerank=2)["num_rerank"] == 2
-    assert main(["rerank", str(results[0]), "--method", "nope"]) == 1
+    assert main(["rerank", str(results[0]), "--method", "nope"]) == 2
     assert "unknown re-ranking method 'nope'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["novalue"])

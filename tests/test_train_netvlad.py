@@ -56,9 +56,9 @@ def _log(path):
 
 
 def test_resume_equals_uninterrupted_run(route, tiny, tmp_path):
-    conf = _conf("mobilenetv2-crn-stml", **{"train.epochs": 3})
+    conf = _conf("mobilenetv2-crn-stml-vprkit", **{"train.epochs": 3})
     _run(route, tmp_path / "a", conf)
-    short = _conf("mobilenetv2-crn-stml", **{"train.epochs": 1})
+    short = _conf("mobilenetv2-crn-stml-vprkit", **{"train.epochs": 1})
     _run(route, tmp_path / "b", short)
     _run(route, tmp_path / "b", conf, resume=True)
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
@@ -141,7 +141,8 @@ def test_bad_checkpoints_give_clear_errors(route, tiny, tmp_path):
                       model={"name": "mobilenetv2", "layer": 13, "checkpoint": str(junk)})
     # a checkpoint trained without attention, tested as a CRN model
     with pytest.raises(ValueError, match=r"another architecture: aggregator.attention: checkpoint None, here 'crn'"):
-        _run(route, tmp_path / "r2", _conf("mobilenetv2-crn-stml"), "test", checkpoint=tmp_path / "r" / "last.pt")
+        _run(route, tmp_path / "r2", _conf("mobilenetv2-crn-stml-vprkit"), "test",
+             checkpoint=tmp_path / "r" / "last.pt")
     # a MobileNetV2 checkpoint used for a VGG19 preset
     with pytest.raises(ValueError, match=r"model.name: checkpoint 'mobilenetv2', here 'vgg19'"):
         api.index_map(route / "map", tmp_path / "i2", "vgg19-netvlad",
@@ -164,20 +165,19 @@ def test_cli_counts_queries_without_positive_and_few_negatives(route, tiny, tmp_
     lines = [f"{i:03d}.png" + ("" if i == 3 else f" {i:03d}.png") for i in range(N)]
     (tmp_path / "pos.txt").write_text("\n".join(lines) + "\n")
     sets = ["resize_max=16", f"data.positions={tmp_path / 'pos.txt'}", "data.split=[0.5,0.25,0.25]",
-            "train.epochs=2", "train.batch_size=4", "train.num_negs=50", "train.neg_samples=50"]
+            "train.epochs=2", "train.batch_size=4", "train.num_negs=50", "train.neg_samples=50", "train.mining=nearest"]
     out = tmp_path / "cli"
-    assert cli.main(["train", "train", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets]) == 0
+    dirs = [str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets]
+    assert cli.main(["train", "netvlad", "train", *dirs]) == 0
     log = _log(out / "log.csv")
     # 12 train queries: query 3 is skipped every epoch; the other 11 have only 11 negatives (< 50 asked)
     assert [int(r["skipped_no_positive"]) for r in log] == [1, 1]
     assert [int(r["few_negatives"]) for r in log] == [11, 11]
     assert [int(r["skipped_no_negative"]) for r in log] == [0, 0]
     capsys.readouterr()
-    assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
-                     "--checkpoint", str(out / "best.pt")]) == 0
+    assert cli.main(["train", "netvlad", "test", *dirs, "--checkpoint", str(out / "best.pt")]) == 0
     assert "| R@1 |" in capsys.readouterr().out
-    assert cli.main(["train", "test", str(route / "map"), str(route / "query"), "-o", str(out), "--set", *sets,
-                     "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert cli.main(["train", "netvlad", "test", *dirs, "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt not found" in capsys.readouterr().err
 
 

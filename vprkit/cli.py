@@ -1,4 +1,5 @@
-"""Command line: `vprkit index | query | rerank | evaluate | train | demo | presets`."""
+"""Command line: `vprkit index | query | rerank | sequence | evaluate | compare | export | train | serve | demo |
+presets`."""
 
 from __future__ import annotations
 
@@ -28,16 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", required=True, help="index folder to create")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
-    s.add_argument("--batch-size", type=int)
+    s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=int, help="long image side before the backbone")
     s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
     s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth)")
     s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
+    s.add_argument("--append", action="store_true",
+                   help="add MAP_DIR's new images to the existing index OUT (journaled, crash-safe)")
 
     s = sub.add_parser("query", help="localize a folder of query images against an index")
     s.add_argument("index_dir")
     s.add_argument("query_dir")
-    s.add_argument("--top-k", type=int, default=20)
+    s.add_argument("--top-k", type=positive_int, default=20)
     s.add_argument("-o", "--out", help="results folder (default INDEX/results/QUERY_NAME)")
     s.add_argument("--gt", help="ground truth: 'utm', 'sequence', 'index', a .npz, a .csv or a positives file")
     s.add_argument("--threshold", type=float, help="positive distance (m; frames for 'sequence')")
@@ -58,35 +61,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", help="the method's named preset")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any preset parameter (VALUE parsed as JSON when it can be)")
-    s.add_argument("--num-rerank", type=int, help="candidates re-ranked per query (default: the method's)")
+    s.add_argument("--num-rerank", type=positive_int, help="candidates re-ranked per query (default: the method's)")
     s.add_argument("-o", "--out", help="output folder (default RESULTS_DIR/rerank-METHOD-PRESET)")
     s.add_argument("--gt", help="ground truth, as for `vprkit query`")
     s.add_argument("--threshold", type=float)
 
-    s = sub.add_parser("train", help="train NetVLAD (+ attention) on images with positions: cluster, train, test")
-    s.add_argument("mode", choices=["cluster", "train", "test"])
-    s.add_argument("map_dir")
-    s.add_argument("query_dir")
-    s.add_argument("-o", "--out", required=True, help="run folder (centroids.npz, last.pt, best.pt, log.csv)")
-    s.add_argument("--preset", default="mobilenetv2-netvlad", help="training preset (see `vprkit presets`)")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override any setting with dotted keys, e.g. train.epochs=5 data.positions=utm")
-    s.add_argument("--restart", action="store_true",
-                   help="train: start over instead of continuing the run in OUT (last.pt, same settings)")
-    s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
-    s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
+    _train_parser(sub)
 
-    s = sub.add_parser("train-ames", help="train an AMES re-ranker (fp, or binary by distillation) on a retrieval")
-    s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
-    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s = sub.add_parser("compare", help="two results folders side by side: metrics, per-query wins and losses")
+    s.add_argument("results_a")
+    s.add_argument("results_b")
+    s.add_argument("-o", "--out", default="compare", help="folder for report.html and compare.json")
+    s.add_argument("--gt", help="ground truth (default: the one RESULTS_A's results.json records)")
     s.add_argument("--threshold", type=float)
-    s.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.csv, cached local features)")
-    s.add_argument("--preset", default="fp", help="fp, fp-chamfer (labels + Chamfer similarity as a soft target), "
-                   "or binary (needs --set teacher=FP_MODEL/best.pt)")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
-    s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
 
+    s = sub.add_parser("export", help="a results folder as hloc or Kapture retrieval files")
+    s.add_argument("results_dir")
+    s.add_argument("--format", required=True, choices=["hloc", "kapture"])
+    s.add_argument("-o", "--out", required=True, help="output folder")
     _segvlad_parser(sub)
+    _sequence_parser(sub)
 
     s = sub.add_parser("match-two", help="Patch-NetVLAD score and patch correspondences of two images")
     s.add_argument("image_a")
@@ -100,7 +94,80 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
 
     sub.add_parser("presets", help="list the named presets")
+    _serve_parser(sub)
     return p
+
+
+def _serve_parser(sub) -> None:
+    """`vprkit serve INDEX`: the localization service (needs the `serve` extra)."""
+    s = sub.add_parser("serve", help="HTTP localization service on an index (OpenAPI docs at /docs)")
+    s.add_argument("index_dir")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--keys", help="API keys file (hashed; see docs/service.md); without it every caller may write")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="service settings, e.g. max_batch=16 batch_wait_ms=5 rate_per_s=20 (see docs/service.md)")
+
+
+def _train_parser(sub) -> None:
+    """`vprkit train netvlad|ames|gcsa ...`: every trainable method under one command."""
+    t = sub.add_parser("train", help="train a method: netvlad (cluster, train, test), ames, gcsa")
+    tsub = t.add_subparsers(dest="method", required=True)
+    s = tsub.add_parser("netvlad", help="NetVLAD (+ attention) on images with positions: cluster, train, test")
+    s.add_argument("mode", choices=["cluster", "train", "test"])
+    s.add_argument("map_dir")
+    s.add_argument("query_dir")
+    s.add_argument("-o", "--out", required=True, help="run folder (centroids.npz, last.pt, best.pt, log.csv)")
+    s.add_argument("--preset", default="mobilenetv2-netvlad", help="training preset (see `vprkit presets`)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any setting with dotted keys, e.g. train.epochs=5 data.positions=utm")
+    s.add_argument("--restart", action="store_true",
+                   help="train: start over instead of continuing the run in OUT (last.pt, same settings)")
+    s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
+
+    s = tsub.add_parser("ames", help="an AMES re-ranker (fp, or binary by distillation) on a retrieval")
+    s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
+    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("-o", "--out", required=True, help="run folder (checkpoints, log.csv, cached local features)")
+    s.add_argument("--preset", default="fp", help="fp, fp-chamfer (labels + Chamfer similarity as a soft target), "
+                   "or binary (needs --set teacher=FP_MODEL/best.pt)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training setting")
+    s.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last.pt")
+
+    s = tsub.add_parser("gcsa", help="GCSA re-ranker on a retrieval of training queries")
+    s.add_argument("results_dir", help="`vprkit query` results folder of the training queries")
+    s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+    s.add_argument("-o", "--out", required=True, help="training folder (checkpoints, logs)")
+    s.add_argument("--map-sideinfo", help="index | sequence | utm | msls | metadata .csv")
+    s.add_argument("--query-sideinfo", help="as --map-sideinfo; positions are the truth the priors are drawn from")
+    s.add_argument("--preset", default="position", help="GCSA training preset (see `vprkit presets`)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override conf keys (JSON values)")
+    s.add_argument("--restart", action="store_true", help="start over instead of continuing the run in OUT")
+
+
+LEGACY_TRAIN = {"train-ames": ["train", "ames"]}  # old command -> new words
+NETVLAD_MODES = ("cluster", "train", "test")
+
+
+def modern_argv(argv: list[str]) -> list[str]:
+    """Old training forms (`vprkit train-ames`, `vprkit train cluster|train|test`) rewritten to
+    `vprkit train METHOD ...`, with a deprecation line giving the new form on stderr."""
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] != "--device")),
+              None)
+    if at is None:
+        return argv
+    new = None
+    if argv[at] in LEGACY_TRAIN:
+        new = argv[:at] + LEGACY_TRAIN[argv[at]] + argv[at + 1:]
+    elif argv[at] == "train" and argv[at + 1: at + 2] and argv[at + 1] in NETVLAD_MODES:
+        new = argv[:at + 1] + ["netvlad"] + argv[at + 1:]
+    if new is None:
+        return argv
+    print(f"vprkit: this form is deprecated; use: vprkit {' '.join(new)}", file=sys.stderr)
+    return new
 
 
 def _segvlad_parser(sub) -> None:
@@ -119,11 +186,40 @@ def _segvlad_parser(sub) -> None:
     s = ssub.add_parser("query", help="localize a folder of query images against a SegVLAD index")
     s.add_argument("index_dir")
     s.add_argument("query_dir")
-    s.add_argument("--top-k", type=int, default=20)
-    s.add_argument("--top-k-segments", type=int, help="map segments each query segment retrieves")
+    s.add_argument("--top-k", type=positive_int, default=20)
+    s.add_argument("--top-k-segments", type=positive_int, help="map segments each query segment retrieves")
     s.add_argument("-o", "--out")
     s.add_argument("--gt")
     s.add_argument("--threshold", type=float)
+
+
+def _sequence_parser(sub) -> None:
+    """`vprkit sequence`: localize a stream of query frames (SeqSLAM, HMM)."""
+    s = sub.add_parser("sequence", help="sequence matching of a query stream (SeqSLAM, HMM) on an index")
+    s.add_argument("source", help="an index folder (then give QUERY_DIR), or a `vprkit query` results folder")
+    s.add_argument("query_dir", nargs="?", help="query frames, in stream order (sorted names, or --set query_order)")
+    s.add_argument("--method", default="seqslam", choices=["seqslam", "hmm"])
+    s.add_argument("--preset", help="the method's preset (e.g. seqslam-candidates, hmm-viterbi; see `vprkit presets`)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset values (ds=20)")
+    s.add_argument("-o", "--out", help="output folder (default .../sequence-PRESET beside the query results)")
+    s.add_argument("--gt", help="ground truth, as for `vprkit query`")
+    s.add_argument("--threshold", type=float)
+
+
+def _sequence(args: argparse.Namespace) -> None:
+    from .sequence import pipeline as seq
+
+    conf = seq.get_conf(args.preset or args.method, **parse_overrides(args.set))
+    if conf["method"] != args.method:
+        raise ValueError(f"preset '{args.preset}' is a {conf['method']} preset, not {args.method}")
+    if args.query_dir is None:
+        res = seq.main(conf, None, None, args.out, args.gt, args.threshold, args.source, args.device)
+    else:
+        res = seq.main(conf, args.source, args.query_dir, args.out, args.gt, args.threshold, device=args.device)
+    if "metrics" in res:
+        keys = ("R@1", "R@5", "Rec@100P", "Rec@99P", "AUC-PR")
+        print(metrics.format_table({"single image": res["metrics_single"], conf["preset"]: res["metrics"]}, keys))
+    print(f"predictions, sequence.txt, results.json and report.html in {res['out_dir']}")
 
 
 def _segvlad(args: argparse.Namespace) -> None:
@@ -189,7 +285,22 @@ def _rerank(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    """`vprkit train MODE`: print what the mode produced."""
+    """`vprkit train METHOD ...`: run the method's training `main` and print what it produced."""
+    if args.method == "ames":
+        from .train import ames as train_ames
+
+        conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
+        best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
+        print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
+        return
+    if args.method == "gcsa":
+        from .train import gcsa
+
+        conf = gcsa.get_conf(args.preset, **parse_overrides(args.set))
+        path = gcsa.main(conf, args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo,
+                         args.threshold, not args.restart)
+        print(f"checkpoint: {path}")
+        return
     from .train import netvlad
 
     conf = netvlad.get_conf(args.preset, parse_overrides(args.set))
@@ -202,10 +313,17 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(modern_argv(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        if args.command == "index":
+        if args.command == "index" and args.append:
+            added = api.append_map(args.map_dir, args.out, args.device, batch_size=args.batch_size)
+            print(f"{len(added)} images appended to {args.out}")
+        elif args.command == "serve":
+            from .service.app import run
+
+            run(args.index_dir, args.host, args.port, args.keys, parse_overrides(args.set), args.device)
+        elif args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device,
                                 batch_size=args.batch_size, fp16=args.fp16, **_model_overrides(args))
             print(f"index written to {out}")
@@ -222,14 +340,21 @@ def main(argv: list[str] | None = None) -> int:
             _rerank(args)
         elif args.command == "train":
             _train(args)
-        elif args.command == "train-ames":
-            from .train import ames as train_ames
+        elif args.command == "compare":
+            from . import compare
 
-            conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
-            best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
-            print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
+            res = compare.main(args.results_a, args.results_b, args.out, args.gt, args.threshold)
+            print(metrics.format_table(res["metrics"]))
+            print(f"B right where A wrong: {res['b_wins']}, A right where B wrong: {res['a_wins']} "
+                  f"(both right {res['both_right']}, both wrong {res['both_wrong']})\nreport: {res['report']}")
+        elif args.command == "export":
+            from . import export
+
+            print("\n".join(map(str, export.main(args.results_dir, args.format, args.out))))
         elif args.command == "segvlad":
             _segvlad(args)
+        elif args.command == "sequence":
+            _sequence(args)
         elif args.command == "match-two":
             from .rerank import patchnetvlad
 
@@ -248,14 +373,29 @@ def main(argv: list[str] | None = None) -> int:
                 cls = rerank.get_reranker_class(method)
                 for name, conf in cls.confs.items():
                     print(f"rerank {method} {name:12s} {json.dumps({**cls.default_conf, **conf})}")
+            from .sequence.pipeline import CONFS as SEQ_CONFS
+
+            for name, conf in SEQ_CONFS.items():
+                print(f"sequence {name:18s} {json.dumps(conf)}")
             from .train import netvlad
 
             for name, conf in netvlad.CONFS.items():
                 print(f"train {name:28s} {json.dumps(conf)}")
-    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # bad input (InputError is a ValueError)
+        print(f"vprkit: error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a failed write (WriteError names the file), or another system error
         print(f"vprkit: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or negative counts are refused with exit code 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from .base import Aggregator
 from .cls import ClsToken
+from .flatten import Flatten
 from .gem import GeM
 from .netvlad import NetVLAD
 from .vlad import VLAD
 
-REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD}
+REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
+                                          "flatten": Flatten}
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:

@@ -8,18 +8,22 @@ found with a KD-tree, so a 1M map never builds a query x map distance matrix.
 from __future__ import annotations
 
 import csv
+import io
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .safeio import InputError, read_text
+
 DEFAULT_THRESHOLD_M = 25.0
 EARTH_RADIUS_M = 6_371_000.0
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(InputError):
     """Ground truth that does not fit the images it describes."""
 
 
@@ -81,7 +85,7 @@ def latlon_to_metres(lat: np.ndarray, lon: np.ndarray, origin: tuple[float, floa
 def read_positions_csv(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     """CSV with a header `name,lat,lon` or `name,easting,northing`; returns positions by name and kind."""
     path = Path(path)
-    with open(path, newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         kind = "latlon" if {"lat", "lon"} <= set(cols) else "utm" if {"easting", "northing"} <= set(cols) else ""
@@ -91,8 +95,11 @@ def read_positions_csv(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
         rows = {}
         for i, row in enumerate(reader, start=2):
             row = {k.strip().lower(): v for k, v in row.items()}
+            name = (row["name"] or "").strip()
+            if name in rows:
+                raise GroundTruthError(f"{path}:{i}: '{name}' appears twice; give each image one position")
             try:
-                rows[row["name"].strip()] = np.array([float(row[keys[0]]), float(row[keys[1]])])
+                rows[name] = np.array([float(row[keys[0]]), float(row[keys[1]])])
             except (TypeError, ValueError) as exc:
                 raise GroundTruthError(f"{path}:{i}: bad number ({exc})") from exc
     return rows, kind
@@ -121,13 +128,18 @@ def from_patchnetvlad_npz(path: str | Path, num_queries: int, num_map: int,
                           threshold: float | None = None) -> GroundTruth:
     """Patch-NetVLAD `.npz` (utmQ, utmDb, posDistThr); sizes must match the image lists."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        missing = {"utmQ", "utmDb"} - set(data.files)
-        if missing:
-            raise GroundTruthError(f"{path}: missing arrays {sorted(missing)}")
-        utm_q, utm_db = data["utmQ"], data["utmDb"]
-        thr = float(threshold if threshold is not None else data["posDistThr"] if "posDistThr" in data.files
-                    else DEFAULT_THRESHOLD_M)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"utmQ", "utmDb"} - set(data.files)
+            if missing:
+                raise GroundTruthError(f"{path}: missing arrays {sorted(missing)}")
+            utm_q, utm_db = data["utmQ"], data["utmDb"]
+            thr = float(threshold if threshold is not None else data["posDistThr"] if "posDistThr" in data.files
+                        else DEFAULT_THRESHOLD_M)
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, GroundTruthError):
+            raise
+        raise GroundTruthError(f"{path}: empty or corrupt .npz ground truth ({type(exc).__name__}: {exc})") from None
     if len(utm_q) != num_queries or len(utm_db) != num_map:
         raise GroundTruthError(
             f"{path}: ground truth has {len(utm_q)} queries / {len(utm_db)} map images but the image lists "
@@ -138,16 +150,17 @@ def from_patchnetvlad_npz(path: str | Path, num_queries: int, num_map: int,
 
 def read_name_list(path: str | Path) -> list[str]:
     """Patch-NetVLAD image-name list: one relative path per line."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def from_positives_file(path: str | Path, q_names: list[str], m_names: list[str]) -> GroundTruth:
-    """Explicit positives: one line per query, `query_name map_name [map_name ...]` (whitespace or commas)."""
+    """Explicit positives: one line per query, `query_name<TAB>map_name[<TAB>map_name ...]` (tabs: any names,
+    spaces included), or, in lines without a tab, names separated by whitespace or commas (older files)."""
     path = Path(path)
     m_index = {n: i for i, n in enumerate(m_names)}
     table: dict[str, np.ndarray] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.replace(",", " ").split()
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        parts = [p for p in line.split("\t") if p] if "\t" in line else line.replace(",", " ").split()
         if not parts or parts[0].startswith("#"):
             continue
         unknown = [p for p in parts[1:] if p not in m_index]

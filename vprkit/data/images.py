@@ -7,6 +7,7 @@ scan: `ImageError` names the file and the problem so the caller can warn, count 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -17,6 +18,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 class ImageError(ValueError):
     """An image that cannot be used, with the file named in the message."""
+
+
+class PixelLimitError(ImageError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
 
 
 def list_images(root: str | Path) -> list[str]:
@@ -46,26 +51,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image as upright 8-bit RGB, refusing empty, broken or oversized files.
-
-    The pixel limit is checked from the header before decoding, so a decompression bomb never
-    allocates its full size.
-    """
+    """Decode an image file as upright 8-bit RGB, refusing empty, broken or oversized files."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as img:
+        with open(path, "rb") as fp:
+            return decode_image(fp, str(path), max_pixels)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from exc
+
+
+def decode_image(fp: BinaryIO, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an open image stream (a file or uploaded bytes) as upright 8-bit RGB; errors name `label`.
+
+    The pixel limit is checked from the header before decoding, so a decompression bomb never
+    allocates its full size.
+    """
+    try:
+        with Image.open(fp) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+                raise PixelLimitError(f"{label}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc})") from exc
+        raise ImageError(f"{label}: cannot decode image ({exc})") from exc
 
 
 def resize_to_stride(img: Image.Image, resize_max: int | None, stride: int) -> Image.Image:

@@ -3,6 +3,10 @@
 Recall@N: share of queries with at least one positive among their first N predictions
 (queries without any positive in the map are left out and counted separately, as in
 NetVLAD's evaluation). AP uses the number of positives as denominator; AP@k uses min(k, #pos).
+
+Precision-recall from a match score (VPR-Bench, robotics papers): each query's best match is accepted when its
+score reaches a threshold; precision = correct accepted / accepted, recall = correct accepted / queries that have
+a positive (a query without one can only be a false positive). One curve point per distinct score.
 """
 
 from __future__ import annotations
@@ -51,12 +55,57 @@ def mean_average_precision(predictions: np.ndarray, gt: GroundTruth, k: int | No
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def evaluate(predictions: np.ndarray, gt: GroundTruth, ns=DEFAULT_NS, map_ks=(5, 10)) -> dict:
-    """All metrics as one JSON-ready dict."""
+def precision_recall(scores: np.ndarray, correct: np.ndarray, num_positive: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds), one point per distinct score, thresholds descending.
+
+    `scores`: each query's match confidence (higher = surer); `correct`: whether its best match is right;
+    `num_positive`: queries that have a positive in the map (default: all of them).
+    """
+    scores, correct = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if scores.shape != correct.shape or scores.ndim != 1:
+        raise ValueError(f"scores {scores.shape} and correct {correct.shape} must be equal-length vectors")
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last query of each group of equal scores
+    tp = np.cumsum(c)[last]
+    denom = len(scores) if num_positive is None else num_positive
+    recall = tp / denom if denom else np.full(len(last), np.nan)
+    return tp / (last + 1), recall, s[last]
+
+
+def auc_pr(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the P-R curve by the trapezoid rule, the curve starting at recall 0 with its first precision."""
+    if not len(precision):
+        return float("nan")
+    r, p = np.r_[0.0, recall], np.r_[precision[0], precision]
+    return float(np.sum((r[1:] - r[:-1]) * (p[1:] + p[:-1]) / 2))
+
+
+def recall_at_precision(precision: np.ndarray, recall: np.ndarray, min_precision: float = 1.0) -> float:
+    """Highest recall over thresholds whose precision is at least `min_precision` (0 when none is)."""
+    ok = precision >= min_precision - 1e-12
+    return float(recall[ok].max()) if ok.any() else 0.0
+
+
+def score_metrics(scores: np.ndarray, correct: np.ndarray, num_positive: int | None = None) -> dict:
+    """AUC-PR and recall at 100 % and 99 % precision, JSON-ready."""
+    p, r, _ = precision_recall(scores, correct, num_positive)
+    return {"AUC-PR": auc_pr(p, r), "Rec@100P": recall_at_precision(p, r, 1.0),
+            "Rec@99P": recall_at_precision(p, r, 0.99)}
+
+
+def evaluate(predictions: np.ndarray, gt: GroundTruth, ns=DEFAULT_NS, map_ks=(5, 10),
+             scores: np.ndarray | None = None) -> dict:
+    """All metrics as one JSON-ready dict; with `scores` (Q, k) the first column is each query's confidence and
+    the precision-recall metrics (AUC-PR, Rec@100P, Rec@99P) are added."""
     has_pos = sum(len(p) > 0 for p in gt.positives)
     out = {f"R@{n}": v for n, v in recall_at_n(predictions, gt, ns).items()}
     out["mAP"] = mean_average_precision(predictions, gt)
     out.update({f"mAP@{k}": mean_average_precision(predictions, gt, k) for k in map_ks})
+    if scores is not None and len(predictions):
+        rel, _ = _hits(predictions[:, :1], gt)
+        out.update(score_metrics(np.asarray(scores)[:, 0], rel[:, 0], has_pos))
     out["num_queries"] = gt.num_queries
     out["queries_without_positives"] = gt.num_queries - has_pos
     return out
@@ -68,3 +117,9 @@ def format_table(results: dict[str, dict], keys=("R@1", "R@5", "R@10", "R@20", "
     for name, res in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{res.get(k, float('nan')):.3f}" for k in keys) + " |")
     return "\n".join(lines)
+
+
+def top1_correct(predictions: np.ndarray, gt: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each query's first prediction is a positive, and which queries have a positive at all."""
+    rel, has_pos = _hits(predictions[:, :1], gt)
+    return rel[:, 0], has_pos

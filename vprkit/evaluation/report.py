@@ -1,58 +1,205 @@
-"""Self-contained HTML report: each query beside its top predictions, correct ones marked.
+"""HTML report that scales to 100k queries: each query beside its top predictions, failures first.
 
-Thumbnails are embedded as base64 JPEG so the file opens in any browser with no server.
+`report.html` is a small page; beside it `report_files/` holds JPEG thumbnails (written once, reused by later
+reports of the same images), the plots (matplotlib SVG) and `data.js`, the per-query table the page renders
+page by page. The data is a script, not fetched JSON, so the page works from file:// in Chromium.
 """
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import html
-import io
+import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data.images import ImageError, load_image
+from ..data.safeio import atomic_write, replacing
+from . import metrics as M
+from . import plots
 
 THUMB = 160
+ASSETS = Path(__file__).parent / "report_assets"
+STATUS_ORDER = {"wrong": 0, "nopos": 1, "nogt": 2, "right": 3}  # failures first
 
 
-def _thumb(path: Path) -> str:
-    """Data URI of a small JPEG thumbnail (a grey box if the image cannot be read)."""
+@dataclass
+class Ranking:
+    """One method's ranked predictions (map indices best first, -1 padded) and its metrics."""
+
+    label: str
+    ids: np.ndarray
+    scores: np.ndarray
+    metrics: dict | None = None
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows. `baseline` (a global retrieval before re-ranking, or method A of a
+    comparison) adds the queries it got wrong and `ranking` right (fixed) and the reverse (broken)."""
+
+    title: str
+    q_root: Path
+    q_names: list[str]
+    m_root: Path
+    m_names: list[str]
+    ranking: Ranking
+    positives: list[np.ndarray] | None = None
+    baseline: Ranking | None = None
+    q_positions: np.ndarray | None = None  # (Q, 2) metres, with m_positions draws the map
+    m_positions: np.ndarray | None = None
+    top: int = 5
+    change_labels: tuple[str, str] = ("fixed", "broken")  # names of the two baseline-vs-ranking filters
+
+
+def files_dir(path: Path) -> Path:
+    """The folder beside `path` (report.html -> report_files) that holds what the page loads."""
+    return path.with_name(f"{path.stem}_files")
+
+
+def thumbnail(src: Path, folder: Path) -> str:
+    """File name of a small JPEG of `src` in `folder`, made unless an up-to-date one exists ('' if unreadable)."""
+    name = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:20] + ".jpg"
+    dst = folder / name
     try:
-        img = load_image(path)
-        img.thumbnail((THUMB, THUMB))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=80)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    except ImageError:
+        if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
+            return name
+        img = load_image(src)
+    except (ImageError, OSError):
         return ""
+    img.thumbnail((THUMB, THUMB))
+    with replacing(dst) as tmp:
+        img.save(tmp, format="JPEG", quality=80)
+    return name
 
 
-def write_report(path: str | Path, title: str, metrics: dict | None, q_root: Path, q_names: list[str],
-                 m_root: Path, m_names: list[str], ids: np.ndarray, scores: np.ndarray,
-                 positives: list[np.ndarray] | None = None, top: int = 5) -> Path:
-    """Write the HTML report and return its path."""
+def _status(correct: np.ndarray | None, has_pos: np.ndarray | None, n: int) -> list[str]:
+    """Per query: right / wrong / nopos (no positive in the map) / nogt (no ground truth given)."""
+    if correct is None:
+        return ["nogt"] * n
+    return ["right" if c else ("wrong" if h else "nopos") for c, h in zip(correct, has_pos)]
+
+
+def _order(status: list[str], top1: np.ndarray) -> np.ndarray:
+    """Display order: wrong (most confident first), then queries with no positive, then right ones."""
+    key_conf = np.where(np.array([s == "wrong" for s in status]), -np.nan_to_num(top1, nan=-np.inf), 0.0)
+    return np.lexsort((np.arange(len(status)), key_conf, [STATUS_ORDER[s] for s in status]))
+
+
+def _recall_curve(ids: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
+    """Recall@N for N = 1..k over queries with a positive."""
+    gt = M.GroundTruth(positives)
+    return np.array(list(M.recall_at_n(ids, gt, range(1, ids.shape[1] + 1)).values()))
+
+
+def _pr(r: Ranking, gt: M.GroundTruth) -> tuple[np.ndarray, np.ndarray, float, float]:
+    correct, has_pos = M.top1_correct(r.ids, gt)
+    precision, recall, _ = M.precision_recall(np.nan_to_num(r.scores[:, 0], nan=-np.inf), correct, int(has_pos.sum()))
+    return precision, recall, M.auc_pr(precision, recall), M.recall_at_precision(precision, recall)
+
+
+def _plots(d: ReportData, out: Path) -> tuple[list[dict], dict[str, dict]]:
+    """Figures (file name relative to the page, caption) and the P-R summary numbers of each ranking."""
+    rankings = [r for r in (d.baseline, d.ranking) if r is not None]
+    figs, pr_numbers = [], {}
+    if d.positives is not None and len(d.q_names):
+        gt = M.GroundTruth(d.positives)
+        plots.recall_curves(out / "recall_at_n.svg", {r.label: _recall_curve(r.ids, d.positives) for r in rankings})
+        pr = {r.label: _pr(r, gt) for r in rankings}
+        plots.pr_curves(out / "precision_recall.svg", pr)
+        pr_numbers = {k: {"AUC-PR": v[2], "Rec@100P": v[3]} for k, v in pr.items()}
+        correct, has_pos = M.top1_correct(d.ranking.ids, gt)
+        top1 = d.ranking.scores[:, 0]
+        keep = has_pos & np.isfinite(top1)
+        plots.score_histogram(out / "top1_scores.svg", top1[keep], correct[keep])
+        figs += [{"src": "recall_at_n.svg", "caption": "Recall@N"},
+                 {"src": "precision_recall.svg", "caption": "Precision-recall over queries by top-1 score"},
+                 {"src": "top1_scores.svg", "caption": f"Top-1 scores, right vs wrong ({d.ranking.label})"}]
+    if d.q_positions is not None and d.m_positions is not None and len(d.q_names):
+        first = d.ranking.ids[:, 0]
+        found = first >= 0
+        correct = M.top1_correct(d.ranking.ids, M.GroundTruth(d.positives))[0] if d.positives is not None else None
+        plots.position_map(out / "map.svg", np.asarray(d.m_positions), np.asarray(d.q_positions)[found],
+                           np.asarray(d.m_positions)[first[found]], None if correct is None else correct[found])
+        figs.append({"src": "map.svg", "caption": "Map (grey), queries (blue), top-1 (x), error lines"})
+    return figs, pr_numbers
+
+
+def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
+    """Per-query rows in display order, the referenced map images ([name, thumbnail]), and counts per filter.
+
+    A row (read by report.js by position, to keep data.js small): [query name, thumbnail, status, top map refs,
+    their scores, their correctness (0/1), a positive's map ref for wrong rows (-1 otherwise), change against the
+    baseline (1 fixed, -1 broken, 0), the baseline's top-1 map ref when changed (-1 otherwise)].
+    """
+    qdir, mdir = out / "thumbs" / "q", out / "thumbs" / "m"
+    qdir.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
+    ids, scores = d.ranking.ids[:, : d.top], d.ranking.scores[:, : d.top]
+    gt = M.GroundTruth(d.positives) if d.positives is not None else None
+    correct, has_pos = M.top1_correct(d.ranking.ids, gt) if gt else (None, None)
+    status = _status(correct, has_pos, len(d.q_names))
+    change = np.zeros(len(d.q_names), dtype=int)
+    if gt is not None and d.baseline is not None:
+        before = M.top1_correct(d.baseline.ids, gt)[0]
+        change = correct.astype(int) - before.astype(int)  # 1 fixed, -1 broken
+    m_ref: dict[int, int] = {}
+    maps: list[list[str]] = []
+
+    def ref(j: int) -> int:
+        if j not in m_ref:
+            m_ref[j] = len(maps)
+            maps.append([d.m_names[j], thumbnail(d.m_root / d.m_names[j], mdir)])
+        return m_ref[j]
+
     rows = []
-    for qi, q in enumerate(q_names):
-        cells = [f'<td class="q"><img src="{_thumb(q_root / q)}"><br>{html.escape(q)}</td>']
-        for r, (j, s) in enumerate(zip(ids[qi][:top], scores[qi][:top])):
-            ok = positives is not None and j in set(positives[qi].tolist())
-            mark = ("ok" if ok else "bad") if positives is not None else "na"
-            sym = {"ok": "&#10004;", "bad": "&#10008;", "na": ""}[mark]
-            cells.append(f'<td class="{mark}"><img src="{_thumb(m_root / m_names[j])}"><br>'
-                         f"#{r + 1} {sym} {html.escape(m_names[j])}<br>{s:.3f}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    summary = ""
-    if metrics:
-        summary = "<p>" + " &middot; ".join(f"<b>{html.escape(k)}</b> {v:.3f}" if isinstance(v, float)
-                                            else f"<b>{html.escape(k)}</b> {v}" for k, v in metrics.items()) + "</p>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif}} td{{text-align:center;font-size:11px;padding:4px;vertical-align:top}}
-td.q{{background:#eef}} td.ok{{background:#cfc}} td.bad{{background:#fcc}} img{{max-width:{THUMB}px}}</style>
-</head><body><h1>{html.escape(title)}</h1>{summary}
-<table><tr><th>query</th>{''.join(f'<th>top {i + 1}</th>' for i in range(top))}</tr>
-{''.join(rows)}</table></body></html>"""
+    for qi in _order(status, d.ranking.scores[:, 0]):
+        valid = ids[qi] >= 0
+        pos = set(d.positives[qi].tolist()) if d.positives is not None else set()
+        first_pos = ref(int(d.positives[qi][0])) if status[qi] == "wrong" else -1
+        was = ref(int(d.baseline.ids[qi, 0])) if change[qi] and d.baseline.ids[qi, 0] >= 0 else -1
+        rows.append([d.q_names[qi], thumbnail(d.q_root / d.q_names[qi], qdir), status[qi],
+                     [ref(int(j)) for j in ids[qi][valid]], [round(float(s), 4) for s in scores[qi][valid]],
+                     [int(int(j) in pos) for j in ids[qi][valid]], first_pos, int(change[qi]), was])
+    counts = {s: status.count(s) for s in STATUS_ORDER}
+    counts.update(fixed=int((change > 0).sum()), broken=int((change < 0).sum()), all=len(status))
+    return rows, maps, counts
+
+
+def _metrics_table(d: ReportData, pr_numbers: dict[str, dict]) -> dict[str, dict]:
+    rankings = [r for r in (d.baseline, d.ranking) if r is not None]
+    return {r.label: {**(r.metrics or {}), **pr_numbers.get(r.label, {})} for r in rankings}
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="{files}/report.css"></head>
+<body><h1>{title}</h1>
+<div id="metrics"></div><div id="plots"></div>
+<div id="controls"></div><table id="queries"></table><div id="pager"></div>
+<script src="{files}/data.js"></script><script src="{files}/report.js"></script>
+</body></html>
+"""
+
+
+def write_report(path: str | Path, d: ReportData) -> Path:
+    """Write `path` (the page) and its files folder; the page is replaced last, so it never points at
+    half-written data."""
     path = Path(path)
-    path.write_text(page)
+    out = files_dir(path)
+    out.mkdir(parents=True, exist_ok=True)
+    figs, pr_numbers = _plots(d, out)
+    rows, maps, counts = _rows(d, out)
+    data = {"title": d.title, "top": d.top, "metrics": _metrics_table(d, pr_numbers), "plots": figs,
+            "labels": {"ranking": d.ranking.label, "baseline": d.baseline.label if d.baseline else None,
+                       "fixed": d.change_labels[0], "broken": d.change_labels[1]},
+            "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows}
+    atomic_write(out / "data.js", "window.VPRKIT_REPORT = " + json.dumps(data, separators=(",", ":")) + ";\n")
+    for asset in ("report.js", "report.css"):
+        with replacing(out / asset) as tmp:
+            shutil.copyfile(ASSETS / asset, tmp)
+    atomic_write(path, PAGE.format(title=html.escape(d.title), files=out.name))
     return path

@@ -81,8 +81,11 @@ def load_gnd(path: str | Path) -> dict:
                 data = _SafeUnpickler(f, encoding="latin1").load()
         else:
             data = json.loads(path.read_text())
-    except (pickle.UnpicklingError, json.JSONDecodeError, EOFError) as exc:
+    except (pickle.UnpicklingError, json.JSONDecodeError, UnicodeDecodeError, EOFError, ValueError) as exc:
         raise ValueError(f"{path}: not a revisited ground-truth file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a revisited ground-truth file (holds a {type(data).__name__}, expected a "
+                         "dict with imlist, qimlist, gnd)")
     missing = {"imlist", "qimlist", "gnd"} - set(data)
     if missing:
         raise ValueError(f"{path}: missing keys {sorted(missing)}")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
-from ..evaluation.outputs import atomic_savez
+from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone
 from ..train import trained
 from . import h5io
@@ -61,6 +61,11 @@ CONFS: dict[str, dict] = {
         "model": {"name": "mobilenetv2"},
         "aggregator": {"name": "gem", "p": 3.0},
         "preprocessing": {"resize_max": 320},
+    },
+    "pixels": {  # SeqSLAM's descriptor: 64x32 grey thumbnail, 8x8 patches z-normalised (no network)
+        "model": {"name": "pixels", "width": 64, "height": 32, "patch": 8},
+        "aggregator": {"name": "flatten"},
+        "preprocessing": {"resize_max": None},
     },
 }
 DEFAULT_PRESET = "dinov2-vlad"
@@ -189,7 +194,8 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
             ext.fit(root, names)
             if state_path is not None:
                 ext.save_state(Path(state_path))
-    todo = pending(feature_path, names, model_key(conf))
+    state = state_hash(state_path, conf)
+    todo = pending(feature_path, names, model_key(conf), root=root, state=state)
     failed: list[str] = []
     dtype = np.float16 if conf["fp16"] else np.float32
     with tqdm(total=len(todo), desc=f"extract {root.name}", unit="img") as bar:
@@ -201,19 +207,45 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
                 if conf["store_local"]:
                     for n, loc in zip(batch_names, local):
                         items[n]["local"] = loc.astype(np.float16)
-                h5io.write_batch(feature_path, items, {"model_key": model_key(conf)})
+                h5io.write_batch(feature_path, items, batch_attrs(model_key(conf), state), root)
             bar.update(len(batch_names) + len(bad))
     return succeeded(names, failed, len(todo))
 
 
-def pending(feature_path: Path, names: list[str], key: str, dataset: str = "global") -> list[str]:
-    """Names still to extract into `feature_path`, refusing a file written by another model (`key`)."""
+def pending(feature_path: Path, names: list[str], key: str, dataset: str = "global", root: Path | None = None,
+            state: str | None = None) -> list[str]:
+    """Names still to extract into `feature_path`: those not there yet and, with `root`, those whose image file
+    changed since. Refuses a file written by another model (`key`); a file computed with another fitted state
+    (`state`, hash of the vocabulary / PCA file) is started again, and a damaged one salvaged; both are logged."""
+    h5io.salvage(feature_path)
     if feature_path.exists():
-        previous = h5io.read_attrs(feature_path).get("model_key")
+        attrs = h5io.read_attrs(feature_path)
+        previous = attrs.get("model_key")
         if previous is not None and previous != key:
             raise ValueError(f"{feature_path} holds features of another model ({previous}); use a new output file")
+        if state is not None and attrs.get("state") != state:
+            logger.warning("%s was computed with another fitted vocabulary / PCA; computing it again", feature_path)
+            feature_path.unlink()
     done = h5io.finished_names(feature_path, dataset)
+    if root is not None and done:
+        changed = h5io.changed_sources(feature_path, root, sorted(done & set(names)))
+        if changed:
+            logger.warning("%s: %d images changed since their features were computed (e.g. %s); computing them "
+                           "again", feature_path, len(changed), sorted(changed)[0])
+            done -= changed
     return [n for n in names if n not in done]
+
+
+def batch_attrs(key: str, state: str | None) -> dict:
+    """File attributes written with every batch: the model key, and the fitted state's hash when there is one."""
+    return {"model_key": key} | ({"state": state} if state is not None else {})
+
+
+def state_hash(state_path: str | Path | None, conf: dict) -> str | None:
+    """Hash of what was fitted or trained outside the config (the saved vocabulary / PCA file, the backbone's and
+    segmenter's checkpoint files); None when there is none. Features computed with it record it."""
+    files = [state_path, conf.get("model", {}).get("checkpoint"), (conf.get("segmenter") or {}).get("checkpoint")]
+    return ":".join(content_hash(p) for p in files if p is not None and Path(p).is_file()) or None
 
 
 def succeeded(names: list[str], failed: list[str], attempted: int) -> list[str]:

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.images import DEFAULT_MAX_PIXELS, list_images
+from ..data.safeio import inputs_fingerprint
 from ..models import get_backbone
 from .extract import Extractor
 
@@ -207,8 +208,9 @@ def read_codes(path: str | Path, rows: np.ndarray | list[int]) -> tuple[torch.Te
 
 def cached(conf: dict, image_dir: str | Path, names: list[str], cache_dir: str | Path, role: str,
            num_features: int, device: str = "cpu") -> Path:
-    """`main` into `cache_dir/{role}_local_{hash}.h5` (hash of settings and image list): runs with other settings
-    or images never collide."""
-    images = hashlib.sha1(json.dumps([str(Path(image_dir).resolve()), names]).encode()).hexdigest()[:8]
+    """`main` into `cache_dir/{role}_local_{hash}.h5` (hash of settings, image list and the files' identities):
+    runs with other settings or images, or after an image file changed, never collide."""
+    images = hashlib.sha1(json.dumps([str(Path(image_dir).resolve()), names, inputs_fingerprint(image_dir, names)]
+                                     ).encode()).hexdigest()[:8]
     path = Path(cache_dir) / f"{role}_local_{conf_key(conf, num_features)}_{images}.h5"
     return main(conf, image_dir, path, num_features, names=names, device=device)

@@ -258,7 +258,7 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
     map side: queries stay fp16 so matching is asymmetric). `key` identifies the model and settings;
     a file written with another key is refused.
     """
-    todo = pending(path, names, key)
+    todo = pending(path, names, key, root=root)
     failed: list[str] = []
     bs = model.conf["batch_size"]
     with tqdm(total=len(todo), desc=f"patch features {root.name}", unit="img") as bar:
@@ -273,7 +273,7 @@ def extract(model: PatchModel, root: Path, names: list[str], path: Path, key: st
                         for size in model.conf["patch_sizes"]:
                             codes = pq_encode(torch.from_numpy(feats[f"p{size}"][j]), model.pq_centroids.cpu())
                             items[n][f"p{size}"] = codes.numpy()
-                h5io.write_batch(path, items, {"model_key": key})
+                h5io.write_batch(path, items, {"model_key": key}, root)
             bar.update(len(ok) + len(bad))
     return succeeded(names, failed, len(todo))
 

@@ -1,21 +1,24 @@
 """Build, save, load and search a FAISS index of map descriptors.
 
-The index folder is written to a temporary sibling and renamed into place, so it is never
-half-written. Its manifest (model config, dimension, image list, positions, versions) lets a
-query run refuse features from another model with a clear message.
+The index folder is written to a temporary sibling and swapped into place (`safeio.output_folder`), so it
+is never half-written, a path that is not an index is never touched, and an old index's results/ are kept. Its
+manifest (model config, dimension, image list, positions, versions) lets a query run refuse features from
+another model with a clear message. Images added or removed after the build are in the folder's journal
+(`journal.py`), applied on load; see docs/service.md for the layout.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from ..data.safeio import InputError, content_hash, output_folder, writing
+from . import journal
 
 INDEX_FILE, MANIFEST_FILE = "index.faiss", "manifest.json"
 DEFAULT_FACTORY = "Flat"
@@ -23,14 +26,68 @@ DEFAULT_FACTORY = "Flat"
 
 @dataclass
 class MapIndex:
-    """A FAISS index plus the manifest describing what it holds."""
+    """A FAISS index plus the manifest describing what it holds (ids never reused; removed ids masked)."""
 
     index: faiss.Index
     manifest: dict
+    index_dir: Path | None = None
+    deleted: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.ids = {n: i for i, n in enumerate(self.names)}  # live name -> id
 
     @property
     def names(self) -> list[str]:
         return self.manifest["names"]
+
+    def live_names(self) -> list[str]:
+        return [n for i, n in enumerate(self.names) if i not in self.deleted]
+
+    def position(self, i: int) -> list[float] | None:
+        pos = self.manifest.get("positions")
+        return pos[i] if pos else None
+
+    def image_path(self, name: str) -> Path:
+        """Where a map image's bytes are: the index's own copy for added images, else the map folder."""
+        rel = self.manifest.get("files", {}).get(name)
+        if rel is not None and self.index_dir is not None:
+            return self.index_dir / rel
+        return Path(self.manifest["map_dir"]) / name
+
+    def add(self, name: str, desc: np.ndarray, position: list[float] | None = None, file: str | None = None
+            ) -> int:
+        """Append one image (replacing a live one of the same name); returns its id."""
+        self.remove(name)
+        i = len(self.names)
+        self.index.add(np.ascontiguousarray(desc, dtype=np.float32).reshape(1, -1))
+        self.names.append(name)
+        pos = self.manifest.get("positions")
+        if position is not None and pos is None:
+            pos = self.manifest["positions"] = [None] * i
+        if pos is not None:
+            pos.append(None if position is None else [float(v) for v in position])
+        if file is not None:
+            self.manifest.setdefault("files", {})[name] = file
+        self.ids[name] = i
+        return i
+
+    def remove(self, name: str) -> bool:
+        """Mask a live image out of every later search; False when there is none of that name."""
+        i = self.ids.pop(name, None)
+        if i is None:
+            return False
+        self.deleted.add(i)
+        return True
+
+    def apply(self, record: dict) -> None:
+        """One journal record."""
+        if record["op"] == "add":
+            self.add(record["name"], journal.desc_from_text(record["desc"]), record.get("position"),
+                     record.get("file"))
+        elif record["op"] == "remove":
+            self.remove(record["name"])
+        else:
+            raise ValueError(f"unknown journal operation {record['op']!r}")
 
     def search(self, queries: np.ndarray, k: int, chunk: int = 1024, nprobe: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -41,12 +98,25 @@ class MapIndex:
                              f"{self.index.d}")
         if nprobe is not None:
             faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
-        k = min(k, self.index.ntotal)
+        k = min(k, self.index.ntotal - len(self.deleted))
+        deep = min(k + len(self.deleted), self.index.ntotal)
         scores = np.empty((len(queries), k), dtype=np.float32)
         ids = np.empty((len(queries), k), dtype=np.int64)
         for s in range(0, len(queries), chunk):
-            scores[s:s + chunk], ids[s:s + chunk] = self.index.search(queries[s:s + chunk], k)
+            sc, ix = self.index.search(queries[s:s + chunk], deep)
+            if self.deleted:
+                sc, ix = _drop(sc, ix, self.deleted, k)
+            scores[s:s + chunk], ids[s:s + chunk] = sc[:, :k], ix[:, :k]
         return scores, ids
+
+
+def _drop(scores: np.ndarray, ids: np.ndarray, deleted: set[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's first k results that are not deleted (order kept; -1 / -inf padded)."""
+    keep = ~np.isin(ids, list(deleted)) & (ids >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    ok = np.take_along_axis(keep, order, 1)
+    return (np.where(ok, np.take_along_axis(scores, order, 1), -np.inf),
+            np.where(ok, np.take_along_axis(ids, order, 1), -1))
 
 
 def build(descriptors: np.ndarray, factory: str = DEFAULT_FACTORY, train_max: int = 200_000,
@@ -73,34 +143,63 @@ def versions() -> dict[str, str]:
 
 def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_files: dict[str, Path] | None = None
          ) -> Path:
-    """Write index + manifest (+ extra files, moved in) into `out_dir` atomically (index None: no index.faiss)."""
+    """Write index + manifest (+ extra files, copied in) as `out_dir`, atomically (index None: no index.faiss)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with output_folder(out_dir, [MANIFEST_FILE], "index") as tmp:
         if index is not None:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-        for name, src in (extra_files or {}).items():
-            shutil.copy2(src, tmp / name)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            with writing(out_dir / INDEX_FILE, (RuntimeError,)):
+                faiss.write_index(index, str(tmp / INDEX_FILE))
+        with writing(out_dir / MANIFEST_FILE):
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+            for name, src in (extra_files or {}).items():
+                shutil.copy2(src, tmp / name)
     return out_dir
 
 
-def load(index_dir: str | Path) -> MapIndex:
-    """Load a saved index, with a clear error when the folder is not one."""
+def read_manifest(index_dir: str | Path) -> dict:
+    """An index's manifest, with one clear error when it is missing, truncated or not a vprkit manifest."""
+    path = Path(index_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{index_dir}: not a vprkit index (no {MANIFEST_FILE}); build one with "
+                                "`vprkit index MAP_DIR -o OUT`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: corrupt or truncated manifest ({exc}); rebuild the index") from None
+    if not isinstance(manifest, dict) or not {"conf", "names", "map_dir"} <= set(manifest):
+        raise InputError(f"{path}: not a vprkit manifest (needs conf, names, map_dir); rebuild the index")
+    return manifest
+
+
+def fingerprint(index_dir: str | Path) -> str:
+    """Hash of an index's manifest: results record it, so they are never read against another index."""
+    return content_hash(Path(index_dir) / MANIFEST_FILE)
+
+
+def require(index_dir: str | Path) -> Path:
+    """The folder, when it holds an index; else a clear error."""
     index_dir = Path(index_dir)
-    if not (index_dir / MANIFEST_FILE).is_file() or not (index_dir / INDEX_FILE).is_file():
+    if not (index_dir / INDEX_FILE).is_file():
         raise FileNotFoundError(f"{index_dir}: not a vprkit index (expected {MANIFEST_FILE} and {INDEX_FILE}); "
                                 "build one with `vprkit index MAP_DIR -o OUT`")
-    manifest = json.loads((index_dir / MANIFEST_FILE).read_text())
-    return MapIndex(faiss.read_index(str(index_dir / INDEX_FILE)), manifest)
+    return index_dir
+
+
+def load(index_dir: str | Path) -> MapIndex:
+    """Load a saved index with its journal applied, with a clear error when the folder is not one or its files
+    are damaged."""
+    index_dir = require(index_dir)
+    manifest = read_manifest(index_dir)
+    try:
+        index = faiss.read_index(str(index_dir / INDEX_FILE))
+    except RuntimeError as exc:
+        reason = str(exc).strip().rpartition("Error: ")[2] or "unreadable"  # faiss's own words, without its C++ frame
+        raise InputError(f"{index_dir / INDEX_FILE}: corrupt or truncated FAISS index ({reason}); rebuild the "
+                         "index") from None
+    if index.ntotal != len(manifest["names"]):
+        raise InputError(f"{index_dir / INDEX_FILE}: holds {index.ntotal} vectors but the manifest lists "
+                         f"{len(manifest['names'])} images; rebuild the index")
+    mi = MapIndex(index, manifest, index_dir)
+    for record in journal.read(index_dir)[0]:
+        mi.apply(record)
+    return mi

@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "vgg19": "vgg:VGG19",
     "vgg16": "vgg:VGG16",
     "mobilenetv2": "mobilenetv2:MobileNetV2",
+    "pixels": "pixels:Pixels",
 }
 
 

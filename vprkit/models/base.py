@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..data.safeio import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,10 +57,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'})") from None
     for key in ("state_dict", "model", "teacher"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a checkpoint of weights (holds a {type(state).__name__}, not a state dict)")
     return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import write_results
+from ..api import RESULTS_MARKERS, gt_record, write_results
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
-from ..evaluation import metrics, outputs
+from ..data.safeio import InputError, check_output, locked
+from ..evaluation import metrics, outputs, report
 from ..index import faiss_index
 
 logger = logging.getLogger("vprkit")
@@ -38,11 +39,12 @@ class Retrieval:
     scores: np.ndarray  # (Q, N) global similarities
     manifest: dict
     results_dir: Path | None = None  # the query results folder (holds the queries' global features)
+    fingerprint: str = ""  # of the index's manifest: keys caches fitted on the map (vocabularies, PCA)
 
     def top(self, n: int) -> Retrieval:
         """The same retrieval cut to its first `n` candidates per query."""
         return Retrieval(self.index_dir, self.query_dir, self.map_dir, self.q_names, self.m_names,
-                         self.ids[:, :n], self.scores[:, :n], self.manifest, self.results_dir)
+                         self.ids[:, :n], self.scores[:, :n], self.manifest, self.results_dir, self.fingerprint)
 
 
 def load_retrieval(results_dir: str | Path) -> Retrieval:
@@ -51,12 +53,22 @@ def load_retrieval(results_dir: str | Path) -> Retrieval:
     info_path = results_dir / RESULTS_FILE
     if not info_path.is_file():
         raise FileNotFoundError(f"{info_path} not found: run `vprkit query` first to get a global retrieval")
-    info = json.loads(info_path.read_text())
-    index_dir = Path(info["index"])
-    manifest = json.loads((index_dir / faiss_index.MANIFEST_FILE).read_text())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        index_dir, query_dir = Path(info["index"]), Path(info["queries"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{info_path}: corrupt results file ({exc!r}); run `vprkit query` again") from None
+    try:
+        manifest = faiss_index.read_manifest(index_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{info_path}: its index {index_dir} no longer exists") from None
+    expected, actual = info.get("index_fingerprint"), faiss_index.fingerprint(index_dir)
+    if expected is not None and expected != actual:
+        raise InputError(f"{info_path}: the index {index_dir} was rebuilt or replaced since these results were "
+                         "computed (its manifest changed); run `vprkit query` again")
     q_names, m_names, ids, scores = outputs.read_predictions(results_dir / PREDICTIONS_FILE, manifest["names"])
-    return Retrieval(index_dir, Path(info["queries"]), Path(manifest["map_dir"]), q_names, m_names, ids, scores,
-                     manifest, results_dir)
+    return Retrieval(index_dir, query_dir, Path(manifest["map_dir"]), q_names, m_names, ids, scores, manifest,
+                     results_dir, actual)
 
 
 class Reranker(ABC):
@@ -100,16 +112,19 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     n = num_rerank or conf.get("num_rerank") or retrieval.ids.shape[1]
     cand = retrieval.top(n)
     out_dir = Path(out_dir) if out_dir else Path(results_dir) / f"rerank-{conf['method']}-{conf.get('preset')}"
+    check_output(out_dir, RESULTS_MARKERS, "results folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     reranker = get_reranker_class(conf["method"])(conf)
-    ids, scores = reranker.rerank(cand, out_dir / "cache")
+    with locked(out_dir):
+        ids, scores = reranker.rerank(cand, out_dir / "cache")
     q_all = list_images(retrieval.query_dir)
     truth = ground_truth_for_kept(gt, q_all, retrieval.q_names, retrieval.m_names, threshold) if gt else None
-    extra: dict = {"conf": conf, "num_rerank": n}
+    extra: dict = {"conf": conf, "num_rerank": n, **gt_record(gt, threshold)}
     if truth is not None:
         extra["metrics_global"] = metrics.evaluate(cand.ids, truth)
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
+    baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
-                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title)
+                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline)
     reranker.finish(out_dir, cand, ids, scores, result)
     return result

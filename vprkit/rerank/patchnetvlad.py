@@ -87,7 +87,7 @@ class PatchNetVLAD(Reranker):
         conf = self.conf
         key = json.dumps({k: conf[k] for k in ("resize", "patch_sizes", "strides", "num_pcs", "whiten",
                                                 "num_clusters", "checkpoint", "seed", "pq_bytes")}
-                         | {"index": retrieval.manifest.get("model_key")}, sort_keys=True)
+                         | {"index": retrieval.manifest.get("model_key"), "map": retrieval.fingerprint}, sort_keys=True)
         cache = Path(work_dir) / f"patches-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         cache.mkdir(parents=True, exist_ok=True)
         model = build_model(conf, retrieval, cache / "model.npz")

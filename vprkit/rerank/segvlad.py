@@ -32,7 +32,7 @@ class SegVLADReranker(Reranker):
                                 **{k: v for k, v in self.conf.items() if k not in ("method", "preset")})
         work_dir.mkdir(parents=True, exist_ok=True)
         ext = extract.SegExtractor(conf)
-        state = work_dir / "segvlad_state.npz"
+        state = work_dir / f"segvlad_state-{retrieval.fingerprint}.npz"  # fitted on this index's map
         if state.exists():
             ext.load_state(state)
         else:
@@ -40,8 +40,8 @@ class SegVLADReranker(Reranker):
             ext.save_state(state)
         used = np.unique(retrieval.ids[retrieval.ids >= 0])
         m_feats, q_feats = work_dir / "map_segments.h5", work_dir / "query_segments.h5"
-        extract.main(conf, retrieval.map_dir, m_feats, names=[retrieval.m_names[i] for i in used], extractor=ext)
-        extract.main(conf, retrieval.query_dir, q_feats, names=retrieval.q_names, extractor=ext)
+        extract.main(conf, retrieval.map_dir, m_feats, state, names=[retrieval.m_names[i] for i in used], extractor=ext)
+        extract.main(conf, retrieval.query_dir, q_feats, state, names=retrieval.q_names, extractor=ext)
         return m_feats, q_feats
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:

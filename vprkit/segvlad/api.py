@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..api import _utm_or_none, query_feature_path, write_results
+from ..api import _utm_or_none, check_top_k, index_work, query_feature_path, readable, results_folder, write_results
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
+from ..data.safeio import locked
 from ..index import faiss_index
 from . import extract
 from .index import OWNER_FILE, SEGMENTS_FILE, SegmentIndex, write_store
@@ -27,27 +26,22 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     """Segment and describe the map, store all segments; resumable, the folder appears only when complete."""
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     conf = extract.get_conf(preset, **overrides)
-    work = out_dir.with_name(f".{out_dir.name}.work")
-    work.mkdir(parents=True, exist_ok=True)
-    names = extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=list_images(map_dir),
-                         device=device)
-    total, dim = write_store(work / MAP_FEATURES, names, work)
-    manifest = {"method": "segvlad", "conf": conf, "model_key": extract.model_key(conf), "dim": dim,
-                "num_segments": total, "map_dir": str(map_dir), "names": names, "positions": _utm_or_none(names),
-                "versions": faiss_index.versions()}
-    extra = {f: work / f for f in (MAP_FEATURES, STATE_FILE, SEGMENTS_FILE, OWNER_FILE)}
-    faiss_index.save(out_dir, None, manifest, extra)
-    shutil.rmtree(work, ignore_errors=True)
+    with index_work(out_dir) as work:
+        names = readable(extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE,
+                                      names=list_images(map_dir), device=device), map_dir, work)
+        total, dim = write_store(work / MAP_FEATURES, names, work)
+        manifest = {"method": "segvlad", "conf": conf, "model_key": extract.model_key(conf), "dim": dim,
+                    "num_segments": total, "map_dir": str(map_dir), "names": names,
+                    "positions": _utm_or_none(names), "versions": faiss_index.versions()}
+        extra = {f: work / f for f in (MAP_FEATURES, STATE_FILE, SEGMENTS_FILE, OWNER_FILE)}
+        faiss_index.save(out_dir, None, manifest, extra)
     logger.info("indexed %d segments of %d map images into %s", total, len(names), out_dir)
     return out_dir
 
 
 def load_manifest(index_dir: Path) -> dict:
     """The manifest of a SegVLAD index, refusing a global-descriptor index."""
-    path = index_dir / faiss_index.MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{index_dir}: not an index (no {faiss_index.MANIFEST_FILE})")
-    manifest = json.loads(path.read_text())
+    manifest = faiss_index.read_manifest(index_dir)
     if manifest.get("method") != "segvlad":
         raise ValueError(f"{index_dir} is a global-descriptor index; use `vprkit query` for it, or build a "
                          "SegVLAD index with `vprkit segvlad index`")
@@ -59,16 +53,17 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
              top_k_segments: int | None = None, query_batch: int = 64) -> dict:
     """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`)."""
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
+    check_top_k(top_k)
     manifest = load_manifest(index_dir)
     conf, m_names = manifest["conf"], manifest["names"]
     seg_index = SegmentIndex.load(index_dir, len(m_names))
     k_seg = top_k_segments or conf["top_k_segments"]
-    out_dir = Path(out_dir) if out_dir is not None else index_dir / "results" / query_dir.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_folder(out_dir, index_dir, query_dir)
     q_all = list_images(query_dir)
-    with tempfile.TemporaryDirectory() as tmp:
+    with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
         q_feats = query_feature_path(out_dir, Path(tmp), "query_segments.h5", manifest["model_key"])
-        q_names = extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all, device=device)
+        q_names = readable(extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all,
+                                        device=device), query_dir)
         ids, scores = [], []
         for s in range(0, len(q_names), query_batch):
             sets = read_segments(q_feats, q_names[s:s + query_batch])

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.images import list_images
 from ..evaluation.outputs import atomic_savez
 from ..features import h5io
-from ..features.extract import DEFAULT_RUNTIME, Extractor, pending, succeeded
+from ..features.extract import DEFAULT_RUNTIME, Extractor, batch_attrs, pending, state_hash, succeeded
 from ..segment import get_segmenter
 from ..segment.masks import encode, num_segments
 from .describe import PCA, patch_weights, residual_sums, supersegment_vlad
@@ -179,7 +179,8 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
         ext.fit(root, names)
         if state_path is not None:
             ext.save_state(Path(state_path))
-    todo = pending(feature_path, names, model_key(conf), dataset="segments")
+    state = state_hash(state_path, conf)
+    todo = pending(feature_path, names, model_key(conf), dataset="segments", root=root, state=state)
     failed: list[str] = []
     dtype = np.float16 if conf["fp16"] else np.float32
     with tqdm(total=len(todo), desc=f"segvlad {root.name}", unit="img") as bar:
@@ -188,6 +189,6 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
             if batch_names:
                 items = {n: {"segments": d.astype(dtype), "labels": encode(lab)}
                          for n, (lab, d) in zip(batch_names, ext.describe(images))}
-                h5io.write_batch(feature_path, items, {"model_key": model_key(conf)})
+                h5io.write_batch(feature_path, items, batch_attrs(model_key(conf), state), root)
             bar.update(len(batch_names) + len(bad))
     return succeeded(names, failed, len(todo))

@@ -27,7 +27,7 @@ from ..evaluation.metrics import average_precision
 from ..features import local
 from ..models.ames import AMES, ChamferTeacher, load_ames
 from ..rerank.base import Retrieval, load_retrieval
-from .checkpoint import load_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 
 logger = logging.getLogger("vprkit")
@@ -154,8 +154,7 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
 def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, threshold: float | None = None,
          resume: bool = True) -> Path:
     """Train on the retrieval in `results_dir` with ground truth `gt`; returns the best checkpoint's path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = run_folder(out_dir)
     retrieval = load_retrieval(results_dir)
     truth = ground_truth_for_kept(gt, list_images(retrieval.query_dir), retrieval.q_names, retrieval.m_names,
                                   threshold)

@@ -23,9 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.safeio import InputError, check_output
 from ..evaluation.outputs import replacing
 
 logger = logging.getLogger("vprkit")
+RUN_MARKERS = ("*.pt", "log.csv", "stage*.csv", "centroids.npz", "test-*.json", "cache", "features", "tensorboard")
+
+
+def run_folder(out_dir: str | Path) -> Path:
+    """A training run's `-o` folder: created, or an earlier run's (continued); never a folder of other files."""
+    out_dir = Path(out_dir)
+    check_output(out_dir, RUN_MARKERS, "training run folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -112,8 +122,11 @@ def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], 
     meta = ckpt["meta"]
     if key not in meta:
         raise ValueError(f"{path}: not a checkpoint of this kind (no '{key}'); {hint}")
-    model = build(**meta[key])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build(**meta[key])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # settings or weights this code cannot use
+        raise InputError(f"{path}: unexpected model settings or weights for this model ({exc}); {hint}") from None
     return model.eval(), meta
 
 

@@ -14,7 +14,6 @@ noise draw is free data augmentation); validation uses one fixed draw. Every epo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from functools import cached_property
@@ -42,7 +41,7 @@ from ..rerank.gcsa import (
     refined_scores,
     side_batches,
 )
-from .checkpoint import load_checkpoint, resume, save_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, resume, run_folder, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
 
@@ -202,8 +201,8 @@ def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_
          query_sideinfo: str | None, threshold: float | None = None, resume: bool = True) -> Path:
     """Train GCSA on a `vprkit query` results folder of training queries; returns the checkpoint path.
     A run found in `out_dir` is continued (same settings, more epochs allowed) when `resume`."""
+    out_dir = run_folder(out_dir)
     retrieval: Retrieval = load_retrieval(results_dir)
-    out_dir = Path(out_dir)
     n = conf["num_candidates"]
     if retrieval.ids.shape[1] < max(n, conf["num_anchors"]):
         logger.warning("the retrieval has only %d candidates per query (asked for %d candidates, %d anchors)",
@@ -218,26 +217,16 @@ def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_
     return train(conf, ctx, truth, q_true, out_dir, resume)
 
 
-def _cli(argv: list[str] | None = None) -> None:
-    from ..cli import parse_overrides
+def _cli(argv: list[str] | None = None) -> int:
+    """The old `python -m vprkit.train.gcsa ...` form: runs `vprkit train gcsa ...` and says so."""
+    import sys
 
-    p = argparse.ArgumentParser(prog="python -m vprkit.train.gcsa", description=__doc__.split("\n\n")[0])
-    p.add_argument("results_dir", help="`vprkit query` results folder of the training queries")
-    p.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
-    p.add_argument("--threshold", type=float)
-    p.add_argument("-o", "--out", required=True, help="training folder (checkpoints, logs)")
-    p.add_argument("--map-sideinfo", help="index | sequence | utm | msls | metadata .csv")
-    p.add_argument("--query-sideinfo", help="as --map-sideinfo; positions are the truth the priors are drawn from")
-    p.add_argument("--preset", choices=sorted(confs), default="position")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override conf keys (JSON values)")
-    p.add_argument("--restart", action="store_true", help="start over instead of continuing the run in OUT")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    conf = get_conf(args.preset, **parse_overrides(args.set))
-    path = main(conf, args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo, args.threshold,
-                not args.restart)
-    print(f"checkpoint: {path}")
+    from ..cli import main as cli_main
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    print(f"vprkit: this form is deprecated; use: vprkit train gcsa {' '.join(argv)}", file=sys.stderr)
+    return cli_main(["train", "gcsa", *argv])
 
 
 if __name__ == "__main__":
-    _cli()
+    raise SystemExit(_cli())

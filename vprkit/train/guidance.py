@@ -20,6 +20,7 @@ from ..data.images import load_image
 
 logger = logging.getLogger("vprkit")
 Guide = Callable[[Path, str, tuple[int, int]], torch.Tensor]
+GUIDED = ("deattention", "deattention-ref")  # attention modules trained towards a guidance mask
 
 
 @dataclass
@@ -65,9 +66,14 @@ def _from_segmenter(conf: dict, device: str) -> Guide:
     return guide
 
 
+def is_guided(attention: str | None) -> bool:
+    """Whether an attention setting (one module or a chain a+b) has a module trained towards guidance masks."""
+    return any(name in GUIDED for name in (attention or "").split("+"))
+
+
 def get_source(conf: dict, attention: str | None, device: str = "cpu") -> GuidanceSource | None:
     """The configured guidance, or None when the model has no de-attention module or no source is set."""
-    if attention != "deattention":
+    if not is_guided(attention):
         return None
     source = conf.get("source")
     if source is None:

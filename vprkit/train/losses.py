@@ -54,17 +54,26 @@ def get_loss(name: str, **conf):
     return lambda q, p, n, mask=None: fn(q, p, n, mask, **conf)
 
 
-def guidance_loss(mask: torch.Tensor, guidance: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+def guidance_loss(mask: torch.Tensor, guidance: torch.Tensor, kind: str = "mse", resize: str = "area") -> torch.Tensor:
     """Distance of a predicted attention mask (B, 1, h, w) to a guidance mask in [0, 1].
 
-    The guidance is area-averaged to the mask's size when they differ. Zero when they are equal
-    (for "bce": when the guidance is binary).
+    The guidance is brought to the mask's size when they differ: "area" averages (vprkit's), "bicubic" interpolates
+    with aligned corners as the de-attention code does (values may overshoot [0, 1] at edges). Zero when they are
+    equal (for "bce": when the guidance is binary).
     """
     if guidance.shape[-2:] != mask.shape[-2:]:
-        guidance = F.adaptive_avg_pool2d(guidance, mask.shape[-2:])
+        guidance = _resize_guidance(guidance.float(), mask.shape[-2:], resize)
     guidance = guidance.to(mask.dtype)
     if kind == "mse":
         return F.mse_loss(mask, guidance)
     if kind == "bce":
         return F.binary_cross_entropy(mask, guidance)
     raise ValueError(f"unknown guidance loss '{kind}'; choose 'mse' or 'bce'")
+
+
+def _resize_guidance(guidance: torch.Tensor, size, resize: str) -> torch.Tensor:
+    if resize == "area":
+        return F.adaptive_avg_pool2d(guidance, size)
+    if resize == "bicubic":
+        return F.interpolate(guidance, size=tuple(size), mode="bicubic", align_corners=True)
+    raise ValueError(f"unknown guidance resize '{resize}'; choose 'area' or 'bicubic'")

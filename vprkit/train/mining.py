@@ -2,6 +2,10 @@
 
 Descriptors of all training images are recomputed every `refresh` steps (NetVLAD's cacheRefreshRate)
 rather than every step: mining then costs a nearest-neighbour search, not a forward pass per candidate.
+
+With a `margin` (NetVLAD's and the de-attention code's way) only negatives that violate it are kept,
+d(q, n) < d(q, p) + margin in Euclidean distance, and a query with none is skipped that round; without one
+(vprkit's "nearest") the `num_negs` nearest negatives are always taken, even those the loss ignores.
 """
 
 from __future__ import annotations
@@ -26,13 +30,18 @@ def sq_dist(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 
 def mine_one(q_desc: np.ndarray, map_desc: np.ndarray, positives: np.ndarray, candidates: np.ndarray,
-             num_negs: int) -> tuple[int, np.ndarray] | None:
-    """(best positive, up to `num_negs` hardest negatives nearest first) or None without either."""
+             num_negs: int, margin: float | None = None) -> tuple[int, np.ndarray] | None:
+    """(best positive, up to `num_negs` hardest negatives nearest first) or None without either; with a
+    `margin`, only negatives closer than d(q, p) + margin (possibly none)."""
     if len(positives) == 0 or len(candidates) == 0:
         return None
-    pos = int(positives[np.argmin(sq_dist(q_desc, map_desc[positives]))])
+    d_pos = sq_dist(q_desc, map_desc[positives])
+    pos = int(positives[np.argmin(d_pos)])
     candidates = np.unique(candidates)
-    order = np.argsort(sq_dist(q_desc, map_desc[candidates]), kind="stable")[:num_negs]
+    d_neg = sq_dist(q_desc, map_desc[candidates])
+    order = np.argsort(d_neg, kind="stable")[:num_negs]
+    if margin is not None:
+        order = order[np.sqrt(d_neg[order]) < np.sqrt(d_pos.min()) + margin]
     return pos, candidates[order]
 
 
@@ -51,6 +60,7 @@ class MiningStats:
 
     no_positive: int = 0
     no_negative: int = 0
+    no_violating: int = 0
     few_negatives: int = 0
 
 
@@ -58,9 +68,9 @@ class Miner:
     """Keeps the descriptor cache and each query's previous hard negatives (NetVLAD's negCache)."""
 
     def __init__(self, positives: list[np.ndarray], non_negatives: list[np.ndarray], num_map: int,
-                 num_negs: int = 10, neg_samples: int = 1000) -> None:
+                 num_negs: int = 10, neg_samples: int = 1000, margin: float | None = None) -> None:
         self.positives, self.non_negatives, self.num_map = positives, non_negatives, num_map
-        self.num_negs, self.neg_samples = num_negs, neg_samples
+        self.num_negs, self.neg_samples, self.margin = num_negs, neg_samples, margin
         self.previous = np.full((len(positives), num_negs), -1, dtype=np.int64)
         self.q_desc: np.ndarray | None = None
         self.map_desc: np.ndarray | None = None
@@ -70,7 +80,8 @@ class Miner:
         self.q_desc, self.map_desc = q_desc, map_desc
 
     def mine(self, queries: list[int], rng: np.random.Generator) -> list[Triplet]:
-        """Triplets for `queries`; queries without a positive or any negative are skipped and counted."""
+        """Triplets for `queries`; queries without a positive or any (violating) negative are skipped and
+        counted, their previous negatives kept."""
         if self.q_desc is None or self.map_desc is None:
             raise RuntimeError("descriptor cache is empty: call refresh() first")
         out = []
@@ -81,11 +92,14 @@ class Miner:
             sampled = sample_negatives(self.num_map, self.non_negatives[q], self.neg_samples, rng)
             prev = self.previous[q][self.previous[q] >= 0]
             found = mine_one(self.q_desc[q], self.map_desc, self.positives[q], np.concatenate([sampled, prev]),
-                             self.num_negs)
+                             self.num_negs, self.margin)
             if found is None:
                 self.stats.no_negative += 1
                 continue
             pos, negs = found
+            if len(negs) == 0:
+                self.stats.no_violating += 1
+                continue
             if len(negs) < self.num_negs:
                 self.stats.few_negatives += 1
             self.previous[q] = -1

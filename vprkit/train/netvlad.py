@@ -26,7 +26,7 @@ from ..features import extract
 from ..models import get_backbone
 from . import guidance as guidance_mod
 from . import trained
-from .checkpoint import load_checkpoint, seed_everything
+from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 from .data import PlaceSet, load_splits
 from .losses import get_loss, guidance_loss
@@ -34,34 +34,38 @@ from .mining import Miner, MiningStats
 
 logger = logging.getLogger("vprkit")
 
-DEFAULT_CONF: dict = {
+DEFAULT_CONF: dict = {  # the de-attention code's choices (deepguider/deattention_with_stml_for_vpr)
     "features": "mobilenetv2-netvlad",  # extraction preset: backbone, NetVLAD size, preprocessing
     "resize_max": None,  # override the preset's long image side
-    "attention": None,  # crn | bam | cbam | se | deattention
+    "attention": None,  # crn | bam | cbam | se | deattention | crn-ref | bam-ref | deattention-ref (+ chains a+b)
+    "mask_mode": "features",  # where a spatial mask acts: features (the original's) | assignment (vprkit's)
     "loss": {"name": "triplet", "margin": 0.1},
-    "guidance": {"source": None, "mask_dir": None, "checkpoint": None, "classes": ["vehicle", "human"],
-                 "loss": "mse", "weight": 0.001},
+    "guidance": {"source": None, "mask_dir": None, "checkpoint": None, "classes": ["human", "vehicle", "sky"],
+                 "loss": "mse", "weight": 0.1, "resize": "bicubic"},
     "data": {"positions": "utm", "pos_thr": 10.0, "neg_thr": 25.0, "split": [0.7, 0.15, 0.15], "gap": None},
     "train": {"epochs": 30, "batch_size": 4, "optimizer": "adam", "lr": 1e-4, "momentum": 0.9,
               "weight_decay": 1e-3, "lr_step": 5, "lr_gamma": 0.5, "train_layers": 0, "num_negs": 10,
-              "neg_samples": 1000, "cache_refresh": 1000, "patience": 10, "seed": 123, "cluster_images": 500,
-              "max_queries_per_epoch": None},
+              "neg_samples": 1000, "mining": "violating", "mining_margin": 0.1, "cache_refresh": 1000,
+              "patience": 10, "seed": 123, "cluster_images": 500, "max_queries_per_epoch": None},
 }
-CONFS: dict[str, dict] = {
-    "mobilenetv2-netvlad": {},
-    "mobilenetv2-netvlad-stml": {"loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
-    "mobilenetv2-crn-netvlad": {"attention": "crn"},
-    "mobilenetv2-crn-stml": {"attention": "crn", "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
-    "mobilenetv2-deattention-stml": {"attention": "deattention", "guidance": {"source": "segmenter"},
-                                     "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
-    # the seed's setting on a VGG trunk: conv5_3 + conv5_4 (and their ReLUs) trained
-    "vgg19-netvlad": {"features": "vgg19-netvlad", "train": {"train_layers": 4}},
-    "vgg19-deattention-stml": {"features": "vgg19-netvlad", "attention": "deattention",
-                               "guidance": {"source": "segmenter"}, "train": {"train_layers": 4},
-                               "loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4}},
-}
-DEFAULT_PRESET = "mobilenetv2-netvlad"
-MODES = ("cluster", "train", "test")
+MINING = ("violating", "nearest")
+_STML = {"loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4},
+         "train": {"mining_margin": 1.5}}  # the original's sTML runs mine with --dataloader_margin=1.5
+_SEG = {"guidance": {"source": "segmenter"}}
+_DEATT = {"attention": "deattention-ref", **_SEG}  # the original's run 2 (baseline_deattention): human + vehicle
+_DEATT_STML = {"attention": "deattention-ref+se-ref", **_SEG}  # its run 3 adds SE after de-attention
+# vprkit's own choices: nearest negatives, masks weighting the soft assignment, its modules and guidance
+_VPRKIT = {"mask_mode": "assignment", "train": {"mining": "nearest"}}
+_VPRKIT_DEATT = {"attention": "deattention", "guidance": {"source": "segmenter", "classes": ["vehicle", "human"],
+                                                          "weight": 0.001, "resize": "area"}}
+_VGG = {"features": "vgg19-netvlad", "train": {"train_layers": 4}}  # conv5_3 + conv5_4 (and their ReLUs) trained
+
+
+def _preset(*parts: dict) -> dict:
+    out: dict = {}
+    for part in parts:
+        out = _merge(out, part)
+    return out
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -69,6 +73,29 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
+
+
+CONFS: dict[str, dict] = {
+    # reference presets: the de-attention paper's training runs as its code computes them
+    "mobilenetv2-netvlad": {},
+    "mobilenetv2-netvlad-stml": _STML,
+    "mobilenetv2-crn-netvlad": {"attention": "crn-ref"},
+    "mobilenetv2-bam-netvlad": {"attention": "bam-ref"},
+    "mobilenetv2-deattention-netvlad": _preset(_DEATT, {"guidance": {"classes": ["human", "vehicle"]}}),
+    "mobilenetv2-deattention-stml": _preset(_DEATT_STML, _STML),
+    "vgg19-netvlad": _VGG,
+    "vgg19-deattention-stml": _preset(_DEATT_STML, _STML, _VGG),
+    # vprkit's variants
+    "mobilenetv2-netvlad-vprkit": _VPRKIT,
+    "mobilenetv2-netvlad-stml-vprkit": _preset(_STML, _VPRKIT),
+    "mobilenetv2-crn-netvlad-vprkit": _preset({"attention": "crn"}, _VPRKIT),
+    "mobilenetv2-crn-stml-vprkit": _preset({"attention": "crn"}, _STML, _VPRKIT),
+    "mobilenetv2-bam-netvlad-vprkit": _preset({"attention": "bam"}, _VPRKIT),
+    "mobilenetv2-deattention-stml-vprkit": _preset(_VPRKIT_DEATT, _STML, _VPRKIT),
+    "vgg19-deattention-stml-vprkit": _preset(_VPRKIT_DEATT, _STML, _VPRKIT, _VGG),
+}
+DEFAULT_PRESET = "mobilenetv2-netvlad"
+MODES = ("cluster", "train", "test")
 
 
 def get_conf(preset: str = DEFAULT_PRESET, overrides: dict | None = None) -> dict:
@@ -96,6 +123,7 @@ def feature_conf(conf: dict) -> dict:
     if fconf["aggregator"]["name"] != "netvlad":
         raise ValueError(f"features preset '{conf['features']}' does not use NetVLAD; pick a *-netvlad preset")
     fconf["aggregator"]["attention"] = conf["attention"]
+    fconf["aggregator"]["mask_mode"] = conf["mask_mode"]
     if conf["resize_max"]:
         fconf["preprocessing"]["resize_max"] = conf["resize_max"]
     return fconf
@@ -213,6 +241,15 @@ def recall(model: TrainModel, q_bank: Bank, m_bank: Bank, places: PlaceSet, top_
     return metrics.evaluate(ids, GroundTruth(places.positives))
 
 
+def _bank_guidance(conf: dict) -> dict | None:
+    """The guidance settings the in-memory masks were made with (None without guidance); the loss weight,
+    kind and resize only act in training."""
+    g = conf["guidance"]
+    if g["source"] is None or not guidance_mod.is_guided(conf["attention"]):
+        return None
+    return {k: g[k] for k in ("source", "mask_dir", "checkpoint", "classes")}
+
+
 class Session:
     """Everything the three modes share: config, splits, model and in-memory frozen features."""
 
@@ -244,10 +281,12 @@ class Session:
     def variant(self, conf: dict, out_dir) -> Session:
         """A session for another loss / attention / schedule over the same images, sharing the in-memory
         frozen features (for comparisons: the frozen backbone runs once for all variants)."""
-        same = ("features", "resize_max", "data", "guidance")
+        same = ("features", "resize_max", "data")
         diff = [k for k in same if conf[k] != self.conf[k]]
+        diff += ["guidance masks"] if _bank_guidance(conf) != _bank_guidance(self.conf) else []
         if diff or conf["train"]["train_layers"] != self.conf["train"]["train_layers"]:
-            raise ValueError(f"a variant must keep {same} and train.train_layers; differs in {diff}")
+            raise ValueError(f"a variant must keep {same}, the guidance masks and train.train_layers; "
+                             f"differs in {diff}")
         other = copy.copy(self)
         other._setup(conf, out_dir, self.device)
         return other
@@ -318,7 +357,7 @@ def _tuple_loss(s: Session, miner: Miner, queries: list[int], rng: np.random.Gen
     if weights is not None and q_bank.guidance is not None and g["weight"] > 0:
         target = ([q_bank.guidance[t.query] for t in tuples] + [m_bank.guidance[t.positive] for t in tuples]
                   + [m_bank.guidance[j] for n in negs for j in n])
-        loss = loss + g["weight"] * torch.stack([guidance_loss(w[None], gt[None].to(w.device), g["loss"])
+        loss = loss + g["weight"] * torch.stack([guidance_loss(w[None], gt[None].to(w.device), g["loss"], g["resize"])
                                                  for w, gt in zip(weights, target)]).mean()
     return loss
 
@@ -339,7 +378,10 @@ def train(s: Session, resume: bool = True) -> dict:
     opt = _optimizer(s.conf, [p for p in s.model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t["lr_step"], gamma=t["lr_gamma"])
     places = s.places["train"]
-    miner = Miner(places.positives, places.non_negatives, len(places.m_names), t["num_negs"], t["neg_samples"])
+    if t["mining"] not in MINING:
+        raise ValueError(f"unknown train.mining '{t['mining']}'; choose one of {MINING}")
+    miner = Miner(places.positives, places.non_negatives, len(places.m_names), t["num_negs"], t["neg_samples"],
+                  t["mining_margin"] if t["mining"] == "violating" else None)
     rng = np.random.default_rng(t["seed"])
     progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"],
                                lambda path: s.load(path, opt, sched), resume, s.conf, ("train.epochs",))
@@ -376,7 +418,7 @@ def train(s: Session, resume: bool = True) -> dict:
         row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], **{f"val_{k}": val[k] for k in ("R@1", "R@5", "R@10", "R@20")},
                "skipped_no_positive": st.no_positive, "skipped_no_negative": st.no_negative,
-               "few_negatives": st.few_negatives}
+               "skipped_no_violating": st.no_violating, "few_negatives": st.few_negatives}
         progress.end_epoch(epoch, val["R@5"], row, s.model, opt, sched,
                            meta={"kind": trained.KIND, "arch": s.arch, "conf": s.conf, "val": val},
                            state={"step": step, "mining_rng": json.dumps(rng.bit_generator.state),
@@ -410,6 +452,7 @@ def main(conf: dict, map_dir: str | Path, query_dir: str | Path, out_dir: str | 
     `test` (Recall@N of `checkpoint`, or of the untrained model, on `split`)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose one of {MODES}")
+    out_dir = run_folder(out_dir)
     clustered = (Path(out_dir) / "centroids.npz").exists() or checkpoint is not None
     splits = {"cluster": ("train",), "train": ("train", "val"),
               "test": (split,) if clustered else ("train", split)}[mode]

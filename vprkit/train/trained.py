@@ -20,14 +20,15 @@ logger = logging.getLogger("vprkit")
 KIND = "vprkit-netvlad"
 # backbone keys that do not change the architecture (where its weights came from)
 _WEIGHT_SOURCES = ("checkpoint",)
+# aggregator settings a checkpoint brings (defaults for checkpoints written before they existed)
+_FROM_CHECKPOINT = {"attention": None, "mask_mode": "assignment"}
 
 
 def arch_record(model_conf: dict, agg_conf: dict, preprocessing: dict | None = None) -> dict:
     """What must match between a checkpoint and the model it is loaded into (+ the preprocessing it was
     trained with, which only warns when it differs)."""
     model = {k: v for k, v in model_conf.items() if k not in _WEIGHT_SOURCES}
-    agg = {k: v for k, v in agg_conf.items() if k != "dim"}
-    agg.setdefault("attention", None)
+    agg = {**_FROM_CHECKPOINT, **{k: v for k, v in agg_conf.items() if k != "dim"}}
     return {"model": model, "aggregator": agg, "preprocessing": preprocessing}
 
 
@@ -36,6 +37,8 @@ def arch_mismatch(expected: dict, found: dict) -> list[str]:
     out = []
     for section in ("model", "aggregator"):
         a, b = found.get(section, {}), expected.get(section, {})
+        if section == "aggregator":
+            a = {**_FROM_CHECKPOINT, **a}
         out += [f"{section}.{k}: checkpoint {a.get(k)!r}, here {b.get(k)!r}" for k in sorted(set(a) | set(b))
                 if a.get(k) != b.get(k)]
     return out
@@ -54,18 +57,19 @@ def read(path: str | Path | None) -> dict[str, Any] | None:
 
 
 def aggregator_conf(ckpt: dict, model_conf: dict, agg_conf: dict, preprocessing: dict | None = None) -> dict:
-    """The preset's aggregator config with the checkpoint's attention module, after checking that the
+    """The preset's aggregator config with the checkpoint's attention module and mask mode, after checking that the
     checkpoint was trained from this backbone and NetVLAD size (clear error naming each mismatch)."""
     found = ckpt["meta"]["arch"]
     trained_pre = found.get("preprocessing")
     if preprocessing is not None and trained_pre is not None and preprocessing != trained_pre:
         logger.warning("%s was trained with preprocessing %s but is used with %s (pass --resize-max to match)",
                        ckpt["path"], trained_pre, preprocessing)
-    expected = arch_record(model_conf, {**agg_conf, "attention": found["aggregator"].get("attention")})
+    brought = {k: found["aggregator"].get(k, default) for k, default in _FROM_CHECKPOINT.items()}
+    expected = arch_record(model_conf, {**agg_conf, **brought})
     diff = arch_mismatch(expected, found)
     if diff:
         raise ValueError(f"{ckpt['path']} was trained for another architecture: " + "; ".join(diff))
-    return {**agg_conf, "attention": found["aggregator"].get("attention")}
+    return {**agg_conf, **brought}
 
 
 def load_weights(ckpt: dict, backbone: torch.nn.Module, aggregator: torch.nn.Module) -> None:

@@ -2,9 +2,11 @@
 
 Every module maps features (B, C, h, w) to `(features, weight)`: the (possibly channel-reweighted)
 features, same shape, and a spatial weight (B, 1, h, w) in [0, 1] or None. NetVLAD multiplies each
-location's soft assignment by the weight (see vprkit.aggregators.netvlad).
+location's soft assignment by the weight (`mask_mode="assignment"`), or the features as the de-attention
+code does (`mask_mode="features"`; see vprkit.aggregators.netvlad).
 
-The last layer of every module starts at zero, so its gates start at a uniform sigmoid(0) = 0.5, which
+The `*-ref` modules are the de-attention code's forms, with its initialisation and parameter names. The last
+layer of every other module starts at zero, so its gates start at a uniform sigmoid(0) = 0.5, which
 NetVLAD's normalisations cancel: an attention model starts exactly as the k-means-initialised NetVLAD
 and training moves it from there instead of from a random reweighting.
 """
@@ -21,6 +23,11 @@ REGISTRY: dict[str, str] = {
     "cbam": "cbam:CBAM",
     "se": "se:SE",
     "deattention": "deattention:DeAttention",
+    # the de-attention paper's code (deepguider/deattention_with_stml_for_vpr), for its reference presets
+    "crn-ref": "deattention_ref:DeAttentionRef",
+    "bam-ref": "bam_ref:BAMRef",
+    "deattention-ref": "deattention_ref:DeAttentionRef",
+    "se-ref": "se_ref:SERef",
 }
 
 

@@ -1,0 +1,77 @@
+"""Streaming API: `SequenceLocalizer(index, conf).add(frame) -> (estimate, score)`, one frame at a time.
+
+Memory per stream is constant: SeqSLAM keeps its last `ds` enhanced difference rows (full search, ds x map) or
+its last `ds` descriptors (candidates); the HMM keeps one belief over places.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import api
+from ..data.images import resize_to_stride
+from ..features import extract, h5io
+from ..index import faiss_index
+from . import matcher, order, pipeline
+
+
+class SequenceLocalizer:
+    """Localize a stream of frames on a saved index (online: each estimate uses only past frames).
+
+    `index`: an index folder (`vprkit index`) or a loaded `MapIndex` whose map descriptors are given as
+    `map_desc`; `conf`: a sequence preset name or a config from `pipeline.get_conf`.
+    `add(frame)`: `frame` is an image (PIL image or H x W (x 3) uint8 array) or its global descriptor (a vector of
+    the index's dimension); returns (estimate, score): the index's map image number (`self.names[estimate]`) and
+    the confidence (SeqSLAM: margin of the best line over the best one elsewhere; HMM: posterior probability).
+    """
+
+    def __init__(self, index: str | Path | faiss_index.MapIndex, conf: str | dict = "seqslam", device: str = "cpu",
+                 map_desc: np.ndarray | None = None):
+        self.conf = pipeline.get_conf(conf) if isinstance(conf, str) else conf
+        if self.conf["mode"] != "online":
+            raise ValueError("a stream is localized online: use a preset with mode=online")
+        self.index_dir = None if isinstance(index, faiss_index.MapIndex) else Path(index)
+        self.index = index if self.index_dir is None else faiss_index.load(self.index_dir)
+        self.names: list[str] = self.index.names
+        if map_desc is None:
+            if self.index_dir is None:
+                raise ValueError("give map_desc with a loaded MapIndex (or pass the index folder)")
+            map_desc = h5io.read_global(self.index_dir / api.MAP_FEATURES, self.names)
+        lay = order.layout(self.conf["map_order"], self.names)
+        self.order = lay.order
+        route = np.ascontiguousarray(np.asarray(map_desc, dtype=np.float32)[lay.order])
+        search = pipeline.index_search(self.index, lay.order)
+        if self.conf["method"] == "seqslam":
+            self.stream = matcher.SeqSLAMStream(route, self.conf, search)
+        else:
+            pos = None if lay.positions is None else lay.positions[lay.order]
+            self.stream = matcher.HMMStream(route, self.conf, pipeline.transitions(self.conf, len(route), pos),
+                                            search)
+        self.device, self._extractor = device, None
+
+    def describe(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """Global descriptor of one image with the index's model."""
+        if self._extractor is None:
+            if self.index_dir is None:
+                raise ValueError("images need the index folder (its model); pass descriptors to a loaded MapIndex")
+            self._extractor = extract.Extractor(self.index.manifest["conf"], self.device)
+            state = self.index_dir / api.STATE_FILE
+            if self._extractor.aggregator.needs_fit:
+                self._extractor.load_state(state)
+        ext = self._extractor
+        img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+        img = resize_to_stride(img.convert("RGB"), ext.conf["preprocessing"].get("resize_max"), ext.backbone.stride)
+        return ext.describe(ext.backbone.preprocess(img)[None])[0][0]
+
+    def add(self, frame: Image.Image | np.ndarray) -> tuple[int, float]:
+        """Localize the next frame of the stream: (map image number, confidence)."""
+        dim = self.index.index.d
+        is_desc = isinstance(frame, np.ndarray) and frame.squeeze().ndim == 1
+        if is_desc and frame.size != dim:
+            raise ValueError(f"descriptor of size {frame.size}, but the index holds {dim}-d descriptors")
+        q = frame.ravel() if is_desc else self.describe(frame)
+        place, score, _, _ = self.stream.add(q)
+        return int(self.order[place]), score
