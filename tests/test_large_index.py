@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import assert_top_k
 
 from vprkit.index import large
 
@@ -27,6 +28,7 @@ def test_parse_bytes():
 def test_choose_follows_the_budget():
     # 1000 x 256 float32 = 1 MB: exact within 4 MB
     assert large.choose(1000, 256, 4 * 2**20).factory == "Flat"
+    assert "too few" in large.choose(5000, 4096, 1000).reason  # compressed needs thousands to train
     # 10M x 256: 9.5 GiB float32; PQ32 + ids = 40 bytes each = 381 MiB: in RAM under 2 GB, on disk under 512 MB
     ram = large.choose(10_000_000, 256, 2 * 2**30)
     assert ram.factory.startswith("IVF") and "HNSW32" in ram.factory and ram.factory.endswith("PQ32")
@@ -62,3 +64,26 @@ def test_chunked_build_with_rescoring_finds_the_exact_top1(tmp_path, on_disk):
     _, ids = large.rescore(q, short, full, 1)
     assert (ids[:, 0] == truth).all()
     assert large.expected_recall(index, full, nprobe=16, samples=200) > 0.9
+
+
+def test_index_with_memory_budget_on_disk_queries_like_exact(tiny_backbone, image_folder, tmp_path, monkeypatch):
+    from vprkit import api
+    from vprkit.index import faiss_index
+
+    exact = api.index_map(image_folder, tmp_path / "exact", preset="mobilenetv2-gem", batch_size=4)
+    # 12 images are too few for a real compressed index: force a tiny one, inverted lists on disk
+    monkeypatch.setattr(large, "choose", lambda n, d, b: large.IndexChoice("IVF1,PQ4x2", True, 1, True, "test"))
+    monkeypatch.setattr(large, "train_size", lambda choice, n: n)
+    built = api.index_map(image_folder, tmp_path / "small", preset="mobilenetv2-gem", batch_size=4,
+                          memory_budget="1KB")
+    moved = built.rename(tmp_path / "moved")  # on-disk lists are found beside the index
+    mi, ref = faiss_index.load(moved), faiss_index.load(exact)
+    assert mi.manifest["index"]["factory"] == "IVF1,PQ4x2" and mi.manifest["index"]["on_disk"]
+    assert 0 <= mi.manifest["index"]["expected_recall_at_1"] <= 1
+    q = large.descriptors(moved)[:5].astype(np.float32) + 0.01
+    # the shortlist covers the whole tiny map, so re-scored results are the exact ones (fp16 descriptors)
+    s_small, i_small = mi.search(q, 3)
+    s_ref, _ = ref.search(q, 3)
+    np.testing.assert_allclose(s_small, s_ref, atol=2e-3)
+    full = np.stack([ref.index.reconstruct(i) for i in range(ref.index.ntotal)])
+    assert_top_k(i_small, q @ full.T, atol=2e-3)  # fp16 storage: near-ties within its rounding may swap

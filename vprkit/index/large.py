@@ -26,6 +26,9 @@ import numpy as np
 
 DESCRIPTORS_FILE, IVFDATA_FILE = "descriptors.npy", "index.ivfdata"
 FLAT_LIMIT = 1_000_000  # past this many vectors the coarse quantizer is an HNSW graph
+SHORTLIST = 100  # compressed candidates re-scored exactly per query
+CHUNK = 100_000  # vectors added per step while building
+MIN_COMPRESSED = 10_000  # below this a map is searched exactly (PQ training needs thousands of vectors)
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40,
           "TB": 2**40}
 
@@ -63,11 +66,14 @@ def train_size(choice: IndexChoice, n: int) -> int:
 def choose(n: int, dim: int, budget: int) -> IndexChoice:
     """The index for `n` vectors of `dim` floats within `budget` bytes of RAM (half of it for the index)."""
     flat = n * dim * 4
+    if n < MIN_COMPRESSED:
+        return IndexChoice("Flat", False, 1, False, f"exact: {n} vectors are too few to train a compressed index "
+                                                    f"(needs {MIN_COMPRESSED}); {flat / 2**20:.0f} MiB float32")
     if flat <= budget // 2:
         return IndexChoice("Flat", False, 1, False, f"exact: {n} x {dim} float32 = {flat / 2**20:.0f} MiB fits in "
                                                     f"half the budget ({budget / 2**20:.0f} MiB)")
     nlist = 2 ** int(round(math.log2(max(math.sqrt(n), 64))))  # ~sqrt(n) lists: training stays minutes at 10M
-    nlist = min(nlist, max(64, n // 39))  # FAISS wants >= 39 training vectors per list
+    nlist = max(1, min(nlist, n // 39))  # FAISS wants >= 39 training vectors per list
     m = _pq_bytes(dim)
     quantizer = f"IVF{nlist}_HNSW32" if n > FLAT_LIMIT else f"IVF{nlist}"
     codes = n * (m + 8)  # PQ code + 64-bit id per vector
@@ -146,17 +152,21 @@ def descriptors(index_dir: Path) -> np.ndarray | None:
     return np.load(path, mmap_mode="r") if path.is_file() else None
 
 
-def rescore(queries: np.ndarray, ids: np.ndarray, full: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner products of each query with its shortlist `ids` (-1 = empty slot), best k first."""
+def rescore(queries: np.ndarray, ids: np.ndarray, full: np.ndarray, k: int, approx: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of each query with its shortlist `ids` (-1 = empty slot), best k first.
+
+    Ids past the stored descriptors (images appended since the build) keep their `approx` score."""
     scores = np.full(ids.shape, -np.inf, dtype=np.float32)
     for i, (q, row) in enumerate(zip(queries, ids)):
-        valid = row >= 0
-        order = np.argsort(row[valid])  # sorted reads from the memory map
-        rows = row[valid][order]
-        exact = np.asarray(full[rows], dtype=np.float32) @ q
-        s = np.empty(valid.sum(), dtype=np.float32)
-        s[order] = exact
-        scores[i, valid] = s
+        stored = (row >= 0) & (row < len(full))
+        order = np.argsort(row[stored])  # sorted reads from the memory map
+        exact = np.empty(stored.sum(), dtype=np.float32)
+        exact[order] = np.asarray(full[row[stored][order]], dtype=np.float32) @ q
+        scores[i, stored] = exact
+        if approx is not None:
+            newer = row >= len(full)
+            scores[i, newer] = approx[i, newer]
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
 
@@ -202,9 +212,10 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
         pass
 
 
-def manifest_entry(choice: IndexChoice, recall: float) -> dict:
-    """The choice, its reason and the recall measured at build time, for the manifest."""
-    return {**asdict(choice), "expected_recall_at_1": round(recall, 4)}
+def manifest_entry(choice: IndexChoice, recall: float, shortlist: int = SHORTLIST) -> dict:
+    """The choice, its reason, the re-scored shortlist and the recall measured at build time, for the manifest."""
+    return {**asdict(choice), "shortlist": shortlist if choice.rescore else 0,
+            "expected_recall_at_1": round(recall, 4)}
 
 
 def iter_chunks(array: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
