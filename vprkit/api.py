@@ -16,7 +16,7 @@ from .data.images import list_images
 from .data.safeio import InputError, check_output, locked
 from .evaluation import metrics, outputs, report
 from .features import extract, h5io
-from .index import faiss_index
+from .index import faiss_index, large
 
 logger = logging.getLogger("vprkit")
 STATE_FILE, MAP_FEATURES = "aggregator.npz", "map_features.h5"
@@ -24,29 +24,80 @@ RESULTS_MARKERS = ("results.json", "query_features.h5", "query_segments.h5", "ca
 
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET,
-              factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", **overrides) -> Path:
+              factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
+              workers: int = 2, memory_budget: str | None = None, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
 
     Features are extracted into a work folder beside `out_dir` (resumable: rerun after a crash and
-    finished images are skipped); the index folder appears only when complete.
+    finished images are skipped); the index folder appears only when complete. `ray` (an address, 'auto' or
+    'local') extracts in shards on a Ray cluster; `memory_budget` ('2GB') picks the index from the map size
+    instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`).
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     conf = extract.get_conf(preset, **overrides)
     names = list_images(map_dir)
     with index_work(out_dir) as work:
-        names = readable(extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=names,
-                                      device=device), map_dir, work)
-        desc = h5io.read_global(work / MAP_FEATURES, names)
-        index = faiss_index.build(desc, factory)
-        manifest = {"conf": conf, "model_key": extract.model_key(conf), "dim": int(desc.shape[1]),
-                    "factory": factory, "map_dir": str(map_dir), "names": names, "positions": _utm_or_none(names),
-                    "versions": faiss_index.versions()}
+        names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
+        manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,
+                    "positions": _utm_or_none(names), "versions": faiss_index.versions()}
         extra = {MAP_FEATURES: work / MAP_FEATURES}
         if (work / STATE_FILE).exists():
             extra[STATE_FILE] = work / STATE_FILE
+        if memory_budget is None:
+            desc = h5io.read_global(work / MAP_FEATURES, names)
+            index = faiss_index.build(desc, factory)
+            manifest.update(dim=int(desc.shape[1]), factory=factory)
+        else:
+            index, files = _build_large(work, names, large.parse_bytes(memory_budget), manifest)
+            extra.update(files)
         faiss_index.save(out_dir, index, manifest, extra)
     logger.info("indexed %d map images into %s", len(names), out_dir)
     return out_dir
+
+
+def _extract_map(conf: dict, map_dir: Path, work: Path, names: list[str], device: str, ray: str | None,
+                 workers: int) -> list[str]:
+    """Map features into work/map_features.h5: in this process, or in shards on Ray (in-process shards when the
+    `ray` extra is not installed, with a warning)."""
+    if ray is None:
+        return extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=names, device=device)
+    from .features import distributed
+
+    try:
+        import ray as _  # noqa: F401
+    except ImportError:
+        logger.warning("--ray: the ray package is not installed (pip install 'vprkit[ray]'); extracting the same "
+                       "shards in this process")
+        ray = None
+    return distributed.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=names, address=ray,
+                            num_workers=workers, device=device)
+
+
+def _build_large(work: Path, names: list[str], budget: int, manifest: dict) -> tuple:
+    """Index chosen from the map size and `budget`, built chunk by chunk from the feature file (bounded memory);
+    records the choice, its reason and the recall measured at build time in `manifest`."""
+    staging = work / "index"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    dim = h5io.read_global(work / MAP_FEATURES, names[:1]).shape[1]
+    choice = large.choose(len(names), dim, budget)
+    rng = np.random.default_rng(0)
+    n_train = large.train_size(choice, len(names))
+    sample = h5io.read_global(work / MAP_FEATURES, [names[i] for i in np.sort(rng.choice(len(names), n_train,
+                                                                                            replace=False))])
+    chunks = (h5io.read_global(work / MAP_FEATURES, names[s:s + large.CHUNK]) for s in range(0, len(names),
+                                                                                             large.CHUNK))
+    index = large.build_chunked(chunks, len(names), dim, choice, staging, sample)
+    full = large.descriptors(staging)
+    probe = index if index is not None else large.read(staging / faiss_index.INDEX_FILE, True)
+    recall = large.expected_recall(probe, full, choice.nprobe) if choice.rescore else 1.0
+    manifest.update(dim=int(dim), factory=choice.factory, index=large.manifest_entry(choice, recall))
+    logger.info("index: %s (%s); expected R@1 vs exact %.3f", choice.factory, choice.reason, recall)
+    files = {large.DESCRIPTORS_FILE: staging / large.DESCRIPTORS_FILE}
+    if index is None:
+        files.update({faiss_index.INDEX_FILE: staging / faiss_index.INDEX_FILE,
+                      large.IVFDATA_FILE: staging / large.IVFDATA_FILE})
+    return index, files
 
 
 @contextmanager

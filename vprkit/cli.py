@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
     s.add_argument("--append", action="store_true",
                    help="add MAP_DIR's new images to the existing index OUT (journaled, crash-safe)")
+    s.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="extract in shards on a Ray cluster: 'auto' (a running cluster, else a local one; the "
+                        "default when no ADDRESS is given), 'local', or an address such as ray://head:10001")
+    s.add_argument("--workers", type=positive_int, default=2, help="--ray: extraction actors")
+    s.add_argument("--memory-budget", metavar="SIZE",
+                   help="choose the index from the map size and this much RAM, e.g. 2GB (overrides --factory): "
+                        "exact, IVF-PQ in RAM or on disk, shortlist re-scored exactly")
 
     s = sub.add_parser("query", help="localize a folder of query images against an index")
     s.add_argument("index_dir")
@@ -324,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run(args.index_dir, args.host, args.port, args.keys, parse_overrides(args.set), args.device)
         elif args.command == "index":
-            out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device,
+            out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device, ray=args.ray,
+                                workers=args.workers, memory_budget=args.memory_budget,
                                 batch_size=args.batch_size, fp16=args.fp16, **_model_overrides(args))
             print(f"index written to {out}")
         elif args.command == "query":

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from ..data.safeio import InputError, content_hash, output_folder, writing
-from . import journal
+from . import journal, large
 
 INDEX_FILE, MANIFEST_FILE = "index.faiss", "manifest.json"
 DEFAULT_FACTORY = "Flat"
@@ -32,6 +32,7 @@ class MapIndex:
     manifest: dict
     index_dir: Path | None = None
     deleted: set[int] = field(default_factory=set)
+    full: np.ndarray | None = None  # stored exact descriptors (memory-mapped) that re-score a compressed shortlist
 
     def __post_init__(self) -> None:
         self.ids = {n: i for i, n in enumerate(self.names)}  # live name -> id
@@ -96,14 +97,18 @@ class MapIndex:
         if queries.ndim != 2 or queries.shape[1] != self.index.d:
             raise ValueError(f"query descriptors have shape {queries.shape}; the index expects dimension "
                              f"{self.index.d}")
+        nprobe = nprobe if nprobe is not None else self.manifest.get("index", {}).get("nprobe")
         if nprobe is not None:
-            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
+            large.set_nprobe(self.index, nprobe)
         k = min(k, self.index.ntotal - len(self.deleted))
-        deep = min(k + len(self.deleted), self.index.ntotal)
+        shortlist = max(k, self.manifest.get("index", {}).get("shortlist", 0)) if self.full is not None else k
+        deep = min(shortlist + len(self.deleted), self.index.ntotal)
         scores = np.empty((len(queries), k), dtype=np.float32)
         ids = np.empty((len(queries), k), dtype=np.int64)
         for s in range(0, len(queries), chunk):
             sc, ix = self.index.search(queries[s:s + chunk], deep)
+            if self.full is not None:
+                sc, ix = large.rescore(queries[s:s + chunk], ix, self.full, deep, sc)
             if self.deleted:
                 sc, ix = _drop(sc, ix, self.deleted, k)
             scores[s:s + chunk], ids[s:s + chunk] = sc[:, :k], ix[:, :k]
@@ -190,8 +195,9 @@ def load(index_dir: str | Path) -> MapIndex:
     are damaged."""
     index_dir = require(index_dir)
     manifest = read_manifest(index_dir)
+    choice = manifest.get("index", {})
     try:
-        index = faiss.read_index(str(index_dir / INDEX_FILE))
+        index = large.read(index_dir / INDEX_FILE, choice.get("on_disk", False))
     except RuntimeError as exc:
         reason = str(exc).strip().rpartition("Error: ")[2] or "unreadable"  # faiss's own words, without its C++ frame
         raise InputError(f"{index_dir / INDEX_FILE}: corrupt or truncated FAISS index ({reason}); rebuild the "
@@ -199,7 +205,7 @@ def load(index_dir: str | Path) -> MapIndex:
     if index.ntotal != len(manifest["names"]):
         raise InputError(f"{index_dir / INDEX_FILE}: holds {index.ntotal} vectors but the manifest lists "
                          f"{len(manifest['names'])} images; rebuild the index")
-    mi = MapIndex(index, manifest, index_dir)
+    mi = MapIndex(index, manifest, index_dir, full=large.descriptors(index_dir) if choice.get("rescore") else None)
     for record in journal.read(index_dir)[0]:
         mi.apply(record)
     return mi

@@ -1,0 +1,89 @@
+"""Large-map index: choice from a memory budget, chunked in-RAM and on-disk builds, exact re-scoring."""
+
+import numpy as np
+import pytest
+from conftest import assert_top_k
+
+from vprkit.index import large
+
+
+def _data(n=1500, d=32, nq=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    truth = rng.choice(n, nq, replace=False)
+    q = x[truth] + 0.05 * rng.normal(size=(nq, d)).astype(np.float32)  # near-copies: unambiguous top-1
+    return x, q, truth
+
+
+def test_parse_bytes():
+    assert large.parse_bytes("2GB") == 2 * 2**30
+    assert large.parse_bytes("512M") == 512 * 2**20
+    assert large.parse_bytes("1.5g") == int(1.5 * 2**30)
+    assert large.parse_bytes("1000") == 1000
+    with pytest.raises(ValueError, match="memory budget"):
+        large.parse_bytes("lots")
+
+
+def test_choose_follows_the_budget():
+    # 1000 x 256 float32 = 1 MB: exact within 4 MB
+    assert large.choose(1000, 256, 4 * 2**20).factory == "Flat"
+    assert "too few" in large.choose(5000, 4096, 1000).reason  # compressed needs thousands to train
+    # 10M x 256: 9.5 GiB float32; PQ32 + ids = 40 bytes each = 381 MiB: in RAM under 2 GB, on disk under 512 MB
+    ram = large.choose(10_000_000, 256, 2 * 2**30)
+    assert ram.factory.startswith("IVF") and "HNSW32" in ram.factory and ram.factory.endswith("PQ32")
+    assert not ram.on_disk and ram.rescore
+    assert large.choose(10_000_000, 256, 512 * 2**20).on_disk
+    assert large.choose(200_000, 96, 10 * 2**20).factory.endswith("PQ32")  # 96 = 3 x 32
+    assert large.choose(200_000, 100, 10 * 2**20).factory.endswith("PQ4")  # largest listed divisor of 100
+
+
+def test_rescore_orders_the_shortlist_by_exact_inner_product():
+    full = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float16)
+    q = np.array([[0.8, 0.6]], dtype=np.float32)
+    scores, ids = large.rescore(q, np.array([[1, 0, -1, 2]]), full, 3)
+    assert ids.tolist() == [[2, 0, 1]]  # 0.96, 0.8, 0.6
+    np.testing.assert_allclose(scores[0], [0.96, 0.8, 0.6], atol=1e-3)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_chunked_build_with_rescoring_finds_the_exact_top1(tmp_path, on_disk):
+    x, q, truth = _data()
+    choice = large.IndexChoice("IVF16,PQ8x4", on_disk, 16, True, "test")
+    index = large.build_chunked(large.iter_chunks(x, 400), len(x), x.shape[1], choice, tmp_path, x[:1000])
+    if on_disk:
+        assert index is None and (tmp_path / large.IVFDATA_FILE).is_file()
+        moved = tmp_path.parent / (tmp_path.name + "-moved")
+        tmp_path.rename(moved)  # the lists are found beside the index wherever the folder goes
+        index = large.read(moved / "index.faiss", on_disk=True)
+        tmp_path = moved
+    full = large.descriptors(tmp_path)
+    np.testing.assert_array_equal(full, x.astype(np.float16))
+    large.set_nprobe(index, 16)
+    _, short = index.search(q, 50)
+    _, ids = large.rescore(q, short, full, 1)
+    assert (ids[:, 0] == truth).all()
+    assert large.expected_recall(index, full, nprobe=16, samples=200) > 0.9
+
+
+def test_index_with_memory_budget_on_disk_queries_like_exact(tiny_backbone, image_folder, tmp_path, monkeypatch):
+    from vprkit import api
+    from vprkit.index import faiss_index
+
+    exact = api.index_map(image_folder, tmp_path / "exact", preset="mobilenetv2-gem", batch_size=4)
+    # 12 images are too few for a real compressed index: force a tiny one, inverted lists on disk
+    monkeypatch.setattr(large, "choose", lambda n, d, b: large.IndexChoice("IVF1,PQ4x2", True, 1, True, "test"))
+    monkeypatch.setattr(large, "train_size", lambda choice, n: n)
+    built = api.index_map(image_folder, tmp_path / "small", preset="mobilenetv2-gem", batch_size=4,
+                          memory_budget="1KB")
+    moved = built.rename(tmp_path / "moved")  # on-disk lists are found beside the index
+    mi, ref = faiss_index.load(moved), faiss_index.load(exact)
+    assert mi.manifest["index"]["factory"] == "IVF1,PQ4x2" and mi.manifest["index"]["on_disk"]
+    assert 0 <= mi.manifest["index"]["expected_recall_at_1"] <= 1
+    q = large.descriptors(moved)[:5].astype(np.float32) + 0.01
+    # the shortlist covers the whole tiny map, so re-scored results are the exact ones (fp16 descriptors)
+    s_small, i_small = mi.search(q, 3)
+    s_ref, _ = ref.search(q, 3)
+    np.testing.assert_allclose(s_small, s_ref, atol=2e-3)
+    full = np.stack([ref.index.reconstruct(i) for i in range(ref.index.ntotal)])
+    assert_top_k(i_small, q @ full.T, atol=2e-3)  # fp16 storage: near-ties within its rounding may swap

@@ -1,0 +1,224 @@
+"""Indexes for maps that do not fit in RAM: choice from a memory budget, chunked build, on-disk lists, re-scoring.
+
+- `choose`: exact search while the float32 map fits in half the budget; else IVF-PQ (an HNSW coarse quantizer
+  past 1M vectors, so assigning codes stays fast), with codes in RAM when they fit in half the budget and
+  inverted lists on disk (memory-mapped at query time) otherwise. As autofaiss does, but recorded in the
+  manifest with the reason.
+- `build_chunked`: trains on a bounded sample, then adds codes chunk by chunk, so memory is bounded by one chunk
+  plus the codes (or one chunk only, on disk: per-chunk blocks merged with faiss' `merge_ondisk`).
+- Full descriptors are kept beside the index as a float16 `.npy` (memory-mapped), and `rescore` re-ranks the
+  compressed shortlist with exact inner products: compressed search with exact ranking quality.
+- `expected_recall`: agreement of the compressed + re-scored top-1 with exact search for a sample of map
+  vectors used as queries (their own entry excluded), measured at build time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+DESCRIPTORS_FILE, IVFDATA_FILE = "descriptors.npy", "index.ivfdata"
+FLAT_LIMIT = 1_000_000  # past this many vectors the coarse quantizer is an HNSW graph
+SHORTLIST = 100  # compressed candidates re-scored exactly per query
+CHUNK = 100_000  # vectors added per step while building
+MIN_COMPRESSED = 10_000  # below this a map is searched exactly (PQ training needs thousands of vectors)
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40,
+          "TB": 2**40}
+
+
+@dataclass
+class IndexChoice:
+    """What `choose` picked and why (stored in the manifest)."""
+
+    factory: str
+    on_disk: bool
+    nprobe: int
+    rescore: bool
+    reason: str
+
+
+def parse_bytes(text: str) -> int:
+    """'2GB', '512M', '1.5G', '1000000' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B?)\s*", text.upper())
+    if not m:
+        raise ValueError(f"memory budget {text!r}: expected a size such as 2GB, 512MB or 1000000")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _pq_bytes(dim: int) -> int:
+    """PQ code size: 32 bytes where the dimension allows (8-bit codes of dim / 32 values each), else a divisor."""
+    return next(m for m in (32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0)
+
+
+def train_size(choice: IndexChoice, n: int) -> int:
+    """Training sample size: 64 vectors per inverted list (FAISS asks for >= 39), at most n."""
+    m = re.match(r"IVF(\d+)", choice.factory)
+    return min(n, 64 * int(m.group(1))) if m else 0
+
+
+def choose(n: int, dim: int, budget: int) -> IndexChoice:
+    """The index for `n` vectors of `dim` floats within `budget` bytes of RAM (half of it for the index)."""
+    flat = n * dim * 4
+    if n < MIN_COMPRESSED:
+        return IndexChoice("Flat", False, 1, False, f"exact: {n} vectors are too few to train a compressed index "
+                                                    f"(needs {MIN_COMPRESSED}); {flat / 2**20:.0f} MiB float32")
+    if flat <= budget // 2:
+        return IndexChoice("Flat", False, 1, False, f"exact: {n} x {dim} float32 = {flat / 2**20:.0f} MiB fits in "
+                                                    f"half the budget ({budget / 2**20:.0f} MiB)")
+    nlist = 2 ** int(round(math.log2(max(math.sqrt(n), 64))))  # ~sqrt(n) lists: training stays minutes at 10M
+    nlist = max(1, min(nlist, n // 39))  # FAISS wants >= 39 training vectors per list
+    m = _pq_bytes(dim)
+    quantizer = f"IVF{nlist}_HNSW32" if n > FLAT_LIMIT else f"IVF{nlist}"
+    codes = n * (m + 8)  # PQ code + 64-bit id per vector
+    on_disk = codes > budget // 2
+    where = "inverted lists on disk (memory-mapped)" if on_disk else "codes in RAM"
+    return IndexChoice(f"{quantizer},PQ{m}", on_disk, max(16, nlist // 64), True,
+                       f"compressed: float32 ({flat / 2**20:.0f} MiB) exceeds half the budget "
+                       f"({budget / 2**20:.0f} MiB); PQ{m} codes + ids = {codes / 2**20:.0f} MiB, {where}; "
+                       "shortlist re-scored with exact descriptors")
+
+
+def _train(choice: IndexChoice, sample: np.ndarray) -> faiss.Index:
+    index = faiss.index_factory(sample.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexChoice, out_dir: Path,
+                  sample: np.ndarray) -> faiss.Index | None:
+    """Train on `sample`, add `chunks` (float32 rows, n in all) and write `descriptors.npy` (float16) into out_dir.
+
+    Returns the index in RAM, or None when it was written on disk (`index.faiss` + `index.ivfdata` in out_dir).
+    """
+    out_dir = Path(out_dir)
+    trained = _train(choice, sample)
+    full = np.lib.format.open_memmap(out_dir / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(n, dim))
+    start = 0
+    if not choice.on_disk:
+        for chunk in chunks:
+            trained.add(np.ascontiguousarray(chunk, dtype=np.float32))
+            full[start:start + len(chunk)] = chunk
+            start += len(chunk)
+        full.flush()
+        _check_count(start, n)
+        return trained
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        blocks = []
+        for i, chunk in enumerate(chunks):
+            block = faiss.clone_index(trained)
+            block.add_with_ids(np.ascontiguousarray(chunk, dtype=np.float32),
+                               np.arange(start, start + len(chunk), dtype=np.int64))
+            blocks.append(str(Path(tmp) / f"block{i}.index"))
+            faiss.write_index(block, blocks[-1])
+            full[start:start + len(chunk)] = chunk
+            start += len(chunk)
+            del block
+        full.flush()
+        _check_count(start, n)
+        _merge_on_disk(trained, blocks, out_dir / IVFDATA_FILE)
+    faiss.write_index(trained, str(out_dir / "index.faiss"))
+    return None
+
+
+def _check_count(added: int, n: int) -> None:
+    if added != n:
+        raise ValueError(f"the descriptor chunks held {added} vectors, expected {n}")
+
+
+def _merge_on_disk(index: faiss.Index, block_files: list[str], ivfdata: Path) -> None:
+    """Merge per-chunk inverted lists into one on-disk file that `index` then refers to."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    merge_ondisk(index, block_files, str(ivfdata))
+
+
+def read(index_path: Path, on_disk: bool) -> faiss.Index:
+    """Load an index; on-disk lists are memory-mapped from the same folder (the folder may have been moved)."""
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0
+    return faiss.read_index(str(index_path), flags)
+
+
+def descriptors(index_dir: Path) -> np.ndarray | None:
+    """The stored full descriptors, memory-mapped (None when the index has none)."""
+    path = Path(index_dir) / DESCRIPTORS_FILE
+    return np.load(path, mmap_mode="r") if path.is_file() else None
+
+
+def rescore(queries: np.ndarray, ids: np.ndarray, full: np.ndarray, k: int, approx: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of each query with its shortlist `ids` (-1 = empty slot), best k first.
+
+    Ids past the stored descriptors (images appended since the build) keep their `approx` score."""
+    scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for i, (q, row) in enumerate(zip(queries, ids)):
+        stored = (row >= 0) & (row < len(full))
+        order = np.argsort(row[stored])  # sorted reads from the memory map
+        exact = np.empty(stored.sum(), dtype=np.float32)
+        exact[order] = np.asarray(full[row[stored][order]], dtype=np.float32) @ q
+        scores[i, stored] = exact
+        if approx is not None:
+            newer = row >= len(full)
+            scores[i, newer] = approx[i, newer]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+
+
+def expected_recall(index: faiss.Index, full: np.ndarray, nprobe: int, samples: int = 500, shortlist: int = 100,
+                    seed: int = 0) -> float:
+    """Share of sampled map vectors whose nearest *other* map vector is found by compressed search + re-scoring."""
+    n = len(full)
+    if n < 3:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, min(samples, n), replace=False))
+    q = np.asarray(full[rows], dtype=np.float32)
+    exact = _exact_top2(q, full)
+    set_nprobe(index, nprobe)
+    _, approx = index.search(q, min(shortlist, n))
+    _, approx = rescore(q, approx, full, 2)
+    truth = np.where(exact[:, 0] == rows, exact[:, 1], exact[:, 0])
+    found = np.where(approx[:, 0] == rows, approx[:, 1], approx[:, 0])
+    return float((found == truth).mean())
+
+
+def _exact_top2(q: np.ndarray, full: np.ndarray, chunk: int = 200_000) -> np.ndarray:
+    """Exact top-2 ids of each row of q over all of `full`, read chunk by chunk (bounded memory)."""
+    best = np.full((len(q), 2), -np.inf, dtype=np.float32)
+    ids = np.zeros((len(q), 2), dtype=np.int64)
+    for s in range(0, len(full), chunk):
+        sims = q @ np.asarray(full[s:s + chunk], dtype=np.float32).T
+        k = min(2, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        both_s = np.concatenate([best, np.take_along_axis(sims, top, 1)], axis=1)
+        both_i = np.concatenate([ids, top + s], axis=1)
+        order = np.argsort(-both_s, axis=1, kind="stable")[:, :2]
+        best, ids = np.take_along_axis(both_s, order, 1), np.take_along_axis(both_i, order, 1)
+    return ids
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    """Inverted lists visited per query (no-op for indexes without lists)."""
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:
+        pass
+
+
+def manifest_entry(choice: IndexChoice, recall: float, shortlist: int = SHORTLIST) -> dict:
+    """The choice, its reason, the re-scored shortlist and the recall measured at build time, for the manifest."""
+    return {**asdict(choice), "shortlist": shortlist if choice.rescore else 0,
+            "expected_recall_at_1": round(recall, 4)}
+
+
+def iter_chunks(array: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """Row chunks of an array (or memory map) as float32."""
+    for s in range(0, len(array), chunk):
+        yield np.asarray(array[s:s + chunk], dtype=np.float32)
