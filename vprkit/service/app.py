@@ -75,7 +75,7 @@ class Service:
         self.limiter = RateLimiter(self.s["rate_per_s"], self.s["rate_burst"])
         self.streams = Streams(self.stream_factory, self.s["stream_idle_s"], self.s["max_streams"])
         self._rerank = None
-        self._sequence: tuple | None = None  # (map version, SequenceLocalizer the streams fork from)
+        self._sequence: tuple | None = None  # (map, its size, SequenceLocalizer the streams fork from)
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()  # the lazily built re-ranker and the thumbnail cache
         self.metrics.map_size.set(len(self.writer.map.ids))
@@ -84,19 +84,18 @@ class Service:
         """One stream's localizer: `vprkit.sequence.SequenceLocalizer` with the `stream_preset` (default SeqSLAM in
         candidates mode, so a stream's memory is bounded by its window and candidates, not the map) on the live
         map, shared by all streams and rebuilt when the map changes; the built-in `WindowLocalizer` where the
-        index cannot give its vectors back (compressed indexes)."""
+        index cannot give its vectors back (compressed indexes) or holds removed images (until compaction)."""
         with self.writer.lock:
             mi = self.map
-            key = (mi.index.ntotal, len(mi.deleted))
-            if self._sequence is None or self._sequence[0] != key:
-                try:
-                    desc = mi.index.reconstruct_n(0, mi.index.ntotal)
+            key = (mi.index.ntotal, len(mi.deleted))  # a compaction makes a new MapIndex: compared by identity
+            if self._sequence is None or self._sequence[0] is not mi or self._sequence[1] != key:
+                try:  # removed images would stay places of the route until compaction: window localizer till then
+                    desc = None if mi.deleted else mi.index.reconstruct_n(0, mi.index.ntotal)
                 except RuntimeError:
-                    self._sequence = (key, None)
-                else:
-                    desc[sorted(mi.deleted)] = 0  # removed images: no similarity to anything
-                    self._sequence = (key, SequenceLocalizer(mi, self.s["stream_preset"], map_desc=desc))
-            base = self._sequence[1]
+                    desc = None
+                base = None if desc is None else SequenceLocalizer(mi, self.s["stream_preset"], map_desc=desc)
+                self._sequence = (mi, key, base)
+            base = self._sequence[2]
         return WindowLocalizer(search, window=self.s["stream_window"]) if base is None else base.fork()
 
     @property
