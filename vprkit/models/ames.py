@@ -34,14 +34,27 @@ EMPTY_LOGIT = -1e4
 AUTHORS_CONF = {"model_dim": 128, "num_heads": 2, "num_layers": 5, "ff_dim": 1024}
 
 
-def attend(mha: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention of `x` (B, L, d) with `mha`'s weights, position i reading j where `allowed`
-    (B, 1, L, L) is True (one fused kernel instead of nn.MultiheadAttention's generic path)."""
+def attend(mha: nn.MultiheadAttention, x: torch.Tensor, src_len: int, valid: torch.Tensor, cross: bool
+           ) -> torch.Tensor:
+    """Multi-head attention over x = [token | src | tgt] (B, L, d) with `mha`'s weights, as the authors' masks
+    define it: the token reads every valid position; a src or tgt position reads the token and the valid positions
+    of its own image (self-attention) or of the other image (`cross`). Computed block by block (fused kernels, the
+    masked-out blocks never computed), which gives what one masked L x L attention gives."""
     b, n, d = x.shape
     h = mha.num_heads
     q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    return mha.out_proj(o.transpose(1, 2).reshape(b, n, d))
+    end = src_len + 1
+    with_src = k[:, :, :end], v[:, :, :end], valid[:, None, None, :end]  # the token and src
+    with_tgt = (torch.cat([k[:, :, :1], k[:, :, end:]], 2), torch.cat([v[:, :, :1], v[:, :, end:]], 2),
+                torch.cat([valid[:, :1], valid[:, end:]], 1)[:, None, None])  # the token and tgt
+
+    def read(rows: slice, keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q[:, :, rows], keys[0], keys[1], attn_mask=keys[2])
+
+    out = torch.cat([read(slice(0, 1), (k, v, valid[:, None, None])),
+                     read(slice(1, end), with_tgt if cross else with_src),
+                     read(slice(end, n), with_src if cross else with_tgt)], 2)
+    return mha.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
 class DecoderLayer(nn.Module):
@@ -56,9 +69,10 @@ class DecoderLayer(nn.Module):
         self.linear1, self.linear2 = nn.Linear(dim, ff_dim), nn.Linear(ff_dim, dim)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, sa_allowed: torch.Tensor, ca_allowed: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + attend(self.self_attn, x, sa_allowed))
-        x = self.norm2(x + attend(self.cross_attn, x, ca_allowed))
+    def forward(self, x: torch.Tensor, src_len: int, valid: torch.Tensor) -> torch.Tensor:
+        """x = [token | src (src_len) | tgt] (B, L, d); `valid` (B, L) False at padding."""
+        x = self.norm1(x + attend(self.self_attn, x, src_len, valid, cross=False))
+        x = self.norm2(x + attend(self.cross_attn, x, src_len, valid, cross=True))
         return self.norm3(x + self.linear2(F.relu(self.linear1(x))))
 
 
@@ -68,18 +82,6 @@ class Decoder(nn.Module):
     def __init__(self, dim: int, heads: int, ff_dim: int, num_layers: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ff_dim) for _ in range(num_layers))
-
-
-def masks(src_valid: torch.Tensor, tgt_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(self-, cross-attention) masks (B, 1, L, L), True = may attend, over [token | src | tgt]: self-attention
-    inside an image, cross-attention between the images, the token both ways, padded positions never read."""
-    b, q = src_valid.shape
-    image = torch.cat([torch.zeros(1, dtype=torch.long), torch.ones(q, dtype=torch.long),
-                       torch.full((tgt_valid.shape[1],), 2, dtype=torch.long)]).to(src_valid.device)
-    token = (image[:, None] == 0) | (image[None, :] == 0)
-    same = image[:, None] == image[None, :]
-    keys = torch.cat([src_valid.new_ones(b, 1), src_valid, tgt_valid], 1)[:, None, None, :]
-    return (same | token) & keys, (~same | token) & keys
 
 
 class AMES(nn.Module):
@@ -151,10 +153,10 @@ class AMES(nn.Module):
             y = y.half().float()
         b = len(y)
         x, src_valid = x.expand(b, -1, -1), src_valid.expand(b, -1)
-        seq = torch.cat([self.mtc_token.expand(b, 1, -1), x, y], 1)
-        sa, ca = masks(src_valid, tgt_valid)
+        seq = torch.cat([self.mtc_token.expand(b, 1, -1).to(x.dtype), x, y], 1)
+        valid = torch.cat([src_valid.new_ones(b, 1), src_valid, tgt_valid], 1)
         for layer in self.decoder.layers:
-            seq = layer(seq, sa, ca)
+            seq = layer(seq, x.shape[1], valid)
         return self.classifier(seq[:, 0]).squeeze(-1)
 
 

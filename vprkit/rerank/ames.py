@@ -35,7 +35,7 @@ class AMESReranker(Reranker):
     # lambda / temperature as tuned by the AMES authors for DINOv2 fp and distilled-binary models (their README)
     confs = {"fp": {"lamb": 0.55, "temp": 0.3}, "binary": {"lamb": 0.35, "temp": 0.1}}
     default_conf = {"checkpoint": None, "lamb": 0.55, "temp": 0.3, "num_rerank": 100, "num_query_desc": 600,
-                    "num_map_desc": 100, "batch_size": 100, "cache_dir": None, "device": "cpu",
+                    "num_map_desc": 100, "batch_size": 100, "precision": "fp32", "cache_dir": None, "device": "cpu",
                     "authors_checkpoint": None, "features": "dinov2", "resize_max": None, "detector": None}
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +58,7 @@ class AMESReranker(Reranker):
         for qi in tqdm(range(len(raw)), desc="ames re-ranking", unit="query"):
             ok = retrieval.ids[qi] >= 0
             raw[qi, ok] = score_candidates(model, q_desc[qi], q_valid[qi], read_map, retrieval.ids[qi][ok],
-                                           c["batch_size"], c["device"]).numpy()
+                                           c["batch_size"], c["device"], c["precision"]).numpy()
         return raw
 
     def model(self) -> tuple[AMES, dict]:
@@ -99,17 +99,26 @@ def id_of(model: AMES) -> str:
     return hashlib.sha1(w).hexdigest()[:10]
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @torch.inference_mode()
 def score_candidates(model: AMES, q_desc: torch.Tensor, q_valid: torch.Tensor, read_map: MapReader,
-                     cand: np.ndarray, batch_size: int = 100, device: str = "cpu") -> torch.Tensor:
-    """Raw AMES similarity of one query (K, D) against map rows `cand`, in batches sharing the query's embedding;
-    EMPTY_LOGIT where the query or a candidate has no descriptor (no local evidence)."""
+                     cand: np.ndarray, batch_size: int = 100, device: str = "cpu", precision: str = "fp32"
+                     ) -> torch.Tensor:
+    """Raw AMES similarity of one query (K, D) against map rows `cand`, in batches (by default all top-100 in one
+    forward) sharing the query's embedding; EMPTY_LOGIT where the query or a candidate has no descriptor (no local
+    evidence). `precision` bf16 runs the matrix products in bfloat16 (autocast; LayerNorm and softmax stay fp32):
+    faster where the CPU or GPU has bf16 units, raw scores off by ~1e-2 (bench/ames_speed.py)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {PRECISIONS}")
     q_in = model.encode(q_desc[None].to(device))
     q_valid = q_valid[None].to(device)
     out = []
     for s in range(0, len(cand), batch_size):
         m_in, m_valid = (t.to(device) for t in read_map(cand[s:s + batch_size]))
-        raw = model(q_in, q_valid, m_in, m_valid, encoded=True)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            raw = model(q_in, q_valid, m_in, m_valid, encoded=True).float()
         out.append(raw.masked_fill(~m_valid.any(1) | ~q_valid.any(), EMPTY_LOGIT).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
