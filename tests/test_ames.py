@@ -552,3 +552,37 @@ def test_whitening_init_decorrelates_training_descriptors():
         y = model.projection(torch.nn.functional.normalize(desc, dim=-1)).double()
     assert y.mean(0).abs().max() < 1e-4
     assert torch.allclose(torch.cov(y.T), torch.eye(8, dtype=torch.float64), atol=1e-3)
+
+
+def test_bf16_scores_stay_close_to_fp32_and_unknown_precisions_are_refused():
+    from vprkit.rerank.ames import score_candidates
+
+    model = tiny_ames()
+    src, sv, _, _ = pair()
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(4, 6, 16, generator=g), torch.ones(4, 6, dtype=torch.bool)
+    read = lambda rows: (m[0][rows], m[1][rows])  # noqa: E731
+    fp32 = score_candidates(model, src[0], sv[0], read, np.arange(4))
+    bf16 = score_candidates(model, src[0], sv[0], read, np.arange(4), precision="bf16")
+    assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.1  # bfloat16 keeps ~3 significant digits
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        score_candidates(model, src[0], sv[0], read, np.arange(4), precision="fp8")
+
+
+@pytest.mark.slow
+def test_rerank_with_an_authors_checkpoint(retrieval, tmp_path):
+    from vprkit.rerank.ames import AMESReranker
+    from vprkit.rerank.base import load_retrieval
+
+    res, _ = retrieval
+    for dim in (8, 16):  # the tiny backbone gives 8-d descriptors
+        torch.manual_seed(0)
+        torch.save({"state": AMES(input_dim=dim, model_dim=8, num_layers=1, ff_dim=16).state_dict()},
+                   tmp_path / f"ames{dim}.pt")
+    conf = AMESReranker.get_conf("fp", authors_checkpoint=str(tmp_path / "ames8.pt"), num_query_desc=10,
+                                 num_map_desc=6, cache_dir=str(tmp_path / "cache"))
+    raw = AMESReranker(conf).raw_scores(load_retrieval(res), tmp_path)
+    assert raw.shape == (12, 5) and np.isfinite(raw).all()
+    conf["authors_checkpoint"] = str(tmp_path / "ames16.pt")
+    with pytest.raises(ValueError, match="8-d local descriptors, the AMES model reads 16-d"):
+        AMESReranker(conf).raw_scores(load_retrieval(res), tmp_path)
