@@ -586,3 +586,32 @@ def test_rerank_with_an_authors_checkpoint(retrieval, tmp_path):
     conf["authors_checkpoint"] = str(tmp_path / "ames16.pt")
     with pytest.raises(ValueError, match="8-d local descriptors, the AMES model reads 16-d"):
         AMESReranker(conf).raw_scores(load_retrieval(res), tmp_path)
+
+
+def test_logged_training_loss_leaves_out_pairs_without_descriptors():
+    import torch.nn.functional as F
+
+    from vprkit.data.groundtruth import GroundTruth
+    from vprkit.train.ames import _train_epoch, mine_pairs
+
+    rng = np.random.default_rng(0)
+    feats = local.padding_rows(4, 3, 16)
+    feats[:3, :, local.MASK] = 0  # images 0-2 have three descriptors each; image 3 none
+    feats[:3, :, local.META:] = rng.normal(size=(3, 3, 16))
+    feats = torch.from_numpy(feats)
+    cand, truth = np.array([[1, 3], [3, 0], [2, 3]]), GroundTruth([np.array([1]), np.array([3]), np.array([3])])
+    model = tiny_ames()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: the logged loss is that of these weights
+    conf = {"top_k": 2, "num_pos": 1, "num_neg": 1, "batch_size": 8, "device": "cpu"}
+    np.random.seed(0)
+    logged = _train_epoch(model, None, opt, conf, feats, feats, cand, truth, np.arange(3))
+    np.random.seed(0)
+    pairs = mine_pairs(cand, truth, np.arange(3), 2, 1, 1, np.random)
+    keep = pairs[(pairs[:, 0] != 3) & (pairs[:, 1] != 3)]
+    assert 0 < len(keep) < len(pairs)  # some pairs involve image 3
+    qd, qv = local.split(feats[keep[:, 0]])
+    md, mv = local.split(feats[keep[:, 1]])
+    with torch.no_grad():
+        raw = model.train()(qd, qv, md, mv)
+    expected = F.binary_cross_entropy_with_logits(raw, torch.from_numpy(keep[:, 2]).float())
+    assert logged == pytest.approx(expected.item(), rel=1e-5) and logged < 50
