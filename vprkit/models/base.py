@@ -60,14 +60,28 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+        raise InputError(f"{path}: not a readable checkpoint with weights_only=True ({type(exc).__name__}: "
                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'})") from None
-    for key in ("state_dict", "model", "teacher"):
+    for key in ("state_dict", "model", "teacher", "state"):  # "state": the AMES authors' checkpoints
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a checkpoint of weights (holds a {type(state).__name__}, not a state dict)")
     return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+
+
+def load_strict(model: nn.Module, state: dict, path: str | Path) -> None:
+    """`load_state_dict(strict=True)` with a one-line error naming missing / unexpected / misshapen keys."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    shapes = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own.keys() & state.keys()
+                    if state[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
+        raise ValueError(f"{path}: does not match the model ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=True)
 
 
 def package_file(package: str, relpath: str, pip_name: str) -> Path:

@@ -20,20 +20,23 @@ from tqdm import tqdm
 from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics
 from ..features import local
-from ..models.ames import AMES, load_ames, rerank_score
+from ..models.ames import AMES, EMPTY_LOGIT, load_ames, load_authors_checkpoint, rerank_score
 from .base import Reranker, Retrieval
 
 MapReader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 class AMESReranker(Reranker):
-    """Re-rank with an AMES checkpoint from `vprkit train-ames` (fp or binary)."""
+    """Re-rank with an AMES checkpoint from `vprkit train-ames` (fp or binary), or with one the authors released
+    (`authors_checkpoint`; its local features are `features` / `resize_max` / `detector`, which must give the
+    descriptor size it was trained on: 768 for their DINOv2 ViT-B/14-reg models)."""
 
     name = "ames"
-    # lambda / temperature as tuned by the AMES authors for DINOv2 fp and distilled-binary models
-    confs = {"fp": {"lamb": 0.5, "temp": 0.2}, "binary": {"lamb": 0.35, "temp": 0.1}}
-    default_conf = {"checkpoint": None, "lamb": 0.5, "temp": 0.2, "num_rerank": 100, "num_query_desc": 600,
-                    "num_map_desc": 100, "batch_size": 100, "cache_dir": None, "device": "cpu"}
+    # lambda / temperature as tuned by the AMES authors for DINOv2 fp and distilled-binary models (their README)
+    confs = {"fp": {"lamb": 0.55, "temp": 0.3}, "binary": {"lamb": 0.35, "temp": 0.1}}
+    default_conf = {"checkpoint": None, "lamb": 0.55, "temp": 0.3, "num_rerank": 100, "num_query_desc": 600,
+                    "num_map_desc": 100, "batch_size": 100, "precision": "fp32", "cache_dir": None, "device": "cpu",
+                    "authors_checkpoint": None, "features": "dinov2", "resize_max": None, "detector": None}
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         c = self.conf
@@ -43,19 +46,32 @@ class AMESReranker(Reranker):
         """(Q, N) raw AMES similarities of each query and its candidates (NaN where there is no candidate),
         before fusion: what `tune_fusion` needs to choose lambda and temp on a validation retrieval."""
         c = self.conf
-        if not c["checkpoint"]:
-            raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train-ames`)")
-        model, meta = load_ames(c["checkpoint"])
+        model, fconf = self.model()
         model.to(c["device"])
-        q_path, m_path = self.local_features(meta["features"], retrieval, work_dir)
+        q_path, m_path = self.local_features(fconf, retrieval, work_dir)
         read_map = self._map_reader(model, m_path)
         q_desc, q_valid = local.split(local.read_rows(q_path))
+        if q_desc.shape[-1] != model.conf["input_dim"]:
+            raise ValueError(f"{q_path}: {q_desc.shape[-1]}-d local descriptors, the AMES model reads "
+                             f"{model.conf['input_dim']}-d")
         raw = np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
         for qi in tqdm(range(len(raw)), desc="ames re-ranking", unit="query"):
             ok = retrieval.ids[qi] >= 0
             raw[qi, ok] = score_candidates(model, q_desc[qi], q_valid[qi], read_map, retrieval.ids[qi][ok],
-                                           c["batch_size"], c["device"]).numpy()
+                                           c["batch_size"], c["device"], c["precision"]).numpy()
         return raw
+
+    def model(self) -> tuple[AMES, dict]:
+        """(AMES model in eval mode, the local-feature settings it reads)."""
+        c = self.conf
+        if c["authors_checkpoint"]:
+            fconf = local.get_conf(c["features"], c["resize_max"], detector=c["detector"])
+            return load_authors_checkpoint(c["authors_checkpoint"]), fconf
+        if not c["checkpoint"]:
+            raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train-ames`) "
+                             "or authors_checkpoint=PATH (a released model of the AMES authors)")
+        model, meta = load_ames(c["checkpoint"])
+        return model, meta["features"]
 
     def local_features(self, fconf: dict, retrieval: Retrieval, work_dir: Path) -> tuple[Path, Path]:
         """The cached local features of the queries and of the map, extracted when missing (resumable; kept in
@@ -79,22 +95,31 @@ class AMESReranker(Reranker):
 
 def id_of(model: AMES) -> str:
     """Short fingerprint of a model's binarizer, so codes of different models never get mixed up."""
-    w = model.binarizer.proj.weight.detach().cpu().numpy().tobytes()
+    w = model.binarizer.W.detach().cpu().numpy().tobytes()
     return hashlib.sha1(w).hexdigest()[:10]
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @torch.inference_mode()
 def score_candidates(model: AMES, q_desc: torch.Tensor, q_valid: torch.Tensor, read_map: MapReader,
-                     cand: np.ndarray, batch_size: int = 100, device: str = "cpu") -> torch.Tensor:
-    """Raw AMES similarity of one query (K, D) against map rows `cand`, in batches."""
+                     cand: np.ndarray, batch_size: int = 100, device: str = "cpu", precision: str = "fp32"
+                     ) -> torch.Tensor:
+    """Raw AMES similarity of one query (K, D) against map rows `cand`, in batches (by default all top-100 in one
+    forward) sharing the query's embedding; EMPTY_LOGIT where the query or a candidate has no descriptor (no local
+    evidence). `precision` bf16 runs the matrix products in bfloat16 (autocast; LayerNorm and softmax stay fp32):
+    faster where the CPU or GPU has bf16 units, raw scores off by ~1e-2 (bench/ames_speed.py)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {PRECISIONS}")
     q_in = model.encode(q_desc[None].to(device))
     q_valid = q_valid[None].to(device)
     out = []
     for s in range(0, len(cand), batch_size):
-        m_in, m_valid = read_map(cand[s:s + batch_size])
-        b = len(m_in)
-        out.append(model(q_in.expand(b, -1, -1), q_valid.expand(b, -1), m_in.to(device), m_valid.to(device),
-                         encoded=True).cpu())
+        m_in, m_valid = (t.to(device) for t in read_map(cand[s:s + batch_size]))
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            raw = model(q_in, q_valid, m_in, m_valid, encoded=True).float()
+        out.append(raw.masked_fill(~m_valid.any(1) | ~q_valid.any(), EMPTY_LOGIT).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -2,11 +2,14 @@
 
 Pairs are (query, map image) from the global retrieval that `vprkit query` wrote: positives from the
 ground truth and hard negatives from the query's top-`top_k` candidates that are not positives.
+The model is the authors' architecture (`models.ames.AMES`; the authors released no training code).
 `fp` mode learns with binary cross-entropy on the labels; `binary` mode distils a full-precision
-teacher into a model that reads 128-bit codes (ITQ-initialised binarizer, transformer initialised from
-the teacher), matching the teacher's probabilities. Each epoch ends with a checkpoint (exact resume
-with RNG state), a CSV log row and the validation mAP of the model's own ranking of held-out queries'
-top-k; the best epoch is kept as best.pt and training stops early when it no longer improves.
+teacher into a model that reads 128-bit codes from the authors' binarizer (ITQ-initialised, trained through
+their erf surrogate; transformer initialised from the teacher), matching the teacher's probabilities.
+Pairs where either image has no descriptor carry no local evidence and are left out of the loss (and of
+the logged mean). Each epoch ends with a checkpoint (exact resume with RNG state), a CSV log row and the
+validation mAP of the model's own ranking of held-out queries' top-k; the best epoch is kept as best.pt
+and training stops early when it no longer improves.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..evaluation.metrics import average_precision
 from ..features import local
-from ..models.ames import AMES, ChamferTeacher, load_ames
+from ..models.ames import AMES, AUTHORS_CONF, ChamferTeacher, load_ames
 from ..rerank.base import Retrieval, load_retrieval
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
@@ -34,8 +37,8 @@ logger = logging.getLogger("vprkit")
 
 DEFAULT_CONF: dict = {
     "features": "dinov2", "resize_max": None, "num_query_desc": 600, "num_map_desc": 100,
-    "model": {"model_dim": 128, "num_heads": 2, "num_layers": 5, "ff_dim": 1024, "dropout": 0.1},
-    "bits": None, "teacher": None, "distill_weight": 1.0, "itq_samples": 20000, "cache_dir": None,
+    "model": dict(AUTHORS_CONF),
+    "detector": None, "bits": None, "teacher": None, "distill_weight": 1.0, "itq_samples": 20000, "cache_dir": None,
     "epochs": 5, "lr": 3e-4, "weight_decay": 1e-4, "batch_size": 32,
     "top_k": 20, "num_pos": 2, "num_neg": 6, "val_fraction": 0.2, "patience": 3, "seed": 0, "device": "cpu",
 }
@@ -79,6 +82,11 @@ def _forward(model: AMES, q: torch.Tensor, m: torch.Tensor, device: str) -> torc
     return model(qd.to(device), qv.to(device), md.to(device), mv.to(device))
 
 
+def has_local(q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """(B,) whether both images of each pair of stored rows have at least one descriptor."""
+    return local.split(q)[1].any(1) & local.split(m)[1].any(1)
+
+
 @torch.no_grad()
 def validation_map(model: AMES, q_feats: torch.Tensor, m_feats: torch.Tensor, cand: np.ndarray,
                    truth: GroundTruth, queries: np.ndarray, top_k: int, device: str) -> float:
@@ -107,14 +115,16 @@ def _build_model(conf: dict, dim: int, q_feats: torch.Tensor, m_feats: torch.Ten
     if not conf["bits"]:
         model = AMES(input_dim=dim, **conf["model"])
         model.init_whitening(sample)
+        model.init_matching()
         chamfer = conf["teacher"] == "chamfer"
         return model, _chamfer_teacher(model, q_feats, m_feats, cand, conf) if chamfer else None
     if not conf["teacher"]:
         raise ValueError("binary AMES training distils an fp model: set teacher=PATH (a `vprkit train-ames` best.pt)")
     teacher, _ = load_ames(conf["teacher"])
     student = AMES(**{**teacher.conf, "bits": conf["bits"]})
-    own = student.state_dict()
-    student.load_state_dict({k: v for k, v in teacher.state_dict().items() if own[k].shape == v.shape}, strict=False)
+    transformer = {k: v for k, v in teacher.state_dict().items() if not k.startswith("remap_local.")}
+    student.load_state_dict(transformer, strict=False)  # all but the input mapping, which differs
+    student.remap_local[-1].load_state_dict(teacher.remap_local[-1].state_dict())  # the LayerNorm after it
     student.binarizer.init_itq(sample.numpy(), seed=conf["seed"])
     student.init_whitening(sample)
     return student, teacher.to(conf["device"])
@@ -124,7 +134,7 @@ def _chamfer_teacher(model: AMES, q_feats: torch.Tensor, m_feats: torch.Tensor, 
                      sample: int = 2000) -> ChamferTeacher:
     """Chamfer similarity through the model's starting whitening, its logits standardized on (query, top-k
     candidate) pairs: no labels needed."""
-    teacher = ChamferTeacher(copy.deepcopy(model.embed[0]))
+    teacher = ChamferTeacher(copy.deepcopy(model.projection))
     top = cand[:, :conf["top_k"]]
     qi, ki = np.nonzero(top >= 0)
     pick = np.random.default_rng(conf["seed"]).permutation(len(qi))[:sample]
@@ -142,7 +152,7 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
         fconf, conf["num_query_desc"], conf["num_map_desc"] = meta["features"], meta["num_query_desc"], \
             meta["num_map_desc"]
     else:
-        fconf = local.get_conf(conf["features"], conf["resize_max"])
+        fconf = local.get_conf(conf["features"], conf["resize_max"], detector=conf["detector"])
     cache = Path(conf["cache_dir"]) if conf["cache_dir"] else out_dir / "features"
     q_path = local.cached(fconf, retrieval.query_dir, retrieval.q_names, cache, "query", conf["num_query_desc"],
                           conf["device"])
@@ -182,13 +192,17 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, thre
 def _train_epoch(model: AMES, teacher: torch.nn.Module | None, opt: torch.optim.Optimizer, conf: dict,
                  q_feats: torch.Tensor, m_feats: torch.Tensor,
                  cand: np.ndarray, truth: GroundTruth, train: np.ndarray) -> float:
-    """One pass over freshly mined pairs; returns the mean loss."""
+    """One pass over freshly mined pairs; returns the mean loss over pairs with descriptors in both images."""
     model.train()
     pairs = mine_pairs(cand, truth, train, conf["top_k"], conf["num_pos"], conf["num_neg"], np.random)
     pairs = pairs[np.random.permutation(len(pairs))]
-    total, bs = 0.0, conf["batch_size"]
+    total, count, bs = 0.0, 0, conf["batch_size"]
     for s in tqdm(range(0, len(pairs), bs), desc="ames train", unit="batch"):
         qi, mi, label = torch.from_numpy(pairs[s:s + bs]).T
+        keep = has_local(q_feats[qi], m_feats[mi])
+        if not keep.any():
+            continue
+        qi, mi, label = qi[keep], mi[keep], label[keep]
         raw = _forward(model, q_feats[qi], m_feats[mi], conf["device"])
         loss = F.binary_cross_entropy_with_logits(raw, label.float().to(raw.device))
         if teacher is not None:
@@ -200,4 +214,5 @@ def _train_epoch(model: AMES, teacher: torch.nn.Module | None, opt: torch.optim.
         loss.backward()
         opt.step()
         total += loss.item() * len(label)
-    return total / max(len(pairs), 1)
+        count += len(label)
+    return total / max(count, 1)
