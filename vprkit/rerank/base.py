@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..api import write_results
-from ..data.groundtruth import ground_truth_for_kept
+from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..evaluation import metrics, outputs
 from ..index import faiss_index
@@ -86,7 +86,7 @@ class Reranker(ABC):
         """
 
     def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
-               result: dict) -> None:
+               result: dict, truth: GroundTruth | None = None) -> None:
         """Write method-specific outputs beside the shared ones (`result` holds the metrics); default none."""
         return None
 
@@ -111,5 +111,5 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
                            retrieval.q_names, ids, scores, n, truth, extra=extra, title=title)
-    reranker.finish(out_dir, cand, ids, scores, result)
+    reranker.finish(out_dir, cand, ids, scores, result, truth)
     return result
