@@ -2,8 +2,8 @@
 
 `python bench/patchnetvlad_speed.py`. The naive loop follows the original's local_matcher: for every
 candidate it reads that candidate's features from disk, runs the nearest neighbour search in torch,
-finds mutual matches with numpy, scores the pair (numpy rapid spatial scoring, or RANSAC on one pair),
-then z-normalises and fuses with numpy. Ours reads all candidates of a query at once and matches them
+finds mutual matches with numpy, scores the pair (numpy rapid spatial scoring, or OpenCV RANSAC on one
+pair), then z-normalises and fuses with numpy. Ours reads all candidates of a query at once and matches them
 in batched calls. Features are random unit vectors with the presets' shapes (a fifth of the candidates
 are noisy copies of the query, so RANSAC has real inliers); timing does not depend on content.
 
@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import torch
 from common import machine
 
 from vprkit.features import h5io, patches
-from vprkit.rerank import spatial
 from vprkit.rerank.patchnetvlad import Matcher, PatchNetVLAD
 
 
@@ -58,28 +58,28 @@ def naive_scores(conf: dict, matcher: Matcher, path: Path, q: list[np.ndarray], 
             qt = torch.from_numpy(q[s].astype(np.float32))
             # the original takes argmin of sqrt(2 - 2 d.q) in float32, which merges near-ties; argmax of d.q
             # is the same neighbour without that rounding
-            sim = torch.matmul(db, qt.T)  # (Nd, Nq)
-            fw = torch.argmax(sim, 0).numpy()
+            sim = torch.matmul(qt, db.T)  # (Nq, Nd)
+            fw = torch.argmax(sim, 0).numpy()  # per candidate patch: its nearest query patch
             bw = torch.argmax(sim, 1).numpy()
             mutuals = np.atleast_1d(np.argwhere(bw[fw] == np.arange(len(fw))).squeeze())
             if conf["matcher"] == "spatial":
                 if len(mutuals):
                     g = matcher.grid[s].numpy()
-                    dd = (g[fw[mutuals]] - g[mutuals]).T
+                    dd = (g[mutuals] - g[fw[mutuals]]).T
                     r = np.abs(dd - dd.mean(1, keepdims=True))
                     xmax, ymax = g[:, 0].max(), g[:, 1].max()
-                    raw[k, s] = ((xmax - r[0]) ** 2 + (ymax - r[1]) ** 2).sum() / len(fw)
-            else:
+                    raw[k, s] = ((xmax - r[0]) ** 2 + (ymax - r[1]) ** 2).sum() / len(bw)
+            elif len(mutuals) > 3:  # the original: findHomography(candidate -> query) on mutuals in candidate order
                 c = matcher.centres[s]
-                valid = torch.zeros(1, len(fw), dtype=torch.bool)
-                valid[0, mutuals] = True
-                count, _ = spatial.ransac_inliers(c[torch.from_numpy(fw)][None], c[None], valid,
-                                                  matcher.thresholds[s], matcher.samples)
-                raw[k, s] = count.item() / len(fw)
+                _, mask = cv2.findHomography(c[mutuals], c[fw[mutuals]], cv2.FM_RANSAC,
+                                             ransacReprojThreshold=matcher.thresholds[s])
+                raw[k, s] = mask.sum() / len(bw)
     fused = 0
-    for s, w in enumerate(conf["patch_weights"]):
-        col = raw[:, s]
-        fused = fused + w * ((col - col.mean()) / col.std() if col.std() > 0 else 0 * col)
+    with np.errstate(invalid="ignore", divide="ignore"):  # the original: a constant size gives 0 / 0
+        for s, w in enumerate(conf["patch_weights"]):
+            col = raw[:, s]
+            fused = fused + w * (np.where(col.std() > 0, (col - col.mean()) / col.std(), 0 * col)
+                                 if conf["skip_constant"] else (col - col.mean()) / col.std())
     g = global_scores.astype(np.float64)
     return fused + conf["global_weight"] * (g - g.mean()) / g.std()
 
