@@ -88,20 +88,29 @@ def test_broken_candidate_and_empty_patches_score_zero(tmp_path):
     np.testing.assert_allclose(fused_global, pnv.spatial.fuse(raw.numpy(), [0.5, 0.5]) + 1.0 * zg, rtol=1e-6)
 
 
-def test_bfloat16_matching_keeps_clear_matches():
-    """bfloat16 similarities find the same mutual matches when the true neighbour is clearly the best."""
-    conf = pnv.PatchNetVLAD.get_conf("storage", match_dtype="bfloat16")
-    grids = [pnv.patches.patch_grid(8, 10, 3, 1, 4)]
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_reduced_precision_matching_equals_float32(precision):
+    """Near-tied neighbours (gaps of 1e-4, far below bfloat16's and int8's error) are recomputed in float32."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((120, 64))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    db = np.stack([q + 0.05 * rng.standard_normal(q.shape), q[rng.permutation(120)], rng.standard_normal(q.shape)])
+    db[0, 1::2] = db[0, 0::2] + 1e-4 * rng.standard_normal((60, 64))  # pairs of near-identical candidate patches
+    db /= np.linalg.norm(db, axis=2, keepdims=True)
+    qt, dt = torch.from_numpy(q).float(), torch.from_numpy(db).float()
+    fw32, bw32, _ = pnv.spatial.nearest(qt, dt)
+    fw, bw, redone = pnv.spatial.nearest(qt, dt, precision)
+    assert torch.equal(fw, fw32) and torch.equal(bw, bw32) and 0 < redone < 1
+    sim = torch.matmul(dt, qt.T)
+    assert torch.equal(fw32, sim.argmax(1)) and torch.equal(bw32, sim.argmax(2))
+    conf = pnv.PatchNetVLAD.get_conf("storage", match_dtype=precision)
+    grids = [pnv.patches.patch_grid(10, 12, 1, 1, 4)]
     m, exact = pnv.Matcher(conf, grids=grids, feat_stride=4), pnv.Matcher({**conf, "match_dtype": "float32"},
                                                                            grids=grids, feat_stride=4)
-    rng = np.random.default_rng(1)
-    q = rng.standard_normal((48, 64)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    db = np.stack([q + 0.05 * rng.standard_normal(q.shape), q[rng.permutation(48)], rng.standard_normal(q.shape)])
-    db = (db / np.linalg.norm(db, axis=2, keepdims=True)).astype(np.float16)
-    torch.testing.assert_close(m.scale_scores([q], [db]), exact.scale_scores([q], [db]))
+    torch.testing.assert_close(m.scale_scores([q], [db.astype(np.float16)]),
+                               exact.scale_scores([q], [db.astype(np.float16)]), rtol=0, atol=0)
     with pytest.raises(ValueError, match="match_dtype"):
-        pnv.Matcher({**conf, "match_dtype": "int8"}, grids=grids)
+        pnv.Matcher({**conf, "match_dtype": "int4"}, grids=grids)
 
 
 def test_checkpoint_parts_load_weights_only(tmp_path):

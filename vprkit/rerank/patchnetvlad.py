@@ -86,8 +86,9 @@ class PatchNetVLAD(Reranker):
         "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4,
         "match_batch": 4,  # candidates per batched call: small keeps similarity blocks in a CPU cache; raise on GPU
         "device": "cpu", "seed": 0,
-        # 'bfloat16' runs the similarity matmuls ~3-4x faster on CPUs with AVX512-BF16/AMX (and on GPUs), at
-        # 8-bit mantissa precision: near-tied neighbours may swap, so scores are not bit-equal to 'float32'
+        # 'bfloat16' / 'int8' run the similarity matmuls in that precision (faster on CPUs with AVX512-BF16 /
+        # VNNI, and on GPUs) and recompute in float32 every nearest neighbour within the precision's error bound,
+        # so the mutual matches (and scores) are float32's
         "match_dtype": "float32",
         "backbone_cache": None,  # HDF5 path: backbone maps shared by presets (same resize) between runs
     }
@@ -161,11 +162,10 @@ class Matcher:
                  grids: list[tuple[np.ndarray, np.ndarray]] | None = None, feat_stride: int = 16):
         self.conf = conf
         self.device = torch.device(conf["device"])
-        if conf["match_dtype"] not in ("float32", "bfloat16"):
-            raise ValueError(f"unknown match_dtype '{conf['match_dtype']}'; choose 'float32' or 'bfloat16'")
+        if conf["match_dtype"] not in spatial.PRECISIONS:
+            raise ValueError(f"unknown match_dtype '{conf['match_dtype']}'; choose one of {spatial.PRECISIONS}")
         if conf["matcher"] not in ("ransac", "spatial"):
             raise ValueError(f"unknown matcher '{conf['matcher']}'; choose 'ransac' or 'spatial'")
-        self.dtype = getattr(torch, conf["match_dtype"])
         grids = grids if grids is not None else model.grids()
         feat_stride = model.backbone.stride if model is not None else feat_stride
         self.grid = [torch.from_numpy(g) for g, _ in grids]
@@ -192,9 +192,9 @@ class Matcher:
         """
         out = []
         for s, (qs, ds) in enumerate(zip(q, db, strict=True)):
-            qt = torch.as_tensor(qs, device=self.device).to(self.dtype)
-            dt = torch.as_tensor(ds, device=self.device).to(self.dtype)
-            fw, mutual = spatial.mutual_nn(qt, dt)
+            qt = torch.as_tensor(qs, device=self.device).float()
+            dt = torch.as_tensor(ds, device=self.device).float()
+            fw, mutual = spatial.mutual_nn(qt, dt, self.conf["match_dtype"])
             fw, mutual = fw.cpu(), mutual.cpu()
             if self.conf["matcher"] == "ransac":
                 counts = [len(qi) for qi, _ in self.verified(s, fw, mutual)]

@@ -18,19 +18,90 @@ import torch
 MIN_MATCHES = 4  # a homography needs four correspondences
 
 
-def mutual_nn(q: torch.Tensor, db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+PRECISIONS = ("float32", "bfloat16", "int8")
+# Relative error of one similarity from the reduced-precision matmul itself: bfloat16 rounds its output to 8
+# significant bits; int8 accumulates exactly in int32 and only the rescaling rounds.
+_OUT_ERROR = {"bfloat16": 2.0**-8, "int8": 2.0**-22}
+
+
+def _quantise(x: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values for the matmul, their per-row scale, the float32 vectors they stand for)."""
+    if precision == "bfloat16":
+        xb = x.to(torch.bfloat16)
+        return xb, torch.ones(x.shape[:-1], dtype=torch.float32, device=x.device), xb.float()
+    scale = x.abs().amax(-1).clamp(min=1e-30) / 127.0
+    xi = torch.round(x / scale[..., None]).clamp(-127, 127).to(torch.int8)
+    return xi, scale, xi.float() * scale[..., None]
+
+
+def _approx_similarity(q: torch.Tensor, db: torch.Tensor, precision: str) -> tuple[torch.Tensor, ...]:
+    """(similarities (B, Nd, Nq) in float32 from `precision`, per-row error terms of query and candidate sides).
+
+    For unit-ish vectors x, y and their stand-ins x', y': |x.y - x'.y'| <= |x - x'| |y| + |x'| |y - y'|
+    (+ the matmul's own rounding), so each side's term is (residual norm, norm of stand-in, norm).
+    """
+    qa, qs, qf = _quantise(q, precision)
+    da, ds, df = _quantise(db, precision)
+    if precision == "bfloat16":
+        sim = torch.matmul(da, qa.T).float()
+    else:
+        qt = qa.T.contiguous()
+        sim = torch.stack([torch._int_mm(d, qt) for d in da]).float() * ds[..., None] * qs[None, None]
+    side = [((x - xf).norm(dim=-1), xf.norm(dim=-1), x.norm(dim=-1)) for x, xf in ((q, qf), (db, df))]
+    return sim, side[0], side[1]
+
+
+def _safe_argmax(sim: torch.Tensor, dim: int, bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax along `dim`, whether it is certain): the top-2 gap exceeds twice the error bound."""
+    if sim.shape[dim] < 2:
+        return sim.argmax(dim), torch.ones_like(sim.select(dim, 0), dtype=torch.bool)
+    top = sim.topk(2, dim=dim)
+    return top.indices.select(dim, 0), (top.values.select(dim, 0) - top.values.select(dim, 1)) > 2 * bound
+
+
+def nearest(q: torch.Tensor, db: torch.Tensor, precision: str = "float32"
+            ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(fw (B, Nq): nearest candidate patch of each query patch, bw (B, Nd): nearest query patch of each
+    candidate patch, share of rows recomputed in float32).
+
+    `q` (Nq, d) and `db` (B, Nd, d) float32, L2-normalised: the nearest neighbour is the largest dot product
+    (the original's sqrt(2 - 2 q.d) is monotone in it). With `precision` bfloat16 or int8 the similarities
+    are computed in it, and every row whose top-2 gap is within twice its rigorous error bound is recomputed
+    in float32, so the neighbours are float32's (up to float32's own rounding at exact ties).
+    """
+    if precision == "float32":
+        sim = torch.matmul(db, q.T)  # (B, Nd, Nq)
+        return sim.argmax(dim=1), sim.argmax(dim=2), 0.0
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {PRECISIONS}")
+    sim, (rq, nq_hat, nq_true), (rd, nd_hat, nd_true) = _approx_similarity(q, db, precision)
+    margin = _OUT_ERROR[precision] + 2 * q.shape[1] * 2.0**-24  # the matmul's rounding and float32's own
+    bound_fw = rq[None] * nd_true.amax(1, keepdim=True) + nq_hat[None] * rd.amax(1, keepdim=True) \
+        + margin * nq_hat[None] * nd_hat.amax(1, keepdim=True)  # (B, Nq)
+    bound_bw = rd * nq_true.amax() + nd_hat * rq.amax() + margin * nd_hat * nq_hat.amax()  # (B, Nd)
+    fw, fw_ok = _safe_argmax(sim, 1, bound_fw)
+    bw, bw_ok = _safe_argmax(sim, 2, bound_bw)
+    for b in range(db.shape[0]):
+        rows = torch.nonzero(~fw_ok[b]).flatten()
+        if len(rows):
+            fw[b, rows] = torch.matmul(db[b], q[rows].T).argmax(0)
+        cols = torch.nonzero(~bw_ok[b]).flatten()
+        if len(cols):
+            bw[b, cols] = torch.matmul(db[b, cols], q.T).argmax(1)
+    redone = (~fw_ok).sum() + (~bw_ok).sum()
+    return fw, bw, float(redone) / max(fw_ok.numel() + bw_ok.numel(), 1)
+
+
+def mutual_nn(q: torch.Tensor, db: torch.Tensor, precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
     """For each query patch: its nearest candidate patch `fw` (B, Nq) and whether that is mutual (B, Nq).
 
-    `q` (Nq, d) and `db` (B, Nd, d) are L2-normalised, so the nearest neighbour is the largest dot
-    product (the original's sqrt(2 - 2 q.d) is monotone in it). Ties go to the lowest index.
+    `q` (Nq, d) and `db` (B, Nd, d), L2-normalised; see `nearest` for `precision`. Ties go to the lowest index.
     """
     b, nq, nd = db.shape[0], q.shape[0], db.shape[1]
     if nq == 0 or nd == 0:
         return torch.zeros(b, nq, dtype=torch.long), torch.zeros(b, nq, dtype=torch.bool)
-    sim = torch.matmul(db, q.T.to(db.dtype))  # (B, Nd, Nq)
-    fw = sim.argmax(dim=1)  # (B, Nq): best candidate patch of each query patch
-    bw = sim.argmax(dim=2)  # (B, Nd): best query patch of each candidate patch
-    mutual = torch.gather(bw, 1, fw) == torch.arange(nq)
+    fw, bw, _ = nearest(q.float(), db.float(), precision)
+    mutual = torch.gather(bw, 1, fw) == torch.arange(nq, device=fw.device)
     return fw, mutual
 
 
