@@ -224,3 +224,22 @@ def test_constant_patch_size_orders_as_numpys_argsort_of_nan():
     fused_global = pnv.Matcher({**conf, "global_weight": 1.0, "skip_constant": True},
                                grids=[pnv.patches.patch_grid(6, 8, 5, 1, 16)]).fuse(raw, np.linspace(1, 0, 30))
     assert (np.argsort(-fused_global, kind="stable") == np.arange(30)).all()
+
+
+@pytest.mark.slow
+def test_cascade_reranks_the_cheap_presets_top_k(retrieval, tmp_path):
+    """`cascade_from=storage`: storage orders all 6 candidates, then `speed` only storage's first 3."""
+    from vprkit.cli import parse_overrides
+    from vprkit.rerank.base import load_retrieval
+
+    res, _, _ = retrieval
+    ret = load_retrieval(res)
+    small = parse_overrides(SMALL)
+    shared = {k: v for k, v in small.items() if k in pnv.CASCADE_SHARED}  # storage keeps its own num_pcs
+    cheap_ids, cheap_scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("storage", **shared)).rerank_all(
+        ret, tmp_path / "w")
+    ids, scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("speed", cascade_from="storage", cascade_top=3,
+                                                               **small)).rerank(ret, tmp_path / "w")
+    assert (ids[:, 3:] == cheap_ids[:, 3:]).all() and np.array_equal(scores[:, 3:], cheap_scores[:, 3:])
+    assert all(sorted(a[:3]) == sorted(b[:3]) for a, b in zip(ids, cheap_ids))  # the head is re-ordered only
+    assert [ret.m_names[i] for i in ids[:, 0]] == ret.q_names  # the self-match first

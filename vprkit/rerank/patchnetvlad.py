@@ -45,6 +45,9 @@ logger = logging.getLogger("vprkit")
 
 
 ORIGINAL_NS = (1, 5, 10, 20, 50, 100)  # the original's n_values_all
+# Settings a cascade's cheap preset takes from the expensive one (everything but the method's own numbers).
+CASCADE_SHARED = ("resize", "num_clusters", "checkpoint", "fit_max_images", "fit_max_patches", "batch_size",
+                  "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten")
 
 
 def write_kapture_paths(path: Path, q_paths: list[str], m_paths: list[str], ids: np.ndarray) -> None:
@@ -91,6 +94,8 @@ class PatchNetVLAD(Reranker):
         # so the mutual matches (and scores) are float32's
         "match_dtype": "float32",
         "backbone_cache": None,  # HDF5 path: backbone maps shared by presets (same resize) between runs
+        # cascade: this preset (e.g. 'storage') re-ranks all candidates first, this one only its top cascade_top
+        "cascade_from": None, "cascade_top": 10,
     }
     # The original's three configs (patch scores only), then product-quantised map storage (vprkit's).
     confs = {
@@ -105,6 +110,24 @@ class PatchNetVLAD(Reranker):
     confs.update({f"{name}+global": {**c, "global_weight": 1.0, "skip_constant": True} for name, c in confs.items()})
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """With `cascade_from`, that (cheap) preset re-ranks all candidates and this one only its top
+        `cascade_top`; the rest keep the cheap order and scores."""
+        if not self.conf["cascade_from"]:
+            return self.rerank_all(retrieval, work_dir)
+        shared = {k: self.conf[k] for k in CASCADE_SHARED}
+        cheap_ids, cheap_scores = PatchNetVLAD(self.get_conf(self.conf["cascade_from"], **shared)).rerank_all(
+            retrieval, work_dir)
+        k = self.conf["cascade_top"]
+        glob = {(qi, j): s for qi in range(len(retrieval.ids)) for j, s in zip(retrieval.ids[qi], retrieval.scores[qi])}
+        head_scores = np.array([[glob.get((qi, j), np.nan) for j in row] for qi, row in enumerate(cheap_ids[:, :k])],
+                               dtype=np.float32).reshape(cheap_ids[:, :k].shape)
+        head = Retrieval(retrieval.index_dir, retrieval.query_dir, retrieval.map_dir, retrieval.q_names,
+                         retrieval.m_names, cheap_ids[:, :k], head_scores, retrieval.manifest, retrieval.results_dir)
+        ids, scores = self.rerank_all(head, work_dir)
+        return np.concatenate([ids, cheap_ids[:, k:]], 1), np.concatenate([scores, cheap_scores[:, k:]], 1)
+
+    def rerank_all(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """This preset's ranking of every candidate of `retrieval`."""
         conf = self.conf
         key = json.dumps({k: conf[k] for k in ("resize", "patch_sizes", "strides", "num_pcs", "whiten",
                                                 "num_clusters", "checkpoint", "seed", "pq_bytes")}
