@@ -1,5 +1,8 @@
 """Recall@1/5/10 of the global retrieval (vgg19-netvlad) and of Patch-NetVLAD re-ranking with each preset.
 
+The reference presets (patch scores only, as the original) and vprkit's `+global` variants (fused with the
+global score) side by side; a `+global` preset reuses its reference preset's patch features.
+
 One run, one table per dataset: `python bench/patchnetvlad_recall.py --data ../shared/data`.
 Images are resized for the patches to --resize (Nordland: --nordland-resize) instead of the presets'
 640x480, and the performance presets are run at --performance-pcs dims: both to fit a 2-core CPU.
@@ -25,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--presets", default="speed,storage,performance")
+    p.add_argument("--presets", default="speed,storage,performance,speed+global,storage+global,performance+global")
     p.add_argument("--num-rerank", type=int, default=20)
     p.add_argument("--limit", type=int, default=200, help="first N map and query images of Nordland (index-aligned)")
     p.add_argument("--resize", default="[320,240]")
@@ -53,7 +56,12 @@ def main() -> None:
                     if preset.endswith("-pq"):
                         over["pq_bytes"] = args.performance_pcs // 8
                 conf = PatchNetVLAD.get_conf(preset, **over)
-                out = base.main(conf, Path(tmp) / "res", gt=gt, threshold=thr, num_rerank=args.num_rerank)
+                out_dir = Path(tmp) / "res" / f"rerank-{preset}"
+                shared = Path(tmp) / "res" / f"rerank-{preset.removesuffix('+global')}" / "cache"
+                if preset.endswith("+global") and shared.is_dir():  # same patch features: reuse them
+                    out_dir.mkdir(parents=True)
+                    (out_dir / "cache").symlink_to(shared)
+                out = base.main(conf, Path(tmp) / "res", out_dir, gt=gt, threshold=thr, num_rerank=args.num_rerank)
                 rows[f"patchnetvlad {preset}"] = out["metrics"]
                 print(f"  {ds} {preset}: {json.dumps({k: out['metrics'][k] for k in ('R@1', 'R@5', 'R@10')})}",
                       flush=True)

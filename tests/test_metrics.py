@@ -51,3 +51,12 @@ def test_precision_recall_over_queries_by_top1_score():
     assert recall_at_precision(precision, recall) == pytest.approx(1 / 3)
     assert recall_at_precision(precision, recall, 0.6) == pytest.approx(2 / 3)
     assert recall_at_precision(np.array([0.5]), np.array([1.0])) == 0.0
+
+
+def test_recall_over_all_queries_counts_queries_without_positives_as_misses():
+    """Patch-NetVLAD's compute_recall divides by every query (numQ), positives or not."""
+    pred = np.array([[2, 0], [1, 3], [0, 1]])
+    gt = GroundTruth([np.array([0]), np.array([], dtype=int), np.array([1])])  # hits at ranks 2, -, 2
+    assert recall_at_n(pred, gt, (1, 2)) == {1: 0.0, 2: 1.0}
+    assert recall_at_n(pred, gt, (1, 2, 100), all_queries=True) == {1: 0.0, 2: pytest.approx(2 / 3),
+                                                                     100: pytest.approx(2 / 3)}

@@ -1,6 +1,7 @@
 """Patch-NetVLAD re-ranker end to end (tiny backbone), its outputs, checkpoints, match-two, bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,7 @@ from tests.conftest import TinyBackbone
 from vprkit.cli import main
 from vprkit.rerank import patchnetvlad as pnv
 
-SMALL = ["resize=[32,24]", "num_clusters=4", "num_pcs=16", "fit_max_images=12", "fit_max_patches=400",
-         "ransac_iters=50", "global_weight=0"]
+SMALL = ["resize=[32,24]", "num_clusters=4", "num_pcs=16", "fit_max_images=12", "fit_max_patches=400"]
 
 
 @pytest.fixture
@@ -39,21 +39,29 @@ def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset,extra", [("storage", []), ("performance", ["pq_bytes=4"])])
+@pytest.mark.parametrize("preset,extra", [("storage", []), ("performance+global", ["pq_bytes=4", "global_weight=0"])])
 def test_rerank_puts_self_match_first_and_writes_original_outputs(retrieval, preset, extra):
-    """Patch size 8 exceeds the 8x6 feature map here: that scale has no patches and must not break anything."""
+    """Patch size 8 exceeds the 8x6 feature map here: that scale has no patches (all scores 0), which
+    `skip_constant` (the `+global` presets) skips; the original's ranking would be NaN (constant-size test).
+    The global weight is 0 because the fixture's global scores favour the wrong candidates."""
     res, gt, names = retrieval
     out = res / f"out-{preset}-{len(extra)}"
     assert main(["rerank", str(res), "--method", "patchnetvlad", "--preset", preset, "--gt", str(gt), "-o", str(out),
                  "--set", *SMALL, *extra]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["metrics_global"]["R@1"] == 0.0 and result["metrics"]["R@1"] == 1.0
-    kap = (out / "PatchNetVLAD_predictions.txt").read_text().splitlines()
-    assert kap[:2] == ["# kapture format: 1.0", "# query_image, map_image, score"]
-    assert [p.strip() for p in kap[2].split(",")][:2] == [names[0], names[0]] and len(kap) == 2 + 12 * 6
+    folder = str(json.loads((res / "results.json").read_text())["queries"])
+    full = str(Path(folder).resolve() / names[0])
+    kap = (out / "PatchNetVLAD_predictions.txt").read_text().splitlines()  # the original's format: full paths
+    assert kap[:2] == ["# kapture format: 1.0", "# query_image, map_image"]
+    assert kap[2] == f"{full}, {full}" and len(kap) == 2 + 12 * 6
     glob = (out / "NetVLAD_predictions.txt").read_text().splitlines()
-    assert [p.strip() for p in glob[5].split(",")][:2] == [names[0], names[0]]  # rank 4 in the global order
+    assert glob[5] == f"{full}, {full}"  # rank 4 in the global order
+    scored = (out / "PatchNetVLAD_scored_pairs.txt").read_text().splitlines()
+    assert scored[1] == "# query_image, map_image, score" and scored[2].startswith(f"{names[0]}, {names[0]}, ")
     rec = (out / "recalls.txt").read_text().splitlines()
+    assert [ln.split(":")[0] for ln in rec] == [f"Recall {m}@{n}" for m in ("NetVLAD", "PatchNetVLAD")
+                                                for n in (1, 5, 10, 20, 50, 100)]
     assert "Recall NetVLAD@1: 0.0000" in rec and "Recall PatchNetVLAD@1: 1.0000" in rec
     cached = sorted(p.name for p in (out / "cache").rglob("*.h5"))
     assert cached == ["map.h5", "query.h5"]
@@ -68,28 +76,41 @@ def test_broken_candidate_and_empty_patches_score_zero(tmp_path):
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     raw = m.scale_scores([q, np.zeros((0, 16))], [np.stack([q, q[rng.permutation(35)]]), np.zeros((2, 0, 16))])
     assert raw[0, 0] == 1.0 and raw[0, 1] < 1.0 and (raw[1] == 0).all()
-    fused = m.fuse(torch.zeros(2, 3), np.array([0.5, np.nan, 0.2]))  # padded candidate: NaN global score
+    fused = pnv.Matcher(pnv.PatchNetVLAD.get_conf("performance+global", patch_sizes=[2, 9], strides=[1, 1],
+                                                  patch_weights=[0.5, 0.5]), grids=grids, feat_stride=4
+                        ).fuse(torch.zeros(2, 3), np.array([0.5, np.nan, 0.2]))  # padded candidate: NaN global
     assert np.isfinite(fused).all() and fused.argmin() == 1 and fused[0] > fused[2]
+    assert np.isnan(m.fuse(torch.zeros(2, 3), np.array([0.5, np.nan, 0.2]))).all()  # the original: 0 / 0
     raw = torch.tensor([[0.1, 0.4, 0.2], [3.0, 1.0, 2.0]])
     glob = np.array([0.9, 0.8, 0.7])
     zg = (glob - 0.8) / np.sqrt(2 / 3 * 0.01)
-    np.testing.assert_allclose(m.fuse(raw, glob), pnv.spatial.fuse(raw, [0.5, 0.5]).numpy() + 1.0 * zg, rtol=1e-6)
+    fused_global = pnv.Matcher({**conf, "global_weight": 1.0}, grids=grids, feat_stride=4).fuse(raw, glob)
+    np.testing.assert_allclose(fused_global, pnv.spatial.fuse(raw.numpy(), [0.5, 0.5]) + 1.0 * zg, rtol=1e-6)
 
 
-def test_bfloat16_matching_keeps_clear_matches():
-    """bfloat16 similarities find the same mutual matches when the true neighbour is clearly the best."""
-    conf = pnv.PatchNetVLAD.get_conf("storage", match_dtype="bfloat16")
-    grids = [pnv.patches.patch_grid(8, 10, 3, 1, 4)]
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_reduced_precision_matching_equals_float32(precision):
+    """Near-tied neighbours (gaps of 1e-4, far below bfloat16's and int8's error) are recomputed in float32."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((120, 64))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    db = np.stack([q + 0.05 * rng.standard_normal(q.shape), q[rng.permutation(120)], rng.standard_normal(q.shape)])
+    db[0, 1::2] = db[0, 0::2] + 1e-4 * rng.standard_normal((60, 64))  # pairs of near-identical candidate patches
+    db /= np.linalg.norm(db, axis=2, keepdims=True)
+    qt, dt = torch.from_numpy(q).float(), torch.from_numpy(db).float()
+    fw32, bw32, _ = pnv.spatial.nearest(qt, dt)
+    fw, bw, redone = pnv.spatial.nearest(qt, dt, precision)
+    assert torch.equal(fw, fw32) and torch.equal(bw, bw32) and 0 < redone < 1
+    sim = torch.matmul(dt, qt.T)
+    assert torch.equal(fw32, sim.argmax(1)) and torch.equal(bw32, sim.argmax(2))
+    conf = pnv.PatchNetVLAD.get_conf("storage", match_dtype=precision)
+    grids = [pnv.patches.patch_grid(10, 12, 1, 1, 4)]
     m, exact = pnv.Matcher(conf, grids=grids, feat_stride=4), pnv.Matcher({**conf, "match_dtype": "float32"},
                                                                            grids=grids, feat_stride=4)
-    rng = np.random.default_rng(1)
-    q = rng.standard_normal((48, 64)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    db = np.stack([q + 0.05 * rng.standard_normal(q.shape), q[rng.permutation(48)], rng.standard_normal(q.shape)])
-    db = (db / np.linalg.norm(db, axis=2, keepdims=True)).astype(np.float16)
-    torch.testing.assert_close(m.scale_scores([q], [db]), exact.scale_scores([q], [db]))
+    torch.testing.assert_close(m.scale_scores([q], [db.astype(np.float16)]),
+                               exact.scale_scores([q], [db.astype(np.float16)]), rtol=0, atol=0)
     with pytest.raises(ValueError, match="match_dtype"):
-        pnv.Matcher({**conf, "match_dtype": "int8"}, grids=grids)
+        pnv.Matcher({**conf, "match_dtype": "int4"}, grids=grids)
 
 
 def test_checkpoint_parts_load_weights_only(tmp_path):
@@ -102,6 +123,8 @@ def test_checkpoint_parts_load_weights_only(tmp_path):
     assert torch.equal(agg.centroids.data, state["pool.centroids"]) and not agg.conv.bias.any()
     assert torch.equal(agg.conv.weight.data, state["pool.conv.weight"])
     assert pca["pca_weight"].shape == (d, k * c) and torch.equal(pca["pca_bias"], state["WPCA.0.bias"])
+    with pytest.raises(ValueError, match="PCA has 5 dims but num_pcs is 512"):  # the original asserts this
+        pnv.build_model(pnv.PatchNetVLAD.get_conf("speed", checkpoint=str(path)), None, None)
     torch.save({"state_dict": {"x": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match="not a NetVLAD checkpoint"):
         pnv._checkpoint_parts(str(path))
@@ -121,3 +144,102 @@ def test_match_two_cli(tmp_path, monkeypatch, capsys):
     assert res["score"] == pytest.approx(sum(w * res["scale_scores"][s] for w, s in zip([0.45, 0.15, 0.4],
                                                                                       ["2", "5", "8"])))
     assert Image.open(out).size == (128, 48)
+
+
+def test_reference_presets_rank_by_patches_only():
+    """`performance`, `speed`, `storage` (and -pq) are the original's patch-only ranking; `+global` fuse."""
+    confs = pnv.PatchNetVLAD.confs
+    for name in ("performance", "speed", "storage", "performance-pq", "speed-pq", "storage-pq"):
+        ref, fused = pnv.PatchNetVLAD.get_conf(name), pnv.PatchNetVLAD.get_conf(f"{name}+global")
+        assert ref["global_weight"] == 0 and not ref["skip_constant"]
+        assert fused["global_weight"] == 1 and fused["skip_constant"]
+        assert {k: v for k, v in fused.items() if k not in ("preset", "global_weight", "skip_constant")} == \
+            {k: v for k, v in ref.items() if k not in ("preset", "global_weight", "skip_constant")}
+    assert len(confs) == 12
+    perf = pnv.PatchNetVLAD.get_conf("performance")  # the original's performance.ini
+    assert (perf["patch_sizes"], perf["patch_weights"], perf["num_pcs"], perf["matcher"], perf["resize"]) == \
+        ([2, 5, 8], [0.45, 0.15, 0.4], 4096, "ransac", [640, 480])
+
+
+def _original_keypoints(h: int, w: int, size: int) -> np.ndarray:
+    """The original's patch centres for VGG (rf 196, stride 16, padding 90), kept in an integer array, (N, 2)."""
+    kp = [(int(((16 * j - 90) + (16 * (j + size - 1) - 90 + 195)) / 2),
+           int(((16 * i - 90) + (16 * (i + size - 1) - 90 + 195)) / 2))
+          for i in range(h - size + 1) for j in range(w - size + 1)]
+    return np.array(kp, dtype=int)
+
+
+def _original_ransac_score(q: np.ndarray, d: np.ndarray, kp: np.ndarray) -> float:
+    """The original's per-pair RANSAC score (positive): neighbours by sqrt(2 - 2 q.d), mutual matches
+    enumerated over the candidate's patches, findHomography(candidate -> query, RANSAC, 16 * 1.5 px)."""
+    dist = torch.sqrt(2 - 2 * torch.from_numpy(q) @ torch.from_numpy(d).T + 1e-9)  # (Nq, Nd)
+    fw, bw = dist.argmin(0).numpy(), dist.argmin(1).numpy()
+    mutuals = np.flatnonzero(bw[fw] == np.arange(len(fw)))
+    if len(mutuals) <= 3:
+        return 0.0
+    import cv2
+
+    _, mask = cv2.findHomography(kp[mutuals], kp[fw[mutuals]], cv2.FM_RANSAC, ransacReprojThreshold=16 * 1.5)
+    return int(mask.sum()) / len(q)
+
+
+def test_ransac_scores_equal_the_original_per_pair_procedure():
+    """Candidates whose patches are the query's shifted by a few cells (true matches) among random patches."""
+    h, w, size, dim = 12, 16, 3, 32
+    grid, _ = pnv.patches.patch_grid(h, w, size, 1, 16)
+    kp = _original_keypoints(h, w, size)
+    conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0])
+    m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)], feat_stride=16)
+    assert (m.centres[0] == kp).all()
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((len(grid), dim))
+    db = []
+    for ratio, shift in ((0.08, (1, 0)), (0.15, (2, 1)), (0.4, (0, 2)), (0.0, (0, 0))):
+        d = rng.standard_normal(q.shape)
+        for k in np.flatnonzero(rng.random(len(grid)) < ratio):
+            x, y = grid[k] + shift
+            target = np.flatnonzero((grid[:, 0] == x) & (grid[:, 1] == y))
+            if len(target):
+                d[target[0]] = q[k] + 0.1 * rng.standard_normal(dim)
+        db.append(d)
+    db = np.stack(db)
+    q, db = q / np.linalg.norm(q, axis=-1, keepdims=True), db / np.linalg.norm(db, axis=-1, keepdims=True)
+    got = m.scale_scores([q], [db])[0].numpy()
+    ref = [_original_ransac_score(q, d, kp) for d in db]
+    np.testing.assert_array_equal(got, ref)
+    assert got[2] > got[1] > got[3] and got[1] > got[0]
+    threaded = pnv.Matcher({**conf, "ransac_threads": 3}, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)])
+    np.testing.assert_array_equal(threaded.scale_scores([q], [db])[0].numpy(), ref)
+
+
+def test_constant_patch_size_orders_as_numpys_argsort_of_nan():
+    """All candidates equal at one size: the original's fused score is NaN everywhere and its order is
+    np.argsort of that (whatever numpy does with NaNs); `+global` lets the size contribute 0 instead."""
+    conf = pnv.PatchNetVLAD.get_conf("speed")
+    m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(6, 8, 5, 1, 16)])
+    raw = torch.full((1, 30), 0.25, dtype=torch.float64)
+    fused = m.fuse(raw, np.linspace(1, 0, 30))
+    diffs = np.full(30, np.nan)  # the original: -(score - mean) / std with std 0
+    assert np.isnan(fused).all() and (np.argsort(-fused) == np.argsort(diffs)).all()
+    fused_global = pnv.Matcher({**conf, "global_weight": 1.0, "skip_constant": True},
+                               grids=[pnv.patches.patch_grid(6, 8, 5, 1, 16)]).fuse(raw, np.linspace(1, 0, 30))
+    assert (np.argsort(-fused_global, kind="stable") == np.arange(30)).all()
+
+
+@pytest.mark.slow
+def test_cascade_reranks_the_cheap_presets_top_k(retrieval, tmp_path):
+    """`cascade_from=storage`: storage orders all 6 candidates, then `speed` only storage's first 3."""
+    from vprkit.cli import parse_overrides
+    from vprkit.rerank.base import load_retrieval
+
+    res, _, _ = retrieval
+    ret = load_retrieval(res)
+    small = parse_overrides(SMALL)
+    shared = {k: v for k, v in small.items() if k in pnv.CASCADE_SHARED}  # storage keeps its own num_pcs
+    cheap_ids, cheap_scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("storage", **shared)).rerank_all(
+        ret, tmp_path / "w")
+    ids, scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("speed", cascade_from="storage", cascade_top=3,
+                                                               **small)).rerank(ret, tmp_path / "w")
+    assert (ids[:, 3:] == cheap_ids[:, 3:]).all() and np.array_equal(scores[:, 3:], cheap_scores[:, 3:])
+    assert all(sorted(a[:3]) == sorted(b[:3]) for a, b in zip(ids, cheap_ids))  # the head is re-ordered only
+    assert [ret.m_names[i] for i in ids[:, 0]] == ret.q_names  # the self-match first

@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("match-two", help="Patch-NetVLAD score and patch correspondences of two images")
     s.add_argument("image_a")
     s.add_argument("image_b")
-    s.add_argument("--preset", default="performance", help="patchnetvlad preset (performance, speed, storage)")
+    s.add_argument("--preset", default="performance", help="patchnetvlad preset (performance, speed, storage, ...: "
+                   "`vprkit presets`); the score is the weighted sum of the per-size scores")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any preset parameter")
     s.add_argument("-o", "--out", default="patchMatchings.png", help="PNG of the verified patch correspondences")
 

@@ -29,10 +29,14 @@ def _hits(predictions: np.ndarray, gt: GroundTruth) -> tuple[np.ndarray, np.ndar
     return rel, has_pos
 
 
-def recall_at_n(predictions: np.ndarray, gt: GroundTruth, ns=DEFAULT_NS) -> dict[int, float]:
-    """Recall@N for each N (N beyond the prediction length uses all predictions)."""
+def recall_at_n(predictions: np.ndarray, gt: GroundTruth, ns=DEFAULT_NS, all_queries: bool = False
+                ) -> dict[int, float]:
+    """Recall@N for each N (N beyond the prediction length uses all predictions).
+
+    `all_queries` divides by every query, those without positives counting as misses (Patch-NetVLAD's recall).
+    """
     rel, has_pos = _hits(predictions, gt)
-    rel = rel[has_pos]
+    rel = rel if all_queries else rel[has_pos]
     if not len(rel):
         return {n: float("nan") for n in ns}
     return {n: float(rel[:, :n].any(axis=1).mean()) for n in ns}

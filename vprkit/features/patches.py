@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..aggregators.base import l2n
@@ -31,6 +32,8 @@ from . import h5io
 from .extract import pending, succeeded
 
 logger = logging.getLogger("vprkit")
+# as the original's torchvision Resize on PIL images (part of the feature cache key)
+RESAMPLE = Image.Resampling.BILINEAR
 
 
 def integral(x: torch.Tensor) -> torch.Tensor:
@@ -91,12 +94,13 @@ def patch_grid(h: int, w: int, size: int, stride: int, feat_stride: int) -> tupl
     """(grid indices (N, 2) as (x, y), pixel centres (N, 2)) of the windows of an h x w feature map.
 
     A window's pixel centre is the middle of the first and last cells' receptive fields, which for
-    VGG (field 196, padding 90, stride 16) is feat_stride * (j + size / 2) - 0.5 (the original's formula).
+    VGG (field 196, padding 90, stride 16) is feat_stride * (j + size / 2) - 0.5, truncated to whole
+    pixels as the original stores it (an integer array): RANSAC sees the original's coordinates.
     """
     ys, xs = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.int64)
-    centres = feat_stride * (grid + size / 2.0) - 0.5
+    centres = np.trunc(feat_stride * (grid + size / 2.0) - 0.5)
     return grid // stride, centres.astype(np.float32)
 
 
@@ -133,7 +137,7 @@ class PatchModel(torch.nn.Module):
         ok, tensors, bad = [], [], []
         for name in names:
             try:
-                img = load_image(root / name).resize(tuple(self.conf["resize"]), 3)  # 3 = bicubic
+                img = load_image(root / name).resize(tuple(self.conf["resize"]), RESAMPLE)
             except ImageError as exc:
                 logger.warning("skipping %s", exc)
                 bad.append(name)

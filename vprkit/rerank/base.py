@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..api import RESULTS_MARKERS, gt_record, write_results
-from ..data.groundtruth import ground_truth_for_kept
+from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import InputError, check_output, locked
 from ..evaluation import metrics, outputs, report
@@ -98,7 +98,7 @@ class Reranker(ABC):
         """
 
     def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
-               result: dict) -> None:
+               result: dict, truth: GroundTruth | None = None) -> None:
         """Write method-specific outputs beside the shared ones (`result` holds the metrics); default none."""
         return None
 
@@ -126,5 +126,5 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
                            retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline)
-    reranker.finish(out_dir, cand, ids, scores, result)
+    reranker.finish(out_dir, cand, ids, scores, result, truth)
     return result

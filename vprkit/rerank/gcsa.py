@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..api import MAP_FEATURES, STATE_FILE
+from ..data.groundtruth import GroundTruth
 from ..data.sideinfo import SideInfo, load_sideinfo, noise_model, simulate_prior
 from ..evaluation.msls import write_msls_csv
 from ..features import extract, h5io
@@ -226,7 +227,7 @@ class GCSAReranker(Reranker):
         return order(retrieval.ids, refined_scores(model, ctx, side_batches(ctx, q_side, c["batch_size"])))
 
     def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
-               result: dict) -> None:
+               result: dict, truth: GroundTruth | None = None) -> None:
         """The MSLS-challenge CSV, and the query prior's noise model when positions were simulated."""
         write_msls_csv(out_dir / "msls_predictions.csv", retrieval.q_names, retrieval.m_names, ids)
         if self.conf["query_prior_sigma"]:

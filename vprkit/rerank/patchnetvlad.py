@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -30,7 +31,9 @@ from tqdm import tqdm
 
 from ..aggregators.netvlad import NetVLAD
 from ..api import STATE_FILE
+from ..data.groundtruth import GroundTruth
 from ..data.images import list_images
+from ..evaluation import metrics
 from ..evaluation.outputs import atomic_savez, atomic_write
 from ..features import patches
 from ..models import get_backbone
@@ -41,9 +44,23 @@ from .base import Reranker, Retrieval
 logger = logging.getLogger("vprkit")
 
 
+ORIGINAL_NS = (1, 5, 10, 20, 50, 100)  # the original's n_values_all
+# Settings a cascade's cheap preset takes from the expensive one (everything but the method's own numbers).
+CASCADE_SHARED = ("resize", "num_clusters", "checkpoint", "fit_max_images", "fit_max_patches", "batch_size",
+                  "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten")
+
+
+def write_kapture_paths(path: Path, q_paths: list[str], m_paths: list[str], ids: np.ndarray) -> None:
+    """The original's *_predictions.txt: `query path, map path` per line, best first, no score."""
+    lines = ["# kapture format: 1.0", "# query_image, map_image"]
+    for q, row in zip(q_paths, ids, strict=True):
+        lines += [f"{q}, {m_paths[j]}" for j in row if j >= 0]
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
 def write_kapture_pairs(path: Path, q_names: list[str], m_names: list[str], ids: np.ndarray,
                         scores: np.ndarray) -> None:
-    """Kapture pairs file (`query, map, score` per line, best first), as the original's *_predictions.txt."""
+    """vprkit's scored pairs (`query, map, score` per line, best first, names relative to their folders)."""
     lines = ["# kapture format: 1.0", "# query_image, map_image, score"]
     for qi, q in enumerate(q_names):
         lines += [f"{q}, {m_names[j]}, {s:.6f}" for j, s in zip(ids[qi], scores[qi]) if j >= 0]
@@ -56,23 +73,31 @@ class PatchNetVLAD(Reranker):
     name = "patchnetvlad"
     default_conf = {
         "num_rerank": 100,
-        "resize": [640, 480],  # (width, height) every image is resized to, as the original
+        "resize": [640, 480],  # (width, height) every image is resized to (bilinear), as the original
         "patch_sizes": [5], "strides": [1], "patch_weights": [1.0],
         "num_pcs": 4096, "whiten": True,
         "pq_bytes": None,  # store map patches as product-quantised codes of this many bytes (None: fp16)
-        "matcher": "spatial",  # 'ransac' or 'spatial' (rapid spatial scoring)
-        "ransac_model": "homography", "ransac_iters": 400,
+        "matcher": "spatial",  # 'ransac' (OpenCV homography) or 'spatial' (rapid spatial scoring)
         "ransac_threshold": 1.5,  # in feature cells x patch stride (24 px for VGG at stride 1, as the original)
-        "global_weight": 1.0,  # + global_weight * zscore(global similarity); 0 = the original (patches only)
+        "ransac_threads": 1,  # RANSAC over a query's candidates in this many threads (OpenCV releases the GIL)
+        "global_weight": 0.0,  # + global_weight * zscore(global similarity); 0 = the original (patches only)
+        # a patch size whose scores are all equal over a query's candidates: the original's z-score is then
+        # NaN for every candidate, so that query's order is numpy's argsort of NaNs (arbitrary, kept here as
+        # the original); True makes that size contribute 0 instead
+        "skip_constant": False,
         "num_clusters": 32, "checkpoint": None,
         "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4,
         "match_batch": 4,  # candidates per batched call: small keeps similarity blocks in a CPU cache; raise on GPU
         "device": "cpu", "seed": 0,
-        # 'bfloat16' runs the similarity matmuls ~3-4x faster on CPUs with AVX512-BF16/AMX (and on GPUs), at
-        # 8-bit mantissa precision: near-tied neighbours may swap, so scores are not bit-equal to 'float32'
+        # 'bfloat16' / 'int8' run the similarity matmuls in that precision (faster on CPUs with AVX512-BF16 /
+        # VNNI, and on GPUs) and recompute in float32 every nearest neighbour within the precision's error bound,
+        # so the mutual matches (and scores) are float32's
         "match_dtype": "float32",
         "backbone_cache": None,  # HDF5 path: backbone maps shared by presets (same resize) between runs
+        # cascade: this preset (e.g. 'storage') re-ranks all candidates first, this one only its top cascade_top
+        "cascade_from": None, "cascade_top": 10,
     }
+    # The original's three configs (patch scores only), then product-quantised map storage (vprkit's).
     confs = {
         "performance": {"patch_sizes": [2, 5, 8], "strides": [1, 1, 1], "patch_weights": [0.45, 0.15, 0.4],
                         "num_pcs": 4096, "matcher": "ransac"},
@@ -80,14 +105,34 @@ class PatchNetVLAD(Reranker):
         "storage": {"patch_sizes": [5], "strides": [1], "patch_weights": [1.0], "num_pcs": 128,
                     "matcher": "spatial"},
     }
-    # Compact variants: the same, with map patches stored as product-quantised codes.
     confs.update({f"{name}-pq": {**c, "pq_bytes": b} for (name, c), b in zip(confs.items(), (512, 64, 32))})
+    # vprkit's variants: the same plus the z-scored global similarity (constant patch sizes contribute 0).
+    confs.update({f"{name}+global": {**c, "global_weight": 1.0, "skip_constant": True} for name, c in confs.items()})
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """With `cascade_from`, that (cheap) preset re-ranks all candidates and this one only its top
+        `cascade_top`; the rest keep the cheap order and scores."""
+        if not self.conf["cascade_from"]:
+            return self.rerank_all(retrieval, work_dir)
+        shared = {k: self.conf[k] for k in CASCADE_SHARED}
+        cheap_ids, cheap_scores = PatchNetVLAD(self.get_conf(self.conf["cascade_from"], **shared)).rerank_all(
+            retrieval, work_dir)
+        k = self.conf["cascade_top"]
+        glob = {(qi, j): s for qi in range(len(retrieval.ids)) for j, s in zip(retrieval.ids[qi], retrieval.scores[qi])}
+        head_scores = np.array([[glob.get((qi, j), np.nan) for j in row] for qi, row in enumerate(cheap_ids[:, :k])],
+                               dtype=np.float32).reshape(cheap_ids[:, :k].shape)
+        head = Retrieval(retrieval.index_dir, retrieval.query_dir, retrieval.map_dir, retrieval.q_names,
+                         retrieval.m_names, cheap_ids[:, :k], head_scores, retrieval.manifest, retrieval.results_dir)
+        ids, scores = self.rerank_all(head, work_dir)
+        return np.concatenate([ids, cheap_ids[:, k:]], 1), np.concatenate([scores, cheap_scores[:, k:]], 1)
+
+    def rerank_all(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """This preset's ranking of every candidate of `retrieval`."""
         conf = self.conf
         key = json.dumps({k: conf[k] for k in ("resize", "patch_sizes", "strides", "num_pcs", "whiten",
                                                 "num_clusters", "checkpoint", "seed", "pq_bytes")}
-                         | {"index": retrieval.manifest.get("model_key"), "map": retrieval.fingerprint}, sort_keys=True)
+                         | {"index": retrieval.manifest.get("model_key"), "map": retrieval.fingerprint,
+                            "resample": patches.RESAMPLE.name}, sort_keys=True)
         cache = Path(work_dir) / f"patches-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         cache.mkdir(parents=True, exist_ok=True)
         model = build_model(conf, retrieval, cache / "model.npz")
@@ -105,24 +150,32 @@ class PatchNetVLAD(Reranker):
                 cand = [retrieval.m_names[j] for j in retrieval.ids[qi, valid]]
                 fused = matcher.rank_scores(patches.read_patches(fq, [q], conf["patch_sizes"]), fm, cand,
                                             retrieval.scores[qi, valid])
-                order = np.argsort(-fused, kind="stable")
+                # numpy's default sort on the original's sign (lower = better), so ties and all-NaN queries
+                # (a constant patch size) come out in the original's order on the same numpy
+                order = np.argsort(-fused)
                 new_ids[qi, valid] = retrieval.ids[qi, valid][order]
                 new_scores[qi, valid] = fused[order]
         return new_ids, new_scores
 
     def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
-               result: dict) -> None:
-        """The original's outputs: NetVLAD_/PatchNetVLAD_predictions.txt (Kapture pairs) and recalls.txt."""
+               result: dict, truth: GroundTruth | None = None) -> None:
+        """The original's outputs under its names, so scripts that read them still work.
+
+        NetVLAD_/PatchNetVLAD_predictions.txt (full image paths, no score), recalls.txt (N = 1, 5, 10, 20,
+        50, 100 over all queries); vprkit's scored pairs go to NetVLAD_/PatchNetVLAD_scored_pairs.txt.
+        """
         n = ids.shape[1]
-        write_kapture_pairs(out_dir / "NetVLAD_predictions.txt", retrieval.q_names, retrieval.m_names,
-                            retrieval.ids[:, :n], retrieval.scores[:, :n])
-        write_kapture_pairs(out_dir / "PatchNetVLAD_predictions.txt", retrieval.q_names, retrieval.m_names,
-                            ids, scores)
-        if "metrics" in result:
-            ns = [int(k[2:]) for k in result["metrics"] if k.startswith("R@")]
-            lines = [f"Recall {name}@{k}: {res[f'R@{k}']:.4f}" for name, res in
-                     (("NetVLAD", result["metrics_global"]), ("PatchNetVLAD", result["metrics"])) for k in ns]
-            (out_dir / "recalls.txt").write_text("\n".join(lines) + "\n")
+        q_paths = [str(retrieval.query_dir.resolve() / q) for q in retrieval.q_names]
+        m_paths = [str(retrieval.map_dir.resolve() / m) for m in retrieval.m_names]
+        rankings = {"NetVLAD": (retrieval.ids[:, :n], retrieval.scores[:, :n]), "PatchNetVLAD": (ids, scores)}
+        for name, (rows, vals) in rankings.items():
+            write_kapture_paths(out_dir / f"{name}_predictions.txt", q_paths, m_paths, rows)
+            write_kapture_pairs(out_dir / f"{name}_scored_pairs.txt", retrieval.q_names, retrieval.m_names, rows,
+                                vals)
+        if truth is not None:
+            lines = [f"Recall {name}@{k}: {r:.4f}" for name, (rows, _) in rankings.items()
+                     for k, r in metrics.recall_at_n(rows, truth, ORIGINAL_NS, all_queries=True).items()]
+            atomic_write(out_dir / "recalls.txt", "\n".join(lines) + "\n")
 
 
 class Matcher:
@@ -132,19 +185,28 @@ class Matcher:
                  grids: list[tuple[np.ndarray, np.ndarray]] | None = None, feat_stride: int = 16):
         self.conf = conf
         self.device = torch.device(conf["device"])
-        if conf["match_dtype"] not in ("float32", "bfloat16"):
-            raise ValueError(f"unknown match_dtype '{conf['match_dtype']}'; choose 'float32' or 'bfloat16'")
-        self.dtype = getattr(torch, conf["match_dtype"])
+        if conf["match_dtype"] not in spatial.PRECISIONS:
+            raise ValueError(f"unknown match_dtype '{conf['match_dtype']}'; choose one of {spatial.PRECISIONS}")
+        if conf["matcher"] not in ("ransac", "spatial"):
+            raise ValueError(f"unknown matcher '{conf['matcher']}'; choose 'ransac' or 'spatial'")
         grids = grids if grids is not None else model.grids()
         feat_stride = model.backbone.stride if model is not None else feat_stride
         self.grid = [torch.from_numpy(g) for g, _ in grids]
-        self.centres = [torch.from_numpy(c) for _, c in grids]
+        self.centres = [c for _, c in grids]
         self.thresholds = [conf["ransac_threshold"] * feat_stride * st for st in conf["strides"]]
-        k = spatial.MIN_SAMPLES.get(conf["ransac_model"], 4)
-        self.samples = spatial.ransac_samples(conf["ransac_iters"], k, conf["seed"])
         self.codebook: torch.Tensor | None = None  # set when map patches are stored as PQ codes
-        if conf["matcher"] not in ("ransac", "spatial"):
-            raise ValueError(f"unknown matcher '{conf['matcher']}'; choose 'ransac' or 'spatial'")
+
+    def verified(self, s: int, fw: torch.Tensor, mutual: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per candidate, (query, candidate) patch indices of the mutual matches that RANSAC keeps."""
+        def one(b: int) -> tuple[np.ndarray, np.ndarray]:
+            qi, di = spatial.mutual_pairs(fw[b], mutual[b])
+            keep = spatial.ransac_inliers(self.centres[s][di], self.centres[s][qi], self.thresholds[s])
+            return qi[keep], di[keep]
+
+        if self.conf["ransac_threads"] <= 1:
+            return [one(b) for b in range(fw.shape[0])]
+        with ThreadPoolExecutor(self.conf["ransac_threads"]) as pool:
+            return list(pool.map(one, range(fw.shape[0])))
 
     def scale_scores(self, q: list[np.ndarray], db: list[np.ndarray]) -> torch.Tensor:
         """Raw per-size scores (S, B): RANSAC inliers / query patches, or rapid spatial score.
@@ -153,17 +215,13 @@ class Matcher:
         """
         out = []
         for s, (qs, ds) in enumerate(zip(q, db, strict=True)):
-            qt = torch.as_tensor(qs, device=self.device).to(self.dtype)
-            dt = torch.as_tensor(ds, device=self.device).to(self.dtype)
-            fw, mutual = spatial.mutual_nn(qt, dt)
+            qt = torch.as_tensor(qs, device=self.device).float()
+            dt = torch.as_tensor(ds, device=self.device).float()
+            fw, mutual = spatial.mutual_nn(qt, dt, self.conf["match_dtype"])
             fw, mutual = fw.cpu(), mutual.cpu()
-            nq = max(qt.shape[0], 1)
             if self.conf["matcher"] == "ransac":
-                src = self.centres[s][fw] if fw.numel() else torch.zeros(*fw.shape, 2)
-                dst = self.centres[s].expand(fw.shape[0], -1, -1)
-                count, _ = spatial.ransac_inliers(src, dst, mutual, self.thresholds[s], self.samples,
-                                                  self.conf["ransac_model"])
-                out.append(count.float() / nq)
+                counts = [len(qi) for qi, _ in self.verified(s, fw, mutual)]
+                out.append(torch.tensor(counts, dtype=torch.float64) / max(qt.shape[0], 1))
             else:
                 out.append(spatial.rapid_spatial_scores(self.grid[s], self.grid[s], fw, mutual))
         return torch.stack(out)
@@ -172,7 +230,7 @@ class Matcher:
                     ) -> np.ndarray:
         """Fused score per candidate (higher = better) for one query (`q` per size, (1, Nq, d))."""
         sizes, bs = self.conf["patch_sizes"], self.conf["match_batch"]
-        raw = torch.zeros(len(sizes), len(cand))  # candidates without features keep 0 (as no matches)
+        raw = torch.zeros(len(sizes), len(cand), dtype=torch.float64)  # candidates without features: 0
         have = [i for i, c in enumerate(cand) if f"{c}/p{sizes[0]}" in fm]
         for i in range(0, len(have), bs):
             idx = have[i:i + bs]
@@ -181,12 +239,12 @@ class Matcher:
         return self.fuse(raw, global_scores)
 
     def fuse(self, raw: torch.Tensor, global_scores: np.ndarray) -> np.ndarray:
-        """Weighted z-scores of the sizes' scores, plus the optional global term."""
-        fused = spatial.fuse(raw, self.conf["patch_weights"])
+        """Weighted z-scores of the sizes' scores (float64, as the original), plus the optional global term."""
+        fused = spatial.fuse(raw.numpy(), self.conf["patch_weights"], self.conf["skip_constant"])
         if self.conf["global_weight"]:
-            g = torch.from_numpy(np.nan_to_num(np.asarray(global_scores, dtype=np.float64), nan=-1.0))
+            g = np.nan_to_num(np.asarray(global_scores, dtype=np.float64), nan=-1.0)
             fused = fused + self.conf["global_weight"] * spatial.zscore(g)
-        return fused.numpy()
+        return fused
 
 
 def _checkpoint_parts(path: str) -> tuple[NetVLAD, dict[str, torch.Tensor]]:
@@ -246,6 +304,10 @@ def build_model(conf: dict, retrieval: Retrieval | None, state_path: Path | None
     index_agg = _index_netvlad(retrieval) if retrieval is not None and not conf["checkpoint"] else None
     if conf["checkpoint"]:
         agg, pca = _checkpoint_parts(conf["checkpoint"])
+        if pca and pca["pca_weight"].shape[0] != conf["num_pcs"]:
+            raise ValueError(f"{conf['checkpoint']}: its PCA has {pca['pca_weight'].shape[0]} dims but num_pcs is "
+                             f"{conf['num_pcs']}: use the checkpoint made for {conf['num_pcs']} dims (the original "
+                             f"loads '..._WPCA{conf['num_pcs']}.pth.tar') or set num_pcs")
         model = patches.PatchModel(conf, get_backbone("vgg16", checkpoint=conf["checkpoint"]), agg,
                                    drop_last_relu=True)
     else:
@@ -288,16 +350,15 @@ def match_two(image_a: str | Path, image_b: str | Path, conf: dict, out_png: str
     feats = model.describe(local)
     sizes = conf["patch_sizes"]
     matcher = Matcher(conf, model)
-    raw = matcher.scale_scores([feats[f"p{s}"][0] for s in sizes], [feats[f"p{s}"][1:] for s in sizes])[:, 0]
+    q, db = [feats[f"p{s}"][0] for s in sizes], [feats[f"p{s}"][1:] for s in sizes]
+    raw = matcher.scale_scores(q, db)[:, 0]
     score = float(sum(w * r for w, r in zip(conf["patch_weights"], raw.tolist(), strict=True)))
     lines = []
-    for s, size in enumerate(sizes):
-        fw, mutual = spatial.mutual_nn(torch.from_numpy(feats[f"p{size}"][0]), torch.from_numpy(feats[f"p{size}"][1:]))
-        src = matcher.centres[s][fw[0]][None]
-        _, inl = spatial.ransac_inliers(src, matcher.centres[s][None], mutual, matcher.thresholds[s],
-                                        spatial.ransac_samples(conf["ransac_iters"], 4, conf["seed"]))
-        lines.append([(tuple(matcher.centres[s][i].tolist()), tuple(src[0, i].tolist()))
-                      for i in np.flatnonzero(inl[0].numpy())])
+    for s in range(len(sizes)):
+        fw, mutual = spatial.mutual_nn(torch.from_numpy(q[s]), torch.from_numpy(db[s]))
+        qi, di = matcher.verified(s, fw, mutual)[0]
+        lines.append([(tuple(matcher.centres[s][i].tolist()), tuple(matcher.centres[s][j].tolist()))
+                      for i, j in zip(qi, di, strict=True)])
     if out_png is not None:
         draw_matches(images_for_display(names, conf["resize"]), lines, Path(out_png))
     return {"score": score, "scale_scores": dict(zip(map(str, sizes), raw.tolist(), strict=True)),
@@ -308,7 +369,7 @@ def images_for_display(names: list[str], size: list[int]):
     """The two images at the size the patches were computed at."""
     from ..data.images import load_image
 
-    return [load_image(n).resize(tuple(size), 3) for n in names]
+    return [load_image(n).resize(tuple(size), patches.RESAMPLE) for n in names]
 
 
 def draw_matches(images: list, lines: list[list[tuple]], path: Path) -> None:
