@@ -25,6 +25,18 @@ def kmeans(x: np.ndarray, k: int, niter: int = 50, seed: int = 0) -> np.ndarray:
     return km.centroids.astype(np.float32)
 
 
+def cluster_means(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(K, C): mean of the rows of `x` nearest (by cosine) to each centroid; an empty cluster keeps its
+    centroid."""
+    c = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    labels = (x @ c.T).argmax(axis=1)
+    counts = np.bincount(labels, minlength=len(centroids))
+    sums = np.zeros_like(centroids, dtype=np.float64)
+    np.add.at(sums, labels, x)
+    means = sums / np.maximum(counts, 1)[:, None]
+    return np.where(counts[:, None] > 0, means, centroids).astype(np.float32)
+
+
 def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """PCA of the rows of `x` (N, D): (mean (D,), projection (d, D)), applied as (v - mean) @ projection.T.
 
@@ -59,9 +71,10 @@ class VLAD(Aggregator):
 
     needs_fit = True
 
-    def __init__(self, num_clusters: int = 32, pca_dim: int | None = None, seed: int = 0):
+    def __init__(self, num_clusters: int = 32, pca_dim: int | None = None, seed: int = 0,
+                 unit_centroids: bool = True):
         super().__init__()
-        self.num_clusters = num_clusters
+        self.num_clusters, self.unit_centroids = num_clusters, unit_centroids
         self.pca_dim = pca_dim
         self.seed = seed
         self.register_buffer("centroids", torch.zeros(0))
@@ -72,9 +85,11 @@ class VLAD(Aggregator):
         return self.pca_dim or self.num_clusters * in_dim
 
     def fit(self, local: np.ndarray) -> None:
-        """Vocabulary from map local features (N, C)."""
+        """Vocabulary from map local features (N, C); `unit_centroids=False` keeps each cluster's plain mean
+        (not of unit norm), as cosine k-means in AnyLoc / SegVLAD's `c_centers.pt` does."""
         x = local / np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-12)
-        self.centroids = torch.from_numpy(kmeans(x, self.num_clusters, seed=self.seed))
+        centroids = kmeans(x, self.num_clusters, seed=self.seed)
+        self.centroids = torch.from_numpy(centroids if self.unit_centroids else cluster_means(x, centroids))
 
     def fit_pca(self, descriptors: np.ndarray) -> None:
         """PCA-whitening fitted on the map's raw VLAD vectors (needs more images than pca_dim for a full rank)."""
@@ -95,7 +110,8 @@ class VLAD(Aggregator):
             raise RuntimeError("VLAD vocabulary not fitted: call fit() on map features first")
         b, c = local.shape[:2]
         x = l2n(local.flatten(2).transpose(1, 2), dim=-1)  # (B, N, C)
-        assign = (x @ self.centroids.T).argmax(dim=-1)  # cosine nearest centroid
+        unit = self.centroids if self.unit_centroids else l2n(self.centroids, dim=-1)
+        assign = (x @ unit.T).argmax(dim=-1)  # cosine nearest centroid
         onehot = torch.nn.functional.one_hot(assign, self.num_clusters).to(x.dtype)  # (B, N, K)
         resid = onehot.transpose(1, 2) @ x - onehot.sum(1).unsqueeze(-1) * self.centroids  # (B, K, C)
         return l2n(l2n(resid, dim=-1).reshape(b, -1))
