@@ -1,7 +1,9 @@
-"""Recall@1/5/10 of SegVLAD (segment retrieval + bin counting) vs the global dinov2-vlad preset, one run.
+"""Recall@1/5/10 of SegVLAD presets (the original's `segvlad-ref`, vprkit's `segvlad-slic`) vs the global
+dinov2-vlad preset, one run.
 
 Needs the data folder: `python bench/segvlad_recall.py --data ../shared/data`. `--limits` cuts a set to its
-first N map and query images (index-aligned, so its ground truth is unchanged).
+first N map and query images (index-aligned, so its ground truth is unchanged). A preset whose scoring is
+`reference` (run-wide min-max) is also queried with the query-independent `votes` scoring, same index.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--datasets", default="corridor,gardenspoint_mini10,essex3in1_thumbs,nordland_dev")
-    p.add_argument("--presets", default="segvlad-slic", help="SegVLAD presets, comma-separated")
+    p.add_argument("--presets", default="segvlad-ref,segvlad-slic", help="SegVLAD presets, comma-separated")
     p.add_argument("--orders", default="3", help="SuperSegment orders, comma-separated")
-    p.add_argument("--limits", default="nordland_dev=300", help="DATASET=N,... first N map and query images")
+    p.add_argument("--limits", default="nordland_dev=200", help="DATASET=N,... first N map and query images")
     p.add_argument("--global-preset", default="dinov2-vlad")
     args = p.parse_args()
     root = Path(args.data)
@@ -53,8 +55,13 @@ def main() -> None:
                     t2 = time.perf_counter()
                     man = json.loads((seg_idx / "manifest.json").read_text())
                     name = f"{preset} order {order}"
-                    rows[name] = r["metrics"]
-                    notes.append(f"{name}: {man['num_segments'] / len(man['names']):.1f} segments/map image, "
+                    rows[f"{name}, scoring {r['scoring']}"] = r["metrics"]
+                    if r["scoring"] == "reference":
+                        r = seg_api.localize(seg_idx, q, top_k=10, gt=gt, threshold=thr, out_dir=tmp / "res-votes",
+                                             scoring="votes")
+                        rows[f"{name}, scoring votes"] = r["metrics"]
+                    notes.append(f"{name} ({man['conf']['segmenter']['name']}): "
+                                 f"{man['num_segments'] / len(man['names']):.1f} segments/map image, "
                                  f"dim {man['dim']}, index {t1 - t0:.0f} s, query {t2 - t1:.0f} s (incl. extraction)")
         print(f"#### {ds} ({res['num_map']} map / {res['num_queries']} queries, gt {gt} +-{thr})")
         print(format_table(rows, keys=("R@1", "R@5", "R@10")))

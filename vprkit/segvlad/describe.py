@@ -13,6 +13,8 @@ import numpy as np
 
 from ..aggregators.vlad import fit_pca
 
+EXACT_MAX = 4096  # segments up to which PCA is an exact eigen-decomposition
+
 
 def patch_weights(masks: np.ndarray, grid: tuple[int, int], any_pixel: bool = False) -> np.ndarray:
     """(S, h*w) weight of each patch for each mask of a stack (S, H, W) of any size.
@@ -81,8 +83,9 @@ class PCA:
     @classmethod
     def fit(cls, x: np.ndarray, dim: int, whiten: bool, eps: float = 1e-6) -> PCA:
         """`eps` is added to each axis' variance before whitening; 0 divides by the standard deviation as
-        scikit-learn's PCA(whiten=True) does (the original)."""
-        return cls(*fit_pca(x, dim, whiten, eps))
+        scikit-learn's PCA(whiten=True) does (the original). Beyond EXACT_MAX segments the axes come from
+        a randomized SVD (the original's 50k segments would take an exact decomposition an hour)."""
+        return cls(*fit_pca(x, dim, whiten, eps, exact_max=EXACT_MAX))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Project and L2-normalise (identity + L2 when not fitted)."""
