@@ -143,7 +143,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--images", type=int, default=64, help="Nordland dev map images to extract")
-    p.add_argument("--preset", default="segvlad-slic")
+    p.add_argument("--preset", default="segvote-slic")
     p.add_argument("--store-sizes", default="20000,80000,320000", help="segments in the memory test")
     p.add_argument("--memory-only", nargs=2, type=int, metavar=("DIM", "SEGMENTS_PER_IMAGE"),
                    help="only the memory table, for stores of this dimension and segments per image")

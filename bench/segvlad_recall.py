@@ -1,4 +1,4 @@
-"""Recall@1/5/10 of SegVLAD presets (the original's `segvlad-ref`, vprkit's `segvlad-slic`) vs the global
+"""Recall@1/5/10 of SegVLAD presets (the original's `segvlad-ref`, vprkit's `segvote-slic`) vs the global
 dinov2-vlad preset, one run.
 
 Needs the data folder: `python bench/segvlad_recall.py --data ../shared/data`. `--limits` cuts a set to its
@@ -28,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--datasets", default="corridor,gardenspoint_mini10,essex3in1_thumbs,nordland_dev")
-    p.add_argument("--presets", default="segvlad-ref,segvlad-slic", help="SegVLAD presets, comma-separated")
+    p.add_argument("--presets", default="segvlad-ref,segvote-slic", help="SegVLAD presets, comma-separated")
     p.add_argument("--orders", default="3", help="SuperSegment orders, comma-separated")
     p.add_argument("--limits", default="nordland_dev=200", help="DATASET=N,... first N map and query images")
     p.add_argument("--global-preset", default="dinov2-vlad")

@@ -215,7 +215,7 @@ def test_reference_preset_conf():
     assert ref["segmenter"]["name"] == "slic_scales"  # the stand-in without a SAM checkpoint
     sam = extract.get_conf("segvlad-ref", **{"segmenter.checkpoint": "sam_vit_h.pth"})
     assert sam["segmenter"] == {"name": "sam", "model_type": "vit_h", "checkpoint": "sam_vit_h.pth"}
-    vprkit = extract.get_conf("segvlad-slic")
+    vprkit = extract.get_conf("segvote-slic")
     assert (vprkit["masks"], vprkit["graph"], vprkit["scoring"]) == ("labels", "touching", "votes")
     with pytest.raises(ValueError, match="graph='knn'"):
         extract.get_conf("segvlad-ref", graph="knn")
@@ -241,3 +241,14 @@ def test_reference_preset_end_to_end(tiny_backbone, image_folder, tmp_path):
     assert res["scoring"] == "reference" and res["metrics"]["R@1"] == 1.0
     res = api.localize(idx, image_folder, top_k=3, gt=str(gt), scoring="votes", out_dir=tmp_path / "votes")
     assert res["scoring"] == "votes" and res["metrics"]["R@1"] == 1.0
+
+
+def test_randomized_pca_beyond_the_exact_limit_agrees_with_the_exact_one():
+    from vprkit.aggregators.vlad import fit_pca
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 60)) * (0.7 ** np.arange(60))  # well separated variances
+    mean, exact = fit_pca(x, 6, whiten=True, eps=0.0)
+    mean2, approx = fit_pca(x, 6, whiten=True, eps=0.0, exact_max=50)
+    assert np.allclose(mean, mean2) and approx.shape == exact.shape
+    assert np.allclose(approx, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())

@@ -20,10 +20,13 @@ _RERANK = {"num_rerank": 20}
 
 
 class SegVLADReranker(Reranker):
-    """Candidates ordered by segment votes; candidates without votes keep their global order, after the rest."""
+    """Candidates ordered by segment votes; candidates without votes keep their global order, after the rest.
+
+    With `scoring=reference` (preset `ref`) the votes are min-max normalised over every query of the run."""
 
     name = "segvlad"
-    confs = {name.removeprefix("segvlad-"): {**conf, **_RERANK} for name, conf in extract.CONFS.items()}
+    # short names: ref (the original's choices), slic / dino / sam (vprkit's segvote variants)
+    confs = {name.split("-", 1)[1]: {**conf, **_RERANK} for name, conf in extract.CONFS.items()}
     default_conf = confs["slic"]
 
     def _features(self, retrieval: Retrieval, work_dir: Path) -> tuple[Path, Path]:

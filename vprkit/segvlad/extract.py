@@ -56,13 +56,15 @@ _REFERENCE = {**_BASE, "aggregator": {"name": "vlad", "num_clusters": 32, "unit_
               "pca_whiten": True, "pca_eps": 0.0, "pca_fit_images": None, "pca_max_segments": 50000,
               "scoring": "reference"}
 CONFS: dict[str, dict] = {
-    "segvlad-slic": {**_BASE, "segmenter": {"name": "slic", "n_segments": 48, "compactness": 10.0}},
-    "segvlad-dino": {**_BASE, "segmenter": {"name": "dino_kmeans", "num_clusters": 12}},
-    "segvlad-sam": {**_BASE, "segmenter": {"name": "sam", "checkpoint": None, "model_type": "vit_b"}},
+    # vprkit's variants: segment votes on SegVLAD's segment VLADs, not the original's method (see docs/segvlad.md)
+    "segvote-slic": {**_BASE, "segmenter": {"name": "slic", "n_segments": 48, "compactness": 10.0}},
+    "segvote-dino": {**_BASE, "segmenter": {"name": "dino_kmeans", "num_clusters": 12}},
+    "segvote-sam": {**_BASE, "segmenter": {"name": "sam", "checkpoint": None, "model_type": "vit_b"}},
     # SAM once `segmenter.checkpoint` is given; until then multi-scale SLIC stands in (overlapping masks)
     "segvlad-ref": {**_REFERENCE, "segmenter": {"name": "slic_scales", "scales": [12, 48]}},
 }
-DEFAULT_PRESET = "segvlad-slic"
+DEFAULT_PRESET = "segvote-slic"
+RENAMED = {f"segvlad-{v}": f"segvote-{v}" for v in ("slic", "dino", "sam")}  # before segvlad-ref existed
 DESCRIPTOR_KEYS = ("model", "aggregator", "preprocessing", "segmenter", "order", "vocabulary", "pca_dim",
                    "pca_whiten", "pca_eps", "masks", "graph", "token_weights", "assignment")
 CHOICES = {"masks": ("labels", "overlapping"), "graph": ("touching", "delaunay"),
@@ -73,6 +75,9 @@ SAM_KEYS = ("checkpoint", "model_type", "points_per_side", "pred_iou_thresh", "s
 
 def get_conf(preset: str = DEFAULT_PRESET, **overrides) -> dict:
     """A copy of a preset with runtime defaults; override keys may be dotted (`segmenter.n_segments=64`)."""
+    if preset in RENAMED:
+        raise KeyError(f"preset '{preset}' is now '{RENAMED[preset]}' (vprkit's variant); 'segvlad-ref' computes "
+                       "the original SegVLAD")
     if preset not in CONFS:
         raise KeyError(f"unknown SegVLAD preset '{preset}'; choose one of {sorted(CONFS)}")
     conf = json.loads(json.dumps(CONFS[preset]))
@@ -177,6 +182,10 @@ class SegExtractor:
         if len(x) < 2:
             logger.warning("too few map segments (%d) to fit PCA; descriptors stay at full size", len(x))
             return
+        if self.conf["pca_whiten"] and len(x) <= self.conf["pca_dim"]:
+            logger.warning("whitening %d map segments to up to %d dimensions puts them all at the same distance "
+                           "from each other (the original's PCA refuses this): use a smaller pca_dim or a larger "
+                           "map", len(x), self.conf["pca_dim"])
         self.pca = PCA.fit(x, self.conf["pca_dim"], self.conf["pca_whiten"], self.conf["pca_eps"])
 
     def save_state(self, path: Path) -> None:
