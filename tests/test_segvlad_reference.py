@@ -252,3 +252,31 @@ def test_randomized_pca_beyond_the_exact_limit_agrees_with_the_exact_one():
     mean2, approx = fit_pca(x, 6, whiten=True, eps=0.0, exact_max=50)
     assert np.allclose(mean, mean2) and approx.shape == exact.shape
     assert np.allclose(approx, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+
+
+def test_reranker_reference_scoring_normalises_over_the_run(tmp_path, monkeypatch):
+    """Two queries, three candidates each; unit segment descriptors in 2-D so the cosines are hand-made."""
+    from vprkit.rerank.base import Retrieval
+    from vprkit.rerank.segvlad import SegVLADReranker
+
+    def unit(deg):
+        return np.array([[np.cos(np.radians(d)), np.sin(np.radians(d))] for d in deg], np.float32)
+
+    m_segs = {"m0": unit([0]), "m1": unit([60]), "m2": unit([170])}
+    q_segs = {"q0": unit([10]), "q1": unit([100])}
+    for name, segs in (("map.h5", m_segs), ("query.h5", q_segs)):
+        with h5py.File(tmp_path / name, "w") as f:
+            for key, value in segs.items():
+                f[f"{key}/segments"] = value
+    monkeypatch.setattr(SegVLADReranker, "_features", lambda self, r, w: (tmp_path / "map.h5", tmp_path / "query.h5"))
+    retrieval = Retrieval(tmp_path, tmp_path, tmp_path, ["q0", "q1"], ["m0", "m1", "m2"],
+                          np.array([[2, 1, 0], [0, 1, 2]]), np.zeros((2, 3)), {})
+    ids, scores = SegVLADReranker({**SegVLADReranker.confs["ref"], "top_k_segments": 3}).rerank(retrieval, tmp_path)
+    cos = np.cos(np.radians([[10, 50, 160], [100, 40, 70]]))  # (query, map image 0 1 2)
+    lo, hi = 2 * cos.min(), 2 * cos.max()
+    expected = (2 * cos - lo) / (hi - lo)
+    assert ids.tolist() == [[0, 1, 2], [1, 2, 0]]
+    assert np.allclose(scores, np.take_along_axis(expected, ids, 1), atol=1e-5)
+    ids, scores = SegVLADReranker({**SegVLADReranker.confs["slic"], "top_k_segments": 3}).rerank(retrieval, tmp_path)
+    assert ids.tolist() == [[0, 1, 2], [1, 2, 0]]
+    assert np.allclose(scores, np.take_along_axis(np.maximum(cos, 0), ids, 1), atol=1e-5)  # plain votes

@@ -92,9 +92,11 @@ def vote_weights(hits: list[tuple[np.ndarray, np.ndarray]], scoring: str) -> lis
     two_cos = [2 * sims[images >= 0].astype(np.float64) for sims, images in hits]
     every = np.concatenate(two_cos) if two_cos else np.zeros(0)
     lo, hi = (every.min(), every.max()) if every.size else (0.0, 0.0)
-    scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    return [np.where(images >= 0, (2 * sims.astype(np.float64) - lo) * scale + (hi <= lo), 0)
-            for sims, images in hits]
+
+    def weigh(sims: np.ndarray) -> np.ndarray:
+        return (2 * sims.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.ones(sims.shape)
+
+    return [np.where(images >= 0, weigh(sims), 0) for sims, images in hits]
 
 
 def rank_hits(hits: list[tuple[np.ndarray, np.ndarray]], num_images: int, top_k: int, scoring: str = "votes"
