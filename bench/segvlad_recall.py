@@ -51,13 +51,14 @@ def main() -> None:
                     t0 = time.perf_counter()
                     seg_idx = seg_api.index_map(m, tmp / f"seg-{preset}-{order}", preset=preset, order=order)
                     t1 = time.perf_counter()
-                    r = seg_api.localize(seg_idx, q, top_k=10, gt=gt, threshold=thr, out_dir=tmp / "res-seg")
+                    res_dir = tmp / f"res-{preset}-{order}"  # the second scoring reuses its query segments
+                    r = seg_api.localize(seg_idx, q, top_k=10, gt=gt, threshold=thr, out_dir=res_dir)
                     t2 = time.perf_counter()
                     man = json.loads((seg_idx / "manifest.json").read_text())
                     name = f"{preset} order {order}"
                     rows[f"{name}, scoring {r['scoring']}"] = r["metrics"]
                     if r["scoring"] == "reference":
-                        r = seg_api.localize(seg_idx, q, top_k=10, gt=gt, threshold=thr, out_dir=tmp / "res-votes",
+                        r = seg_api.localize(seg_idx, q, top_k=10, gt=gt, threshold=thr, out_dir=res_dir,
                                              scoring="votes")
                         rows[f"{name}, scoring votes"] = r["metrics"]
                     notes.append(f"{name} ({man['conf']['segmenter']['name']}): "
