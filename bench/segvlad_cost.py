@@ -52,10 +52,11 @@ def _extract_speed(root: Path, names: list[str], tmp: Path, preset: str) -> tupl
 
 
 def _storage(path: Path, names: list[str]) -> tuple[float, float, float, int]:
-    """(segments per image, descriptor bytes per image, label-map bytes per image, dim)."""
+    """(segments per image, descriptor bytes per image, mask bytes per image (label map or, for overlapping
+    masks, every mask coded on its own), dim)."""
     with h5py.File(path, "r") as f:
         segs = [f[f"{n}/segments"] for n in names]
-        labels = [f[f"{n}/labels"] for n in names]
+        labels = [f[f"{n}/labels"] if "labels" in f[n] else f[f"{n}/masks"] for n in names]
         return (np.mean([s.shape[0] for s in segs]), np.mean([s.size * s.dtype.itemsize for s in segs]),
                 np.mean([lab.size * lab.dtype.itemsize for lab in labels]), segs[0].shape[1])
 
@@ -143,7 +144,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--images", type=int, default=64, help="Nordland dev map images to extract")
-    p.add_argument("--preset", default="segvlad-slic")
+    p.add_argument("--preset", default="segvote-slic")
     p.add_argument("--store-sizes", default="20000,80000,320000", help="segments in the memory test")
     p.add_argument("--memory-only", nargs=2, type=int, metavar=("DIM", "SEGMENTS_PER_IMAGE"),
                    help="only the memory table, for stores of this dimension and segments per image")

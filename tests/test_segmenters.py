@@ -99,5 +99,7 @@ def test_sam_automatic_masks_from_a_random_tiny_model():
     assert masks and all(mk.shape == (48, 64) for mk in masks)
     labels = seg(image)
     assert (labels == masks_to_labels(masks, (48, 64))).all()
+    kept = seg.masks(image)  # every non-empty mask, overlaps included (what segvlad-ref uses)
+    assert (kept == np.stack([mk for mk in masks if mk.any()])).all()
     assert labels.max() >= 0 and set(np.unique(labels)) <= set(range(-1, len(masks)))
     assert "torchvision" not in sys.modules or sys.modules["torchvision"].__spec__ is not None

@@ -6,10 +6,10 @@ import torch
 from conftest import assert_top_k
 
 from vprkit.aggregators.vlad import VLAD
-from vprkit.segment.masks import decode, encode, masks_to_labels, relabel
-from vprkit.segvlad.describe import PCA, patch_weights, residual_sums, supersegment_vlad
+from vprkit.segment.masks import decode, encode, labels_to_masks, masks_to_labels, relabel
+from vprkit.segvlad.describe import PCA, patch_weights, supersegment_vlad
 from vprkit.segvlad.graph import adjacency, neighbourhoods
-from vprkit.segvlad.index import SegmentIndex, bin_count, knn_chunked, rank
+from vprkit.segvlad.index import SegmentIndex, bin_count, knn_chunked, owners, rank
 
 # A 4x6 map with five segments laid out as a chain 0-1-2-3 plus segment 4 touching only 3:
 #   0 0 1 1 2 2
@@ -79,7 +79,7 @@ def test_masks_to_labels_overlap_and_empty_masks():
 
 def test_patch_weights_hand_computed():
     # 4x6 pixels on a 2x3 patch grid (2x2 pixels per patch)
-    w = patch_weights(CHAIN, (2, 3), 5)
+    w = patch_weights(labels_to_masks(CHAIN), (2, 3))
     expected = np.array([
         [1, 0, 0, 0, 0, 0],                  # segment 0 fills patch (0,0)
         [0, 1, 0, 0, 0, 0],
@@ -118,8 +118,7 @@ def test_segment_vlad_equals_numpy(order):
     centroids = rng.normal(size=(3, 5)).astype(np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     members = neighbourhoods(adjacency(CHAIN), order)
-    sums = residual_sums(tokens, centroids, patch_weights(CHAIN, (2, 3), 5))
-    ours = supersegment_vlad(sums, members)
+    ours = supersegment_vlad(tokens, centroids, patch_weights(labels_to_masks(CHAIN), (2, 3)), members)
     ref = _numpy_segment_vlad(tokens, centroids, CHAIN, (2, 3), members)
     assert np.allclose(ours, ref, atol=1e-5)
 
@@ -130,8 +129,8 @@ def test_whole_image_segment_equals_global_vlad():
     vlad = VLAD(num_clusters=4)
     vlad.fit(local[0].reshape(8, -1).T.repeat(3, 0) + rng.normal(size=(36, 8)).astype(np.float32) * 0.1)
     labels = np.zeros((3 * 14, 4 * 14), int)
-    sums = residual_sums(local[0].reshape(8, -1).T, vlad.centroids.numpy(), patch_weights(labels, (3, 4), 1))
-    ours = supersegment_vlad(sums, np.ones((1, 1), bool))
+    ours = supersegment_vlad(local[0].reshape(8, -1).T, vlad.centroids.numpy(),
+                             patch_weights(labels_to_masks(labels), (3, 4)), np.ones((1, 1), bool))
     assert np.allclose(ours[0], vlad.raw(torch.from_numpy(local))[0].numpy(), atol=1e-5)
 
 
@@ -150,7 +149,8 @@ def test_bin_counting_hand_computed():
     owner = np.array([0, 0, 1, 2, 2, 2])
     seg_ids = np.array([[0, 3, 1], [4, 2, -1]])
     sims = np.array([[0.9, 0.8, 0.5], [0.7, -0.2, 0.3]])
-    scores = bin_count(seg_ids, sims, owner, 4)
+    assert owners(seg_ids, owner).tolist() == [[0, 2, 0], [2, 1, -1]]
+    scores = bin_count(owners(seg_ids, owner), sims, 4)
     # image 0: 0.9 + 0.5; image 1: max(-0.2, 0) = 0; image 2: 0.8 + 0.7; image 3: never retrieved
     assert np.allclose(scores, [1.4, 0.0, 1.5, 0.0])
     ids, s = rank(scores, 3)

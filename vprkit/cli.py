@@ -196,6 +196,9 @@ def _segvlad_parser(sub) -> None:
     s.add_argument("query_dir")
     s.add_argument("--top-k", type=positive_int, default=20)
     s.add_argument("--top-k-segments", type=positive_int, help="map segments each query segment retrieves")
+    s.add_argument("--scoring", choices=("votes", "reference"),
+                   help="votes: per-query similarity votes (serving); reference: the original's min-max over the "
+                        "whole run (default: the index's preset)")
     s.add_argument("-o", "--out")
     s.add_argument("--gt")
     s.add_argument("--threshold", type=float)
@@ -238,7 +241,7 @@ def _segvlad(args: argparse.Namespace) -> None:
         print(f"SegVLAD index written to {out}")
     else:
         res = seg_api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
-                               args.device, top_k_segments=args.top_k_segments)
+                               args.device, top_k_segments=args.top_k_segments, scoring=args.scoring)
         if "metrics" in res:
             print(metrics.format_table({res["preset"]: res["metrics"]}))
         print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")

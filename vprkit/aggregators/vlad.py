@@ -25,7 +25,20 @@ def kmeans(x: np.ndarray, k: int, niter: int = 50, seed: int = 0) -> np.ndarray:
     return km.centroids.astype(np.float32)
 
 
-def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def cluster_means(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(K, C): mean of the rows of `x` nearest (by cosine) to each centroid; an empty cluster keeps its
+    centroid."""
+    c = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    labels = (x @ c.T).argmax(axis=1)
+    counts = np.bincount(labels, minlength=len(centroids))
+    sums = np.zeros_like(centroids, dtype=np.float64)
+    np.add.at(sums, labels, x)
+    means = sums / np.maximum(counts, 1)[:, None]
+    return np.where(counts[:, None] > 0, means, centroids).astype(np.float32)
+
+
+def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6, exact_max: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """PCA of the rows of `x` (N, D): (mean (D,), projection (d, D)), applied as (v - mean) @ projection.T.
 
     Rows are the principal axes, largest variance first, each signed so that its largest entry is positive
@@ -34,16 +47,28 @@ def fit_pca(x: np.ndarray, dim: int, whiten: bool = True, eps: float = 1e-6) -> 
     whitening would blow their noise up. The N x N Gram matrix is decomposed when N <= D (VLADs have
     K*C = 12k-16k dims, maps a few thousand vectors: seconds instead of an SVD of the whole matrix),
     the D x D scatter matrix otherwise; large products in float32, eigen-decompositions in float64.
+    When min(N, D) > `exact_max` (tens of thousands of segment VLADs: an exact decomposition would take an
+    hour on a CPU) the top `dim` axes come from a seeded randomized SVD with 4 power iterations instead,
+    as iterative solvers (ARPACK) do.
     """
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     n, d_in = x.shape
     mean = x.double().mean(0)
     xc = x - mean.float()
-    gram = n <= d_in
-    evals, evecs = torch.linalg.eigh((xc @ xc.T).double() if gram else xc.double().T @ xc.double())
-    evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
+    lowrank = exact_max is not None and min(n, d_in) > exact_max
+    if lowrank:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            _, sing, v = torch.svd_lowrank(xc, q=min(dim + 16, n, d_in), niter=4)
+        evals = sing.double() ** 2
+    else:
+        gram = n <= d_in
+        evals, evecs = torch.linalg.eigh((xc @ xc.T).double() if gram else xc.double().T @ xc.double())
+        evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
     keep = min(dim, n - 1, d_in, int((evals > evals[0] * 1e-10).sum())) if n else 0
-    if gram:  # right singular vectors from left ones: x^T u / sigma
+    if lowrank:
+        axes = v[:, :keep].double()
+    elif gram:  # right singular vectors from left ones: x^T u / sigma
         axes = (xc.T @ evecs[:, :keep].float()).double() / evals[:keep].sqrt()
     else:
         axes = evecs[:, :keep]
@@ -59,9 +84,10 @@ class VLAD(Aggregator):
 
     needs_fit = True
 
-    def __init__(self, num_clusters: int = 32, pca_dim: int | None = None, seed: int = 0):
+    def __init__(self, num_clusters: int = 32, pca_dim: int | None = None, seed: int = 0,
+                 unit_centroids: bool = True):
         super().__init__()
-        self.num_clusters = num_clusters
+        self.num_clusters, self.unit_centroids = num_clusters, unit_centroids
         self.pca_dim = pca_dim
         self.seed = seed
         self.register_buffer("centroids", torch.zeros(0))
@@ -72,9 +98,11 @@ class VLAD(Aggregator):
         return self.pca_dim or self.num_clusters * in_dim
 
     def fit(self, local: np.ndarray) -> None:
-        """Vocabulary from map local features (N, C)."""
+        """Vocabulary from map local features (N, C); `unit_centroids=False` keeps each cluster's plain mean
+        (not of unit norm), as cosine k-means in AnyLoc / SegVLAD's `c_centers.pt` does."""
         x = local / np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-12)
-        self.centroids = torch.from_numpy(kmeans(x, self.num_clusters, seed=self.seed))
+        centroids = kmeans(x, self.num_clusters, seed=self.seed)
+        self.centroids = torch.from_numpy(centroids if self.unit_centroids else cluster_means(x, centroids))
 
     def fit_pca(self, descriptors: np.ndarray) -> None:
         """PCA-whitening fitted on the map's raw VLAD vectors (needs more images than pca_dim for a full rank)."""
@@ -95,7 +123,8 @@ class VLAD(Aggregator):
             raise RuntimeError("VLAD vocabulary not fitted: call fit() on map features first")
         b, c = local.shape[:2]
         x = l2n(local.flatten(2).transpose(1, 2), dim=-1)  # (B, N, C)
-        assign = (x @ self.centroids.T).argmax(dim=-1)  # cosine nearest centroid
+        unit = self.centroids if self.unit_centroids else l2n(self.centroids, dim=-1)
+        assign = (x @ unit.T).argmax(dim=-1)  # cosine nearest centroid
         onehot = torch.nn.functional.one_hot(assign, self.num_clusters).to(x.dtype)  # (B, N, K)
         resid = onehot.transpose(1, 2) @ x - onehot.sum(1).unsqueeze(-1) * self.centroids  # (B, K, C)
         return l2n(l2n(resid, dim=-1).reshape(b, -1))

@@ -13,17 +13,20 @@ import numpy as np
 
 from ..segvlad import extract
 from ..segvlad.api import read_segments
-from ..segvlad.index import bin_count, knn_chunked
+from ..segvlad.index import bin_count, knn_chunked, owners, vote_weights
 from .base import Reranker, Retrieval
 
 _RERANK = {"num_rerank": 20}
 
 
 class SegVLADReranker(Reranker):
-    """Candidates ordered by segment votes; candidates without votes keep their global order, after the rest."""
+    """Candidates ordered by segment votes; candidates without votes keep their global order, after the rest.
+
+    With `scoring=reference` (preset `ref`) the votes are min-max normalised over every query of the run."""
 
     name = "segvlad"
-    confs = {name.removeprefix("segvlad-"): {**conf, **_RERANK} for name, conf in extract.CONFS.items()}
+    # short names: ref (the original's choices), slic / dino / sam (vprkit's segvote variants)
+    confs = {name.split("-", 1)[1]: {**conf, **_RERANK} for name, conf in extract.CONFS.items()}
     default_conf = confs["slic"]
 
     def _features(self, retrieval: Retrieval, work_dir: Path) -> tuple[Path, Path]:
@@ -47,18 +50,24 @@ class SegVLADReranker(Reranker):
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         m_feats, q_feats = self._features(retrieval, Path(work_dir))
         k_seg = self.conf["top_k_segments"]
-        ids = retrieval.ids.copy()
-        scores = np.zeros(ids.shape, dtype=np.float32)
+        hits, cands = [], []
         # both files open once; only one query and its candidates' segments are in memory at a time
         with h5py.File(q_feats, "r") as q_file, h5py.File(m_feats, "r") as m_file:
-            for qi, (q_name, cand) in enumerate(zip(retrieval.q_names, retrieval.ids)):
+            for q_name, cand in zip(retrieval.q_names, retrieval.ids):
                 [query] = read_segments(q_file, [q_name])
                 valid = cand[cand >= 0]
                 sets = read_segments(m_file, [retrieval.m_names[i] for i in valid])
                 owner = np.repeat(np.arange(len(valid)), [len(s) for s in sets])
                 store = np.concatenate(sets) if sets else np.zeros((0, query.shape[1]), np.float32)
                 sims, seg = knn_chunked(query, store, min(k_seg, len(store)))
-                votes = bin_count(seg, sims, owner, len(valid))
-                order = np.argsort(-votes, kind="stable")  # ties (e.g. no votes) keep the global order
-                ids[qi, : len(valid)], scores[qi, : len(valid)] = valid[order], votes[order]
+                hits.append((sims, owners(seg, owner)))
+                cands.append(valid)
+        ids = retrieval.ids.copy()
+        scores = np.zeros(ids.shape, dtype=np.float32)
+        # `reference` scoring normalises over the retrievals of every query of this run (the original's rule)
+        for qi, ((_, images), weights, valid) in enumerate(zip(hits, vote_weights(hits, self.conf["scoring"]),
+                                                                 cands)):
+            votes = bin_count(images, weights, len(valid))
+            order = np.argsort(-votes, kind="stable")  # ties (e.g. no votes) keep the global order
+            ids[qi, : len(valid)], scores[qi, : len(valid)] = valid[order], votes[order]
         return ids, scores

@@ -94,7 +94,7 @@ def import_segment_anything() -> types.ModuleType:
 
 
 class SAM(Segmenter):
-    """Segment Anything automatic masks -> one label map (overlaps resolved smaller-on-top)."""
+    """Segment Anything automatic masks: all of them (`masks`), or one label map with smaller masks on top."""
 
     name = "sam"
 
@@ -125,6 +125,9 @@ class SAM(Segmenter):
         return model
 
     @torch.no_grad()
+    def segment_masks(self, image: np.ndarray, tokens: np.ndarray | None = None) -> list[np.ndarray]:
+        """Every automatic mask, in the generator's order, overlaps kept (what the original SegVLAD uses)."""
+        return [m["segmentation"] for m in self.generator.generate(image)]
+
     def segment(self, image: np.ndarray, tokens: np.ndarray | None = None) -> np.ndarray:
-        masks = [m["segmentation"] for m in self.generator.generate(image)]
-        return masks_to_labels(masks, image.shape[:2])
+        return masks_to_labels(self.segment_masks(image), image.shape[:2])

@@ -15,7 +15,7 @@ from ..data.images import list_images
 from ..data.safeio import locked
 from ..index import faiss_index
 from . import extract
-from .index import OWNER_FILE, SEGMENTS_FILE, SegmentIndex, write_store
+from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
 
 logger = logging.getLogger("vprkit")
 STATE_FILE, MAP_FEATURES = "segvlad_state.npz", "map_segments.h5"
@@ -50,33 +50,37 @@ def load_manifest(index_dir: Path) -> dict:
 
 def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
              gt: str | None = None, threshold: float | None = None, device: str = "cpu", report_top: int = 5,
-             top_k_segments: int | None = None, query_batch: int = 64) -> dict:
-    """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`)."""
+             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None) -> dict:
+    """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`).
+
+    `scoring` (default: the index's preset): `votes` scores each query on its own (serving); `reference`
+    normalises by the least / greatest similarity retrieved over all these queries (the original's rule).
+    """
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     manifest = load_manifest(index_dir)
     conf, m_names = manifest["conf"], manifest["names"]
     seg_index = SegmentIndex.load(index_dir, len(m_names))
     k_seg = top_k_segments or conf["top_k_segments"]
+    scoring = scoring or conf.get("scoring", "votes")
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; choose one of {SCORINGS}")
     out_dir = results_folder(out_dir, index_dir, query_dir)
     q_all = list_images(query_dir)
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
         q_feats = query_feature_path(out_dir, Path(tmp), "query_segments.h5", manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all,
                                         device=device), query_dir)
-        ids, scores = [], []
+        hits = []
         for s in range(0, len(q_names), query_batch):
-            sets = read_segments(q_feats, q_names[s:s + query_batch])
-            i, sc = seg_index.search(sets, k_seg, top_k)
-            ids.append(i)
-            scores.append(sc)
-    ids, scores = _stack(ids, top_k), _stack(scores, top_k)
+            hits += seg_index.retrieve(read_segments(q_feats, q_names[s:s + query_batch]), k_seg)
+    ids, scores = rank_hits(hits, len(m_names), top_k, scoring)
     empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
     truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold) if gt is not None else None
     return write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top, {"queries_without_votes": empty})
+                         report_top, {"queries_without_votes": empty, "scoring": scoring})
 
 
 def read_segments(features: str | Path | h5py.File, names: list[str]) -> list[np.ndarray]:
@@ -86,7 +90,3 @@ def read_segments(features: str | Path | h5py.File, names: list[str]) -> list[np
         with h5py.File(features, "r") as f:
             return read_segments(f, names)
     return [features[f"{n}/segments"][()].astype(np.float32) for n in names]
-
-
-def _stack(parts: list, width: int) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros((0, width))

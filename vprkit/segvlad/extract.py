@@ -1,7 +1,8 @@
 """SegVLAD extraction step: image -> segments -> SuperSegment VLAD descriptors, written resumably to HDF5.
 
-Each image's group holds `segments` (S, D) descriptors and `labels`, its run-length coded label map
-(the masks, kept for inspection and re-use; a few kB). Backbone, batching and the k-means vocabulary
+Each image's group holds `segments` (S, D) descriptors and its masks, kept for inspection and re-use:
+`labels`, a run-length coded label map when they are disjoint, else `masks`, each mask coded on its own
+(`vprkit.segment.masks.read_masks` reads either). Backbone, batching and the k-means vocabulary
 come from `vprkit.features.extract.Extractor`; this module adds segmentation, SuperSegments and PCA.
 """
 
@@ -21,9 +22,10 @@ from ..evaluation.outputs import atomic_savez
 from ..features import h5io
 from ..features.extract import DEFAULT_RUNTIME, Extractor, batch_attrs, pending, state_hash, succeeded
 from ..segment import get_segmenter
-from ..segment.masks import encode, num_segments
-from .describe import PCA, patch_weights, residual_sums, supersegment_vlad
-from .graph import adjacency, neighbourhoods
+from ..segment.masks import disjoint, labels_to_masks, mask_record, masks_to_labels
+from .describe import PCA, patch_weights, supersegment_vlad
+from .graph import adjacency, delaunay_members, neighbourhoods
+from .index import SCORINGS
 
 logger = logging.getLogger("vprkit")
 
@@ -32,26 +34,50 @@ _BASE = {
     "aggregator": {"name": "vlad", "num_clusters": 32},
     "preprocessing": {"resize_max": 322},
     "order": 3,
-    "vocabulary": "map",  # 'map': k-means on the map's tokens; else a .npy/.npz file of (K, C) centroids
+    "vocabulary": "map",  # 'map': k-means on the map's tokens; else a .npy/.npz/.pt file of (K, C) centroids
     "pca_dim": 1024,
     "pca_whiten": False,
-    "pca_fit_images": 100,
+    "pca_eps": 1e-6,
+    "pca_fit_images": 100,  # null: every map image
     "pca_max_segments": 4096,
     "top_k_segments": 50,
     "fp16": True,
+    # vprkit's choices; the original SegVLAD's are in segvlad-ref
+    "masks": "labels",  # overlapping masks flattened into one label map (smaller on top); 'overlapping': all kept
+    "graph": "touching",  # segments sharing a pixel edge; 'delaunay': triangulation of the mask centroids
+    "token_weights": "fraction",  # covered fraction of each patch; 'any_pixel': 1 if any mask pixel falls in it
+    "assignment": "dot",  # nearest centroid by dot product; 'cosine': by cosine (centroids need not be unit)
+    "scoring": "votes",  # query-independent similarity votes; 'reference': the original's run-wide min-max
 }
+# the original SegVLAD (Revisit Anything): SAM masks all kept, Delaunay graph, any-pixel patches, cosine
+# assignment to cluster means, whitening PCA fitted on up to 50k map segments, min-max normalised votes
+_REFERENCE = {**_BASE, "aggregator": {"name": "vlad", "num_clusters": 32, "unit_centroids": False},
+              "masks": "overlapping", "graph": "delaunay", "token_weights": "any_pixel", "assignment": "cosine",
+              "pca_whiten": True, "pca_eps": 0.0, "pca_fit_images": None, "pca_max_segments": 50000,
+              "scoring": "reference"}
 CONFS: dict[str, dict] = {
-    "segvlad-slic": {**_BASE, "segmenter": {"name": "slic", "n_segments": 48, "compactness": 10.0}},
-    "segvlad-dino": {**_BASE, "segmenter": {"name": "dino_kmeans", "num_clusters": 12}},
-    "segvlad-sam": {**_BASE, "segmenter": {"name": "sam", "checkpoint": None, "model_type": "vit_b"}},
+    # vprkit's variants: segment votes on SegVLAD's segment VLADs, not the original's method (see docs/segvlad.md)
+    "segvote-slic": {**_BASE, "segmenter": {"name": "slic", "n_segments": 48, "compactness": 10.0}},
+    "segvote-dino": {**_BASE, "segmenter": {"name": "dino_kmeans", "num_clusters": 12}},
+    "segvote-sam": {**_BASE, "segmenter": {"name": "sam", "checkpoint": None, "model_type": "vit_b"}},
+    # SAM once `segmenter.checkpoint` is given; until then multi-scale SLIC stands in (overlapping masks)
+    "segvlad-ref": {**_REFERENCE, "segmenter": {"name": "slic_scales", "scales": [12, 48]}},
 }
-DEFAULT_PRESET = "segvlad-slic"
+DEFAULT_PRESET = "segvote-slic"
+RENAMED = {f"segvlad-{v}": f"segvote-{v}" for v in ("slic", "dino", "sam")}  # before segvlad-ref existed
 DESCRIPTOR_KEYS = ("model", "aggregator", "preprocessing", "segmenter", "order", "vocabulary", "pca_dim",
-                   "pca_whiten")
+                   "pca_whiten", "pca_eps", "masks", "graph", "token_weights", "assignment")
+CHOICES = {"masks": ("labels", "overlapping"), "graph": ("touching", "delaunay"),
+           "token_weights": ("fraction", "any_pixel"), "assignment": ("dot", "cosine"), "scoring": SCORINGS}
+SAM_KEYS = ("checkpoint", "model_type", "points_per_side", "pred_iou_thresh", "stability_score_thresh",
+            "min_mask_region_area", "points_per_batch")
 
 
 def get_conf(preset: str = DEFAULT_PRESET, **overrides) -> dict:
     """A copy of a preset with runtime defaults; override keys may be dotted (`segmenter.n_segments=64`)."""
+    if preset in RENAMED:
+        raise KeyError(f"preset '{preset}' is now '{RENAMED[preset]}' (vprkit's variant); 'segvlad-ref' computes "
+                       "the original SegVLAD")
     if preset not in CONFS:
         raise KeyError(f"unknown SegVLAD preset '{preset}'; choose one of {sorted(CONFS)}")
     conf = json.loads(json.dumps(CONFS[preset]))
@@ -65,6 +91,12 @@ def get_conf(preset: str = DEFAULT_PRESET, **overrides) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    seg = conf["segmenter"]
+    if seg.get("checkpoint") and seg["name"] != "sam":  # a SAM checkpoint selects SAM (ViT-H as the original)
+        conf["segmenter"] = {"name": "sam", "model_type": "vit_h", **{k: seg[k] for k in SAM_KEYS if k in seg}}
+    for key, allowed in CHOICES.items():
+        if conf[key] not in allowed:
+            raise ValueError(f"{key}={conf[key]!r} is not one of {allowed}")
     return conf
 
 
@@ -94,27 +126,41 @@ class SegExtractor:
         std = torch.tensor(self.ext.backbone.std).view(1, 3, 1, 1) * 255
         return images.cpu().mul(std).add_(mean).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
+    def masks(self, rgb: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """The image's (S, H, W) mask stack: every mask, or (vprkit) flattened into one label map."""
+        masks = self.segmenter.masks(rgb, tokens)
+        if self.conf["masks"] == "labels" and not disjoint(masks):
+            masks = labels_to_masks(masks_to_labels(list(masks), rgb.shape[:2]))
+        return masks
+
+    def members(self, masks: np.ndarray) -> np.ndarray:
+        """(S, S) SuperSegment members of each mask."""
+        if self.conf["graph"] == "delaunay":
+            return delaunay_members(masks, self.conf["order"])
+        return neighbourhoods(adjacency(masks), self.conf["order"])
+
     def raw(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(label map, raw SuperSegment VLADs (S, K*C)) for each image of a batch."""
+        """(mask stack, raw SuperSegment VLADs (S, K*C)) for each image of a batch."""
         local = self.ext.local(images).local.cpu().numpy()
         centroids = self.centroids
+        any_pixel, cosine = self.conf["token_weights"] == "any_pixel", self.conf["assignment"] == "cosine"
         out = []
         for rgb, tok in zip(self._rgb(images), local):
-            labels = self.segmenter(rgb, tok)
-            s = num_segments(labels)
+            masks = self.masks(rgb, tok)
             c, h, w = tok.shape
-            sums = residual_sums(tok.reshape(c, -1).T, centroids, patch_weights(labels, (h, w), s))
-            out.append((labels, supersegment_vlad(sums, neighbourhoods(adjacency(labels, s), self.conf["order"]))))
+            weights = patch_weights(masks, (h, w), any_pixel)
+            out.append((masks, supersegment_vlad(tok.reshape(c, -1).T, centroids, weights, self.members(masks),
+                                                 cosine)))
         return out
 
     def describe(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(label map, final descriptors (S, D)) per image; one PCA product for the whole batch."""
+        """(mask stack, final descriptors (S, D)) per image; one PCA product for the whole batch."""
         raws = self.raw(images)
         if not raws:
             return []
         desc = self.pca(np.concatenate([r for _, r in raws]))
         bounds = np.cumsum([len(r) for _, r in raws])[:-1]
-        return [(labels, d) for (labels, _), d in zip(raws, np.split(desc, bounds))]
+        return [(masks, d) for (masks, _), d in zip(raws, np.split(desc, bounds))]
 
     def fit(self, root: Path, names: list[str]) -> None:
         """Vocabulary (map k-means or a given file), then PCA on a bounded sample of map segments."""
@@ -127,7 +173,7 @@ class SegExtractor:
         if not self.conf.get("pca_dim"):
             return
         rng = random.Random(self.conf["seed"])
-        sample = sorted(rng.sample(names, min(len(names), self.conf["pca_fit_images"])))
+        sample = sorted(rng.sample(names, min(len(names), self.conf["pca_fit_images"] or len(names))))
         raws = [r for _, images, _ in tqdm(list(self.ext.batches(root, sample)), desc="fit: segment PCA",
                                            unit="batch") if len(images) for _, r in self.raw(images)]
         x = np.concatenate(raws) if raws else np.zeros((0, 1), np.float32)
@@ -136,7 +182,11 @@ class SegExtractor:
         if len(x) < 2:
             logger.warning("too few map segments (%d) to fit PCA; descriptors stay at full size", len(x))
             return
-        self.pca = PCA.fit(x, self.conf["pca_dim"], self.conf["pca_whiten"])
+        if self.conf["pca_whiten"] and len(x) <= self.conf["pca_dim"]:
+            logger.warning("whitening %d map segments to up to %d dimensions puts them all at the same distance "
+                           "from each other (the original's PCA refuses this): use a smaller pca_dim or a larger "
+                           "map", len(x), self.conf["pca_dim"])
+        self.pca = PCA.fit(x, self.conf["pca_dim"], self.conf["pca_whiten"], self.conf["pca_eps"])
 
     def save_state(self, path: Path) -> None:
         """Vocabulary and PCA as .npz (no pickle), written atomically."""
@@ -153,12 +203,22 @@ class SegExtractor:
 
 
 def load_vocabulary(path: str | Path, dim: int) -> np.ndarray:
-    """(K, C) centroids from a .npy, or the `centroids` array of a .npz (e.g. another map's state)."""
+    """(K, C) centroids from a .npy, the `centroids` array of a .npz (e.g. another map's state), or a tensor
+    saved with torch.save in a .pt / .pth file (the original's `c_centers.pt`; read with weights_only=True)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file not found: {path} (use vocabulary='map' to fit one)")
-    data = np.load(path, allow_pickle=False)
-    arr = data["centroids"] if isinstance(data, np.lib.npyio.NpzFile) else data
+    if path.suffix in (".pt", ".pth"):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
+            raise ValueError(f"{path}: not a readable torch vocabulary ({type(e).__name__})") from e
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"{path}: holds a {type(data).__name__}, expected a (K, C) tensor of centroids")
+        arr = data.float().numpy()
+    else:
+        data = np.load(path, allow_pickle=False)
+        arr = data["centroids"] if isinstance(data, np.lib.npyio.NpzFile) else data
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"{path}: vocabulary of shape {arr.shape}, expected (K, {dim}) for this backbone")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -187,8 +247,8 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
         for batch_names, images, bad in ext.ext.batches(root, todo):
             failed += bad
             if batch_names:
-                items = {n: {"segments": d.astype(dtype), "labels": encode(lab)}
-                         for n, (lab, d) in zip(batch_names, ext.describe(images))}
+                items = {n: {"segments": d.astype(dtype), **mask_record(masks)}
+                         for n, (masks, d) in zip(batch_names, ext.describe(images))}
                 h5io.write_batch(feature_path, items, batch_attrs(model_key(conf), state), root)
             bar.update(len(batch_names) + len(bad))
     return succeeded(names, failed, len(todo))

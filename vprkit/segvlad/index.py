@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 SEGMENTS_FILE, OWNER_FILE = "segments.npy", "segment_image.npy"
+SCORINGS = ("votes", "reference")
 
 
 def write_store(feature_path: str | Path, names: list[str], out_dir: str | Path) -> tuple[int, int]:
@@ -60,21 +61,62 @@ def knn_chunked(queries: np.ndarray, store: np.ndarray, k: int, chunk: int = 163
     return best_s, best_i
 
 
-def bin_count(seg_ids: np.ndarray, sims: np.ndarray, owner: np.ndarray, num_images: int) -> np.ndarray:
-    """Score of each map image: the summed similarity of its segments among every query segment's top-K.
+def owners(seg_ids: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """The map image of each retrieved segment id; padded ids (-1) stay -1."""
+    return np.where(seg_ids >= 0, owner[np.maximum(seg_ids, 0)], -1)
 
-    Negative similarities count as 0 (a retrieved segment never counts against its image); padded
-    ids (-1) are ignored.
+
+def bin_count(images: np.ndarray, weights: np.ndarray, num_images: int) -> np.ndarray:
+    """Score of each map image: the summed weight of its segments among every query segment's top-K.
+
+    Negative weights count as 0 (a retrieved segment never counts against its image); padded
+    entries (image -1) are ignored.
     """
-    valid = seg_ids >= 0
-    weights = np.maximum(sims[valid], 0).astype(np.float64)
-    return np.bincount(owner[seg_ids[valid]], weights=weights, minlength=num_images)
+    valid = images >= 0
+    return np.bincount(images[valid], weights=np.maximum(weights[valid], 0).astype(np.float64),
+                       minlength=num_images)
 
 
-def rank(scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images by decreasing score (ties: lower index first); images without votes are not ranked (-1)."""
+def vote_weights(hits: list[tuple[np.ndarray, np.ndarray]], scoring: str) -> list[np.ndarray]:
+    """The weight of each retrieved segment, per query; `hits` holds (similarities, images) of each query.
+
+    `votes` (query-independent, for serving): the cosine similarity itself (negatives count 0).
+    `reference` (the original SegVLAD, for reproducing published numbers): (2 cos - m) / (M - m), with m, M
+    the least and greatest 2 cos over every retrieved segment of every query of the run, so a query's
+    scores depend on the other queries scored with it (all equal weights when m = M).
+    """
+    if scoring == "votes":
+        return [sims for sims, _ in hits]
+    if scoring != "reference":
+        raise ValueError(f"unknown scoring {scoring!r}; choose one of {SCORINGS}")
+    two_cos = [2 * sims[images >= 0].astype(np.float64) for sims, images in hits]
+    every = np.concatenate(two_cos) if two_cos else np.zeros(0)
+    lo, hi = (every.min(), every.max()) if every.size else (0.0, 0.0)
+
+    def weigh(sims: np.ndarray) -> np.ndarray:
+        return (2 * sims.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.ones(sims.shape)
+
+    return [np.where(images >= 0, weigh(sims), 0) for sims, images in hits]
+
+
+def rank_hits(hits: list[tuple[np.ndarray, np.ndarray]], num_images: int, top_k: int, scoring: str = "votes"
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scores) of shape (Q, top_k): map images by decreasing score. Not ranked (-1): with `votes`, images
+    scoring 0; with `reference`, images no segment of the query retrieved (as the original)."""
+    ids = np.full((len(hits), top_k), -1, dtype=np.int64)
+    scores = np.zeros((len(hits), top_k), dtype=np.float32)
+    for qi, ((_, images), w) in enumerate(zip(hits, vote_weights(hits, scoring))):
+        voted = np.bincount(images[images >= 0], minlength=num_images) > 0 if scoring == "reference" else None
+        ids[qi], scores[qi] = rank(bin_count(images, w, num_images), top_k, voted)
+    return ids, scores
+
+
+def rank(scores: np.ndarray, top_k: int, voted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images by decreasing score (ties: lower index first); images not `voted` (default: score <= 0) are not
+    ranked (-1)."""
+    voted = scores > 0 if voted is None else voted
     order = np.argsort(-scores, kind="stable")[:top_k]
-    ids = np.where(scores[order] > 0, order, -1)
+    ids = np.where(voted[order], order, -1)
     out_ids = np.full(top_k, -1, dtype=np.int64)
     out_scores = np.zeros(top_k, dtype=np.float32)
     out_ids[: len(ids)], out_scores[: len(ids)] = ids, np.where(ids >= 0, scores[order], 0)
@@ -99,22 +141,25 @@ class SegmentIndex:
         return cls(np.load(index_dir / SEGMENTS_FILE, mmap_mode="r"), np.load(index_dir / OWNER_FILE),
                    num_images, chunk)
 
-    def search(self, query_sets: list[np.ndarray], k_segments: int, top_k: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Rank map images for each query's segment set; (ids, scores) of shape (Q, top_k), -1 padded.
+    def retrieve(self, query_sets: list[np.ndarray], k_segments: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(similarities, map images) (n, k) of each query's n segments' top-k map segments, -1 padded.
 
         All query segments of the batch are searched in one streaming pass over the map.
         """
+        if not query_sets:
+            return []
         sizes = [len(s) for s in query_sets]
         dim = self.segments.shape[1]
-        stacked = np.concatenate([np.asarray(s, np.float32).reshape(-1, dim) for s in query_sets]) \
-            if query_sets else np.zeros((0, dim), np.float32)
+        stacked = np.concatenate([np.asarray(s, np.float32).reshape(-1, dim) for s in query_sets])
         sims, seg_ids = knn_chunked(stacked, self.segments, min(k_segments, len(self.segments)), self.chunk)
-        ids = np.full((len(query_sets), top_k), -1, dtype=np.int64)
-        scores = np.zeros((len(query_sets), top_k), dtype=np.float32)
-        start = 0
-        for qi, n in enumerate(sizes):
-            votes = bin_count(seg_ids[start:start + n], sims[start:start + n], self.owner, self.num_images)
-            ids[qi], scores[qi] = rank(votes, top_k)
-            start += n
-        return ids, scores
+        bounds = np.cumsum(sizes)[:-1]
+        return list(zip(np.split(sims, bounds), np.split(owners(seg_ids, self.owner), bounds)))
+
+    def search(self, query_sets: list[np.ndarray], k_segments: int, top_k: int, scoring: str = "votes"
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Rank map images for each query's segment set; (ids, scores) of shape (Q, top_k), -1 padded.
+
+        With `reference` scoring the normalisation spans these queries only: pass a whole run at once, or
+        collect `retrieve` results and call `rank_hits` once.
+        """
+        return rank_hits(self.retrieve(query_sets, k_segments), self.num_images, top_k, scoring)
