@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..data.images import load_image, resize_to_stride
@@ -39,8 +38,7 @@ class OnlineChamfer:
         """The top-k local rows (K, 5 + D) of one decoded image."""
         x = self.ext.backbone.preprocess(resize_to_stride(img, self.fconf["preprocessing"]["resize_max"],
                                                           self.ext.backbone.stride))
-        with torch.no_grad():
-            return local.select_top(self.ext.local(x[None]).local.cpu(), k)[0]
+        return local.select_top(*(t.cpu() for t in self.ext.salient(x[None])), k)[0]
 
     def _map_rows(self, name: str) -> np.ndarray:
         if name in self._cache:
