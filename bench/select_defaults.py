@@ -36,13 +36,13 @@ DATASETS = {
     "essex3in1": ("essex3in1_thumbs/ref", "essex3in1_thumbs/query", 0),
     "nordland_dev": ("nordland_64x32_dev/summer", "nordland_64x32_dev/winter", 2),
 }
-RESOLUTIONS = {"long322": {"resize_max": 322}, "long224": {"resize_max": 224}, "short224": {"resize_min": 224}}
-LAYERS = (6, 7, 8, 9, 10)
+RESOLUTIONS = {"long322": {"resize_max": 322}, "short224": {"resize_min": 224}}
+LAYERS = (7, 8, 9)
 FACETS = ("value", "token")
-AGGREGATORS = ("gem", "vlad16", "vlad32", "vlad64", "vlad32+pcaw")
-MULTI = ((8, 9), (7, 8, 9))
+AGGREGATORS = ("gem", "vlad32", "vlad64", "vlad32+pcaw")
+MULTI = ((8, 9),)
 CURRENT_DEFAULT = "long322/L7/value/vlad32"
-MAX_FIT = 100_000
+MAX_FIT = 50_000
 
 
 def recall_at(sims: np.ndarray, tol: int, n: int = 1) -> float:
@@ -155,7 +155,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--nordland-limit", type=int, default=400, help="first N places of Nordland dev (index-aligned)")
+    p.add_argument("--nordland-limit", type=int, default=300, help="first N places of Nordland dev (index-aligned)")
     p.add_argument("--json", help="also write every score here")
     args = p.parse_args()
     print(f"machine: {machine()}\n", flush=True)
