@@ -115,11 +115,34 @@ def test_layer_and_facet(model):
         )
 
 
+def test_multi_layer_concatenates_normalised_layers(model):
+    x = _image(42, 56, seed=3)
+    with torch.no_grad():
+        both = DinoV2(layer=[7, 8], facet="value")(x)
+        parts = [DinoV2(layer=i, facet="value")(x).local for i in (7, 8)]
+    expected = torch.cat([torch.nn.functional.normalize(p, dim=1) for p in parts], dim=1)
+    assert both.local.shape == (1, 768, 3, 4)
+    torch.testing.assert_close(both.local, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tokens_taps_from_one_pass_equal_single_layer_models(model):
+    x = _image(28, 42, seed=4)
+    with torch.no_grad():
+        taps = model.tokens(x, [(5, "value"), (5, "token"), (9, "value")])
+        for (layer, facet), tokens in taps.items():
+            single = DinoV2(layer=layer, facet=facet)(x)
+            torch.testing.assert_close(tokens[:, 0], single.global_token, atol=1e-5, rtol=1e-5)
+
+
 def test_bad_arguments(model):
     with pytest.raises(ValueError):
         DinoV2(layer=12)
     with pytest.raises(ValueError):
         DinoV2(facet="key")
+    with pytest.raises(ValueError):
+        DinoV2(layer=[])
+    with pytest.raises(ValueError):
+        DinoV2(layer=[3, 12])
 
 
 def test_missing_checkpoint_raises(tmp_path):

@@ -71,3 +71,9 @@ def test_exif_rotation_applied(tmp_path):
 def test_resize_to_stride_multiples():
     out = resize_to_stride(Image.new("RGB", (160, 120)), 322, 14)
     assert out.size == (322, 238) and out.size[0] % 14 == 0 and out.size[1] % 14 == 0
+
+
+def test_resize_min_sets_the_short_side():
+    # 160x120, short side -> 224: scale 224/120, width 298.7 -> nearest multiple of 14 = 294
+    out = resize_to_stride(Image.new("RGB", (160, 120)), 322, 14, resize_min=224)
+    assert out.size == (294, 224)

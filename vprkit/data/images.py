@@ -82,10 +82,15 @@ def decode_image(fp: BinaryIO, label: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageError(f"{label}: cannot decode image ({exc})") from exc
 
 
-def resize_to_stride(img: Image.Image, resize_max: int | None, stride: int) -> Image.Image:
-    """Resize so the long side is `resize_max` and both sides are multiples of the backbone stride."""
+def resize_to_stride(img: Image.Image, resize_max: int | None, stride: int, resize_min: int | None = None
+                     ) -> Image.Image:
+    """Resize so the long side is `resize_max` (or the short side `resize_min`, which wins when both are given)
+    and both sides are multiples of the backbone stride."""
     w, h = img.size
-    scale = resize_max / max(w, h) if resize_max else 1.0
+    if resize_min:
+        scale = resize_min / min(w, h)
+    else:
+        scale = resize_max / max(w, h) if resize_max else 1.0
     nw = max(stride, round(w * scale / stride) * stride)
     nh = max(stride, round(h * scale / stride) * stride)
     if (nw, nh) == (w, h):

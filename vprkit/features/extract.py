@@ -93,13 +93,14 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str]
             ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
     """Yield (names, images, failures) batches of up to conf['batch_size'] equal-sized images, preprocessed
     for `backbone` as the preset says; unreadable files are logged and go to failures."""
-    stride, resize = backbone.stride, conf["preprocessing"].get("resize_max")
+    stride, pre = backbone.stride, conf["preprocessing"]
     batch_names: list[str] = []
     tensors: list[torch.Tensor] = []
     failed: list[str] = []
     for name in names:
         try:
-            img = resize_to_stride(load_image(root / name, conf["max_pixels"]), resize, stride)
+            img = resize_to_stride(load_image(root / name, conf["max_pixels"]), pre.get("resize_max"), stride,
+                                   pre.get("resize_min"))
         except ImageError as exc:
             logger.warning("skipping %s", exc)
             failed.append(name)

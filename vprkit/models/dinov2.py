@@ -124,7 +124,8 @@ class DinoV2(Backbone):
 
     `layer=None` gives the last block after the final norm (the usual DINOv2 output); an explicit `layer`
     gives that block's raw (pre-norm) tokens, or its attention value projection with `facet="value"`,
-    and blocks after it are not run.
+    and blocks after it are not run. A list of layers concatenates their L2-normalised features along
+    channels (multi-layer descriptors; each layer weighs the same whatever its feature scale).
     """
 
     stride = PATCH
@@ -132,7 +133,7 @@ class DinoV2(Backbone):
     def __init__(
         self,
         arch: str = "vits14",
-        layer: int | None = None,
+        layer: int | list[int] | None = None,
         facet: str = "token",
         checkpoint: str | None = None,
     ) -> None:
@@ -142,13 +143,16 @@ class DinoV2(Backbone):
         if facet not in FACETS:
             raise ValueError(f"unknown facet {facet!r}; choose from {FACETS}")
         dim, depth, heads, ffn = ARCHS[arch]
-        if layer is not None:
-            if not -depth <= layer < depth:
-                raise ValueError(f"layer {layer} out of range for {arch} ({depth} blocks)")
-            layer %= depth
-        elif facet == "value":
-            layer = depth - 1  # the value facet only exists inside a block: default to the last one
-        self.arch, self.layer, self.facet, self.dim = arch, layer, facet, dim
+        layers = [layer] if isinstance(layer, int) or layer is None else list(layer)
+        if not layers:
+            raise ValueError("layer=[] selects no block; give a block number or a list of them")
+        for i in layers:
+            if i is not None and not -depth <= i < depth:
+                raise ValueError(f"layer {i} out of range for {arch} ({depth} blocks)")
+        if layers == [None] and facet == "value":
+            layers = [depth - 1]  # the value facet only exists inside a block: default to the last one
+        self.layers = [None if i is None else i % depth for i in layers]
+        self.arch, self.facet, self.dim = arch, facet, dim * len(self.layers)
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + GRID * GRID, dim))
@@ -182,7 +186,12 @@ class DinoV2(Backbone):
         patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
 
-    def forward(self, x: torch.Tensor) -> BackboneOutput:
+    def tokens(self, x: torch.Tensor, taps: list[tuple[int | None, str]]) -> dict[tuple[int | None, str], torch.Tensor]:
+        """Tokens (B, 1 + h*w, C) at each (block, facet) tap from one pass, stopping after the deepest tap.
+
+        (i, "token") is block i's output (pre-norm), (i, "value") the value projection inside block i, and
+        (None, "token") the last block after the final norm.
+        """
         b, _, height, width = x.shape
         h, w = height // PATCH, width // PATCH
         if h == 0 or w == 0:
@@ -195,18 +204,29 @@ class DinoV2(Backbone):
         tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(h, w).to(tokens.dtype)
 
-        last = len(self.blocks) - 1 if self.layer is None else self.layer
-        for i, block in enumerate(self.blocks):
-            if i == last and self.facet == "value":
-                tokens = block.attn.value(block.norm1(tokens))
-                break
-            tokens = block(tokens)
-            if i == last:
-                break
-        if self.layer is None:
-            tokens = self.norm(tokens)
+        depth = len(self.blocks)
+        last = max(depth - 1 if i is None else i for i, _ in taps)
+        out: dict[tuple[int | None, str], torch.Tensor] = {}
+        for i, block in enumerate(self.blocks[: last + 1]):
+            if (i, "value") in taps:
+                out[(i, "value")] = block.attn.value(block.norm1(tokens))
+            if i < last or (i, "token") in taps or (None, "token") in taps:
+                tokens = block(tokens)
+            if (i, "token") in taps:
+                out[(i, "token")] = tokens
+        if (None, "token") in taps:
+            out[(None, "token")] = self.norm(tokens)
+        return out
 
-        local = tokens[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        h, w = x.shape[2] // PATCH, x.shape[3] // PATCH
+        taps = [(i, self.facet) for i in self.layers]
+        found = self.tokens(x, taps)
+        parts = [found[t] for t in taps]
+        if len(parts) > 1:
+            parts = [F.normalize(p, dim=-1) for p in parts]
+        tokens = torch.cat(parts, dim=-1)
+        local = tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
         return BackboneOutput(local=local, global_token=tokens[:, 0])
 
 
