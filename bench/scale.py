@@ -30,7 +30,7 @@ NORDLAND = ("nordland_64x32_dev/summer", "nordland_64x32_dev/winter")
 OTHERS = ("corridor/ref", "corridor/query", "essex3in1_thumbs/ref", "essex3in1_thumbs/query",
           "gardenspoint_mini10/ref", "gardenspoint_mini10/query", "toy_streets_unlabeled/database",
           "toy_streets_unlabeled/queries")
-CHUNK, EXACT_CHUNK = 200_000, 20_000
+CHUNK, EXACT_CHUNK = 100_000, 20_000
 
 
 def describe(data: Path, folder: str, conf: dict, work: Path) -> np.ndarray:
@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--resize-max", type=int, default=224)
     p.add_argument("--sizes", default="1000000,10000000")
     p.add_argument("--budget", default="2GB")
-    p.add_argument("--shortlist", type=int, default=100)
+    p.add_argument("--shortlist", type=int, default=large.SHORTLIST)
     p.add_argument("--phase", choices=["build", "query", "exact"], help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -34,8 +34,11 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`).
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
-    conf = extract.get_conf(preset, **overrides)
     names = list_images(map_dir)
+    if preset == extract.AUTO:
+        preset, why = extract.auto_preset(map_dir, names)
+        logger.warning("--preset auto: %s (%s)", preset, why)
+    conf = extract.get_conf(preset, **overrides)
     with index_work(out_dir) as work:
         names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
         manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,

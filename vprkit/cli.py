@@ -13,7 +13,7 @@ from . import api, demo, rerank
 from .data.groundtruth import load_ground_truth
 from .data.images import list_images
 from .evaluation import metrics, outputs
-from .features.extract import CONFS, DEFAULT_PRESET
+from .features.extract import AUTO, CONFS, DEFAULT_PRESET
 from .index.faiss_index import DEFAULT_FACTORY
 from .rerank import base as rerank_step
 
@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("index", help="extract map descriptors and build a saved index")
     s.add_argument("map_dir")
     s.add_argument("-o", "--out", required=True, help="index folder to create")
-    s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
+    s.add_argument("--preset", default=DEFAULT_PRESET, choices=[AUTO, *sorted(CONFS)],
+                   help="global descriptor preset; 'auto' picks one from the map's images and says why")
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=int, help="long image side before the backbone")

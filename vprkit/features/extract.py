@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
@@ -27,7 +28,12 @@ logger = logging.getLogger("vprkit")
 
 # Named presets: backbone (+ layer/facet) + aggregator + preprocessing.
 CONFS: dict[str, dict] = {
-    "dinov2-vlad": {
+    "dinov2-vlad": {  # chosen across the dev sets by mean rank (docs/defaults.md, bench/select_defaults.py)
+        "model": {"name": "dinov2_vits14", "layer": 8, "facet": "value"},
+        "aggregator": {"name": "vlad", "num_clusters": 64},
+        "preprocessing": {"resize_max": 322},
+    },
+    "dinov2-vlad-corridor": {  # the earlier default, tuned on Corridor alone
         "model": {"name": "dinov2_vits14", "layer": 7, "facet": "value"},
         "aggregator": {"name": "vlad", "num_clusters": 32},
         "preprocessing": {"resize_max": 322},
@@ -71,6 +77,27 @@ CONFS: dict[str, dict] = {
 DEFAULT_PRESET = "dinov2-vlad"
 DEFAULT_RUNTIME = {"batch_size": 16, "fit_max_images": 500, "max_pixels": DEFAULT_MAX_PIXELS, "fp16": False,
                    "store_local": False, "seed": 0}
+
+
+AUTO, THUMBNAIL_PX = "auto", 48
+
+
+def auto_preset(image_dir: str | Path, names: list[str], sample: int = 20) -> tuple[str, str]:
+    """The preset for a map, with the reason (for the log): raw patch-normalised pixels for thumbnails whose short
+    side is at most 48 px (where they beat DINOv2: Nordland 64x32, docs/defaults.md), else the default."""
+    sizes = []
+    for name in names[:: max(1, len(names) // sample)][:sample]:
+        try:
+            with Image.open(Path(image_dir) / name) as img:
+                sizes.append(min(img.size))
+        except OSError:
+            continue
+    short = float(np.median(sizes)) if sizes else float("inf")
+    if short <= THUMBNAIL_PX:
+        return "pixels", (f"images are thumbnails (median short side {short:.0f} px <= {THUMBNAIL_PX}): raw "
+                          "patch-normalised pixels beat DINOv2 there (Nordland 64x32 R@1 0.197 vs 0.147-0.170)")
+    return DEFAULT_PRESET, (f"median short side {short:.0f} px: the default, chosen across datasets by mean rank "
+                            "(docs/defaults.md)")
 
 
 def get_conf(preset: str, **overrides) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 
 DESCRIPTORS_FILE, IVFDATA_FILE = "descriptors.npy", "index.ivfdata"
 FLAT_LIMIT = 1_000_000  # past this many vectors the coarse quantizer is an HNSW graph
-SHORTLIST = 100  # compressed candidates re-scored exactly per query
+SHORTLIST = 1000  # compressed candidates re-scored exactly per query
 CHUNK = 100_000  # vectors added per step while building
 MIN_COMPRESSED = 10_000  # below this a map is searched exactly (PQ training needs thousands of vectors)
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40,
@@ -79,7 +79,7 @@ def choose(n: int, dim: int, budget: int) -> IndexChoice:
     codes = n * (m + 8)  # PQ code + 64-bit id per vector
     on_disk = codes > budget // 2
     where = "inverted lists on disk (memory-mapped)" if on_disk else "codes in RAM"
-    return IndexChoice(f"{quantizer},PQ{m}", on_disk, max(16, nlist // 64), True,
+    return IndexChoice(f"{quantizer},PQ{m}", on_disk, max(16, nlist // 8), True,
                        f"compressed: float32 ({flat / 2**20:.0f} MiB) exceeds half the budget "
                        f"({budget / 2**20:.0f} MiB); PQ{m} codes + ids = {codes / 2**20:.0f} MiB, {where}; "
                        "shortlist re-scored with exact descriptors")
@@ -100,29 +100,27 @@ def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexC
     """
     out_dir = Path(out_dir)
     trained = _train(choice, sample)
-    full = np.lib.format.open_memmap(out_dir / DESCRIPTORS_FILE, mode="w+", dtype=np.float16, shape=(n, dim))
     start = 0
-    if not choice.on_disk:
-        for chunk in chunks:
-            trained.add(np.ascontiguousarray(chunk, dtype=np.float32))
-            full[start:start + len(chunk)] = chunk
-            start += len(chunk)
-        full.flush()
-        _check_count(start, n)
-        return trained
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    # plain appends, not a writable memory map: written pages stay in the page cache, not in this process's RSS
+    with open(out_dir / DESCRIPTORS_FILE, "wb") as full, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        np.lib.format.write_array_header_1_0(full, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                                                    "shape": (n, dim)})
         blocks = []
         for i, chunk in enumerate(chunks):
-            block = faiss.clone_index(trained)
-            block.add_with_ids(np.ascontiguousarray(chunk, dtype=np.float32),
-                               np.arange(start, start + len(chunk), dtype=np.int64))
-            blocks.append(str(Path(tmp) / f"block{i}.index"))
-            faiss.write_index(block, blocks[-1])
-            full[start:start + len(chunk)] = chunk
-            start += len(chunk)
-            del block
-        full.flush()
+            x = np.ascontiguousarray(chunk, dtype=np.float32)
+            if choice.on_disk:
+                block = faiss.clone_index(trained)
+                block.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+                blocks.append(str(Path(tmp) / f"block{i}.index"))
+                faiss.write_index(block, blocks[-1])
+                del block
+            else:
+                trained.add(x)
+            full.write(x.astype(np.float16).tobytes())
+            start += len(x)
         _check_count(start, n)
+        if not choice.on_disk:
+            return trained
         _merge_on_disk(trained, blocks, out_dir / IVFDATA_FILE)
     faiss.write_index(trained, str(out_dir / "index.faiss"))
     return None
