@@ -14,6 +14,7 @@ from .data.images import list_images
 from .evaluation import metrics, outputs
 from .features.extract import CONFS, DEFAULT_PRESET
 from .index.faiss_index import DEFAULT_FACTORY
+from .models.precision import CHOICES as PRECISION_CHOICES
 from .rerank import base as rerank_step
 
 
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
     s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth)")
     s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
+    s.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="backbone arithmetic: fp32 (default), bf16, int8 (Linear layers), or auto: the fastest that "
+                        "agrees with fp32 on this machine (probed once, cached); queries use the index's")
 
     s = sub.add_parser("query", help="localize a folder of query images against an index")
     s.add_argument("index_dir")
@@ -207,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device,
-                                batch_size=args.batch_size, fp16=args.fp16, **_model_overrides(args))
+                                batch_size=args.batch_size, fp16=args.fp16, precision=args.precision,
+                                **_model_overrides(args))
             print(f"index written to {out}")
         elif args.command == "query":
             res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
