@@ -64,8 +64,9 @@ def run(preset: str, data: Path, datasets: list[str], limit: int | None) -> None
     probe_model = extract.Extractor(conf0).backbone
     precisions = [p for p in PRECISIONS if supports(probe_model, p)]
     skipped = sorted(set(PRECISIONS) - set(precisions))
-    print(f"### {preset}" + (f" (no int8: {', '.join(skipped)} not supported, no Linear layers)" if skipped else ""))
-    print("| data set | map / queries | precision | images/s | vs fp32 | R@1 | R@1 - fp32 | R@5 |\n|---|---|---|---|---|---|---|---|")
+    print(f"### {preset}" + (f" ({', '.join(skipped)}: not supported, no Linear layers)" if skipped else ""))
+    print("| data set | map / queries | precision | images/s | vs fp32 | R@1 | R@1 - fp32 | R@5 |")
+    print("|---|---|---|---|---|---|---|---|")
     for ds in datasets:
         map_dir, q_dir, gt, thr, default_limit = DATASETS[ds]
         n = limit or default_limit

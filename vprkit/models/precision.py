@@ -162,10 +162,10 @@ def measure(backbone: Backbone, size: tuple[int, int], threshold: float) -> dict
                 times[p].append(time.perf_counter() - start)
     seconds = {p: sorted(t)[len(t) // 2] for p, t in times.items()}
     agree = {p: agreement(outs["fp32"], o) for p, o in outs.items()}
-    ok = [p for p in models if agree[p] >= threshold]
+    ok = [p for p in models if p == "fp32" or agree[p] >= threshold]  # fp32 is the reference: always eligible
     choice = min(ok, key=seconds.__getitem__)
     parts = [f"{p} {seconds[p] * 1000:.0f} ms ({seconds['fp32'] / seconds[p]:.2f}x fp32), cosine {agree[p]:.4f}"
-             + ("" if p in ok else f" < {threshold}: rejected") for p in models]
+             + ("" if p in ok else " (rejected)") for p in models]
     reason = f"chose {choice}, the fastest with cosine >= {threshold} to fp32: " + "; ".join(parts)
     return {"choice": choice, "seconds": seconds, "agreement": agree, "reason": reason}
 
