@@ -125,6 +125,8 @@ class Extractor:
     written with the features (and an index's manifest) names the precision actually used.
     """
 
+    precision = "fp32"  # subclasses that build their own backbone (local features) run at fp32
+
     def __init__(self, conf: dict, device: str = "cpu"):
         self.conf = conf
         self.device = torch.device(device)
