@@ -36,9 +36,10 @@ DATASETS = {
 
 
 def describe_set(extractors: dict[str, extract.Extractor], root: Path, names: list[str], seconds: dict[str, float],
-                 fit: bool) -> dict[str, np.ndarray]:
+                 fit: str | None) -> dict[str, np.ndarray]:
     """Global descriptors of `names` at each precision, batch by batch in turn; forward time added to `seconds`.
-    With `fit`, each extractor's aggregator is first fitted on its own local features of these images."""
+    With `fit="own"` each extractor's aggregator is first fitted on its own local features of these images, with
+    `fit="fp32"` all use the vocabulary fitted on fp32 features (isolates the backbone's error from k-means')."""
     first = next(iter(extractors.values()))
     local: dict[str, list[torch.Tensor]] = {p: [] for p in extractors}
     tokens: dict[str, list[torch.Tensor | None]] = {p: [] for p in extractors}
@@ -52,19 +53,23 @@ def describe_set(extractors: dict[str, extract.Extractor], root: Path, names: li
     out_desc = {}
     for p, ext in extractors.items():
         if fit and ext.aggregator.needs_fit:
-            ext.fit_local(local[p])
+            if fit == "own" or p == "fp32":
+                ext.fit_local(local[p])
+            else:
+                ext.aggregator.load_state(extractors["fp32"].aggregator.state())
         with torch.no_grad():
             out_desc[p] = np.concatenate([ext.aggregator(loc, tok).numpy() for loc, tok in zip(local[p], tokens[p])])
     return out_desc
 
 
-def run(preset: str, data: Path, datasets: list[str], limit: int | None) -> None:
+def run(preset: str, data: Path, datasets: list[str], limit: int | None, vocabulary: str) -> None:
     """Print one table row per data set and precision."""
     conf0 = extract.get_conf(preset)
     probe_model = extract.Extractor(conf0).backbone
     precisions = [p for p in PRECISIONS if supports(probe_model, p)]
     skipped = sorted(set(PRECISIONS) - set(precisions))
-    print(f"### {preset}" + (f" ({', '.join(skipped)}: not supported, no Linear layers)" if skipped else ""))
+    note = f" ({', '.join(skipped)}: not supported, no Linear layers)" if skipped else ""
+    print(f"### {preset}, {vocabulary} vocabulary{note}")
     print("| data set | map / queries | precision | images/s | vs fp32 | R@1 | R@1 - fp32 | R@5 |")
     print("|---|---|---|---|---|---|---|---|")
     for ds in datasets:
@@ -73,8 +78,8 @@ def run(preset: str, data: Path, datasets: list[str], limit: int | None) -> None
         m_names, q_names = (list_images(data / d)[:n] for d in (map_dir, q_dir))
         extractors = {p: extract.Extractor(extract.get_conf(preset, precision=p)) for p in precisions}
         seconds = dict.fromkeys(precisions, 0.0)
-        m_desc = describe_set(extractors, data / map_dir, m_names, seconds, fit=True)
-        q_desc = describe_set(extractors, data / q_dir, q_names, seconds, fit=False)
+        m_desc = describe_set(extractors, data / map_dir, m_names, seconds, fit=vocabulary)
+        q_desc = describe_set(extractors, data / q_dir, q_names, seconds, fit=None)
         truth = load_ground_truth(gt, q_names, m_names, thr)
         rows = {}
         for p in precisions:
@@ -95,12 +100,15 @@ def main() -> None:
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--limit", type=int, help="first N map and query images of every set (index-aligned)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fair ratios on a shared machine)")
+    p.add_argument("--vocabulary", choices=("own", "fp32"), default="own",
+                   help="own: each precision fits its aggregator on its own features (as an index would); fp32: all "
+                        "use the fp32 one, to separate the backbone's error from k-means' sensitivity")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     print(f"machine: {machine()}\n")
     for preset in args.presets.split(","):
-        run(preset, Path(args.data), args.datasets.split(","), args.limit)
+        run(preset, Path(args.data), args.datasets.split(","), args.limit, args.vocabulary)
 
 
 if __name__ == "__main__":
