@@ -113,6 +113,9 @@ def test_queries_use_the_index_precision(tiny_backbone, image_folder, tmp_path):
 
     assert h5io.read_attrs(tmp_path / "res" / "query_features.h5")["model_key"] == manifest["model_key"]
     assert res["num_queries"] == 12
+    api.localize(idx, image_folder, top_k=1, out_dir=tmp_path / "res2", preset="mobilenetv2-gem")  # same preset: ok
+    with pytest.raises(ValueError, match="different descriptor spaces"):
+        api.localize(idx, image_folder, top_k=1, out_dir=tmp_path / "res3", preset="dinov2-gem")
 
 
 @pytest.fixture
