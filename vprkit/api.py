@@ -180,7 +180,9 @@ def _utm_or_none(names: list[str]) -> list[list[float]] | None:
 def _check_same_model(index_dir: Path, manifest: dict, preset: str | None) -> dict:
     """The config to describe queries with: the map's own, refusing a conflicting preset."""
     conf = manifest["conf"]
-    if preset is not None and extract.model_key(extract.get_conf(preset)) != manifest["model_key"]:
+    # the precision is the index's (queries follow it), so --preset only checks the preset's own settings
+    wanted = extract.get_conf(preset, precision=conf.get("precision")) if preset is not None else None
+    if wanted is not None and extract.model_key(wanted) != manifest["model_key"]:
         raise ValueError(f"{index_dir} was built with preset '{conf['preset']}' "
                          f"({conf['model']['name']} + {conf['aggregator']['name']}); "
                          f"querying it with '{preset}' would compare different descriptor spaces")

@@ -15,6 +15,7 @@ from .data.images import list_images
 from .evaluation import metrics, outputs
 from .features.extract import AUTO, CONFS, DEFAULT_PRESET
 from .index.faiss_index import DEFAULT_FACTORY
+from .models.precision import CHOICES as PRECISION_CHOICES
 from .rerank import base as rerank_step
 
 
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-budget", metavar="SIZE",
                    help="choose the index from the map size and this much RAM, e.g. 2GB (overrides --factory): "
                         "exact, IVF-PQ in RAM or on disk, shortlist re-scored exactly")
+    s.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="backbone arithmetic: fp32 (default), bf16, int8 (Linear layers), or auto: the fastest that "
+                        "agrees with fp32 on this machine (probed once, cached); queries use the index's")
 
     s = sub.add_parser("query", help="localize a folder of query images against an index")
     s.add_argument("index_dir")
@@ -338,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device, ray=args.ray,
                                 workers=args.workers, memory_budget=args.memory_budget,
-                                batch_size=args.batch_size, fp16=args.fp16, **_model_overrides(args))
+                                batch_size=args.batch_size, fp16=args.fp16, precision=args.precision,
+                                **_model_overrides(args))
             print(f"index written to {out}")
         elif args.command == "query":
             res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,

@@ -21,6 +21,7 @@ from ..aggregators import Aggregator, get_aggregator
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
 from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone
+from ..models import precision as precisions
 from ..train import trained
 from . import h5io
 
@@ -76,7 +77,7 @@ CONFS: dict[str, dict] = {
 }
 DEFAULT_PRESET = "dinov2-vlad"
 DEFAULT_RUNTIME = {"batch_size": 16, "fit_max_images": 500, "max_pixels": DEFAULT_MAX_PIXELS, "fp16": False,
-                   "store_local": False, "seed": 0}
+                   "store_local": False, "seed": 0, "precision": "fp32"}
 
 
 AUTO, THUMBNAIL_PX = "auto", 48
@@ -108,12 +109,20 @@ def get_conf(preset: str, **overrides) -> dict:
     conf["preset"] = preset
     conf.update({k: v for k, v in DEFAULT_RUNTIME.items() if k not in conf})
     conf.update({k: v for k, v in overrides.items() if v is not None})
+    precisions.check(conf["precision"])
     return conf
 
 
 def model_key(conf: dict) -> str:
-    """The part of a config that determines the descriptor space (what must match map and query)."""
-    return json.dumps({k: conf[k] for k in ("model", "aggregator", "preprocessing")}, sort_keys=True)
+    """The part of a config that determines the descriptor space (what must match map and query).
+
+    A reduced precision changes the descriptors, so it is part of the key; fp32 is left out so keys of
+    files written before precisions existed stay valid.
+    """
+    key = {k: conf[k] for k in ("model", "aggregator", "preprocessing")}
+    if conf.get("precision", "fp32") != "fp32":
+        key["precision"] = conf["precision"]
+    return json.dumps(key, sort_keys=True)
 
 
 def batches(backbone: Backbone, conf: dict, root: Path, names: list[str]
@@ -143,7 +152,13 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str]
 
 
 class Extractor:
-    """Backbone + aggregator in eval mode, with the preprocessing of the preset."""
+    """Backbone + aggregator in eval mode, with the preprocessing and precision of the preset.
+
+    `conf["precision"] == "auto"` is replaced in `conf` by the precision the probe picks, so the model key
+    written with the features (and an index's manifest) names the precision actually used.
+    """
+
+    precision = "fp32"  # subclasses that build their own backbone (local features) run at fp32
 
     def __init__(self, conf: dict, device: str = "cpu"):
         self.conf = conf
@@ -159,6 +174,16 @@ class Extractor:
         self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
         if ckpt is not None:
             trained.load_weights(ckpt, self.backbone, self.aggregator)
+        if conf.get("precision", "fp32") == "auto":
+            conf["precision"] = precisions.probe(self.backbone, conf["model"], self.probe_size())["choice"]
+        self.precision = precisions.check(conf.get("precision", "fp32"))
+        precisions.prepare(self.backbone, self.precision)
+
+    def probe_size(self) -> tuple[int, int]:
+        """Square input the precision probe times: the preset's long side (224 without one), cut to the stride."""
+        side = self.conf["preprocessing"].get("resize_max") or 224
+        side -= side % self.backbone.stride
+        return side, side
 
     def batches(self, root: Path, names: list[str]) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
         """Yield (names, images, failures) batches of equal-sized images; bad files go to failures."""
@@ -166,8 +191,8 @@ class Extractor:
 
     @torch.no_grad()
     def local(self, images: torch.Tensor):
-        """Backbone output for a batch."""
-        return self.backbone(images.to(self.device))
+        """Backbone output for a batch, computed at the extractor's precision (returned as fp32)."""
+        return precisions.forward_at(self.backbone, images.to(self.device), self.precision)
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -181,20 +206,19 @@ class Extractor:
             return
         rng = random.Random(self.conf["seed"])
         sample = sorted(rng.sample(names, min(len(names), self.conf["fit_max_images"])))
-        feats = []
-        for _, images, _ in tqdm(list(self.batches(root, sample)), desc="fit: local features", unit="batch"):
-            if len(images):
-                loc = self.local(images).local
-                feats.append(loc.permute(0, 2, 3, 1).reshape(-1, loc.shape[1]).cpu().numpy())
-        local = np.concatenate(feats)
+        self.fit_local([self.local(images).local for _, images, _ in
+                        tqdm(list(self.batches(root, sample)), desc="fit: local features", unit="batch")
+                        if len(images)])
+
+    def fit_local(self, batches: list[torch.Tensor]) -> None:
+        """Fit the aggregator on local-feature batches (B, C, h, w) of the sampled map images."""
+        local = np.concatenate([loc.permute(0, 2, 3, 1).reshape(-1, loc.shape[1]).cpu().numpy() for loc in batches])
         max_feats = 200_000
         if len(local) > max_feats:
             local = local[np.random.default_rng(self.conf["seed"]).choice(len(local), max_feats, replace=False)]
         self.aggregator.fit(local)
         if getattr(self.aggregator, "pca_dim", None):
-            raws = [self.aggregator.raw(self.local(im).local).numpy() for _, im, _ in self.batches(root, sample)
-                    if len(im)]
-            self.aggregator.fit_pca(np.concatenate(raws))
+            self.aggregator.fit_pca(np.concatenate([self.aggregator.raw(loc).numpy() for loc in batches]))
 
     def save_state(self, path: Path) -> None:
         """Write fitted aggregator arrays atomically as .npz (no pickle)."""

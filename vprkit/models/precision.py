@@ -1,0 +1,181 @@
+"""Reduced-precision backbone inference (bf16 autocast, int8 dynamic quantization) and a per-machine probe.
+
+Extraction dominates indexing time on a CPU; bf16 kernels (AVX512-BF16 / AMX) and int8 kernels (VNNI) run
+the same network faster, at a small cost in accuracy that differs per model and per machine. The precision
+changes the descriptors, so it is part of the descriptor's identity (the extractor's model key).
+
+- bf16: the forward runs under `torch.autocast` (weights stay fp32, matmuls and convolutions run in bf16), the
+  model in channels-last layout (oneDNN's fast path for bf16 convolutions); outputs come back as fp32.
+- int8: `quantize_dynamic` on every Linear layer (int8 weights, activations quantized per batch). Convolutions
+  stay fp32: torch's dynamic int8 Conv2d gives wrong features (cosine 0.27 to fp32 on MobileNetV2) and is slower,
+  and static int8 needs calibration data, so a backbone without Linear layers refuses int8.
+- auto: `probe` times each precision on a dummy input once per machine, model and input size, and picks the
+  fastest whose features agree with fp32 (mean per-location cosine >= AGREEMENT); the result is cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backbone, BackboneOutput, cache_dir
+
+logger = logging.getLogger("vprkit")
+
+PRECISIONS = ("fp32", "bf16", "int8")
+CHOICES = (*PRECISIONS, "auto")
+# Mean per-location cosine of the local features to fp32 that `auto` accepts. On the probe's noise input bf16
+# scores 0.999+ (DINOv2-S, MobileNetV2) and keeps R@1 within -0.009..+0.014 of fp32 on the dev sets with the same
+# vocabulary; DINOv2-S int8 scores 0.982 and loses 0.027-0.057 R@1 on Corridor, ESSEX3IN1 and Nordland, so auto
+# does not pick it (docs/precision.md). Dynamic int8 convolutions score 0.32.
+AGREEMENT = 0.99
+PROBE_REPEATS = 3
+
+
+def check(precision: str) -> str:
+    """`precision` if it is a known name, else a clear error listing them."""
+    if precision not in CHOICES:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(CHOICES)}")
+    return precision
+
+
+class Int8Linear(nn.Module):
+    """A dynamically quantized Linear that still exposes float `weight` / `bias` (the dequantized int8 values), so
+    code that reads them directly (DINOv2's value facet) computes with the same weights as the forward."""
+
+    def __init__(self, quantized: nn.Module) -> None:
+        super().__init__()
+        self.quantized = quantized
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantized(x)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.quantized.weight().dequantize()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.quantized.bias()
+
+
+def _wrap_quantized(module: nn.Module) -> None:
+    """Replace every dynamically quantized Linear below `module` by an `Int8Linear` around it."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    for name, child in module.named_children():
+        if isinstance(child, DynamicLinear):
+            setattr(module, name, Int8Linear(child))
+        else:
+            _wrap_quantized(child)
+
+
+def supports(backbone: nn.Module, precision: str) -> bool:
+    """Whether `backbone` can run at `precision` (int8 needs Linear layers to quantize)."""
+    return precision != "int8" or any(isinstance(m, nn.Linear) for m in backbone.modules())
+
+
+def prepare(backbone: Backbone, precision: str) -> Backbone:
+    """`backbone` (changed in place) set up to run at `precision` with `forward_at`."""
+    if check(precision) == "auto":
+        raise ValueError("precision 'auto' must be resolved with probe() before preparing a model")
+    if not supports(backbone, precision):
+        raise ValueError(f"int8 quantizes Linear layers and {type(backbone).__name__} has none (dynamic int8 "
+                         "convolutions are wrong and slower in torch); use bf16 for convolutional backbones")
+    if precision == "int8":
+        if any(p.device.type != "cpu" for p in backbone.parameters()):
+            raise ValueError("int8 (dynamic quantization) runs on the CPU only; use bf16 on other devices")
+        with warnings.catch_warnings():  # torch flags the eager quantization API as deprecated; it still works
+            warnings.simplefilter("ignore")
+            torch.ao.quantization.quantize_dynamic(backbone, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        _wrap_quantized(backbone)
+    elif precision == "bf16":
+        backbone.to(memory_format=torch.channels_last)
+    return backbone
+
+
+def forward_at(backbone: Backbone, x: torch.Tensor, precision: str) -> BackboneOutput:
+    """The backbone's output for `x` computed at `precision` (a prepared model), returned as fp32."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = backbone(x)
+    token = None if out.global_token is None else out.global_token.float()
+    return BackboneOutput(out.local.float(), token)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what the probe's speed ranking depends on)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def agreement(ref: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean over locations of the cosine between two (B, C, h, w) feature maps."""
+    return F.cosine_similarity(ref.flatten(2), other.flatten(2), dim=1).mean().item()
+
+
+def probe(backbone: Backbone, model_conf: dict, size: tuple[int, int], threshold: float = AGREEMENT) -> dict:
+    """Measure each precision once on this machine (cached) and pick the fastest that agrees with fp32.
+
+    The cache file is keyed by CPU model, torch version and threads, `model_conf` and the input `size`
+    (H, W); it holds the timings, agreements, the choice and the reason, which is logged.
+    """
+    key = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "model": model_conf, "input": list(size), "threshold": threshold}
+    path = cache_dir() / "precision" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+                                        + ".json")
+    if path.is_file():
+        result = json.loads(path.read_text())
+        logger.info("precision auto (cached in %s): %s", path, result["reason"])
+        return result
+    result = {"key": key, **measure(backbone, size, threshold)}
+    _write_json(path, result)
+    logger.info("precision auto: %s", result["reason"])
+    return result
+
+
+def measure(backbone: Backbone, size: tuple[int, int], threshold: float) -> dict:
+    """Median seconds per forward (runs interleaved across precisions) and agreement with fp32 of each
+    precision the backbone supports, then the choice and why."""
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    models = {p: prepare(copy.deepcopy(backbone), p) for p in PRECISIONS if supports(backbone, p)}
+    with torch.no_grad():
+        outs = {p: forward_at(m, x, p).local for p, m in models.items()}  # also the warm-up
+        times: dict[str, list[float]] = {p: [] for p in models}
+        for _ in range(PROBE_REPEATS):
+            for p, m in models.items():
+                start = time.perf_counter()
+                forward_at(m, x, p)
+                times[p].append(time.perf_counter() - start)
+    seconds = {p: sorted(t)[len(t) // 2] for p, t in times.items()}
+    agree = {p: agreement(outs["fp32"], o) for p, o in outs.items()}
+    ok = [p for p in models if p == "fp32" or agree[p] >= threshold]  # fp32 is the reference: always eligible
+    choice = min(ok, key=seconds.__getitem__)
+    parts = [f"{p} {seconds[p] * 1000:.0f} ms ({seconds['fp32'] / seconds[p]:.2f}x fp32), cosine {agree[p]:.4f}"
+             + ("" if p in ok else " (rejected)") for p in models]
+    reason = f"chose {choice}, the fastest with cosine >= {threshold} to fp32: " + "; ".join(parts)
+    return {"choice": choice, "seconds": seconds, "agreement": agree, "reason": reason}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write `data` to `path` atomically (a crash leaves the old file or none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
