@@ -29,13 +29,13 @@ def test_choose_follows_the_budget():
     # 1000 x 256 float32 = 1 MB: exact within 4 MB
     assert large.choose(1000, 256, 4 * 2**20).factory == "Flat"
     assert "too few" in large.choose(5000, 4096, 1000).reason  # compressed needs thousands to train
-    # 10M x 256: 9.5 GiB float32; PQ32 + ids = 40 bytes each = 381 MiB: in RAM under 2 GB, on disk under 512 MB
-    ram = large.choose(10_000_000, 256, 2 * 2**30)
-    assert ram.factory.startswith("IVF") and "HNSW32" in ram.factory and ram.factory.endswith("PQ32")
-    assert not ram.on_disk and ram.rescore
-    assert large.choose(10_000_000, 256, 512 * 2**20).on_disk
-    assert large.choose(200_000, 96, 10 * 2**20).factory.endswith("PQ32")  # 96 = 3 x 32
-    assert large.choose(200_000, 100, 10 * 2**20).factory.endswith("PQ4")  # largest listed divisor of 100
+    # 10M x 256: 9.5 GiB float32; SQ8 codes + ids = 264 bytes each = 2.5 GiB: on disk under 2 GB, in RAM under 8 GB
+    disk = large.choose(10_000_000, 256, 2 * 2**30)
+    assert disk.factory.startswith("IVF") and "HNSW32" in disk.factory and disk.factory.endswith("SQ8")
+    assert disk.on_disk and disk.rescore
+    assert not large.choose(10_000_000, 256, 8 * 2**30).on_disk
+    small = large.choose(200_000, 96, 10 * 2**20)  # 200k: flat quantizer, ~sqrt(n) lists
+    assert small.factory == "IVF512,SQ8" and small.nprobe == 64
 
 
 def test_rescore_orders_the_shortlist_by_exact_inner_product():
