@@ -8,7 +8,7 @@ mean rank over the *other* sets, scored on the held-out one. Those are the figur
 One backbone pass per (set, resolution) yields every block / facet (`DinoV2.tokens`), so the sweep costs a
 few passes per set; aggregation reuses vprkit's own VLAD / GeM classes and PCA fit.
 
-    python bench/select_defaults.py --data ../shared/data [--nordland-limit 400] [--json out.json]
+    python bench/select_defaults.py --data ../shared/data [--nordland-limit 300] [--json out.json]
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def report(scores: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {ds} | {win} | {scores[ds][win]:.3f} | {scores[ds][CURRENT_DEFAULT]:.3f} | {best:.3f} |")
     mean = ranks(scores, sets)
     top = sorted(mean, key=lambda n: (mean[n], n))[:12]
-    lines += ["", "### Mean rank over all sets (the default is the first row)", "",
+    lines += ["", "### Mean rank over all sets (best first; the default is the best plain candidate, without DBA / QE)",
+              "",
               "| candidate | mean rank | " + " | ".join(f"{s} R@1" for s in sets) + " |",
               "|---|---|" + "---|" * len(sets)]
     for n in top + ([CURRENT_DEFAULT] if CURRENT_DEFAULT not in top else []):

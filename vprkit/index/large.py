@@ -4,8 +4,8 @@
   coarse quantizer past 1M vectors, so assigning codes stays fast), with codes in RAM when they fit in half the
   budget and inverted lists on disk (memory-mapped at query time) otherwise. 8-bit codes, not product
   quantization: on Nordland queries among 300k distractors the exact top-1 is in the top 1000 of IVF-SQ8 for
-  100 % of queries, of PQ32 61 %, PQ64 80 %, OPQ64 93 %, PQ96 98 % (docs/scale.md). As autofaiss does, but recorded in the
-  manifest with the reason.
+  100 % of queries, of PQ32 61 %, PQ64 80 %, OPQ64 93 %, PQ96 98 % (docs/scale.md). As autofaiss does, but
+  recorded in the manifest with the reason.
 - `build_chunked`: trains on a bounded sample, then adds codes chunk by chunk, so memory is bounded by one chunk
   plus the codes (or one chunk only, on disk: per-chunk blocks merged with faiss' `merge_ondisk`).
 - Full descriptors are kept beside the index as a float16 `.npy` (memory-mapped), and `rescore` re-ranks the
