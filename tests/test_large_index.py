@@ -50,7 +50,8 @@ def test_rescore_orders_the_shortlist_by_exact_inner_product():
 def test_chunked_build_with_rescoring_finds_the_exact_top1(tmp_path, on_disk):
     x, q, truth = _data()
     choice = large.IndexChoice("IVF16,PQ8x4", on_disk, 16, True, "test")
-    index = large.build_chunked(large.iter_chunks(x, 400), len(x), x.shape[1], choice, tmp_path, x[:1000])
+    chunks = (x[s:s + 400] for s in range(0, len(x), 400))
+    index = large.build_chunked(chunks, len(x), x.shape[1], choice, tmp_path, x[:1000])
     if on_disk:
         assert index is None and (tmp_path / large.IVFDATA_FILE).is_file()
         moved = tmp_path.parent / (tmp_path.name + "-moved")

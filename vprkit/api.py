@@ -66,12 +66,6 @@ def _extract_map(conf: dict, map_dir: Path, work: Path, names: list[str], device
         return extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=names, device=device)
     from .features import distributed
 
-    try:
-        import ray as _  # noqa: F401
-    except ImportError:
-        logger.warning("--ray: the ray package is not installed (pip install 'vprkit[ray]'); extracting the same "
-                       "shards in this process")
-        ray = None
     return distributed.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE, names=names, address=ray,
                             num_workers=workers, device=device)
 

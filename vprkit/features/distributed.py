@@ -12,6 +12,7 @@ Ray is an optional extra (`pip install vprkit[ray]`); without it `main` runs the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -157,6 +158,10 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, state_path
     """
     image_dir, feature_path, state_path = Path(image_dir), Path(feature_path), Path(state_path)
     names = names if names is not None else list_images(image_dir)
+    if address is not None and importlib.util.find_spec("ray") is None:
+        logger.warning("the ray package is not installed (pip install 'vprkit[ray]'); extracting the same shards in "
+                       "this process")
+        address = None
     shard_dir = feature_path.with_name(feature_path.stem + "_shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards = shard_lists(names, shard_size)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -210,9 +210,3 @@ def manifest_entry(choice: IndexChoice, recall: float, shortlist: int = SHORTLIS
     """The choice, its reason, the re-scored shortlist and the recall measured at build time, for the manifest."""
     return {**asdict(choice), "shortlist": shortlist if choice.rescore else 0,
             "expected_recall_at_1": round(recall, 4)}
-
-
-def iter_chunks(array: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-    """Row chunks of an array (or memory map) as float32."""
-    for s in range(0, len(array), chunk):
-        yield np.asarray(array[s:s + chunk], dtype=np.float32)
