@@ -186,6 +186,27 @@ def test_streaming_equals_batch_online(preset, search):
     assert [a[1] for a in again] == pytest.approx([o[1] for o in out], rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("preset,search", [("seqslam", "candidates"), ("hmm", "full")])
+def test_removed_images_are_not_places_of_the_route(preset, search):
+    """A localizer on a map with removed (not yet compacted) images answers as one built on the live images only."""
+    path = np.floor(5 + 1.1 * np.arange(30)).astype(int)
+    q, m = stream_on(path, num_places=60, dim=32, noise=2.0, seed=7)
+    names = [f"{i:03d}.png" for i in range(len(m))]
+    gone = {9, 10, 11, 30, 59}  # on the stream's path (9-11, 30) and at the end of the route
+    mi = faiss_index.MapIndex(faiss_index.build(m), {"names": list(names)})
+    for i in gone:
+        mi.remove(names[i])
+    live = [i for i in range(len(m)) if i not in gone]
+    ref = faiss_index.MapIndex(faiss_index.build(m[live]), {"names": [names[i] for i in live]})
+    conf = pipeline.get_conf(preset, search=search)
+    loc, want_loc = SequenceLocalizer(mi, conf, map_desc=m), SequenceLocalizer(ref, conf, map_desc=m[live])
+    got = [loc.add(x) for x in q]
+    want = [want_loc.add(x) for x in q]
+    assert [names[g] for g, _ in got] == [ref.names[w] for w, _ in want]
+    assert not gone & {g for g, _ in got}
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-4, abs=1e-5)
+
+
 def test_layout_from_timestamps_positions_and_names(tmp_path):
     from vprkit.data.groundtruth import GroundTruthError
     from vprkit.sequence.order import layout

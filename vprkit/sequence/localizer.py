@@ -16,14 +16,15 @@ from .. import api
 from ..data.images import resize_to_stride
 from ..features import extract, h5io
 from ..index import faiss_index
-from . import matcher, order, pipeline
+from . import matcher, pipeline
 
 
 class SequenceLocalizer:
     """Localize a stream of frames on a saved index (online: each estimate uses only past frames).
 
     `index`: an index folder (`vprkit index`) or a loaded `MapIndex` whose map descriptors are given as
-    `map_desc`; `conf`: a sequence preset name or a config from `pipeline.get_conf`.
+    `map_desc` (one row per index id, removed images included: they are left out of the route); `conf`: a
+    sequence preset name or a config from `pipeline.get_conf`.
     `add(frame)`: `frame` is an image (PIL image or H x W (x 3) uint8 array) or its global descriptor (a vector of
     the index's dimension); returns (estimate, score): the index's map image number (`self.names[estimate]`) and
     the confidence (SeqSLAM: margin of the best line over the best one elsewhere; HMM: posterior probability).
@@ -41,14 +42,12 @@ class SequenceLocalizer:
             if self.index_dir is None:
                 raise ValueError("give map_desc with a loaded MapIndex (or pass the index folder)")
             map_desc = h5io.read_global(self.index_dir / api.MAP_FEATURES, self.names)
-        lay = order.layout(self.conf["map_order"], self.names)
-        self.order = lay.order
-        route = np.ascontiguousarray(np.asarray(map_desc, dtype=np.float32)[lay.order])
-        search = pipeline.index_search(self.index, lay.order)
+        self.order, pos = pipeline.map_route(self.index, self.conf["map_order"])
+        route = np.ascontiguousarray(np.asarray(map_desc, dtype=np.float32)[self.order])
+        search = pipeline.index_search(self.index, self.order)
         if self.conf["method"] == "seqslam":
             self._new_stream = lambda: matcher.SeqSLAMStream(route, self.conf, search)
         else:
-            pos = None if lay.positions is None else lay.positions[lay.order]
             trans = pipeline.transitions(self.conf, len(route), pos)
             self._new_stream = lambda: matcher.HMMStream(route, self.conf, trans, search)
         self.stream = self._new_stream()

@@ -73,10 +73,18 @@ def match(conf: dict, q_desc: np.ndarray, map_desc: np.ndarray, positions: np.nd
     return matcher.hmm_batch(q_desc, map_desc, conf, transitions(conf, len(map_desc), positions), search)
 
 
-def index_search(mi: faiss_index.MapIndex, m_order: np.ndarray) -> matcher.Search:
-    """Top-K search through a saved index, answering route positions."""
-    route_of = np.empty(len(m_order), dtype=np.int64)
-    route_of[m_order] = np.arange(len(m_order))
+def map_route(mi: faiss_index.MapIndex, spec: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(index ids along the route, their positions in that order or None): the map's live images only, so a
+    removed image is never a place of the route, even before its index is compacted."""
+    live = np.array([i for i in range(len(mi.names)) if i not in mi.deleted], dtype=np.int64)
+    lay = order.layout(spec, [mi.names[i] for i in live])
+    return live[lay.order], None if lay.positions is None else lay.positions[lay.order]
+
+
+def index_search(mi: faiss_index.MapIndex, route_ids: np.ndarray) -> matcher.Search:
+    """Top-K search through a saved index, answering route positions (-1 for an empty slot)."""
+    route_of = np.full(len(mi.names) + 1, -1, dtype=np.int64)  # the extra slot maps faiss's -1 padding to -1
+    route_of[route_ids] = np.arange(len(route_ids))
     return lambda q, k: route_of[mi.search(q, k)[1]]
 
 
@@ -127,13 +135,12 @@ def main(conf: dict, index_dir: str | Path | None, query_dir: str | Path | None 
     q_dir, q_all, q_names, q_desc = _queries(index_dir, mi.manifest, query_dir, results_dir, out_dir, device)
     m_names = mi.names
     map_desc = h5io.read_global(index_dir / api.MAP_FEATURES, m_names)
-    m_lay, q_lay = order.layout(conf["map_order"], m_names), order.layout(conf["query_order"], q_names)
-    m_pos = None if m_lay.positions is None else m_lay.positions[m_lay.order]
-    est, confidence, ids, scores = match(conf, q_desc[q_lay.order], map_desc[m_lay.order], m_pos,
-                                         index_search(mi, m_lay.order))
+    route, m_pos = map_route(mi, conf["map_order"])
+    q_lay = order.layout(conf["query_order"], q_names)
+    est, confidence, ids, scores = match(conf, q_desc[q_lay.order], map_desc[route], m_pos, index_search(mi, route))
     stream = [q_names[i] for i in q_lay.order]
-    ids = np.where(ids >= 0, m_lay.order[np.maximum(ids, 0)], -1)
-    est = m_lay.order[est]
+    ids = np.where(ids >= 0, route[np.maximum(ids, 0)], -1)
+    est = route[est]
     outputs.atomic_write(out_dir / "sequence.txt", "# query estimate confidence\n" + "".join(
         f"{q} {m_names[e]} {c:.6f}\n" for q, e, c in zip(stream, est, confidence)))
     truth = ground_truth_for_kept(gt, q_all, stream, m_names, threshold) if gt is not None else None

@@ -83,14 +83,14 @@ class Service:
     def stream_factory(self, search) -> StreamLocalizer:
         """One stream's localizer: `vprkit.sequence.SequenceLocalizer` with the `stream_preset` (default SeqSLAM in
         candidates mode, so a stream's memory is bounded by its window and candidates, not the map) on the live
-        map, shared by all streams and rebuilt when the map changes; the built-in `WindowLocalizer` where the
-        index cannot give its vectors back (compressed indexes) or holds removed images (until compaction)."""
+        map, shared by all streams and rebuilt when the map changes (removed images are not places of its route);
+        the built-in `WindowLocalizer` where the index cannot give its vectors back (compressed indexes)."""
         with self.writer.lock:
             mi = self.map
             key = (mi.index.ntotal, len(mi.deleted))  # a compaction makes a new MapIndex: compared by identity
             if self._sequence is None or self._sequence[0] is not mi or self._sequence[1] != key:
-                try:  # removed images would stay places of the route until compaction: window localizer till then
-                    desc = None if mi.deleted else mi.index.reconstruct_n(0, mi.index.ntotal)
+                try:  # removed images are masked by the localizer (they are not places of its route)
+                    desc = mi.index.reconstruct_n(0, mi.index.ntotal)
                 except RuntimeError:
                     desc = None
                 base = None if desc is None else SequenceLocalizer(mi, self.s["stream_preset"], map_desc=desc)

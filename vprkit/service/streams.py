@@ -2,8 +2,8 @@
 
 A stream localizer takes one frame's global descriptor and returns (map id, score) of the sequence-
 consistent estimate. The factory is swappable (`Streams(factory)`, chosen in `service.app.Service.stream_factory`):
-`vprkit.sequence.SequenceLocalizer(index, conf)` (the sequence-matching step, constant memory per stream) plugs in
-there; until it is merged, `WindowLocalizer` is the built-in one.
+`vprkit.sequence.SequenceLocalizer(index, conf)` (the sequence-matching step, constant memory per stream), or
+`WindowLocalizer` where the index cannot give its descriptors back (compressed indexes).
 """
 
 from __future__ import annotations
