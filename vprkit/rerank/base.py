@@ -136,7 +136,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
     order = report.display_order(ids, scores, truth.positives if truth else None)
     figures = reranker.match_figures(report.files_dir(out_dir / "report.html") / "matches", cand, ids,
-                                     order[:match_figures], out_dir / "cache")
+                                     order[:match_figures], out_dir / "cache") if match_figures else None
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
                            retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline,
                            match_figures=figures, match_limit=match_figures)
