@@ -62,6 +62,10 @@ def main() -> None:
         print(f"  first rows: {[r['status'] for r in first['rows'][:5]]}, plots visible: "
               f"{sum(p['visible'] and p['width'] > 0 for p in first['plots'])}/{len(first['plots'])}, "
               f"filters: {first['filters']}")
+        if first["match_figures"]:
+            shown = [f for f in first["match_figures"] if f["visible"]]
+            print(f"  match figures on page 1: {len(shown)} of {len(first['match_figures'])} loaded (lazy), the first "
+                  f"{first['match_figures'][0]['text']!r}; note: {first['match_note']!r}")
 
 
 if __name__ == "__main__":
