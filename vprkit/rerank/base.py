@@ -24,7 +24,7 @@ from ..index import faiss_index
 
 logger = logging.getLogger("vprkit")
 RESULTS_FILE, PREDICTIONS_FILE = "results.json", "predictions.txt"
-MATCH_FIGURES = 200  # queries with a match figure in the report (patch-based methods): ~4 MB, 4 pages of rows
+MATCH_FIGURES = 200  # queries with a match figure in the report (patch-based methods): ~3.5 MB, 4 pages of rows
 
 
 @dataclass

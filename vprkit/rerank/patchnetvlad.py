@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..aggregators.netvlad import NetVLAD
 from ..api import STATE_FILE
 from ..data.groundtruth import GroundTruth
-from ..data.images import list_images
+from ..data.images import ImageError, list_images, load_image
 from ..data.safeio import replacing
 from ..evaluation import metrics, report
 from ..evaluation.outputs import atomic_savez, atomic_write
@@ -184,7 +184,6 @@ class PatchNetVLAD(Reranker):
                      for k, r in metrics.recall_at_n(rows, truth, ORIGINAL_NS, all_queries=True).items()]
             atomic_write(out_dir / "recalls.txt", "\n".join(lines) + "\n")
 
-
     def match_figures(self, folder: Path, retrieval: Retrieval, ids: np.ndarray, queries: np.ndarray,
                       work_dir: Path) -> dict[int, report.MatchFigure]:
         """Each of `queries` beside its top-1 in `ids`, with the correspondences RANSAC verifies for every
@@ -210,7 +209,11 @@ class PatchNetVLAD(Reranker):
                                        patches.read_patches(fm, [retrieval.m_names[j]], sizes, codebook))
                 paths = [retrieval.query_dir / q, retrieval.map_dir / retrieval.m_names[j]]
                 name = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:20] + ".jpg"
-                draw_matches(images_for_display(paths, self.conf["resize"]), lines, folder / name, scale)
+                try:
+                    draw_matches(images_for_display(paths, self.conf["resize"]), lines, folder / name, scale)
+                except (ImageError, OSError) as exc:  # gone since its features were cached: no figure, no failure
+                    logger.warning("no match figure for %s: %s", q, exc)
+                    continue
                 out[int(qi)] = report.MatchFigure(name, dict(zip(map(str, sizes), lines, strict=True)))
         return out
 
@@ -409,16 +412,14 @@ def verified_lines(matcher: Matcher, q: list[np.ndarray], db: list[np.ndarray]) 
     return lines
 
 
-def images_for_display(names: list, size: list[int]):
+def images_for_display(names: list[str | Path], size: list[int]):
     """The two images at the size the patches were computed at."""
-    from ..data.images import load_image
-
     return [load_image(n).resize(tuple(size), patches.RESAMPLE) for n in names]
 
 
 def draw_matches(images: list, lines: list[list[tuple]], path: Path, scale: float = 1.0) -> None:
     """Side-by-side image (format from the suffix) with one colour per patch size; each line joins matched
-    patch centres. `scale` < 1 shrinks the images first (the lines stay one pixel wide)."""
+    patch centres. `scale` resizes the images first (the lines stay one pixel wide)."""
     from PIL import Image, ImageDraw
 
     if scale != 1.0:
