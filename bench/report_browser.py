@@ -1,6 +1,6 @@
 """Report pages in headless Chromium: file sizes, time to first paint, a screenshot of each.
 
-    python bench/report_browser.py PAGE.html [PAGE.html ...] [--shots docs/img] [--loads 3]
+    python bench/report_browser.py PAGE.html [PAGE.html ...] [--shots docs/img] [--loads 3] [--width 1400]
 
 Prints one row per page: the page, data.js, thumbnails (count, bytes), plots, total bytes, and the median
 first-contentful-paint and the time the first page of rows is in the DOM,
@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--shots", type=Path, help="folder for one screenshot per page (report-<name>.png)")
     p.add_argument("--names", nargs="+", help="a short name per page (default: the page's folder name)")
     p.add_argument("--loads", type=int, default=3)
+    p.add_argument("--width", type=int, default=1400, help="viewport width (px) of the loads and screenshots")
     args = p.parse_args()
     print(f"machine: {machine()}; browser: {browser.chromium_path()}")
     print("| report | queries | page | data.js | thumbnails | plots | total | first paint | first rows shown "
@@ -49,7 +50,7 @@ def main() -> None:
         runs = []
         for i in range(args.loads):
             shot = args.shots / f"report-{name}.png" if args.shots and i == 0 else None
-            runs.append(browser.inspect(page, screenshot=shot))
+            runs.append(browser.inspect(page, screenshot=shot, width=args.width))
         fcp = statistics.median(r["first_contentful_paint_ms"] for r in runs)
         rows = statistics.median(r["rows_rendered_ms"] for r in runs)
         errors = sum(len(r["console_errors"]) for r in runs)
@@ -61,6 +62,10 @@ def main() -> None:
         print(f"  first rows: {[r['status'] for r in first['rows'][:5]]}, plots visible: "
               f"{sum(p['visible'] and p['width'] > 0 for p in first['plots'])}/{len(first['plots'])}, "
               f"filters: {first['filters']}")
+        if first["match_figures"]:
+            shown = [f for f in first["match_figures"] if f["visible"]]
+            print(f"  match figures on page 1: {len(shown)} of {len(first['match_figures'])} loaded (lazy), the first "
+                  f"{first['match_figures'][0]['text']!r}; note: {first['match_note']!r}")
 
 
 if __name__ == "__main__":

@@ -40,3 +40,28 @@ def synthetic_report(folder: Path, num_queries: int = 120, top: int = 3) -> tupl
     data = ReportData("synthetic", folder / "q", names["q"], folder / "m", names["m"], ranking("B", 3, 0.0),
                       positives, ranking("A", 4, 0.05), pos["q"], pos["m"], top=top)
     return write_report(folder / "report.html", data), data
+
+
+def with_match_figures(page: Path, data, limit: int) -> tuple[Path, "ReportData"]:  # noqa: F821
+    """`data`'s report again with a match figure for its first `limit` queries in display order, drawn by the
+    match-two drawing code from hand-made correspondences: 6 (3 per patch size) for even query indices, none for
+    odd ones (so a figure without lines is there to compare with)."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from vprkit.evaluation.report import MatchFigure, display_order, files_dir, write_report
+    from vprkit.rerank.patchnetvlad import draw_matches
+
+    figures = {}
+    for qi in display_order(data.ranking.ids, data.ranking.scores, data.positives)[:limit]:
+        qi = int(qi)
+        pairs = [((4.0 + 6 * k, 4.0 + 4 * k), (40.0 - 5 * k, 28.0 - 4 * k)) for k in range(6 if qi % 2 == 0 else 0)]
+        lines = {"2": pairs[:3], "5": pairs[3:]}
+        top1 = data.m_names[data.ranking.ids[qi, 0]]
+        images = [Image.open(data.q_root / data.q_names[qi]), Image.open(data.m_root / top1)]
+        name = f"q{qi}.jpg"
+        draw_matches(images, list(lines.values()), files_dir(page) / "matches" / name, scale=4.0)
+        figures[qi] = MatchFigure(name, lines)
+    data = replace(data, match_figures=figures, match_limit=limit)
+    return write_report(page, data), data

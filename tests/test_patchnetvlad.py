@@ -243,3 +243,54 @@ def test_cascade_reranks_the_cheap_presets_top_k(retrieval, tmp_path):
     assert (ids[:, 3:] == cheap_ids[:, 3:]).all() and np.array_equal(scores[:, 3:], cheap_scores[:, 3:])
     assert all(sorted(a[:3]) == sorted(b[:3]) for a, b in zip(ids, cheap_ids))  # the head is re-ordered only
     assert [ret.m_names[i] for i in ids[:, 0]] == ret.q_names  # the self-match first
+
+
+def _verified_here(conf: dict, cache: Path, q: str, m: str) -> list[tuple]:
+    """(query, map) pixel centres of the size-5 patch pairs `Matcher.verified` keeps, from the cached features,
+    on a patch grid built here (8x6 feature cells: 32x24 images, stride-4 backbone)."""
+    import h5py
+
+    from vprkit.rerank import spatial
+
+    matcher = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(6, 8, 5, 1, 4)], feat_stride=4)
+    with h5py.File(cache / "query.h5") as fq, h5py.File(cache / "map.h5") as fm:
+        fw, mutual = spatial.mutual_nn(torch.from_numpy(fq[f"{q}/p5"][()]), torch.from_numpy(fm[f"{m}/p5"][()])[None])
+    qi, di = matcher.verified(0, fw, mutual)[0]
+    centres = matcher.centres[0]
+    return [(tuple(centres[i].tolist()), tuple(centres[j].tolist())) for i, j in zip(qi, di)]
+
+
+@pytest.mark.slow
+def test_report_match_figures_are_the_verified_correspondences_with_the_top1(retrieval):
+    """`--match-figures 5`: the first 5 queries of the report get a figure of the re-ranked top-1 (the query
+    itself here; the global top-1 was another image) whose correspondences are `Matcher.verified`'s for that
+    pair, recomputed from the cached features; a direct call with another top-1 gives that pair's."""
+    from report_helpers import read_report_data
+
+    from vprkit.cli import parse_overrides
+    from vprkit.rerank.base import load_retrieval
+
+    res, gt, names = retrieval
+    out = res / "speed"
+    assert main(["rerank", str(res), "--method", "patchnetvlad", "--preset", "speed", "--gt", str(gt), "-o", str(out),
+                 "--match-figures", "5", "--set", *SMALL]) == 0
+    data = read_report_data(out / "report.html")
+    assert data["matches"] == {"drawn": 5, "limit": 5, "queries": 12}
+    conf = pnv.PatchNetVLAD.get_conf("speed", **parse_overrides(SMALL))
+    [cache] = (out / "cache").glob("patches-*")
+    with_fig = [row for row in data["queries"] if row[9]]
+    assert [row[0] for row in with_fig] == names[:5]  # all right after re-ranking: query order
+    for row in with_fig:
+        top1 = data["maps"][row[3][0]][0]
+        # a query against itself: all 4 x 2 size-5 patches of the 8x6 feature map match and fit a homography
+        assert top1 == row[0] and row[9][1] == {"5": len(_verified_here(conf, cache, row[0], top1))} == {"5": 8}
+        assert Image.open(out / "report_files" / "matches" / row[9][0]).size == (400, 150)  # 200 px per image
+    ret = load_retrieval(res)
+    other = ret.ids[:, 1:]  # each query's second global candidate as its top-1
+    gone = ret.m_names[other[0, 0]]  # an image deleted after its features were cached: no figure with it
+    (ret.map_dir / gone).unlink()
+    figs = pnv.PatchNetVLAD(conf).match_figures(out / "figs", ret, other, np.arange(12), out / "cache")
+    assert sorted(figs) == [qi for qi in range(12) if gone not in (ret.q_names[qi], ret.m_names[other[qi, 0]])]
+    assert len(figs) < 12
+    for qi, fig in figs.items():
+        assert fig.lines == {"5": _verified_here(conf, cache, ret.q_names[qi], ret.m_names[other[qi, 0]])}

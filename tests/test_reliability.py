@@ -198,6 +198,9 @@ def test_counts_below_one_are_refused(tiny_backbone, image_folder, tmp_path, cap
     with pytest.raises(SystemExit) as exc:
         main(["query", str(tmp_path), str(image_folder), "--top-k", "0"])
     assert exc.value.code == 2 and "--top-k: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # 0 match figures is allowed (none drawn), a negative count is not
+        main(["rerank", str(tmp_path), "--method", "patchnetvlad", "--match-figures", "-1"])
+    assert exc.value.code == 2 and "--match-figures: must be at least 0, got -1" in capsys.readouterr().err
     with pytest.raises(safeio.InputError, match="--top-k must be at least 1"):
         api.localize(tmp_path, image_folder, top_k=0)
 

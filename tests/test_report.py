@@ -4,7 +4,7 @@ and (when Debian's chromium is installed) what a headless browser shows."""
 import os
 
 import pytest
-from report_helpers import read_report_data, synthetic_report
+from report_helpers import read_report_data, synthetic_report, with_match_figures
 
 from vprkit.evaluation import browser
 
@@ -77,3 +77,49 @@ def test_without_ground_truth_rows_keep_query_order_and_no_curves(tmp_path):
     assert [q[2] for q in data["queries"]] == ["nogt"] * 6 and data["counts"]["all"] == 6
     assert [q[0][-9:-4] for q in data["queries"]] == [f"{i:05d}" for i in range(6)]
     assert [p["src"] for p in data["plots"]] == ["map.svg"]  # positions are known, correctness is not
+
+
+def test_match_figures_for_the_first_queries_in_display_order(tmp_path):
+    page, d = with_match_figures(*synthetic_report(tmp_path), limit=45)
+    data = read_report_data(page)
+    assert data["matches"] == {"drawn": 45, "limit": 45, "queries": 120}
+    rows = data["queries"]
+    # the 40 wrong queries (0, 3, .., 117), the one without a positive (119), the first right ones (1, 2, 4, 5)
+    assert [q[0][-9:-4] for q in rows if q[9]] == [f"{i:05d}" for i in [*range(0, 120, 3), 119, 1, 2, 4, 5]]
+    assert all(q[9] == 0 for q in rows[45:])
+    first, second = rows[0][9], rows[1][9]  # queries 0 (6 correspondences) and 3 (none)
+    assert first == ["q0.jpg", {"2": 3, "5": 3}] and second == ["q3.jpg", {"2": 0, "5": 0}]
+    from PIL import Image
+
+    with Image.open(page.with_name("report_files") / "matches" / "q0.jpg") as fig:
+        assert fig.size == (2 * 4 * 48, 4 * 32)  # query | top-1, each scaled 4x
+
+
+def _drawn_pixels(png: bytes) -> int:
+    """Pixels of a rendered match figure far from both (flat) image colours and from the page's white (the
+    element's box may take a sub-pixel row of it): the drawn lines."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    quarter = arr.shape[1] // 4
+    plain = [np.median(arr[:, :quarter].reshape(-1, 3), 0), np.median(arr[:, -quarter:].reshape(-1, 3), 0),
+             np.array([255, 255, 255])]
+    return int((np.min([np.abs(arr - c).sum(-1) for c in plain], axis=0) > 80).sum())
+
+
+@pytest.mark.skipif(browser.chromium_path() is None,
+                    reason="Debian's chromium is not installed (apt-get install -y chromium): browser test skipped")
+def test_match_figure_of_the_first_failure_in_headless_chromium(tmp_path):
+    pytest.importorskip("playwright", reason="playwright (dev extra) not installed")
+    page, _ = with_match_figures(*synthetic_report(tmp_path), limit=10)
+    seen = browser.inspect(page)
+    assert seen["console_errors"] == []
+    figs = seen["match_figures"]
+    assert figs[0]["visible"] and figs[0]["width"] == 384 and figs[0]["text"] == "6 inliers (p2: 3, p5: 3)"
+    assert figs[1]["text"] == "0 inliers (p2: 0, p5: 0)" and figs[10]["text"] == "no figure"
+    # as the browser shows it: the first failure's figure has its lines, the second (no correspondences) none
+    assert _drawn_pixels(figs[0]["png"]) > 150 and _drawn_pixels(figs[1]["png"]) < 10
+    assert "first 10 of 120 queries" in seen["match_note"]

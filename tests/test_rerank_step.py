@@ -56,6 +56,9 @@ def test_rerank_cli_writes_and_evaluates(results, capsys):
     assert set(data["metrics"]) == {"global", "re-ranked"} and data["metrics"]["global"]["R@1"] == 1.0
     first = data["queries"][0]
     assert first[7] == -1 and data["maps"][first[8]][0] == first[0]  # the global top-1 was the query itself
+    # a method without verified correspondences: no match figures, no column for them
+    assert data["matches"] is None and all(q[9] == 0 for q in data["queries"])
+    assert not (res_dir / "rerank-reverse-all" / "report_files" / "matches").exists()
 
 
 def test_overrides_and_unknown_method(results, capsys):

@@ -239,11 +239,13 @@ def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) ->
 def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dict, q_all: list[str],
                   q_names: list[str], ids, scores, top_k: int, truth: GroundTruth | None,
                   report_top: int = 5, extra: dict | None = None, title: str | None = None,
-                  confidence=None, baseline: report.Ranking | None = None) -> dict:
+                  confidence=None, baseline: report.Ranking | None = None,
+                  match_figures: dict[int, report.MatchFigure] | None = None, match_limit: int | None = None) -> dict:
     """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking.
 
     Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score;
-    `baseline` (the ranking before re-ranking) adds the fixed / broken queries to the report."""
+    `baseline` (the ranking before re-ranking) adds the fixed / broken queries to the report, `match_figures`
+    (drawn for the first `match_limit` queries of the report) its match figures."""
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
@@ -259,6 +261,7 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
     report.write_report(out_dir / "report.html", report.ReportData(
         title, query_dir, q_names, Path(manifest["map_dir"]), m_names,
         report.Ranking(conf["preset"] if baseline is None else "re-ranked", ids, scores, result.get("metrics")),
-        truth.positives if truth else None, baseline, q_pos, m_pos, top=report_top))
+        truth.positives if truth else None, baseline, q_pos, m_pos, top=report_top, match_figures=match_figures,
+        match_limit=match_limit))
     result["out_dir"] = str(out_dir)
     return result

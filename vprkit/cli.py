@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", help="output folder (default RESULTS_DIR/rerank-METHOD-PRESET)")
     s.add_argument("--gt", help="ground truth, as for `vprkit query`")
     s.add_argument("--threshold", type=float)
+    s.add_argument("--match-figures", type=at_least(0), default=rerank_step.MATCH_FIGURES, metavar="N",
+                   help="patch-based methods: draw the verified correspondences with the top 1 for the report's "
+                        f"first N queries, failures first (default {rerank_step.MATCH_FIGURES}; 0: none)")
 
     _train_parser(sub)
 
@@ -294,7 +297,8 @@ def _rerank(args: argparse.Namespace) -> None:
     """`vprkit rerank`: re-rank, print global vs re-ranked metrics."""
     cls = rerank.get_reranker_class(args.method)
     conf = cls.get_conf(args.preset, **parse_overrides(args.set))
-    res = rerank_step.main(conf, args.results_dir, args.out, args.gt, args.threshold, args.num_rerank)
+    res = rerank_step.main(conf, args.results_dir, args.out, args.gt, args.threshold, args.num_rerank,
+                           args.match_figures)
     if "metrics" in res:
         print(metrics.format_table({"global": res["metrics_global"], f"{args.method}": res["metrics"]}))
     print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
@@ -408,12 +412,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or negative counts are refused with exit code 2)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def at_least(minimum: int):
+    """argparse type: an integer >= `minimum` (smaller counts are refused with exit code 2)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse's "invalid integer value: 'x'"
+    return parse
+
+
+positive_int = at_least(1)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,25 @@ def _rows(page) -> list[dict]:
         "rs => rs.map(r => ({status: r.dataset.status, name: r.cells[0].innerText}))")
 
 
-def inspect(page_path: Path, screenshot: Path | None = None, click: str | None = None) -> dict:
-    """Load `page_path` from file://, optionally click the filter button `click`, and report what shows."""
+def _match_figures(page, rendered: int = 2) -> list[dict]:
+    """The rows' match-figure cells (caption, image width, shown); the first `rendered` figures also as the
+    browser draws them (PNG of the element, once loaded)."""
+    cells = page.locator("#queries td.match")
+    out = []
+    for i in range(cells.count()):
+        imgs = cells.nth(i).locator("img")
+        fig = {"text": cells.nth(i).inner_text().strip(), "visible": imgs.count() > 0 and imgs.first.is_visible()}
+        if fig["visible"] and i < rendered:
+            imgs.first.scroll_into_view_if_needed()
+            fig["width"] = imgs.first.evaluate("i => i.decode().then(() => i.naturalWidth)")
+            fig["png"] = imgs.first.screenshot()
+        out.append(fig)
+    return out
+
+
+def inspect(page_path: Path, screenshot: Path | None = None, click: str | None = None, width: int = 1400) -> dict:
+    """Load `page_path` from file://, optionally click the filter button `click`, and report what shows
+    (in a `width` x 1000 viewport)."""
     from playwright.sync_api import sync_playwright
 
     exe = chromium_path()
@@ -39,7 +56,7 @@ def inspect(page_path: Path, screenshot: Path | None = None, click: str | None =
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": width, "height": 1000})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(Path(page_path).resolve().as_uri(), wait_until="load")
@@ -53,9 +70,11 @@ def inspect(page_path: Path, screenshot: Path | None = None, click: str | None =
                "first_row_visible": first_row_visible, "rows": _rows(page),
                "page_info": page.inner_text("#page-info"),
                "filters": page.eval_on_selector_all("#controls button", "bs => bs.map(b => b.innerText)")}
+        out["match_note"] = page.inner_text("#match-note") if page.locator("#match-note").count() else None
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))
+        out["match_figures"] = _match_figures(page)
         if click is not None:
             page.click(f"#controls button[data-filter='{click}']")
             out["filtered_rows"] = _rows(page)

@@ -3,6 +3,10 @@
 `report.html` is a small page; beside it `report_files/` holds JPEG thumbnails (written once, reused by later
 reports of the same images), the plots (matplotlib SVG) and `data.js`, the per-query table the page renders
 page by page. The data is a script, not fetched JSON, so the page works from file:// in Chromium.
+
+A patch-based re-ranking adds a match figure per query (`MatchFigure`: the query and its top-1 side by side
+with the verified correspondences, drawn by the re-ranker into `report_files/matches/`); the page shows it
+in the query's row and says when only the first queries (in display order, failures first) have one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ class Ranking:
 
 
 @dataclass
+class MatchFigure:
+    """A query's verified patch correspondences with its top-1: the drawn figure (`src`, relative to the files
+    folder) and, per patch size, the (query, map) pixel centres of each correspondence."""
+
+    src: str
+    lines: dict[str, list[tuple[tuple[float, float], tuple[float, float]]]]
+
+    def inliers(self) -> dict[str, int]:
+        return {size: len(pairs) for size, pairs in self.lines.items()}
+
+
+@dataclass
 class ReportData:
     """Everything a report shows. `baseline` (a global retrieval before re-ranking, or method A of a
     comparison) adds the queries it got wrong and `ranking` right (fixed) and the reverse (broken)."""
@@ -53,6 +69,8 @@ class ReportData:
     m_positions: np.ndarray | None = None
     top: int = 5
     change_labels: tuple[str, str] = ("fixed", "broken")  # names of the two baseline-vs-ranking filters
+    match_figures: dict[int, MatchFigure] | None = None  # by query index; None: the method has none
+    match_limit: int | None = None  # figures were drawn for the first this many queries in display order
 
 
 def files_dir(path: Path) -> Path:
@@ -81,6 +99,12 @@ def _status(correct: np.ndarray | None, has_pos: np.ndarray | None, n: int) -> l
     if correct is None:
         return ["nogt"] * n
     return ["right" if c else ("wrong" if h else "nopos") for c, h in zip(correct, has_pos)]
+
+
+def display_order(ids: np.ndarray, scores: np.ndarray, positives: list[np.ndarray] | None) -> np.ndarray:
+    """Query indices in the order the page lists them (failures first); what a figure budget follows."""
+    correct, has_pos = M.top1_correct(ids, M.GroundTruth(positives)) if positives is not None else (None, None)
+    return _order(_status(correct, has_pos, len(ids)), scores[:, 0])
 
 
 def _order(status: list[str], top1: np.ndarray) -> np.ndarray:
@@ -133,7 +157,8 @@ def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
 
     A row (read by report.js by position, to keep data.js small): [query name, thumbnail, status, top map refs,
     their scores, their correctness (0/1), a positive's map ref for wrong rows (-1 otherwise), change against the
-    baseline (1 fixed, -1 broken, 0), the baseline's top-1 map ref when changed (-1 otherwise)].
+    baseline (1 fixed, -1 broken, 0), the baseline's top-1 map ref when changed (-1 otherwise), the match
+    figure [file under matches/, inliers per patch size] (0 when the query has none)].
     """
     qdir, mdir = out / "thumbs" / "q", out / "thumbs" / "m"
     qdir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +180,7 @@ def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
             maps.append([d.m_names[j], thumbnail(d.m_root / d.m_names[j], mdir)])
         return m_ref[j]
 
+    figures = d.match_figures or {}
     rows = []
     for qi in _order(status, d.ranking.scores[:, 0]):
         valid = ids[qi] >= 0
@@ -163,7 +189,8 @@ def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
         was = ref(int(d.baseline.ids[qi, 0])) if change[qi] and d.baseline.ids[qi, 0] >= 0 else -1
         rows.append([d.q_names[qi], thumbnail(d.q_root / d.q_names[qi], qdir), status[qi],
                      [ref(int(j)) for j in ids[qi][valid]], [round(float(s), 4) for s in scores[qi][valid]],
-                     [int(int(j) in pos) for j in ids[qi][valid]], first_pos, int(change[qi]), was])
+                     [int(int(j) in pos) for j in ids[qi][valid]], first_pos, int(change[qi]), was,
+                     [figures[qi].src, figures[qi].inliers()] if qi in figures else 0])
     counts = {s: status.count(s) for s in STATUS_ORDER}
     counts.update(fixed=int((change > 0).sum()), broken=int((change < 0).sum()), all=len(status))
     return rows, maps, counts
@@ -196,7 +223,9 @@ def write_report(path: str | Path, d: ReportData) -> Path:
     data = {"title": d.title, "top": d.top, "metrics": _metrics_table(d, pr_numbers), "plots": figs,
             "labels": {"ranking": d.ranking.label, "baseline": d.baseline.label if d.baseline else None,
                        "fixed": d.change_labels[0], "broken": d.change_labels[1]},
-            "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows}
+            "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows,
+            "matches": None if d.match_figures is None else {"drawn": len(d.match_figures), "limit": d.match_limit,
+                                                             "queries": len(d.q_names)}}
     atomic_write(out / "data.js", "window.VPRKIT_REPORT = " + json.dumps(data, separators=(",", ":")) + ";\n")
     for asset in ("report.js", "report.css"):
         with replacing(out / asset) as tmp:

@@ -24,6 +24,7 @@ from ..index import faiss_index
 
 logger = logging.getLogger("vprkit")
 RESULTS_FILE, PREDICTIONS_FILE = "results.json", "predictions.txt"
+MATCH_FIGURES = 200  # queries with a match figure in the report (patch-based methods): ~3.5 MB, 4 pages of rows
 
 
 @dataclass
@@ -97,6 +98,12 @@ class Reranker(ABC):
         `work_dir` is a folder the method may use for resumable caches (features of map images).
         """
 
+    def match_figures(self, folder: Path, retrieval: Retrieval, ids: np.ndarray, queries: np.ndarray,
+                      work_dir: Path) -> dict[int, report.MatchFigure] | None:
+        """Figures of the verified correspondences of each of `queries` with its top-1 in `ids`, drawn into
+        `folder`, by query index; None for methods without verified correspondences (the default)."""
+        return None
+
     def finish(self, out_dir: Path, retrieval: Retrieval, ids: np.ndarray, scores: np.ndarray,
                result: dict, truth: GroundTruth | None = None) -> None:
         """Write method-specific outputs beside the shared ones (`result` holds the metrics); default none."""
@@ -104,8 +111,11 @@ class Reranker(ABC):
 
 
 def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None, gt: str | None = None,
-         threshold: float | None = None, num_rerank: int | None = None) -> dict:
-    """Re-rank the top `num_rerank` of a global retrieval with `conf['method']`; write outputs and metrics."""
+         threshold: float | None = None, num_rerank: int | None = None, match_figures: int = MATCH_FIGURES) -> dict:
+    """Re-rank the top `num_rerank` of a global retrieval with `conf['method']`; write outputs and metrics.
+
+    The report shows match figures for the first `match_figures` queries in its order (failures first)
+    when the method has verified correspondences (Patch-NetVLAD)."""
     from . import get_reranker_class
 
     retrieval = load_retrieval(results_dir)
@@ -124,7 +134,11 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
         extra["metrics_global"] = metrics.evaluate(cand.ids, truth)
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
     baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
+    order = report.display_order(ids, scores, truth.positives if truth else None)
+    figures = reranker.match_figures(report.files_dir(out_dir / "report.html") / "matches", cand, ids,
+                                     order[:match_figures], out_dir / "cache") if match_figures else None
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
-                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline)
+                           retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline,
+                           match_figures=figures, match_limit=match_figures)
     reranker.finish(out_dir, cand, ids, scores, result, truth)
     return result

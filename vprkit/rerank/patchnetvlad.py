@@ -32,8 +32,9 @@ from tqdm import tqdm
 from ..aggregators.netvlad import NetVLAD
 from ..api import STATE_FILE
 from ..data.groundtruth import GroundTruth
-from ..data.images import list_images
-from ..evaluation import metrics
+from ..data.images import ImageError, list_images, load_image
+from ..data.safeio import replacing
+from ..evaluation import metrics, report
 from ..evaluation.outputs import atomic_savez, atomic_write
 from ..features import patches
 from ..models import get_backbone
@@ -45,6 +46,7 @@ logger = logging.getLogger("vprkit")
 
 
 ORIGINAL_NS = (1, 5, 10, 20, 50, 100)  # the original's n_values_all
+FIGURE_WIDTH = 200  # px of each image in a report's match figure
 # Settings a cascade's cheap preset takes from the expensive one (everything but the method's own numbers).
 CASCADE_SHARED = ("resize", "num_clusters", "checkpoint", "fit_max_images", "fit_max_patches", "batch_size",
                   "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten")
@@ -126,14 +128,19 @@ class PatchNetVLAD(Reranker):
         ids, scores = self.rerank_all(head, work_dir)
         return np.concatenate([ids, cheap_ids[:, k:]], 1), np.concatenate([scores, cheap_scores[:, k:]], 1)
 
-    def rerank_all(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-        """This preset's ranking of every candidate of `retrieval`."""
+    def _cache(self, retrieval: Retrieval, work_dir: Path) -> tuple[str, Path]:
+        """The key of this preset's patch features and the folder that caches them (model, map.h5, query.h5)."""
         conf = self.conf
         key = json.dumps({k: conf[k] for k in ("resize", "patch_sizes", "strides", "num_pcs", "whiten",
                                                 "num_clusters", "checkpoint", "seed", "pq_bytes")}
                          | {"index": retrieval.manifest.get("model_key"), "map": retrieval.fingerprint,
                             "resample": patches.RESAMPLE.name}, sort_keys=True)
-        cache = Path(work_dir) / f"patches-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+        return key, Path(work_dir) / f"patches-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+    def rerank_all(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """This preset's ranking of every candidate of `retrieval`."""
+        conf = self.conf
+        key, cache = self._cache(retrieval, work_dir)
         cache.mkdir(parents=True, exist_ok=True)
         model = build_model(conf, retrieval, cache / "model.npz")
         needed = sorted({retrieval.m_names[j] for j in retrieval.ids.ravel() if j >= 0})
@@ -176,6 +183,39 @@ class PatchNetVLAD(Reranker):
             lines = [f"Recall {name}@{k}: {r:.4f}" for name, (rows, _) in rankings.items()
                      for k, r in metrics.recall_at_n(rows, truth, ORIGINAL_NS, all_queries=True).items()]
             atomic_write(out_dir / "recalls.txt", "\n".join(lines) + "\n")
+
+    def match_figures(self, folder: Path, retrieval: Retrieval, ids: np.ndarray, queries: np.ndarray,
+                      work_dir: Path) -> dict[int, report.MatchFigure]:
+        """Each of `queries` beside its top-1 in `ids`, with the correspondences RANSAC verifies for every
+        patch size (as `vprkit match-two` draws them), from the patch features `rerank` cached in `work_dir`.
+
+        Why figure files and not coordinates drawn in the browser: the figure is `draw_matches`'s, the one
+        drawing code match-two uses, at a size where patch lines can be seen (the 160-px thumbnails are too
+        small); and every figure costs a RANSAC per patch size and two image loads, so a budget of queries
+        bounds both the time and the disk (about 20 kB a figure), whatever the number of queries.
+        """
+        _, cache = self._cache(retrieval, work_dir)
+        model = build_model(self.conf, retrieval, cache / "model.npz")
+        matcher, codebook = Matcher(self.conf, model), model.pq_centroids.cpu()
+        sizes, scale = self.conf["patch_sizes"], FIGURE_WIDTH / self.conf["resize"][0]
+        out: dict[int, report.MatchFigure] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+        with h5py.File(cache / "map.h5", "r") as fm, h5py.File(cache / "query.h5", "r") as fq:
+            for qi in tqdm(queries, desc="match figures", unit="query"):
+                q, j = retrieval.q_names[qi], int(ids[qi, 0])
+                if j < 0 or q not in fq or f"{retrieval.m_names[j]}/p{sizes[0]}" not in fm:
+                    continue
+                lines = verified_lines(matcher, [x[0] for x in patches.read_patches(fq, [q], sizes)],
+                                       patches.read_patches(fm, [retrieval.m_names[j]], sizes, codebook))
+                paths = [retrieval.query_dir / q, retrieval.map_dir / retrieval.m_names[j]]
+                name = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:20] + ".jpg"
+                try:
+                    draw_matches(images_for_display(paths, self.conf["resize"]), lines, folder / name, scale)
+                except (ImageError, OSError) as exc:  # gone since its features were cached: no figure, no failure
+                    logger.warning("no match figure for %s: %s", q, exc)
+                    continue
+                out[int(qi)] = report.MatchFigure(name, dict(zip(map(str, sizes), lines, strict=True)))
+        return out
 
 
 class Matcher:
@@ -353,29 +393,39 @@ def match_two(image_a: str | Path, image_b: str | Path, conf: dict, out_png: str
     q, db = [feats[f"p{s}"][0] for s in sizes], [feats[f"p{s}"][1:] for s in sizes]
     raw = matcher.scale_scores(q, db)[:, 0]
     score = float(sum(w * r for w, r in zip(conf["patch_weights"], raw.tolist(), strict=True)))
-    lines = []
-    for s in range(len(sizes)):
-        fw, mutual = spatial.mutual_nn(torch.from_numpy(q[s]), torch.from_numpy(db[s]))
-        qi, di = matcher.verified(s, fw, mutual)[0]
-        lines.append([(tuple(matcher.centres[s][i].tolist()), tuple(matcher.centres[s][j].tolist()))
-                      for i, j in zip(qi, di, strict=True)])
+    lines = verified_lines(matcher, q, db)
     if out_png is not None:
         draw_matches(images_for_display(names, conf["resize"]), lines, Path(out_png))
     return {"score": score, "scale_scores": dict(zip(map(str, sizes), raw.tolist(), strict=True)),
             "inliers": dict(zip(map(str, sizes), map(len, lines), strict=True))}
 
 
-def images_for_display(names: list[str], size: list[int]):
-    """The two images at the size the patches were computed at."""
-    from ..data.images import load_image
+def verified_lines(matcher: Matcher, q: list[np.ndarray], db: list[np.ndarray]) -> list[list[tuple]]:
+    """Per patch size, the (query, candidate) pixel centres of the mutual matches RANSAC keeps between one
+    query (per size (Nq, d)) and one candidate (per size (1, Nd, d)), in `Matcher.verified`'s order."""
+    lines = []
+    for s, (qs, ds) in enumerate(zip(q, db, strict=True)):
+        fw, mutual = spatial.mutual_nn(torch.as_tensor(qs), torch.as_tensor(ds))
+        qi, di = matcher.verified(s, fw, mutual)[0]
+        lines.append([(tuple(matcher.centres[s][i].tolist()), tuple(matcher.centres[s][j].tolist()))
+                      for i, j in zip(qi, di, strict=True)])
+    return lines
 
+
+def images_for_display(names: list[str | Path], size: list[int]):
+    """The two images at the size the patches were computed at."""
     return [load_image(n).resize(tuple(size), patches.RESAMPLE) for n in names]
 
 
-def draw_matches(images: list, lines: list[list[tuple]], path: Path) -> None:
-    """Side-by-side PNG with one colour per patch size; each line joins matched patch centres."""
+def draw_matches(images: list, lines: list[list[tuple]], path: Path, scale: float = 1.0) -> None:
+    """Side-by-side image (format from the suffix) with one colour per patch size; each line joins matched
+    patch centres. `scale` resizes the images first (the lines stay one pixel wide)."""
     from PIL import Image, ImageDraw
 
+    if scale != 1.0:
+        images = [im.resize((round(im.width * scale), round(im.height * scale)), patches.RESAMPLE) for im in images]
+        lines = [[((xa * scale, ya * scale), (xb * scale, yb * scale)) for (xa, ya), (xb, yb) in pairs]
+                 for pairs in lines]
     w, h = images[0].size
     canvas = Image.new("RGB", (2 * w, h))
     canvas.paste(images[0], (0, 0))
@@ -389,4 +439,5 @@ def draw_matches(images: list, lines: list[list[tuple]], path: Path) -> None:
             for x, y in ((xa, ya), (xb + w, yb)):
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline=c)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    with replacing(path) as tmp:  # quality: JPEG's, ignored by PNG
+        canvas.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), quality=85)

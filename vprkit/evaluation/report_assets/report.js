@@ -70,8 +70,31 @@
     }
     cells.push(q[6] >= 0 ? mapCell(q[6], "pos", "a positive") : el("td", {}, []));
     var extra = [];
-    if (q[8] >= 0) extra.push(mapCell(q[8], "na", (D.labels.baseline || "before") + " #1"));
+    if (D.labels.baseline) extra.push(q[8] >= 0 ? mapCell(q[8], "na", D.labels.baseline + " #1")
+                                                : el("td", {}, []));
+    if (D.matches) extra.push(matchCell(q[9]));
     return el("tr", {"data-status": q[2]}, cells.concat(extra));
+  }
+
+  // q[9]: [figure file, {patch size: inliers}] or 0 (beyond the figure budget, or no features)
+  function matchCell(fig) {
+    if (!fig) return el("td", {class: "match na"}, ["no figure"]);
+    var sizes = Object.keys(fig[1]);
+    var total = sizes.reduce(function (t, s) { return t + fig[1][s]; }, 0);
+    var text = total + " inliers" + (sizes.length > 1 ? " (" + sizes.map(function (s) {
+      return "p" + s + ": " + fig[1][s]; }).join(", ") + ")" : "");
+    return el("td", {class: "match"}, [el("img", {src: FILES + "matches/" + fig[0], loading: "lazy",
+                                                  alt: "query | top 1, " + text}), text]);
+  }
+
+  function matchNote() {
+    var M = D.matches;
+    var text = "Match figures: the query (left) and its top 1 (right), lines join the patch correspondences that " +
+      "survive RANSAC (one colour per patch size). ";
+    text += M.limit !== null && M.limit < M.queries ? "Drawn for the first " + M.limit + " of " + M.queries +
+      " queries in the failures-first order (" + M.drawn + " figures); vprkit rerank --match-figures N " +
+      "draws more." : "Drawn for every query (" + M.drawn + " figures).";
+    return el("p", {id: "match-note"}, [text]);
   }
 
   function render() {
@@ -84,6 +107,7 @@
     for (var r = 0; r < D.top; r++) head.push(el("th", {}, ["top " + (r + 1)]));
     head.push(el("th", {}, ["positive (wrong only)"]));
     if (D.labels.baseline) head.push(el("th", {}, [D.labels.baseline + " #1 (when it differs in outcome)"]));
+    if (D.matches) head.push(el("th", {}, ["verified matches with top 1"]));
     table.appendChild(el("tr", {}, head));
     rows.slice(state.page * state.size, (state.page + 1) * state.size).forEach(function (q) {
       table.appendChild(row(q)); });
@@ -114,6 +138,7 @@
       b.onclick = function () { state.filter = f; state.page = 0; render(); };
       box.appendChild(b);
     });
+    if (D.matches) box.appendChild(matchNote());
   }
 
   metrics();
