@@ -21,6 +21,7 @@ import torch
 from common import machine
 from netvlad_training import NORDLAND, overrides
 
+from vprkit.cli import parse_overrides
 from vprkit.evaluation.metrics import format_table
 from vprkit.train import netvlad
 
@@ -69,17 +70,20 @@ def nordland(args, work: Path, results: dict, seconds: dict) -> None:
     lab = netvlad.Session(netvlad.get_conf(PRESET, overrides(args.labelled_epochs, args.lr)), summer, winter,
                           work / "nordland-labelled")
     stretch = linked(lab.places["test"].m_names, summer, work / "nordland-stretch-map")
-    lf_conf = label_free_conf(args.epochs, args.lr, args.copies, len(lab.places["train"].q_names), 128)
+    steps = len(lab.places["train"].q_names)
+    lf_conf = label_free_conf(args.epochs, args.lr, args.copies, steps, 128, **args.set)
     lf = netvlad.Session(lf_conf, stretch, None, work / "nordland-labelfree", splits=("train", "val"))
     print(f"Nordland: labelled train/val/test queries {[len(p.q_names) for p in lab.places.values()]}, "
           f"label-free map {len(lf.places['train'].m_names)} images x {args.copies} augmented copies")
     adapt(lab, lf, results, seconds, "Nordland")
+    if args.skip_labelled:
+        return
     t0 = time.perf_counter()
     netvlad.train(lab)
     seconds["Nordland: labelled"] = time.perf_counter() - t0
     results["Nordland: labelled on the first 60 % (unseen stretch)"] = score(lab, lab.out / "best.pt")
-    both = lf.variant(label_free_conf(args.epochs, args.lr, args.copies, len(lab.places["train"].q_names), 128,
-                                      **{"train.init": str(lab.out / "best.pt")}), work / "nordland-both")
+    both = lf.variant(label_free_conf(args.epochs, args.lr, args.copies, steps, 128,
+                                      **{**args.set, "train.init": str(lab.out / "best.pt")}), work / "nordland-both")
     t0 = time.perf_counter()
     netvlad.train(both)
     seconds["Nordland: labelled + label-free"] = time.perf_counter() - t0
@@ -91,7 +95,7 @@ def corridor(args, work: Path, results: dict, seconds: dict) -> None:
     eval_conf = netvlad.get_conf(PRESET, {**overrides(1, args.lr), "resize_max": 160, "data.split": [0, 0, 1],
                                           "data.gap": 0.0})
     ev = netvlad.Session(eval_conf, root / "ref", root / "query", work / "corridor-eval", splits=("test",))
-    lf_conf = label_free_conf(args.epochs, args.lr, args.copies, None, 160)
+    lf_conf = label_free_conf(args.epochs, args.lr, args.copies, None, 160, **args.set)
     lf = netvlad.Session(lf_conf, root / "ref", None, work / "corridor-labelfree", splits=("train", "val"))
     adapt(ev, lf, results, seconds, "Corridor")
 
@@ -106,12 +110,17 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=4, help="augmented copies of each map image per epoch's pool")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-labelled", action="store_true", help="Nordland: only the untrained and label-free rows")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="label-free training settings, e.g. data.self_positive=true augment.grey=0.3")
     args = p.parse_args()
+    args.set = parse_overrides(args.set)
     torch.set_num_threads(args.threads)
     print(machine())
     work = Path(args.work or tempfile.mkdtemp(prefix="vprkit_route_"))
     print(f"runs in {work}; preset {PRESET}, MobileNetV2 block 13 + NetVLAD 32, last 2 blocks trained, Adam lr "
-          f"{args.lr}; label-free: {args.epochs} epochs, {args.copies} augmented copies per map image")
+          f"{args.lr}; label-free: {args.epochs} epochs, {args.copies} augmented copies per map image, "
+          f"settings {args.set or 'defaults'}")
     results: dict = {}
     seconds: dict = {}
     for name in args.sets:

@@ -23,13 +23,13 @@ def _lists(arrays):
 def test_file_order_neighbours_are_positives_far_frames_negatives():
     names = [f"{i}.png" for i in range(6)]
     pos = route.map_positions("index", names)
-    ps = route.route_places(names, pos, pos_thr=1.0, neg_thr=2.0, copies=2)
+    ps = route.route_places(names, pos, pos_thr=1.0, neg_thr=2.0, copies=2, self_positive=False)
     assert ps.q_names == names + names and ps.m_names == names
     near = [[1], [0, 2], [1, 3], [2, 4], [3, 5], [4]]  # +-1 frame, the image itself excluded
     within2 = [[0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, 4], [1, 2, 3, 4, 5], [2, 3, 4, 5], [3, 4, 5]]
     assert _lists(ps.positives) == near + near
     assert _lists(ps.non_negatives) == within2 + within2  # negatives: more than 2 frames away
-    with_self = route.route_places(names, pos, 1.0, 2.0, self_positive=True)
+    with_self = route.route_places(names, pos, 1.0, 2.0)  # the default: the augmented copy's own image counts
     assert _lists(with_self.positives) == [sorted(p + [i]) for i, p in enumerate(near)]
 
 
@@ -95,7 +95,7 @@ def _conf(**over):
 
 
 def test_a_few_steps_lower_the_loss_of_fixed_route_tuples(smooth_route, tmp_path):
-    s = netvlad.Session(_conf(), smooth_route / "map", None, tmp_path / "run", splits=("train",))
+    s = netvlad.Session(_conf(**{"data.self_positive": False}), smooth_route / "map", None, tmp_path / "run", splits=("train",))
     s.init_centroids()
     places = s.places["train"]
     assert len(s.banks["train"][0]) == 40 and len(s.banks["train"][1]) == 20  # 2 augmented copies of 20 images

@@ -33,7 +33,7 @@ def map_positions(spec: str, names: list[str]) -> np.ndarray:
 
 
 def route_places(names: list[str], pos: np.ndarray, pos_thr: float, neg_thr: float, copies: int = 1,
-                 self_positive: bool = False) -> PlaceSet:
+                 self_positive: bool = True) -> PlaceSet:
     """Queries = `copies` passes over the map images (to be augmented); positives = map images within `pos_thr`
     of the query's source image (itself excluded unless `self_positive`), negatives = those beyond `neg_thr`."""
     if copies < 1:
