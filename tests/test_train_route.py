@@ -95,7 +95,8 @@ def _conf(**over):
 
 
 def test_a_few_steps_lower_the_loss_of_fixed_route_tuples(smooth_route, tmp_path):
-    s = netvlad.Session(_conf(**{"data.self_positive": False}), smooth_route / "map", None, tmp_path / "run", splits=("train",))
+    conf = _conf(**{"data.self_positive": False})  # route neighbours only
+    s = netvlad.Session(conf, smooth_route / "map", None, tmp_path / "run", splits=("train",))
     s.init_centroids()
     places = s.places["train"]
     assert len(s.banks["train"][0]) == 40 and len(s.banks["train"][1]) == 20  # 2 augmented copies of 20 images
