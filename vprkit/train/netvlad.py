@@ -44,7 +44,7 @@ DEFAULT_CONF: dict = {  # the de-attention code's choices (deepguider/deattentio
                  "loss": "mse", "weight": 0.1, "resize": "bicubic"},
     "data": {"positions": "utm", "pos_thr": 10.0, "neg_thr": 25.0, "split": [0.7, 0.15, 0.15], "gap": None,
              "source": "queries", "copies": 4, "self_positive": True},  # source=map: label-free (train/route.py)
-    "augment": {"crop": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "grey": 0.1},
+    "augment": {"crop": 0.9, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "grey": 0.0},
     "train": {"epochs": 30, "batch_size": 4, "optimizer": "adam", "lr": 1e-4, "momentum": 0.9,
               "weight_decay": 1e-3, "lr_step": 5, "lr_gamma": 0.5, "train_layers": 0, "num_negs": 10,
               "neg_samples": 1000, "mining": "violating", "mining_margin": 0.1, "cache_refresh": 1000,
