@@ -132,7 +132,8 @@ def _train_parser(sub) -> None:
     s = tsub.add_parser("netvlad", help="NetVLAD (+ attention) on images with positions: cluster, train, test")
     s.add_argument("mode", choices=["cluster", "train", "test"])
     s.add_argument("map_dir")
-    s.add_argument("query_dir")
+    s.add_argument("query_dir", nargs="?",
+                   help="query images (not with --set data.source=map: label-free, the map's route gives positives)")
     s.add_argument("-o", "--out", required=True, help="run folder (centroids.npz, last.pt, best.pt, log.csv)")
     s.add_argument("--preset", default="mobilenetv2-netvlad", help="training preset (see `vprkit presets`)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

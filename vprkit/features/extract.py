@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +125,12 @@ def model_key(conf: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def batches(backbone: Backbone, conf: dict, root: Path, names: list[str]
+def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
+            transform: Callable[[Image.Image], Image.Image] | None = None
             ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
     """Yield (names, images, failures) batches of up to conf['batch_size'] equal-sized images, preprocessed
-    for `backbone` as the preset says; unreadable files are logged and go to failures."""
+    for `backbone` as the preset says; unreadable files are logged and go to failures. A size-keeping
+    `transform` (training augmentation) acts on each resized image before the backbone's preprocessing."""
     stride, pre = backbone.stride, conf["preprocessing"]
     batch_names: list[str] = []
     tensors: list[torch.Tensor] = []
@@ -141,7 +143,7 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str]
             logger.warning("skipping %s", exc)
             failed.append(name)
             continue
-        x = backbone.preprocess(img)
+        x = backbone.preprocess(transform(img) if transform else img)
         if tensors and (x.shape != tensors[0].shape or len(tensors) == conf["batch_size"]):
             yield batch_names, torch.stack(tensors), failed
             batch_names, tensors, failed = [], [], []

@@ -25,12 +25,12 @@ from ..evaluation import metrics, outputs
 from ..features import extract
 from ..models import get_backbone
 from . import guidance as guidance_mod
-from . import trained
+from . import route, trained
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
-from .data import PlaceSet, load_splits
+from .data import SPLITS, PlaceSet, load_splits
 from .losses import get_loss, guidance_loss
-from .mining import Miner, MiningStats
+from .mining import Miner, MiningStats, Triplet
 
 logger = logging.getLogger("vprkit")
 
@@ -42,11 +42,13 @@ DEFAULT_CONF: dict = {  # the de-attention code's choices (deepguider/deattentio
     "loss": {"name": "triplet", "margin": 0.1},
     "guidance": {"source": None, "mask_dir": None, "checkpoint": None, "classes": ["human", "vehicle", "sky"],
                  "loss": "mse", "weight": 0.1, "resize": "bicubic"},
-    "data": {"positions": "utm", "pos_thr": 10.0, "neg_thr": 25.0, "split": [0.7, 0.15, 0.15], "gap": None},
+    "data": {"positions": "utm", "pos_thr": 10.0, "neg_thr": 25.0, "split": [0.7, 0.15, 0.15], "gap": None,
+             "source": "queries", "copies": 4, "self_positive": True},  # source=map: label-free (train/route.py)
+    "augment": {"crop": 0.9, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "grey": 0.0},
     "train": {"epochs": 30, "batch_size": 4, "optimizer": "adam", "lr": 1e-4, "momentum": 0.9,
               "weight_decay": 1e-3, "lr_step": 5, "lr_gamma": 0.5, "train_layers": 0, "num_negs": 10,
               "neg_samples": 1000, "mining": "violating", "mining_margin": 0.1, "cache_refresh": 1000,
-              "patience": 10, "seed": 123, "cluster_images": 500, "max_queries_per_epoch": None},
+              "patience": 10, "seed": 123, "cluster_images": 500, "max_queries_per_epoch": None, "init": None},
 }
 MINING = ("violating", "nearest")
 _STML = {"loss": {"name": "stml", "margin": 0.1, "margin_pn": 1.4},
@@ -190,15 +192,17 @@ class Bank:
     """
 
     def __init__(self, model: TrainModel, fconf: dict, root: Path, names: list[str], desc: str,
-                 guidance=None) -> None:
+                 guidance=None, transform=None) -> None:
         device = next(model.parameters()).device
-        position = {n: i for i, n in enumerate(names)}
+        position: dict[str, list[int]] = {}  # a name repeats in augmented copies
+        for i, n in enumerate(names):
+            position.setdefault(n, []).append(i)
         self.feats: list[torch.Tensor] = []
         self.guidance: list[torch.Tensor] | None = [] if guidance is not None else None
         self.failed: list[int] = []
         with tqdm(total=len(names), desc=f"frozen features: {desc}", unit="img", leave=False) as bar:
-            for batch_names, images, bad in extract.batches(model.backbone, fconf, root, names):
-                self.failed += [position[n] for n in bad]
+            for batch_names, images, bad in extract.batches(model.backbone, fconf, root, names, transform):
+                self.failed += [position[n].pop(0) for n in bad]
                 if batch_names:
                     self.feats += list(model.frozen(images.to(device)).cpu())
                 if self.guidance is not None:
@@ -250,6 +254,19 @@ def _bank_guidance(conf: dict) -> dict | None:
     return {k: g[k] for k in ("source", "mask_dir", "checkpoint", "classes")}
 
 
+def _label_free(conf: dict, query_dir, guide) -> bool:
+    """Whether the queries are augmented map images (data.source=map); such a run takes no guidance masks (they
+    would not follow the crops) and no query folder."""
+    source = conf["data"]["source"]
+    if source not in route.SOURCES:
+        raise ValueError(f"unknown data.source '{source}'; choose one of {route.SOURCES}")
+    if source == "queries" and query_dir is None:
+        raise ValueError("a query folder is needed unless data.source=map (label-free training on the map)")
+    if source == "map" and guide is not None:
+        raise ValueError("label-free training (data.source=map) takes no guidance masks: set guidance.source=null")
+    return source == "map"
+
+
 class Session:
     """Everything the three modes share: config, splits, model and in-memory frozen features."""
 
@@ -257,14 +274,18 @@ class Session:
                  splits: tuple[str, ...] = ("train", "val", "test")) -> None:
         self._setup(conf, out_dir, device)
         guide = guidance_mod.get_source(conf["guidance"], conf["attention"], device)
-        self.places = load_splits(conf["data"], map_dir, query_dir)
+        label_free = _label_free(conf, query_dir, guide)
+        self.places = route.route_splits(conf["data"], map_dir) if label_free else load_splits(
+            conf["data"], map_dir, query_dir)
         self.banks: dict[str, tuple[Bank, Bank]] = {}
         for name in splits:
             ps = self.places[name]
             if not ps.q_names or not ps.m_names:
                 raise ValueError(f"the {name} split is empty ({len(ps.q_names)} queries, {len(ps.m_names)} map "
                                  f"images): check data.split / data.gap against the dataset's extent")
-            qb = Bank(self.model, self.fconf, Path(query_dir), ps.q_names, f"{name} queries", guide and guide.query)
+            augment = route.augmenter(conf["augment"], conf["train"]["seed"] + 1 + SPLITS.index(name))
+            qb = Bank(self.model, self.fconf, Path(map_dir if label_free else query_dir), ps.q_names,
+                      f"{name} queries", guide and guide.query, augment if label_free else None)
             mb = Bank(self.model, self.fconf, Path(map_dir), ps.m_names, f"{name} map", guide and guide.map)
             self.places[name] = ps.without(qb.failed, mb.failed)
             self.banks[name] = (qb, mb)
@@ -281,7 +302,7 @@ class Session:
     def variant(self, conf: dict, out_dir) -> Session:
         """A session for another loss / attention / schedule over the same images, sharing the in-memory
         frozen features (for comparisons: the frozen backbone runs once for all variants)."""
-        same = ("features", "resize_max", "data")
+        same = ("features", "resize_max", "data", "augment")
         diff = [k for k in same if conf[k] != self.conf[k]]
         diff += ["guidance masks"] if _bank_guidance(conf) != _bank_guidance(self.conf) else []
         if diff or conf["train"]["train_layers"] != self.conf["train"]["train_layers"]:
@@ -342,8 +363,11 @@ def _optimizer(conf: dict, params) -> torch.optim.Optimizer:
 def _tuple_loss(s: Session, miner: Miner, queries: list[int], rng: np.random.Generator, loss_fn) -> torch.Tensor | None:
     """Loss of one batch of queries: mined tuples forwarded together; None when nothing could be mined."""
     tuples = miner.mine(queries, rng)
-    if not tuples:
-        return None
+    return tuples_loss(s, tuples, loss_fn) if tuples else None
+
+
+def tuples_loss(s: Session, tuples: list[Triplet], loss_fn) -> torch.Tensor:
+    """Loss (+ weighted guidance loss) of training tuples of the train split, forwarded together."""
     q_bank, m_bank = s.banks["train"]
     k = max(len(t.negatives) for t in tuples)
     negs = [np.resize(t.negatives, k) for t in tuples]  # pad by repetition; padded pairs are masked out
@@ -374,7 +398,10 @@ def train(s: Session, resume: bool = True) -> dict:
     """The training loop: mining, loss, LR schedule, per-epoch validation, checkpoints, early stopping.
     Continues a run found in the output folder (same settings, more epochs allowed) unless `resume` is False."""
     t = s.conf["train"]
-    s.init_centroids()
+    if t["init"]:  # start from a trained model (e.g. adapt a labelled model to a new map), not from k-means
+        s.load(Path(t["init"]), restore_rng=False)
+    else:
+        s.init_centroids()
     opt = _optimizer(s.conf, [p for p in s.model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t["lr_step"], gamma=t["lr_gamma"])
     places = s.places["train"]
@@ -445,11 +472,12 @@ def test(s: Session, checkpoint: str | Path | None = None, split: str = "test") 
     return res
 
 
-def main(conf: dict, map_dir: str | Path, query_dir: str | Path, out_dir: str | Path, mode: str = "train",
+def main(conf: dict, map_dir: str | Path, query_dir: str | Path | None, out_dir: str | Path, mode: str = "train",
          resume: bool = True, checkpoint: str | Path | None = None, split: str = "test",
          device: str = "cpu") -> dict:
     """Run one mode: `cluster` (writes OUT/centroids.npz), `train` (OUT/last.pt, best.pt, log.csv) or
-    `test` (Recall@N of `checkpoint`, or of the untrained model, on `split`)."""
+    `test` (Recall@N of `checkpoint`, or of the untrained model, on `split`). `query_dir` may be None with
+    `data.source=map` (label-free: augmented map images are the queries)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose one of {MODES}")
     out_dir = run_folder(out_dir)
