@@ -2,7 +2,8 @@
 reference ranking, for the original's per-pair loop, vprkit's reference path, its exact speed options and the
 cascade; all variants of a query run one after the other (interleaved), so their ratios share the machine's load.
 
-`.venv/bin/python bench/patchnetvlad_cascade.py --data ../shared/data --queries 6`
+`OMP_NUM_THREADS=1 .venv/bin/python bench/patchnetvlad_cascade.py --data ../shared/data --datasets corridor \\
+    --queries 3 --agree-queries 20 --performance-pcs 512` (docs/benchmarks.md: one process per data set)
 
 Per data set: the global `vgg19-netvlad` retrieval (top --num-rerank), then each preset's patch features
 (k-means NetVLAD + PCA fitted on the map, as `bench/patchnetvlad_recall.py`; extraction not timed). The
