@@ -24,6 +24,7 @@ import copy
 import os
 import tempfile
 import time
+from collections import OrderedDict
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -162,17 +163,20 @@ def variants(preset: str, tops: list[int], threads: int) -> dict[str, tuple[str,
     if preset == "performance":
         out[f"ransac_threads={threads}"] = ("", {"ransac_threads": threads}, 0)
         out[f"ransac_threads={threads}, match_batch=100"] = ("", {"ransac_threads": threads, "match_batch": 100}, 0)
+        out[f"ransac_threads={threads}, match_batch=100, map_cache_mb=1024"] = (
+            "", {"ransac_threads": threads, "match_batch": 100, "map_cache_mb": 1024}, 0)
         fast = {"ransac_threads": threads}
         return out | {f"cascade storage -> top-{k}, ransac_threads={threads}": ("storage", fast, k) for k in tops}
     out |= {"match_dtype=int8": ("", {"match_dtype": "int8"}, 0),
-            "match_batch=100 (one matmul per size)": ("", {"match_batch": 100}, 0)}
+            "match_batch=100 (one matmul per size)": ("", {"match_batch": 100}, 0),
+            "match_batch=100, map_cache_mb=1024": ("", {"match_batch": 100, "map_cache_mb": 1024}, 0)}
     return out | ({f"cascade storage -> top-{k}": ("storage", {}, k) for k in tops} if preset == "speed" else {})
 
 
 def with_conf(m: Matcher, over: dict) -> Matcher:
-    """The same matcher (grids, thresholds, codebook) with some settings changed."""
+    """The same matcher (grids, thresholds, codebook) with some settings changed and its own map cache."""
     out = copy.copy(m)
-    out.conf = {**m.conf, **over}
+    out.conf, out.cache = {**m.conf, **over}, OrderedDict()
     return out
 
 
@@ -183,6 +187,14 @@ class Files:
         self.ret, self.presets = ret, presets
         self.fq = {p: stack.enter_context(h5py.File(c / "query.h5", "r")) for p, (_, _, c) in presets.items()}
         self.fm = {p: stack.enter_context(h5py.File(c / "map.h5", "r")) for p, (_, _, c) in presets.items()}
+        self.matchers: dict[tuple, Matcher] = {}  # one per preset and settings: a map cache lives across queries
+
+    def matcher(self, preset: str, over: dict) -> Matcher:
+        """The preset's matcher with `over`, the same object for every query."""
+        key = (preset, *sorted(over.items()))
+        if key not in self.matchers:
+            self.matchers[key] = with_conf(self.presets[preset][1], over)
+        return self.matchers[key]
 
     def scores(self, preset: str, m: Matcher, q: str, cand: np.ndarray, raw: bool = False):
         """Fused (or raw) scores of query `q` against candidate ids `cand` with matcher `m` of `preset`."""
@@ -199,9 +211,9 @@ class Files:
         cand = self.ret.ids[self.ret.q_names.index(q)]
         head = cand
         if cheap:
-            rest = cand[np.argsort(-self.scores(cheap, with_conf(self.presets[cheap][1], over), q, cand))]
+            rest = cand[np.argsort(-self.scores(cheap, self.matcher(cheap, over), q, cand))]
             head, tail = rest[:k], rest[k:]
-        out = head[np.argsort(-self.scores(preset, with_conf(self.presets[preset][1], over), q, head))]
+        out = head[np.argsort(-self.scores(preset, self.matcher(preset, over), q, head))]
         return np.concatenate([out, tail]) if cheap else out
 
 

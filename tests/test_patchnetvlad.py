@@ -219,22 +219,25 @@ def test_ransac_scores_equal_the_original_per_pair_procedure():
     np.testing.assert_array_equal(threaded.scale_scores([q], [db])[0].numpy(), ref)
 
 
-@pytest.mark.parametrize("threads,batch", [(1, 4), (3, 2), (0, 1), (2, 100)])
-def test_pooled_ransac_across_batches_equals_the_per_pair_procedure(tmp_path, threads, batch):
+@pytest.mark.parametrize("threads,batch,cache_mb", [(1, 4, 0), (3, 2, 0), (0, 1, 0.001), (2, 100, 64)])
+def test_pooled_ransac_across_batches_equals_the_per_pair_procedure(tmp_path, threads, batch, cache_mb):
     """A query's candidates read from HDF5 in batches of `batch` (100: one matmul for all), every RANSAC queued
-    in one pool of `threads` while the next batches are matched: the original's per-pair scores, in order."""
+    in one pool of `threads` while the next batches are matched, map patches kept between queries in a cache of
+    `cache_mb` (0.001: smaller than one candidate, so it evicts all the time): the original's per-pair scores."""
     h, w, size = 12, 16, 3
     q, db = _ransac_case(h, w, size, 32)
     q, db = q.astype(np.float32), db.astype(np.float32)
     names = [f"c{i}" for i in range(len(db))]
     pnv.patches.h5io.write_batch(tmp_path / "map.h5", {n: {f"p{size}": d} for n, d in zip(names, db)})
     conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0],
-                                     ransac_threads=threads, match_batch=batch)
+                                     ransac_threads=threads, match_batch=batch, map_cache_mb=cache_mb)
     m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)], feat_stride=16)
     ref = [_original_ransac_score(q, d, _original_keypoints(h, w, size)) for d in db]
     with pnv.h5py.File(tmp_path / "map.h5", "r") as f:
-        raw = m.raw_scores([q[None]], f, [names[2], "missing", *names])
-    np.testing.assert_array_equal(raw[0].numpy(), [ref[2], 0.0, *ref])
+        for cand in ([names[2], "missing", *names], names[::-1]):  # the second query: candidates from the cache
+            raw = m.raw_scores([q[None]], f, cand)
+            np.testing.assert_array_equal(raw[0].numpy(), [ref[names.index(c)] if c in names else 0.0 for c in cand])
+    assert (len(m.cache) == 0) == (cache_mb == 0) and len(m.cache) <= len(names)
 
 
 def test_cascade_head_keeps_each_candidates_global_score():

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+from collections import OrderedDict
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -50,7 +51,8 @@ logger = logging.getLogger("vprkit")
 ORIGINAL_NS = (1, 5, 10, 20, 50, 100)  # the original's n_values_all
 # Settings a cascade's cheap preset takes from the expensive one (everything but the method's own numbers).
 CASCADE_SHARED = ("resize", "num_clusters", "checkpoint", "fit_max_images", "fit_max_patches", "batch_size",
-                  "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten")
+                  "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten",
+                  "map_cache_mb")
 
 
 def write_kapture_paths(path: Path, q_paths: list[str], m_paths: list[str], ids: np.ndarray) -> None:
@@ -93,6 +95,9 @@ class PatchNetVLAD(Reranker):
         "num_clusters": 32, "checkpoint": None,
         "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4,
         "match_batch": 4,  # candidates per batched call: small keeps similarity blocks in a CPU cache; raise on GPU
+        # MB of decoded map patches kept between queries (least recently used dropped first): a map image is a
+        # candidate of many queries, and reading it from HDF5 is a third of `storage`'s time; 0 = read every time
+        "map_cache_mb": 0,
         "device": "cpu", "seed": 0,
         # 'bfloat16' / 'int8' run the similarity matmuls in that precision (faster on CPUs with AVX512-BF16 /
         # VNNI, and on GPUs) and recompute in float32 every nearest neighbour within the precision's error bound,
@@ -223,6 +228,24 @@ class Matcher:
         self.centres = [c for _, c in grids]
         self.thresholds = [conf["ransac_threshold"] * feat_stride * st for st in conf["strides"]]
         self.codebook: torch.Tensor | None = None  # set when map patches are stored as PQ codes
+        self.cache: OrderedDict[str, list[np.ndarray]] = OrderedDict()  # map name -> patches per size (one map file)
+
+    def read_map(self, fm: h5py.File, names: list[str]) -> list[np.ndarray]:
+        """Per patch size, the stacked patches of map images `names`, through the `map_cache_mb` cache."""
+        sizes, budget = self.conf["patch_sizes"], self.conf["map_cache_mb"] * 2**20
+        if not budget:
+            return patches.read_patches(fm, names, sizes, self.codebook)
+        missing = [n for n in names if n not in self.cache]
+        if missing:
+            for i, got in enumerate(zip(*patches.read_patches(fm, missing, sizes, self.codebook), strict=True)):
+                self.cache[missing[i]] = list(got)
+        out = [np.stack([self.cache[n][s] for n in names]) for s in range(len(sizes))]
+        for n in names:
+            self.cache.move_to_end(n)
+        used = sum(a.nbytes for arrays in self.cache.values() for a in arrays)
+        while used > budget and len(self.cache) > len(names):
+            used -= sum(a.nbytes for a in self.cache.popitem(last=False)[1])
+        return out
 
     def verified_pair(self, s: int, fw: torch.Tensor, mutual: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(query, candidate) patch indices of one candidate's mutual matches that RANSAC keeps."""
@@ -280,11 +303,10 @@ class Matcher:
         """
         sizes, bs = self.conf["patch_sizes"], self.conf["match_batch"]
         raw = torch.zeros(len(sizes), len(cand), dtype=torch.float64)  # candidates without features: 0
-        have = [i for i, c in enumerate(cand) if f"{c}/p{sizes[0]}" in fm]
+        have = [i for i, c in enumerate(cand) if c in self.cache or f"{c}/p{sizes[0]}" in fm]
         qs = [x[0] for x in q]
         with ransac_pool(self.conf["ransac_threads"]) as pool:
-            pending = [(have[i:i + bs], self.submit(qs, patches.read_patches(fm, [cand[j] for j in have[i:i + bs]],
-                                                                             sizes, self.codebook), pool))
+            pending = [(have[i:i + bs], self.submit(qs, self.read_map(fm, [cand[j] for j in have[i:i + bs]]), pool))
                        for i in range(0, len(have), bs)]
             for idx, parts in pending:
                 raw[:, idx] = self.collect(parts, [len(x) for x in qs])
