@@ -1,5 +1,6 @@
 """Patch-NetVLAD re-ranker end to end (tiny backbone), its outputs, checkpoints, match-two, bad input."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -183,14 +184,10 @@ def _original_ransac_score(q: np.ndarray, d: np.ndarray, kp: np.ndarray) -> floa
     return int(mask.sum()) / len(q)
 
 
-def test_ransac_scores_equal_the_original_per_pair_procedure():
-    """Candidates whose patches are the query's shifted by a few cells (true matches) among random patches."""
-    h, w, size, dim = 12, 16, 3, 32
+def _ransac_case(h: int, w: int, size: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query (N, dim), 4 candidates (4, N, dim)), unit rows: candidates whose patches are the query's shifted
+    by a few cells (true matches, 8 / 15 / 40 / 0 %) among random patches."""
     grid, _ = pnv.patches.patch_grid(h, w, size, 1, 16)
-    kp = _original_keypoints(h, w, size)
-    conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0])
-    m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)], feat_stride=16)
-    assert (m.centres[0] == kp).all()
     rng = np.random.default_rng(3)
     q = rng.standard_normal((len(grid), dim))
     db = []
@@ -203,13 +200,53 @@ def test_ransac_scores_equal_the_original_per_pair_procedure():
                 d[target[0]] = q[k] + 0.1 * rng.standard_normal(dim)
         db.append(d)
     db = np.stack(db)
-    q, db = q / np.linalg.norm(q, axis=-1, keepdims=True), db / np.linalg.norm(db, axis=-1, keepdims=True)
+    return q / np.linalg.norm(q, axis=-1, keepdims=True), db / np.linalg.norm(db, axis=-1, keepdims=True)
+
+
+def test_ransac_scores_equal_the_original_per_pair_procedure():
+    h, w, size = 12, 16, 3
+    kp = _original_keypoints(h, w, size)
+    conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0],
+                                     ransac_threads=1)
+    m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)], feat_stride=16)
+    assert (m.centres[0] == kp).all()
+    q, db = _ransac_case(h, w, size, 32)
     got = m.scale_scores([q], [db])[0].numpy()
     ref = [_original_ransac_score(q, d, kp) for d in db]
     np.testing.assert_array_equal(got, ref)
     assert got[2] > got[1] > got[3] and got[1] > got[0]
     threaded = pnv.Matcher({**conf, "ransac_threads": 3}, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)])
     np.testing.assert_array_equal(threaded.scale_scores([q], [db])[0].numpy(), ref)
+
+
+@pytest.mark.parametrize("threads,batch,cache_mb", [(1, 4, 0), (3, 2, 0), (0, 1, 0.001), (2, 100, 64)])
+def test_pooled_ransac_across_batches_equals_the_per_pair_procedure(tmp_path, threads, batch, cache_mb):
+    """A query's candidates read from HDF5 in batches of `batch` (100: one matmul for all), every RANSAC queued
+    in one pool of `threads` while the next batches are matched, map patches kept between queries in a cache of
+    `cache_mb` (0.001: smaller than one candidate, so it evicts all the time): the original's per-pair scores."""
+    h, w, size = 12, 16, 3
+    q, db = _ransac_case(h, w, size, 32)
+    q, db = q.astype(np.float32), db.astype(np.float32)
+    names = [f"c{i}" for i in range(len(db))]
+    pnv.patches.h5io.write_batch(tmp_path / "map.h5", {n: {f"p{size}": d} for n, d in zip(names, db)})
+    conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0],
+                                     ransac_threads=threads, match_batch=batch, map_cache_mb=cache_mb)
+    m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)], feat_stride=16)
+    ref = [_original_ransac_score(q, d, _original_keypoints(h, w, size)) for d in db]
+    with pnv.h5py.File(tmp_path / "map.h5", "r") as f:
+        for cand in ([names[2], "missing", *names], names[::-1]):  # the second query: candidates from the cache
+            raw = m.raw_scores([q[None]], f, cand)
+            np.testing.assert_array_equal(raw[0].numpy(), [ref[names.index(c)] if c in names else 0.0 for c in cand])
+    assert (len(m.cache) == 0) == (cache_mb == 0) and len(m.cache) <= len(names)
+
+
+def test_cascade_head_keeps_each_candidates_global_score():
+    ret = pnv.Retrieval(Path("i"), Path("q"), Path("m"), ["q0", "q1"], [f"m{i}" for i in range(8)],
+                        np.array([[5, 3, 7, -1], [1, 2, 0, 4]]), np.array([[0.9, 0.8, 0.7, np.nan], [4, 3, 2, 1.0]]),
+                        {}, None, "fp")
+    head = pnv.cascade_head(ret, np.array([[7, 5, 3, -1], [4, 0, 1, 2]]), 2)
+    assert head.ids.tolist() == [[7, 5], [4, 0]] and head.scores.tolist() == [[0.7, 0.9], [1.0, 2.0]]
+    assert head.fingerprint == "fp" and head.q_names == ret.q_names  # same map: the same feature cache
 
 
 def test_constant_patch_size_orders_as_numpys_argsort_of_nan():
@@ -242,6 +279,13 @@ def test_cascade_reranks_the_cheap_presets_top_k(retrieval, tmp_path):
                                                                **small)).rerank(ret, tmp_path / "w")
     assert (ids[:, 3:] == cheap_ids[:, 3:]).all() and np.array_equal(scores[:, 3:], cheap_scores[:, 3:])
     assert all(sorted(a[:3]) == sorted(b[:3]) for a, b in zip(ids, cheap_ids))  # the head is re-ordered only
+    # the head is `speed` run on its own on storage's top 3 (each with its global score), composed by hand
+    glob = {(qi, j): s for qi, row in enumerate(ret.ids) for j, s in zip(row, ret.scores[qi])}
+    head = dataclasses.replace(ret, ids=cheap_ids[:, :3], scores=np.array(
+        [[glob[qi, j] for j in row] for qi, row in enumerate(cheap_ids[:, :3])], dtype=np.float32))
+    alone_ids, alone_scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("speed", **small)).rerank_all(
+        head, tmp_path / "w")
+    assert np.array_equal(ids[:, :3], alone_ids) and np.array_equal(scores[:, :3], alone_scores)
     assert [ret.m_names[i] for i in ids[:, 0]] == ret.q_names  # the self-match first
 
 
@@ -255,7 +299,7 @@ def _verified_here(conf: dict, cache: Path, q: str, m: str) -> list[tuple]:
     matcher = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(6, 8, 5, 1, 4)], feat_stride=4)
     with h5py.File(cache / "query.h5") as fq, h5py.File(cache / "map.h5") as fm:
         fw, mutual = spatial.mutual_nn(torch.from_numpy(fq[f"{q}/p5"][()]), torch.from_numpy(fm[f"{m}/p5"][()])[None])
-    qi, di = matcher.verified(0, fw, mutual)[0]
+    qi, di = matcher.verified_pair(0, fw[0], mutual[0])
     centres = matcher.centres[0]
     return [(tuple(centres[i].tolist()), tuple(centres[j].tolist())) for i, j in zip(qi, di)]
 

@@ -45,6 +45,18 @@ def _match_figures(page, rendered: int = 2) -> list[dict]:
     return out
 
 
+def _entry_ms(page, name: str, timeout_ms: int = 10_000) -> float | None:
+    """A performance entry's start time, or None if it never comes: paint entries are recorded after the load
+    event, later still on a busy CPU, so read right after `load` they may not exist yet."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        return page.wait_for_function(f"() => performance.getEntriesByName('{name}')[0]?.startTime",
+                                      timeout=timeout_ms).json_value()
+    except PlaywrightTimeout:
+        return None
+
+
 def inspect(page_path: Path, screenshot: Path | None = None, click: str | None = None, width: int = 1400) -> dict:
     """Load `page_path` from file://, optionally click the filter button `click`, and report what shows
     (in a `width` x 1000 viewport)."""
@@ -60,8 +72,7 @@ def inspect(page_path: Path, screenshot: Path | None = None, click: str | None =
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(Path(page_path).resolve().as_uri(), wait_until="load")
-        fcp = page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime")
-        rows_ms = page.evaluate("() => (performance.getEntriesByName('vprkit-rows-rendered')[0] || {}).startTime")
+        fcp, rows_ms = _entry_ms(page, "first-contentful-paint"), _entry_ms(page, "vprkit-rows-rendered")
         plots = page.eval_on_selector_all(
             "#plots img", "is => is.map(i => ({src: i.getAttribute('src'), width: i.naturalWidth, "
                           "visible: i.getBoundingClientRect().height > 0}))")

@@ -17,11 +17,15 @@ re-ranking folder as fp16 HDF5 (resumable) and reused on the next run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import h5py
@@ -49,7 +53,8 @@ ORIGINAL_NS = (1, 5, 10, 20, 50, 100)  # the original's n_values_all
 FIGURE_WIDTH = 200  # px of each image in a report's match figure
 # Settings a cascade's cheap preset takes from the expensive one (everything but the method's own numbers).
 CASCADE_SHARED = ("resize", "num_clusters", "checkpoint", "fit_max_images", "fit_max_patches", "batch_size",
-                  "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten")
+                  "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten",
+                  "map_cache_mb")
 
 
 def write_kapture_paths(path: Path, q_paths: list[str], m_paths: list[str], ids: np.ndarray) -> None:
@@ -81,7 +86,9 @@ class PatchNetVLAD(Reranker):
         "pq_bytes": None,  # store map patches as product-quantised codes of this many bytes (None: fp16)
         "matcher": "spatial",  # 'ransac' (OpenCV homography) or 'spatial' (rapid spatial scoring)
         "ransac_threshold": 1.5,  # in feature cells x patch stride (24 px for VGG at stride 1, as the original)
-        "ransac_threads": 1,  # RANSAC over a query's candidates in this many threads (OpenCV releases the GIL)
+        # RANSAC of all a query's candidates and sizes in this many threads (OpenCV releases the GIL), overlapping
+        # the next candidates' matmuls; 0 = one per core available to this process, 1 = in the calling thread
+        "ransac_threads": 0,
         "global_weight": 0.0,  # + global_weight * zscore(global similarity); 0 = the original (patches only)
         # a patch size whose scores are all equal over a query's candidates: the original's z-score is then
         # NaN for every candidate, so that query's order is numpy's argsort of NaNs (arbitrary, kept here as
@@ -90,6 +97,9 @@ class PatchNetVLAD(Reranker):
         "num_clusters": 32, "checkpoint": None,
         "fit_max_images": 100, "fit_max_patches": 6000, "batch_size": 4,
         "match_batch": 4,  # candidates per batched call: small keeps similarity blocks in a CPU cache; raise on GPU
+        # MB of decoded map patches kept between queries (least recently used dropped first): a map image is a
+        # candidate of many queries, and reading it from HDF5 is a third of `storage`'s time; 0 = read every time
+        "map_cache_mb": 0,
         "device": "cpu", "seed": 0,
         # 'bfloat16' / 'int8' run the similarity matmuls in that precision (faster on CPUs with AVX512-BF16 /
         # VNNI, and on GPUs) and recompute in float32 every nearest neighbour within the precision's error bound,
@@ -120,12 +130,7 @@ class PatchNetVLAD(Reranker):
         cheap_ids, cheap_scores = PatchNetVLAD(self.get_conf(self.conf["cascade_from"], **shared)).rerank_all(
             retrieval, work_dir)
         k = self.conf["cascade_top"]
-        glob = {(qi, j): s for qi in range(len(retrieval.ids)) for j, s in zip(retrieval.ids[qi], retrieval.scores[qi])}
-        head_scores = np.array([[glob.get((qi, j), np.nan) for j in row] for qi, row in enumerate(cheap_ids[:, :k])],
-                               dtype=np.float32).reshape(cheap_ids[:, :k].shape)
-        head = Retrieval(retrieval.index_dir, retrieval.query_dir, retrieval.map_dir, retrieval.q_names,
-                         retrieval.m_names, cheap_ids[:, :k], head_scores, retrieval.manifest, retrieval.results_dir)
-        ids, scores = self.rerank_all(head, work_dir)
+        ids, scores = self.rerank_all(cascade_head(retrieval, cheap_ids, k), work_dir)
         return np.concatenate([ids, cheap_ids[:, k:]], 1), np.concatenate([scores, cheap_scores[:, k:]], 1)
 
     def _cache(self, retrieval: Retrieval, work_dir: Path) -> tuple[str, Path]:
@@ -137,8 +142,9 @@ class PatchNetVLAD(Reranker):
                             "resample": patches.RESAMPLE.name}, sort_keys=True)
         return key, Path(work_dir) / f"patches-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
-    def rerank_all(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-        """This preset's ranking of every candidate of `retrieval`."""
+    def prepare(self, retrieval: Retrieval, work_dir: Path) -> tuple[Matcher, Path]:
+        """(the matcher, the cache folder holding `query.h5` and `map.h5`): the patch features of every query
+        and candidate, extracted once (resumable) in a folder keyed by what produced them."""
         conf = self.conf
         key, cache = self._cache(retrieval, work_dir)
         cache.mkdir(parents=True, exist_ok=True)
@@ -148,6 +154,11 @@ class PatchNetVLAD(Reranker):
         patches.extract(model, retrieval.query_dir, retrieval.q_names, cache / "query.h5", key)
         matcher = Matcher(conf, model)
         matcher.codebook = model.pq_centroids.cpu()
+        return matcher, cache
+
+    def rerank_all(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """This preset's ranking of every candidate of `retrieval`."""
+        matcher, cache = self.prepare(retrieval, work_dir)
         new_ids, new_scores = retrieval.ids.copy(), np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
         with h5py.File(cache / "map.h5", "r") as fm, h5py.File(cache / "query.h5", "r") as fq:
             for qi, q in enumerate(tqdm(retrieval.q_names, desc="patch matching", unit="query")):
@@ -155,7 +166,7 @@ class PatchNetVLAD(Reranker):
                 if q not in fq or not len(valid):
                     continue
                 cand = [retrieval.m_names[j] for j in retrieval.ids[qi, valid]]
-                fused = matcher.rank_scores(patches.read_patches(fq, [q], conf["patch_sizes"]), fm, cand,
+                fused = matcher.rank_scores(patches.read_patches(fq, [q], self.conf["patch_sizes"]), fm, cand,
                                             retrieval.scores[qi, valid])
                 # numpy's default sort on the original's sign (lower = better), so ties and all-NaN queries
                 # (a constant patch size) come out in the original's order on the same numpy
@@ -218,6 +229,28 @@ class PatchNetVLAD(Reranker):
         return out
 
 
+def cascade_head(retrieval: Retrieval, ids: np.ndarray, k: int) -> Retrieval:
+    """`retrieval` restricted to the first `k` of another ordering `ids` of its candidates (global scores kept)."""
+    head = ids[:, :k]
+    pos = np.array([[np.flatnonzero(row == j)[0] if j >= 0 else 0 for j in h] for row, h in zip(retrieval.ids, head)],
+                   dtype=np.int64).reshape(head.shape)
+    scores = np.where(head >= 0, np.take_along_axis(retrieval.scores, pos, 1), np.nan)
+    return dataclasses.replace(retrieval, ids=head, scores=scores)
+
+
+def ransac_pool(threads: int) -> Executor | nullcontext:
+    """A pool of `threads` workers (0: one per core this process may use), or none for one thread."""
+    n = threads or len(os.sched_getaffinity(0))
+    return ThreadPoolExecutor(n) if n > 1 else nullcontext()
+
+
+def _now(fn, *args) -> Future:
+    """`fn(*args)` run in the calling thread, as a finished future."""
+    fut: Future = Future()
+    fut.set_result(fn(*args))
+    return fut
+
+
 class Matcher:
     """Scores one query's patch features against a batch of candidates, all candidates at once."""
 
@@ -235,24 +268,41 @@ class Matcher:
         self.centres = [c for _, c in grids]
         self.thresholds = [conf["ransac_threshold"] * feat_stride * st for st in conf["strides"]]
         self.codebook: torch.Tensor | None = None  # set when map patches are stored as PQ codes
+        self.cache: OrderedDict[str, list[np.ndarray]] = OrderedDict()  # map name -> patches per size (one map file)
 
-    def verified(self, s: int, fw: torch.Tensor, mutual: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per candidate, (query, candidate) patch indices of the mutual matches that RANSAC keeps."""
-        def one(b: int) -> tuple[np.ndarray, np.ndarray]:
-            qi, di = spatial.mutual_pairs(fw[b], mutual[b])
-            keep = spatial.ransac_inliers(self.centres[s][di], self.centres[s][qi], self.thresholds[s])
-            return qi[keep], di[keep]
+    def read_map(self, fm: h5py.File, names: list[str]) -> list[np.ndarray]:
+        """Per patch size, the stacked patches of map images `names`, through the `map_cache_mb` cache."""
+        sizes, budget = self.conf["patch_sizes"], self.conf["map_cache_mb"] * 2**20
+        if not budget:
+            return patches.read_patches(fm, names, sizes, self.codebook)
+        missing = [n for n in names if n not in self.cache]
+        if missing:
+            for i, got in enumerate(zip(*patches.read_patches(fm, missing, sizes, self.codebook), strict=True)):
+                self.cache[missing[i]] = list(got)
+        out = [np.stack([self.cache[n][s] for n in names]) for s in range(len(sizes))]
+        for n in names:
+            self.cache.move_to_end(n)
+        used = sum(a.nbytes for arrays in self.cache.values() for a in arrays)
+        while used > budget and len(self.cache) > len(names):
+            used -= sum(a.nbytes for a in self.cache.popitem(last=False)[1])
+        return out
 
-        if self.conf["ransac_threads"] <= 1:
-            return [one(b) for b in range(fw.shape[0])]
-        with ThreadPoolExecutor(self.conf["ransac_threads"]) as pool:
-            return list(pool.map(one, range(fw.shape[0])))
+    def verified_pair(self, s: int, fw: torch.Tensor, mutual: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(query, candidate) patch indices of one candidate's mutual matches that RANSAC keeps."""
+        qi, di = spatial.mutual_pairs(fw, mutual)
+        keep = spatial.ransac_inliers(self.centres[s][di], self.centres[s][qi], self.thresholds[s])
+        return qi[keep], di[keep]
 
-    def scale_scores(self, q: list[np.ndarray], db: list[np.ndarray]) -> torch.Tensor:
-        """Raw per-size scores (S, B): RANSAC inliers / query patches, or rapid spatial score.
+    def verified(self, s: int, fw: torch.Tensor, mutual: torch.Tensor, pool: Executor | None = None
+                 ) -> list[Future]:
+        """Per candidate, a future of `verified_pair` (in `pool`, or already done without one)."""
+        if pool is None:
+            return [_now(self.verified_pair, s, fw[b], mutual[b]) for b in range(fw.shape[0])]
+        return [pool.submit(self.verified_pair, s, fw[b], mutual[b]) for b in range(fw.shape[0])]
 
-        `q` per size (Nq, d) and `db` per size (B, Nd, d), any float dtype.
-        """
+    def submit(self, q: list[np.ndarray], db: list[np.ndarray], pool: Executor | None = None) -> list:
+        """Per size: the rapid spatial scores (B,), or one future of verified matches per candidate (RANSAC
+        queued in `pool`, so the caller can go on with the next candidates' matmuls)."""
         out = []
         for s, (qs, ds) in enumerate(zip(q, db, strict=True)):
             qt = torch.as_tensor(qs, device=self.device).float()
@@ -260,23 +310,52 @@ class Matcher:
             fw, mutual = spatial.mutual_nn(qt, dt, self.conf["match_dtype"])
             fw, mutual = fw.cpu(), mutual.cpu()
             if self.conf["matcher"] == "ransac":
-                counts = [len(qi) for qi, _ in self.verified(s, fw, mutual)]
-                out.append(torch.tensor(counts, dtype=torch.float64) / max(qt.shape[0], 1))
+                out.append(self.verified(s, fw, mutual, pool))
             else:
                 out.append(spatial.rapid_spatial_scores(self.grid[s], self.grid[s], fw, mutual))
+        return out
+
+    def collect(self, parts: list, num_query: list[int]) -> torch.Tensor:
+        """Raw per-size scores (S, B) from `submit`'s parts: RANSAC inliers / query patches, or spatial scores."""
+        out = []
+        for part, nq in zip(parts, num_query, strict=True):
+            if isinstance(part, torch.Tensor):
+                out.append(part)
+            else:
+                counts = [len(f.result()[0]) for f in part]
+                out.append(torch.tensor(counts, dtype=torch.float64) / max(nq, 1))
         return torch.stack(out)
+
+    def scale_scores(self, q: list[np.ndarray], db: list[np.ndarray]) -> torch.Tensor:
+        """Raw per-size scores (S, B): RANSAC inliers / query patches, or rapid spatial score.
+
+        `q` per size (Nq, d) and `db` per size (B, Nd, d), any float dtype.
+        """
+        with ransac_pool(self.conf["ransac_threads"]) as pool:
+            return self.collect(self.submit(q, db, pool), [len(x) for x in q])
+
+    def raw_scores(self, q: list[np.ndarray], fm: h5py.File, cand: list[str]) -> torch.Tensor:
+        """Raw per-size scores (S, B) of one query (`q` per size, (1, Nq, d)) against candidates read from `fm`.
+
+        Candidates are matched `match_batch` at a time; with RANSAC threads every candidate's RANSAC is
+        queued as soon as its matches are known and all are collected at the end (same counts: each
+        `findHomography` call is deterministic and independent of the others).
+        """
+        sizes, bs = self.conf["patch_sizes"], self.conf["match_batch"]
+        raw = torch.zeros(len(sizes), len(cand), dtype=torch.float64)  # candidates without features: 0
+        have = [i for i, c in enumerate(cand) if c in self.cache or f"{c}/p{sizes[0]}" in fm]
+        qs = [x[0] for x in q]
+        with ransac_pool(self.conf["ransac_threads"]) as pool:
+            pending = [(have[i:i + bs], self.submit(qs, self.read_map(fm, [cand[j] for j in have[i:i + bs]]), pool))
+                       for i in range(0, len(have), bs)]
+            for idx, parts in pending:
+                raw[:, idx] = self.collect(parts, [len(x) for x in qs])
+        return raw
 
     def rank_scores(self, q: list[np.ndarray], fm: h5py.File, cand: list[str], global_scores: np.ndarray
                     ) -> np.ndarray:
         """Fused score per candidate (higher = better) for one query (`q` per size, (1, Nq, d))."""
-        sizes, bs = self.conf["patch_sizes"], self.conf["match_batch"]
-        raw = torch.zeros(len(sizes), len(cand), dtype=torch.float64)  # candidates without features: 0
-        have = [i for i, c in enumerate(cand) if f"{c}/p{sizes[0]}" in fm]
-        for i in range(0, len(have), bs):
-            idx = have[i:i + bs]
-            db = patches.read_patches(fm, [cand[j] for j in idx], sizes, self.codebook)
-            raw[:, idx] = self.scale_scores([x[0] for x in q], db)
-        return self.fuse(raw, global_scores)
+        return self.fuse(self.raw_scores(q, fm, cand), global_scores)
 
     def fuse(self, raw: torch.Tensor, global_scores: np.ndarray) -> np.ndarray:
         """Weighted z-scores of the sizes' scores (float64, as the original), plus the optional global term."""
@@ -402,11 +481,11 @@ def match_two(image_a: str | Path, image_b: str | Path, conf: dict, out_png: str
 
 def verified_lines(matcher: Matcher, q: list[np.ndarray], db: list[np.ndarray]) -> list[list[tuple]]:
     """Per patch size, the (query, candidate) pixel centres of the mutual matches RANSAC keeps between one
-    query (per size (Nq, d)) and one candidate (per size (1, Nd, d)), in `Matcher.verified`'s order."""
+    query (per size (Nq, d)) and one candidate (per size (1, Nd, d)), as `Matcher.verified_pair` keeps them."""
     lines = []
     for s, (qs, ds) in enumerate(zip(q, db, strict=True)):
         fw, mutual = spatial.mutual_nn(torch.as_tensor(qs), torch.as_tensor(ds))
-        qi, di = matcher.verified(s, fw, mutual)[0]
+        qi, di = matcher.verified_pair(s, fw[0], mutual[0])
         lines.append([(tuple(matcher.centres[s][i].tolist()), tuple(matcher.centres[s][j].tolist()))
                       for i, j in zip(qi, di, strict=True)])
     return lines
