@@ -50,16 +50,30 @@ def check(precision: str) -> str:
     return precision
 
 
-class Int8Linear(nn.Module):
-    """A dynamically quantized Linear that still exposes float `weight` / `bias` (the dequantized int8 values), so
-    code that reads them directly (DINOv2's value facet) computes with the same weights as the forward."""
+def full_range_int8() -> bool:
+    """Whether int8 activations may use all 8 bits: on CPUs with VNNI (AVX512-VNNI / AVX-VNNI) fbgemm sums uint8 x
+    int8 products in int32. Without it, products are summed pairwise in int16, which 8-bit activations can
+    saturate; torch's default therefore keeps 7 bits there (`reduce_range`), at four times the squared error."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
-    def __init__(self, quantized: nn.Module) -> None:
+
+class Int8Linear(nn.Module):
+    """A dynamically quantized Linear: int8 weights with one scale per output channel, activations quantized per
+    batch with 8 bits where `full_range` (else 7). It still exposes float `weight` / `bias` (the dequantized int8
+    values), so code that reads them directly computes with the same weights as the forward."""
+
+    def __init__(self, quantized: nn.Module, full_range: bool) -> None:
         super().__init__()
-        self.quantized = quantized
+        self.quantized, self.full_range = quantized, full_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantized(x)
+        packed = self.quantized._packed_params._packed_params
+        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=not self.full_range)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -70,20 +84,30 @@ class Int8Linear(nn.Module):
         return self.quantized.bias()
 
 
-def _wrap_quantized(module: nn.Module) -> None:
-    """Replace every dynamically quantized Linear below `module` by an `Int8Linear` around it."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+def int8_targets(backbone: nn.Module) -> list[str]:
+    """Names of the Linear layers int8 quantizes: all but those the backbone exempts (`Backbone.int8_exempt`)."""
+    exempt = backbone.int8_exempt() if isinstance(backbone, Backbone) else set()
+    return [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and n not in exempt]
 
-    for name, child in module.named_children():
-        if isinstance(child, DynamicLinear):
-            setattr(module, name, Int8Linear(child))
-        else:
-            _wrap_quantized(child)
+
+def quantize_int8(backbone: nn.Module) -> nn.Module:
+    """`backbone` (changed in place) with its `int8_targets` replaced by `Int8Linear`s."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    targets, full_range = int8_targets(backbone), full_range_int8()
+    with warnings.catch_warnings():  # torch flags the eager quantization API as deprecated; it still works
+        warnings.simplefilter("ignore")
+        quantize_dynamic(backbone, dict.fromkeys(targets, per_channel_dynamic_qconfig), inplace=True)
+    for name in targets:
+        parent, _, child = name.rpartition(".")
+        holder = backbone.get_submodule(parent)
+        setattr(holder, child, Int8Linear(getattr(holder, child), full_range))
+    return backbone
 
 
 def supports(backbone: nn.Module, precision: str) -> bool:
     """Whether `backbone` can run at `precision` (int8 needs Linear layers to quantize)."""
-    return precision != "int8" or any(isinstance(m, nn.Linear) for m in backbone.modules())
+    return precision != "int8" or bool(int8_targets(backbone))
 
 
 def prepare(backbone: Backbone, precision: str) -> Backbone:
@@ -96,10 +120,7 @@ def prepare(backbone: Backbone, precision: str) -> Backbone:
     if precision == "int8":
         if any(p.device.type != "cpu" for p in backbone.parameters()):
             raise ValueError("int8 (dynamic quantization) runs on the CPU only; use bf16 on other devices")
-        with warnings.catch_warnings():  # torch flags the eager quantization API as deprecated; it still works
-            warnings.simplefilter("ignore")
-            torch.ao.quantization.quantize_dynamic(backbone, {nn.Linear}, dtype=torch.qint8, inplace=True)
-        _wrap_quantized(backbone)
+        quantize_int8(backbone)
     elif precision == "bf16":
         backbone.to(memory_format=torch.channels_last)
     return backbone
