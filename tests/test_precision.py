@@ -126,6 +126,8 @@ def test_fp32_key_unchanged_and_precision_in_key():
     legacy = json.dumps({k: conf[k] for k in ("model", "aggregator", "preprocessing")}, sort_keys=True)
     assert extract.model_key(conf) == legacy  # files written before precisions existed stay valid
     assert json.loads(extract.model_key(extract.get_conf("mobilenetv2-gem", precision="bf16")))["precision"] == "bf16"
+    # the first int8 scheme's files ("int8") hold other descriptors than the current scheme's
+    assert json.loads(extract.model_key(extract.get_conf("dinov2-vlad", precision="int8")))["precision"] == "int8-v2"
 
 
 def test_features_of_another_precision_are_refused(tiny_backbone, image_folder, tmp_path):

@@ -6,9 +6,12 @@ changes the descriptors, so it is part of the descriptor's identity (the extract
 
 - bf16: the forward runs under `torch.autocast` (weights stay fp32, matmuls and convolutions run in bf16), the
   model in channels-last layout (oneDNN's fast path for bf16 convolutions); outputs come back as fp32.
-- int8: `quantize_dynamic` on every Linear layer (int8 weights, activations quantized per batch). Convolutions
-  stay fp32: torch's dynamic int8 Conv2d gives wrong features (cosine 0.27 to fp32 on MobileNetV2) and is slower,
-  and static int8 needs calibration data, so a backbone without Linear layers refuses int8.
+- int8: dynamic quantization of the Linear layers the forward runs (`int8_targets`; a backbone exempts the others):
+  int8 weights with one scale per output channel, activations quantized per batch with 8 bits on CPUs with VNNI
+  (7 bits elsewhere). On DINOv2-S this agrees 0.997-0.998 with fp32 where torch's default (per-tensor weights,
+  7 bits) agrees 0.980-0.983 (bench/int8_layers.py). Convolutions stay fp32: torch's dynamic int8 Conv2d gives
+  wrong features (cosine 0.27 to fp32 on MobileNetV2) and is slower, and static int8 needs calibration data, so a
+  backbone without Linear layers refuses int8.
 - auto: `probe` times each precision on a dummy input once per machine, model and input size, and picks the
   fastest whose features agree with fp32 (mean per-location cosine >= AGREEMENT); the result is cached.
 """
@@ -35,11 +38,15 @@ logger = logging.getLogger("vprkit")
 
 PRECISIONS = ("fp32", "bf16", "int8")
 CHOICES = (*PRECISIONS, "auto")
-# Mean per-location cosine of the local features to fp32 that `auto` accepts. On the probe's noise input bf16
-# scores 0.999+ (DINOv2-S, MobileNetV2) and keeps R@1 within -0.009..+0.014 of fp32 on the dev sets with the same
-# vocabulary; DINOv2-S int8 scores 0.982 and loses 0.027-0.057 R@1 on Corridor, ESSEX3IN1 and Nordland, so auto
-# does not pick it (docs/precision.md). Dynamic int8 convolutions score 0.32.
-AGREEMENT = 0.99
+# How a precision is named in descriptor keys and probe caches: the int8 scheme changed (per-channel weights,
+# exempt layers, 8-bit activations), so keys of the first scheme's files ("int8") no longer match.
+KEYS = {"int8": "int8-v2"}
+# Mean per-location cosine of the local features to fp32 that `auto` accepts. On the probe's noise input (DINOv2-S
+# at 322 px) bf16 scores 0.99995 and int8 0.9973 with 8-bit activations, both keeping R@1 within 0.01 of fp32 on
+# the dev sets (docs/precision.md); 7-bit activations score 0.9889 (torch's default scheme 0.982, which lost up to
+# 0.014 R@1), so CPUs without VNNI do not get int8 from auto. MobileNetV2 bf16 scores 0.999; dynamic int8
+# convolutions 0.32.
+AGREEMENT = 0.995
 PROBE_REPEATS = 3
 
 
@@ -157,7 +164,7 @@ def probe(backbone: Backbone, model_conf: dict, size: tuple[int, int], threshold
     (H, W); it holds the timings, agreements, the choice and the reason, which is logged.
     """
     key = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "model": model_conf, "input": list(size), "threshold": threshold}
+           "model": model_conf, "input": list(size), "threshold": threshold, "int8": KEYS["int8"]}
     path = cache_dir() / "precision" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
                                         + ".json")
     if path.is_file():
