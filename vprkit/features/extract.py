@@ -116,12 +116,13 @@ def get_conf(preset: str, **overrides) -> dict:
 def model_key(conf: dict) -> str:
     """The part of a config that determines the descriptor space (what must match map and query).
 
-    A reduced precision changes the descriptors, so it is part of the key; fp32 is left out so keys of
-    files written before precisions existed stay valid.
+    A reduced precision changes the descriptors, so it is part of the key (with the int8 scheme's version: files
+    of an earlier scheme are not extended with other descriptors); fp32 is left out so keys of files written
+    before precisions existed stay valid.
     """
     key = {k: conf[k] for k in ("model", "aggregator", "preprocessing")}
     if conf.get("precision", "fp32") != "fp32":
-        key["precision"] = conf["precision"]
+        key["precision"] = precisions.KEYS.get(conf["precision"], conf["precision"])
     return json.dumps(key, sort_keys=True)
 
 

@@ -47,6 +47,11 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> BackboneOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def int8_exempt(self) -> set[str]:
+        """Names of Linear layers that int8 quantization leaves in fp32: layers the forward never runs, or reads
+        only as weights (quantizing them costs accuracy or time and gains nothing)."""
+        return set()
+
 
 class MissingWeightsError(RuntimeError):
     """Raised when the package or file that carries a backbone's weights is not there."""

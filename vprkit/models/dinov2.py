@@ -218,6 +218,15 @@ class DinoV2(Backbone):
             out[(None, "token")] = self.norm(tokens)
         return out
 
+    def int8_exempt(self) -> set[str]:
+        """Blocks from the deepest value tap on never run whole (`tokens` stops there), and a value tap reads its
+        qkv weights in fp32 arithmetic (no activation to quantize): int8 would only round those weights."""
+        last = max(len(self.blocks) - 1 if i is None else i for i in self.layers)
+        whole = last + 1 if self.facet == "token" else last  # blocks 0..whole-1 run their full forward
+        idle = {f"blocks.{i}.{n}" for i in range(whole, len(self.blocks))
+                for n, m in self.blocks[i].named_modules() if isinstance(m, nn.Linear)}
+        return idle | {f"blocks.{i}.attn.qkv" for i in self.layers if self.facet == "value"}
+
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         h, w = x.shape[2] // PATCH, x.shape[3] // PATCH
         taps = [(i, self.facet) for i in self.layers]

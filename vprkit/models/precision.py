@@ -6,9 +6,12 @@ changes the descriptors, so it is part of the descriptor's identity (the extract
 
 - bf16: the forward runs under `torch.autocast` (weights stay fp32, matmuls and convolutions run in bf16), the
   model in channels-last layout (oneDNN's fast path for bf16 convolutions); outputs come back as fp32.
-- int8: `quantize_dynamic` on every Linear layer (int8 weights, activations quantized per batch). Convolutions
-  stay fp32: torch's dynamic int8 Conv2d gives wrong features (cosine 0.27 to fp32 on MobileNetV2) and is slower,
-  and static int8 needs calibration data, so a backbone without Linear layers refuses int8.
+- int8: dynamic quantization of the Linear layers the forward runs (`int8_targets`; a backbone exempts the others):
+  int8 weights with one scale per output channel, activations quantized per batch with 8 bits on CPUs with VNNI
+  (7 bits elsewhere). On DINOv2-S this agrees 0.997-0.998 with fp32 where torch's default (per-tensor weights,
+  7 bits) agrees 0.980-0.983 (bench/int8_layers.py). Convolutions stay fp32: torch's dynamic int8 Conv2d gives
+  wrong features (cosine 0.27 to fp32 on MobileNetV2) and is slower, and static int8 needs calibration data, so a
+  backbone without Linear layers refuses int8.
 - auto: `probe` times each precision on a dummy input once per machine, model and input size, and picks the
   fastest whose features agree with fp32 (mean per-location cosine >= AGREEMENT); the result is cached.
 """
@@ -35,11 +38,15 @@ logger = logging.getLogger("vprkit")
 
 PRECISIONS = ("fp32", "bf16", "int8")
 CHOICES = (*PRECISIONS, "auto")
-# Mean per-location cosine of the local features to fp32 that `auto` accepts. On the probe's noise input bf16
-# scores 0.999+ (DINOv2-S, MobileNetV2) and keeps R@1 within -0.009..+0.014 of fp32 on the dev sets with the same
-# vocabulary; DINOv2-S int8 scores 0.982 and loses 0.027-0.057 R@1 on Corridor, ESSEX3IN1 and Nordland, so auto
-# does not pick it (docs/precision.md). Dynamic int8 convolutions score 0.32.
-AGREEMENT = 0.99
+# How a precision is named in descriptor keys and probe caches: the int8 scheme changed (per-channel weights,
+# exempt layers, 8-bit activations), so keys of the first scheme's files ("int8") no longer match.
+KEYS = {"int8": "int8-v2"}
+# Mean per-location cosine of the local features to fp32 that `auto` accepts. On the probe's noise input (DINOv2-S
+# at 322 px) bf16 scores 0.99995 and int8 0.9973 with 8-bit activations, both keeping R@1 within 0.01 of fp32 on
+# the dev sets (docs/precision.md); 7-bit activations score 0.9889 (torch's default scheme 0.982, which lost up to
+# 0.014 R@1), so CPUs without VNNI do not get int8 from auto. MobileNetV2 bf16 scores 0.999; dynamic int8
+# convolutions 0.32.
+AGREEMENT = 0.995
 PROBE_REPEATS = 3
 
 
@@ -50,16 +57,30 @@ def check(precision: str) -> str:
     return precision
 
 
-class Int8Linear(nn.Module):
-    """A dynamically quantized Linear that still exposes float `weight` / `bias` (the dequantized int8 values), so
-    code that reads them directly (DINOv2's value facet) computes with the same weights as the forward."""
+def full_range_int8() -> bool:
+    """Whether int8 activations may use all 8 bits: on CPUs with VNNI (AVX512-VNNI / AVX-VNNI) fbgemm sums uint8 x
+    int8 products in int32. Without it, products are summed pairwise in int16, which 8-bit activations can
+    saturate; torch's default therefore keeps 7 bits there (`reduce_range`), at four times the squared error."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
-    def __init__(self, quantized: nn.Module) -> None:
+
+class Int8Linear(nn.Module):
+    """A dynamically quantized Linear: int8 weights with one scale per output channel, activations quantized per
+    batch with 8 bits where `full_range` (else 7). It still exposes float `weight` / `bias` (the dequantized int8
+    values), so code that reads them directly computes with the same weights as the forward."""
+
+    def __init__(self, quantized: nn.Module, full_range: bool) -> None:
         super().__init__()
-        self.quantized = quantized
+        self.quantized, self.full_range = quantized, full_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantized(x)
+        packed = self.quantized._packed_params._packed_params
+        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=not self.full_range)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -70,20 +91,30 @@ class Int8Linear(nn.Module):
         return self.quantized.bias()
 
 
-def _wrap_quantized(module: nn.Module) -> None:
-    """Replace every dynamically quantized Linear below `module` by an `Int8Linear` around it."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+def int8_targets(backbone: nn.Module) -> list[str]:
+    """Names of the Linear layers int8 quantizes: all but those the backbone exempts (`Backbone.int8_exempt`)."""
+    exempt = backbone.int8_exempt() if isinstance(backbone, Backbone) else set()
+    return [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and n not in exempt]
 
-    for name, child in module.named_children():
-        if isinstance(child, DynamicLinear):
-            setattr(module, name, Int8Linear(child))
-        else:
-            _wrap_quantized(child)
+
+def quantize_int8(backbone: nn.Module) -> nn.Module:
+    """`backbone` (changed in place) with its `int8_targets` replaced by `Int8Linear`s."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    targets, full_range = int8_targets(backbone), full_range_int8()
+    with warnings.catch_warnings():  # torch flags the eager quantization API as deprecated; it still works
+        warnings.simplefilter("ignore")
+        quantize_dynamic(backbone, dict.fromkeys(targets, per_channel_dynamic_qconfig), inplace=True)
+    for name in targets:
+        parent, _, child = name.rpartition(".")
+        holder = backbone.get_submodule(parent)
+        setattr(holder, child, Int8Linear(getattr(holder, child), full_range))
+    return backbone
 
 
 def supports(backbone: nn.Module, precision: str) -> bool:
     """Whether `backbone` can run at `precision` (int8 needs Linear layers to quantize)."""
-    return precision != "int8" or any(isinstance(m, nn.Linear) for m in backbone.modules())
+    return precision != "int8" or bool(int8_targets(backbone))
 
 
 def prepare(backbone: Backbone, precision: str) -> Backbone:
@@ -96,10 +127,7 @@ def prepare(backbone: Backbone, precision: str) -> Backbone:
     if precision == "int8":
         if any(p.device.type != "cpu" for p in backbone.parameters()):
             raise ValueError("int8 (dynamic quantization) runs on the CPU only; use bf16 on other devices")
-        with warnings.catch_warnings():  # torch flags the eager quantization API as deprecated; it still works
-            warnings.simplefilter("ignore")
-            torch.ao.quantization.quantize_dynamic(backbone, {nn.Linear}, dtype=torch.qint8, inplace=True)
-        _wrap_quantized(backbone)
+        quantize_int8(backbone)
     elif precision == "bf16":
         backbone.to(memory_format=torch.channels_last)
     return backbone
@@ -136,7 +164,7 @@ def probe(backbone: Backbone, model_conf: dict, size: tuple[int, int], threshold
     (H, W); it holds the timings, agreements, the choice and the reason, which is logged.
     """
     key = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "model": model_conf, "input": list(size), "threshold": threshold}
+           "model": model_conf, "input": list(size), "threshold": threshold, "int8": KEYS["int8"]}
     path = cache_dir() / "precision" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
                                         + ".json")
     if path.is_file():
