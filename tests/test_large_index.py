@@ -118,12 +118,12 @@ def _plain_copy(index_path, x: np.ndarray):
     return ref
 
 
-@pytest.mark.parametrize("factory", ["IVF16,SQ8", "IVF8,PQ8x4"])
+@pytest.mark.parametrize("factory", ["IVF512,SQ8", "IVF8,PQ8x4"])  # 512 lists: list metadata past a few KiB
 def test_streamed_on_disk_build_equals_a_plain_faiss_index(tmp_path, factory):
-    x, q, _ = _data(n=2300)
+    x, q, _ = _data(n=23000)
     choice = large.IndexChoice(factory, True, 4, True, "test")
-    chunks = (x[s:s + 600] for s in range(0, len(x), 600))  # uneven last chunk
-    assert large.build_chunked(chunks, len(x), x.shape[1], choice, tmp_path, x[:1200]) is None
+    chunks = (x[s:s + 6000] for s in range(0, len(x), 6000))  # uneven last chunk
+    assert large.build_chunked(chunks, len(x), x.shape[1], choice, tmp_path, x[:20000]) is None
     disk = large.read(tmp_path / "index.faiss", on_disk=True)
     ref = _plain_copy(tmp_path / "index.faiss", x)
     code_size = faiss_code_size(disk)

@@ -215,7 +215,8 @@ def merge_blocks(index: faiss.Index, blocks: list[Block], ivfdata: Path) -> None
                 out.write(m[base + (e[j] - b.sizes[j]) * 8:base + e[j] * 8])
     lists = faiss.OnDiskInvertedLists(ivf.nlist, code_size, str(ivfdata))
     lists.totsize = int(sizes.sum()) * (code_size + 8)
-    lists.set_all_lists_sizes(faiss.swig_ptr(sizes.astype(np.uint64)))
+    packed = np.ascontiguousarray(sizes, dtype=np.uint64)  # named: swig_ptr does not keep its array alive
+    lists.set_all_lists_sizes(faiss.swig_ptr(packed))
     ivf.replace_invlists(lists, True)
     lists.this.disown()
     ivf.ntotal = index.ntotal = int(sizes.sum())
