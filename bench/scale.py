@@ -100,8 +100,8 @@ def child_build(work: Path, size: int, budget: int) -> dict:
     t0 = time.perf_counter()
     stats = statistics(map_real)
     n_train = max(large.train_size(choice, size) - len(map_real), 0)
-    sample = training_sample(map_real, n_train, stats)
-    index = large.build_chunked(map_chunks(map_real, size, stats), size, dim, choice, out, sample)
+    index = large.build_chunked(map_chunks(map_real, size, stats), size, dim, choice, out,
+                                training_sample(map_real, n_train, stats))  # no reference kept: freed once trained
     if index is not None:
         import faiss
 

@@ -104,6 +104,7 @@ def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexC
     """
     out_dir = Path(out_dir)
     trained = _train(choice, sample)
+    del sample  # freed here when the caller passed it without keeping a reference (api, bench/scale.py)
     start = 0
     with BoundedWriter(out_dir / DESCRIPTORS_FILE) as full, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         np.lib.format.write_array_header_1_0(full, {"descr": np.dtype(np.float16).str, "fortran_order": False,
@@ -117,6 +118,7 @@ def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexC
                 trained.add(x)
             full.write(x.astype(np.float16))
             start += len(x)
+            del chunk, x  # before the next chunk is made
         _check_count(start, n)
         if not choice.on_disk:
             return trained
