@@ -3,38 +3,49 @@
 Distractors are real descriptors of other images (the other dev sets) plus synthetic ones drawn to match the
 real descriptors' statistics (mean and principal axes with their variances, then L2-normalised). For each map
 size the index is chosen from the memory budget (`vprkit.index.large.choose`), built chunk by chunk in a child
-process (its peak RSS measured there), then queried one query at a time in another child (latency p50 / p99,
-peak RSS): compressed search + exact re-scoring of the shortlist, against exact search over the same map.
+process, then queried one query at a time in another child (latency p50 / p99): compressed search + exact
+re-scoring of the shortlist, against exact search over the same map.
 
-    python bench/scale.py --data ../shared/data --sizes 1000000,10000000 --budget 2GB --work /tmp/vprkit-scale
+Memory of the build and query children, two ways: peak anonymous memory (RssAnon of the child and its descendants,
+sampled every 20 ms: what the process allocated, not the file pages it maps) next to peak RSS (VmHWM: includes the
+memory-mapped descriptors and inverted lists, which the kernel drops under pressure); and, with `--cgroup-limit 2G`
+(Linux, cgroup v1 memory controller, root), both children run inside a memory cgroup of that size: with no swap,
+exceeding it in anonymous memory gets the child OOM-killed, so a finished row proves the limit. The cgroup's own
+peak (anonymous + page cache charged to it) and its OOM-kill count are printed too.
+
+    python bench/scale.py --data ../shared/data --sizes 1000000,10000000 --budget 2GB --cgroup-limit 2G \
+        --work /tmp/vprkit-scale
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from common import machine
 
-from vprkit.data.images import list_images
-from vprkit.features import extract, h5io
-from vprkit.index import large
+from vprkit.index import large  # the children import no torch: their memory is the index's
 
 NORDLAND = ("nordland_64x32_dev/summer", "nordland_64x32_dev/winter")
 OTHERS = ("corridor/ref", "corridor/query", "essex3in1_thumbs/ref", "essex3in1_thumbs/query",
           "gardenspoint_mini10/ref", "gardenspoint_mini10/query", "toy_streets_unlabeled/database",
           "toy_streets_unlabeled/queries")
 CHUNK, EXACT_CHUNK = 100_000, 20_000
+CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
 
 def describe(data: Path, folder: str, conf: dict, work: Path) -> np.ndarray:
     """Global descriptors of one folder (cached, resumable), in sorted name order."""
+    from vprkit.data.images import list_images
+    from vprkit.features import extract, h5io
+
     names = list_images(data / folder)
     out = work / (folder.replace("/", "_") + ".h5")
     ok = extract.main(conf, data / folder, out, work / "state.npz", names=names)
@@ -51,8 +62,22 @@ def statistics(real: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def synthetic(stats: tuple, n: int, seed: int) -> np.ndarray:
     """n vectors with the mean and covariance of the real ones (Gaussian in its principal axes), L2-normalised."""
     mean, std, vt = stats
-    x = (np.random.default_rng(seed).standard_normal((n, len(std))).astype(np.float32) * std) @ vt + mean
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    z = np.random.default_rng(seed).standard_normal((n, len(std)), dtype=np.float32)
+    z *= std
+    x = z @ vt
+    x += mean
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def training_sample(map_real: np.ndarray, n_train: int, stats: tuple) -> np.ndarray:
+    """The real map descriptors plus n_train synthetic ones, generated chunk by chunk into one array."""
+    out = np.empty((len(map_real) + n_train, map_real.shape[1]), dtype=np.float32)
+    out[:len(map_real)] = map_real
+    for s in range(0, n_train, CHUNK):  # seeds apart from the map chunks' (1, 2, ...)
+        n = min(CHUNK, n_train - s)
+        out[len(map_real) + s:len(map_real) + s + n] = synthetic(stats, n, 10**6 + s // CHUNK)
+    return out
 
 
 def map_chunks(map_real: np.ndarray, size: int, stats: tuple):
@@ -75,8 +100,8 @@ def child_build(work: Path, size: int, budget: int) -> dict:
     t0 = time.perf_counter()
     stats = statistics(map_real)
     n_train = max(large.train_size(choice, size) - len(map_real), 0)
-    sample = np.concatenate([map_real, synthetic(stats, n_train, 0)])
-    index = large.build_chunked(map_chunks(map_real, size, stats), size, dim, choice, out, sample)
+    index = large.build_chunked(map_chunks(map_real, size, stats), size, dim, choice, out,
+                                training_sample(map_real, n_train, stats))  # no reference kept: freed once trained
     if index is not None:
         import faiss
 
@@ -126,10 +151,92 @@ def recall(top1: list[int], tol: int = 2) -> float:
     return float((np.abs(t - np.arange(len(t))) <= tol).mean())
 
 
-def run_child(phase: str, args: argparse.Namespace, size: int) -> dict:
+def _kib(pid: int, field: str) -> int:
+    """A 'kB' field of /proc/PID/status, in KiB (0 once the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+class PeakAnon(threading.Thread):
+    """Samples the anonymous memory (RssAnon) of a process tree every `period` s; `peak` is the largest sum, bytes."""
+
+    def __init__(self, pid: int, period: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.period, self.peak, self.done = pid, period, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, 1024 * sum(_kib(p, "RssAnon") for p in _tree(self.pid)))
+            self.done.wait(self.period)
+
+
+def cgroup_create(limit: str) -> Path | None:
+    """A cgroup-v1 memory cgroup limited to `limit`; None, with the reason printed, where that is not possible."""
+    path = CGROUP_ROOT / f"vprkit-scale-{os.getpid()}"
+    try:
+        path.mkdir()
+        (path / "memory.limit_in_bytes").write_text(str(large.parse_bytes(limit)))
+    except OSError as e:
+        print(f"--cgroup-limit {limit} skipped: cannot create a memory cgroup under {CGROUP_ROOT} ({e}); this needs "
+              "Linux with the cgroup-v1 memory controller mounted there and root. Measuring without a limit.\n")
+        if path.is_dir():
+            path.rmdir()
+        return None
+    return path
+
+
+def _oom_kills(cgroup: Path) -> int:
+    for line in (cgroup / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def run_child(phase: str, args: argparse.Namespace, size: int, cgroup: Path | None = None) -> dict:
+    """Run one phase in a child process (inside `cgroup` if given); adds its peak anonymous memory."""
     cmd = [sys.executable, __file__, "--phase", phase, "--work", str(args.work), "--size", str(size),
            "--budget", args.budget, "--shortlist", str(args.shortlist)]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    enter = None
+    if cgroup is not None:
+        (cgroup / "memory.max_usage_in_bytes").write_text("0")
+        kills = _oom_kills(cgroup)
+
+        def enter() -> None:  # in the child, before exec: everything it runs is charged to the cgroup
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=enter)
+    watch = PeakAnon(proc.pid)
+    watch.start()
+    out, err = proc.communicate()
+    watch.done.set()
+    watch.join()
+    if proc.returncode != 0:
+        oom = cgroup is not None and _oom_kills(cgroup) > kills
+        why = f" (OOM-killed by the {args.cgroup_limit} cgroup limit)" if oom else ""
+        raise SystemExit(f"{phase} at {size:,}: the child exited with {proc.returncode}{why}\n{err[-3000:]}")
+    res = json.loads(out.splitlines()[-1])
+    res["peak_anon_mib"] = watch.peak / 2**20
+    if cgroup is not None:
+        res["cgroup_peak_mib"] = int((cgroup / "memory.max_usage_in_bytes").read_text()) / 2**20
+    return res
 
 
 def main() -> None:
@@ -141,6 +248,8 @@ def main() -> None:
     p.add_argument("--sizes", default="1000000,10000000")
     p.add_argument("--budget", default="2GB")
     p.add_argument("--shortlist", type=int, default=large.SHORTLIST)
+    p.add_argument("--cgroup-limit", help="run the build and query children inside a cgroup-v1 memory limit of this "
+                   "size (e.g. 2G; Linux, root; skipped with a message otherwise)")
     p.add_argument("--phase", choices=["build", "query", "exact"], help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -153,6 +262,10 @@ def main() -> None:
         print(json.dumps(res))
         return
     args.work.mkdir(parents=True, exist_ok=True)
+    from common import machine
+
+    from vprkit.features import extract
+
     print(f"machine: {machine()}\n", flush=True)
     conf = extract.get_conf(args.preset, preprocessing={"resize_max": args.resize_max})
     data = Path(args.data)
@@ -163,20 +276,29 @@ def main() -> None:
     print(f"{args.preset} (long side {args.resize_max}), dim {map_true.shape[1]}; {len(queries)} queries, "
           f"{len(map_true)} true map + {len(others)} real distractors + synthetic; budget {args.budget}, "
           f"shortlist {args.shortlist} re-scored exactly\n")
-    print("| map size | index | build s | build peak RSS MiB | query peak RSS MiB | p50 ms | p99 ms | "
-          "R@1 compressed+rescored | R@1 exact | ratio | top-1 = exact | bytes on disk / image |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    for size in map(int, args.sizes.split(",")):
-        b = run_child("build", args, size)
-        q = run_child("query", args, size)
-        exact = run_child("exact", args, size)["exact_top1"]
-        r, e = recall(q["top1"]), recall(exact)
-        same = float(np.mean(np.asarray(q["top1"]) == np.asarray(exact)))
-        where = "on disk" if b["on_disk"] else "RAM"
-        print(f"| {size:,} | {b['factory']} ({where}, nprobe {b['nprobe']}) | {b['build_s']:.0f} | "
-              f"{b['peak_rss_mib']:.0f} | {q['peak_rss_mib']:.0f} | {q['lat_p50_ms']:.1f} | {q['lat_p99_ms']:.1f} | "
-              f"{r:.3f} | {e:.3f} | {r / e if e else float('nan'):.3f} | {same:.3f} | "
-              f"{q['disk_bytes'] / size:.0f} |", flush=True)
+    cgroup = cgroup_create(args.cgroup_limit) if args.cgroup_limit else None
+    limit = f"in a {args.cgroup_limit} cgroup: " if cgroup else ""
+    print(f"| map size | index | build s | build peak MiB: anon / RSS | query peak MiB: anon / RSS | "
+          f"{limit}cgroup peak MiB: build / query | p50 ms | p99 ms | R@1 compressed+rescored | R@1 exact | ratio | "
+          "top-1 = exact | bytes on disk / image |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    try:
+        for size in map(int, args.sizes.split(",")):
+            b = run_child("build", args, size, cgroup)
+            q = run_child("query", args, size, cgroup)
+            exact = run_child("exact", args, size)["exact_top1"]
+            r, e = recall(q["top1"]), recall(exact)
+            same = float(np.mean(np.asarray(q["top1"]) == np.asarray(exact)))
+            where = "on disk" if b["on_disk"] else "RAM"
+            held = f"{b['cgroup_peak_mib']:.0f} / {q['cgroup_peak_mib']:.0f}" if cgroup else "not run"
+            print(f"| {size:,} | {b['factory']} ({where}, nprobe {b['nprobe']}) | {b['build_s']:.0f} | "
+                  f"{b['peak_anon_mib']:.0f} / {b['peak_rss_mib']:.0f} | {q['peak_anon_mib']:.0f} / "
+                  f"{q['peak_rss_mib']:.0f} | {held} | {q['lat_p50_ms']:.1f} | {q['lat_p99_ms']:.1f} | {r:.3f} | "
+                  f"{e:.3f} | {r / e if e else float('nan'):.3f} | {same:.3f} | {q['disk_bytes'] / size:.0f} |",
+                  flush=True)
+    finally:
+        if cgroup is not None:
+            cgroup.rmdir()
 
 
 if __name__ == "__main__":

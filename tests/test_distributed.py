@@ -38,6 +38,8 @@ def test_shards_in_process_equal_plain_extraction_and_resume(tmp_path, setup):
     np.testing.assert_allclose(h5io.read_global(out, names), ref, atol=1e-5)
     shard_dir = tmp_path / "map_shards"
     assert sorted(p.name for p in shard_dir.glob("*.done")) == [f"shard-{i:05d}.done" for i in range(4)]
+    record = json.loads((shard_dir / "shard-00001.done").read_text())
+    assert record["names"] == names[5:10] and record["pid"] == os.getpid() and record["seconds"] >= 0
     # a half-written shard (unreadable file, no .done) is redone; finished shards are not touched
     (shard_dir / "shard-00002.done").unlink()
     (shard_dir / "shard-00002.h5").write_bytes(b"not hdf5")
@@ -46,6 +48,18 @@ def test_shards_in_process_equal_plain_extraction_and_resume(tmp_path, setup):
                             shard_size=5) == names
     assert (shard_dir / "shard-00001.h5").stat().st_mtime_ns == before
     np.testing.assert_allclose(h5io.read_global(out, names), ref, atol=1e-5)
+
+
+def test_worker_sets_its_torch_threads(tmp_path, setup):
+    import torch
+
+    _, conf = setup
+    before = torch.get_num_threads()
+    try:
+        distributed.ShardWorker(conf, str(CORRIDOR), str(tmp_path), str(tmp_path / "s.npz"), threads=1)
+        assert torch.get_num_threads() == 1  # whatever OMP_NUM_THREADS the process inherited
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_changed_image_list_redoes_the_shard(tmp_path, setup):

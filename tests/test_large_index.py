@@ -88,3 +88,81 @@ def test_index_with_memory_budget_on_disk_queries_like_exact(tiny_backbone, imag
     np.testing.assert_allclose(s_small, s_ref, atol=2e-3)
     full = np.stack([ref.index.reconstruct(i) for i in range(ref.index.ntotal)])
     assert_top_k(i_small, q @ full.T, atol=2e-3)  # fp16 storage: near-ties within its rounding may swap
+
+
+def _lists(index) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, codes) of every inverted list of an IVF index, in stored order."""
+    import faiss
+
+    lists = faiss.extract_index_ivf(index).invlists
+    out = []
+    for j in range(lists.nlist):
+        n = lists.list_size(j)
+        ids = faiss.rev_swig_ptr(lists.get_ids(j), n).copy() if n else np.empty(0, np.int64)
+        codes = faiss.rev_swig_ptr(lists.get_codes(j), n * lists.code_size).copy() if n else np.empty(0, np.uint8)
+        out.append((ids, codes))
+    return out
+
+
+def _plain_copy(index_path, x: np.ndarray):
+    """The same trained index with all of `x` added at once into ordinary in-RAM lists (the reference)."""
+    import faiss
+
+    ref = large.read(index_path, on_disk=True)
+    ivf = faiss.extract_index_ivf(ref)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns it now
+    ivf.ntotal = ref.ntotal = 0
+    ref.add(x)
+    return ref
+
+
+@pytest.mark.parametrize("factory", ["IVF512,SQ8", "IVF8,PQ8x4"])  # 512 lists: list metadata past a few KiB
+def test_streamed_on_disk_build_equals_a_plain_faiss_index(tmp_path, factory):
+    x, q, _ = _data(n=23000)
+    choice = large.IndexChoice(factory, True, 4, True, "test")
+    chunks = (x[s:s + 6000] for s in range(0, len(x), 6000))  # uneven last chunk
+    assert large.build_chunked(chunks, len(x), x.shape[1], choice, tmp_path, x[:20000]) is None
+    disk = large.read(tmp_path / "index.faiss", on_disk=True)
+    ref = _plain_copy(tmp_path / "index.faiss", x)
+    code_size = faiss_code_size(disk)
+    assert (tmp_path / large.IVFDATA_FILE).stat().st_size == len(x) * (code_size + 8)
+    assert disk.ntotal == len(x) and not list(tmp_path.glob("tmp*"))  # block files removed
+    for (ids_d, codes_d), (ids_r, codes_r) in zip(_lists(disk), _lists(ref)):
+        np.testing.assert_array_equal(ids_d, ids_r)  # same lists, same order
+        np.testing.assert_array_equal(codes_d, codes_r)  # same bytes
+    large.set_nprobe(disk, 4)
+    large.set_nprobe(ref, 4)
+    s_d, i_d = disk.search(q, 10)
+    s_r, i_r = ref.search(q, 10)
+    np.testing.assert_array_equal(i_d, i_r)
+    np.testing.assert_allclose(s_d, s_r, rtol=1e-6)
+
+
+def faiss_code_size(index) -> int:
+    import faiss
+
+    return faiss.extract_index_ivf(index).invlists.code_size
+
+
+def test_appending_to_a_streamed_on_disk_index_keeps_its_lists(tmp_path):
+    x, _, _ = _data(n=1200)
+    choice = large.IndexChoice("IVF8,SQ8", True, 8, True, "test")
+    large.build_chunked([x[:700], x[700:1000]], 1000, x.shape[1], choice, tmp_path, x[:1000])
+    ref = _plain_copy(tmp_path / "index.faiss", x)
+    disk = large.read(tmp_path / "index.faiss", on_disk=True)
+    disk.add(x[1000:])  # the growing map: the lists must move, not be overwritten
+    for (ids_d, codes_d), (ids_r, codes_r) in zip(_lists(disk), _lists(ref)):
+        np.testing.assert_array_equal(ids_d, ids_r)
+        np.testing.assert_array_equal(codes_d, codes_r)
+
+
+def test_bounded_writer_writes_every_byte(tmp_path):
+    data = np.arange(1000, dtype=np.float16)
+    with large.BoundedWriter(tmp_path / "f.bin", window=100) as out:  # syncs every 100 bytes
+        out.write(b"head")
+        out.write(data)
+        out.write(memoryview(data.view(np.uint8))[10:30])
+    raw = (tmp_path / "f.bin").read_bytes()
+    assert raw == b"head" + data.tobytes() + data.tobytes()[10:30]

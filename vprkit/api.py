@@ -80,11 +80,12 @@ def _build_large(work: Path, names: list[str], budget: int, manifest: dict) -> t
     choice = large.choose(len(names), dim, budget)
     rng = np.random.default_rng(0)
     n_train = large.train_size(choice, len(names))
-    sample = h5io.read_global(work / MAP_FEATURES, [names[i] for i in np.sort(rng.choice(len(names), n_train,
-                                                                                            replace=False))])
+    sampled = [names[i] for i in np.sort(rng.choice(len(names), n_train, replace=False))]
     chunks = (h5io.read_global(work / MAP_FEATURES, names[s:s + large.CHUNK]) for s in range(0, len(names),
                                                                                              large.CHUNK))
-    index = large.build_chunked(chunks, len(names), dim, choice, staging, sample)
+    # the training sample is passed without a reference kept here, so it is freed once trained
+    index = large.build_chunked(chunks, len(names), dim, choice, staging, h5io.read_global(work / MAP_FEATURES,
+                                                                                           sampled))
     full = large.descriptors(staging)
     probe = index if index is not None else large.read(staging / faiss_index.INDEX_FILE, True)
     recall = large.expected_recall(probe, full, choice.nprobe) if choice.rescore else 1.0

@@ -16,10 +16,12 @@ import importlib.util
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..data.images import list_images
@@ -67,19 +69,28 @@ def extract_shard(conf: dict, image_dir: Path, shard_dir: Path, state_path: Path
     except OSError:
         logger.warning("shard %d: %s is unreadable (a worker died while writing it); redoing the shard", i, h5)
         h5.unlink()
+    start = time.time()
     ok = extract.main(conf, image_dir, h5, state_path, names=names, extractor=extractor)
     failed = sorted(set(names) - set(ok))
     tmp = _done_path(shard_dir, i).with_suffix(".done.tmp")
-    tmp.write_text(json.dumps({"names": names, "failed": failed}))
+    # when and where it ran: lets an operator (and bench/ray_extract.py) separate start-up from extraction
+    tmp.write_text(json.dumps({"names": names, "failed": failed, "started": start, "seconds": time.time() - start,
+                               "pid": os.getpid()}))
     os.replace(tmp, _done_path(shard_dir, i))
     return len(ok)
 
 
 class ShardWorker:
-    """A Ray actor (or an in-process worker): loads the model and the fitted state once, extracts shards."""
+    """A Ray actor (or an in-process worker): loads the model and the fitted state once, extracts shards.
+
+    `threads`: torch's thread count in this process (the CPUs Ray gave the actor). Ray sets OMP_NUM_THREADS only
+    where it is unset, so a variable inherited from the driver's shell (OMP_NUM_THREADS=2 on a 2-core machine)
+    would otherwise give every actor that many threads and oversubscribe the cores."""
 
     def __init__(self, conf: dict, image_dir: str, shard_dir: str, state_path: str, device: str = "cpu",
-                 pid_dir: str | None = None) -> None:
+                 pid_dir: str | None = None, threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.conf, self.image_dir, self.shard_dir = conf, Path(image_dir), Path(shard_dir)
         self.state_path = Path(state_path)
         self.extractor = extract.Extractor(conf, device)
@@ -119,18 +130,26 @@ def _retry_forever() -> dict:
 
 def run_shards_on_ray(conf: dict, image_dir: Path, shard_dir: Path, state_path: Path, shards: list[list[str]],
                       todo: list[int], address: str, num_workers: int, device: str, pid_dir: str | None) -> None:
-    """Ray Data `map_batches` over shard ids with an actor pool; dead actors restart and retry their shard."""
+    """Ray Data `map_batches` over shard ids with an actor pool; dead actors restart and retry their shard.
+
+    Each actor gets the cluster's CPUs divided by the workers (and as many torch threads); a shard goes to an idle
+    actor only (one in flight per actor), so an actor that started early does not queue shards a later one could
+    take."""
     import ray
 
     connect(address, num_workers)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bar says how far it is
-    gpus = 1 if device.startswith("cuda") and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    resources = ray.cluster_resources()
+    gpus = 1 if device.startswith("cuda") and resources.get("GPU", 0) >= 1 else 0
+    cpus = max(1, int(resources.get("CPU", num_workers)) // num_workers)
     rows = [{"shard": i, "names": json.dumps(shards[i])} for i in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=num_workers),
-                        num_cpus=1, num_gpus=gpus, ray_remote_args_fn=_retry_forever,
+    pool = ray.data.ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=1)
+    ds = ds.map_batches(ShardWorker, batch_size=1, compute=pool, num_cpus=cpus, num_gpus=gpus,
+                        ray_remote_args_fn=_retry_forever,
                         fn_constructor_kwargs={"conf": conf, "image_dir": str(image_dir), "shard_dir": str(shard_dir),
-                                               "state_path": str(state_path), "device": device, "pid_dir": pid_dir})
+                                               "state_path": str(state_path), "device": device, "pid_dir": pid_dir,
+                                               "threads": cpus})
     for row in tqdm(ds.iter_rows(), total=len(todo), desc="extract shards (ray)", unit="shard"):
         logger.debug("shard %d: %d images", row["shard"], row["ok"])
 

@@ -7,7 +7,9 @@
   100 % of queries, of PQ32 61 %, PQ64 80 %, OPQ64 93 %, PQ96 98 % (docs/scale.md). As autofaiss does, but
   recorded in the manifest with the reason.
 - `build_chunked`: trains on a bounded sample, then adds codes chunk by chunk, so memory is bounded by one chunk
-  plus the codes (or one chunk only, on disk: per-chunk blocks merged with faiss' `merge_ondisk`).
+  plus the codes, or, on disk, by one chunk and the training sample: each chunk's codes go to a block file, merged
+  list by list into FAISS' on-disk layout with sequential writes; every file is written through a bounded window
+  of dirty pages (`BoundedWriter`), so a memory limit that counts page cache (a cgroup) holds too.
 - Full descriptors are kept beside the index as a float16 `.npy` (memory-mapped), and `rescore` re-ranks the
   compressed shortlist with exact inner products: compressed search with exact ranking quality.
 - `expected_recall`: agreement of the compressed + re-scored top-1 with exact search for a sample of map
@@ -17,9 +19,12 @@
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import re
 import tempfile
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ DESCRIPTORS_FILE, IVFDATA_FILE = "descriptors.npy", "index.ivfdata"
 FLAT_LIMIT = 1_000_000  # past this many vectors the coarse quantizer is an HNSW graph
 SHORTLIST = 1000  # compressed candidates re-scored exactly per query
 CHUNK = 100_000  # vectors added per step while building
+WRITE_WINDOW = 64 * 2**20  # bytes written to a file between flushes to disk while building
 MIN_COMPRESSED = 10_000  # below this a map is searched exactly (PQ training needs thousands of vectors)
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40,
           "TB": 2**40}
@@ -93,31 +99,30 @@ def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexC
     """Train on `sample`, add `chunks` (float32 rows, n in all) and write `descriptors.npy` (float16) into out_dir.
 
     Returns the index in RAM, or None when it was written on disk (`index.faiss` + `index.ivfdata` in out_dir).
+    On disk, memory is bounded by one chunk and the training sample whatever n is: each chunk's codes go to its
+    own block file, and the blocks are merged list by list into `index.ivfdata` (`merge_blocks`).
     """
     out_dir = Path(out_dir)
     trained = _train(choice, sample)
+    del sample  # freed here when the caller passed it without keeping a reference (api, bench/scale.py)
     start = 0
-    # plain appends, not a writable memory map: written pages stay in the page cache, not in this process's RSS
-    with open(out_dir / DESCRIPTORS_FILE, "wb") as full, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    with BoundedWriter(out_dir / DESCRIPTORS_FILE) as full, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         np.lib.format.write_array_header_1_0(full, {"descr": np.dtype(np.float16).str, "fortran_order": False,
                                                     "shape": (n, dim)})
         blocks = []
         for i, chunk in enumerate(chunks):
             x = np.ascontiguousarray(chunk, dtype=np.float32)
             if choice.on_disk:
-                block = faiss.clone_index(trained)
-                block.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
-                blocks.append(str(Path(tmp) / f"block{i}.index"))
-                faiss.write_index(block, blocks[-1])
-                del block
+                blocks.append(write_block(trained, x, start, Path(tmp) / f"block{i}.bin"))
             else:
                 trained.add(x)
-            full.write(x.astype(np.float16).tobytes())
+            full.write(x.astype(np.float16))
             start += len(x)
+            del chunk, x  # before the next chunk is made
         _check_count(start, n)
         if not choice.on_disk:
             return trained
-        _merge_on_disk(trained, blocks, out_dir / IVFDATA_FILE)
+        merge_blocks(trained, blocks, out_dir / IVFDATA_FILE)
     faiss.write_index(trained, str(out_dir / "index.faiss"))
     return None
 
@@ -127,11 +132,107 @@ def _check_count(added: int, n: int) -> None:
         raise ValueError(f"the descriptor chunks held {added} vectors, expected {n}")
 
 
-def _merge_on_disk(index: faiss.Index, block_files: list[str], ivfdata: Path) -> None:
-    """Merge per-chunk inverted lists into one on-disk file that `index` then refers to."""
-    from faiss.contrib.ondisk import merge_ondisk
+class BoundedWriter:
+    """A file written sequentially whose written pages are flushed to disk and dropped from the page cache every
+    `window` bytes. A memory limit (a container's cgroup) counts page cache, and dirty pages cannot be reclaimed
+    until written back: without this a multi-GB output file could fill the limit with dirty pages."""
 
-    merge_ondisk(index, block_files, str(ivfdata))
+    def __init__(self, path: Path, window: int = WRITE_WINDOW) -> None:
+        self.file = open(path, "wb", buffering=2**20)  # noqa: SIM115 (closed in close / __exit__)
+        self.window, self.pending = window, 0
+
+    def write(self, data) -> None:
+        """Append bytes or any C-contiguous buffer (a numpy array, a memoryview)."""
+        view = memoryview(data).cast("B")
+        self.file.write(view)
+        self.pending += view.nbytes
+        if self.pending >= self.window:
+            self.sync()
+
+    def sync(self) -> None:
+        """Write what is pending to disk and let the kernel drop the file's cached pages."""
+        self.file.flush()
+        os.fdatasync(self.file.fileno())
+        if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the page cache is left to the kernel
+            os.posix_fadvise(self.file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        self.pending = 0
+
+    def close(self) -> None:
+        self.sync()
+        self.file.close()
+
+    def __enter__(self) -> BoundedWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Block:
+    """One chunk's inverted lists in a file: all codes in list order, then all ids in list order."""
+
+    path: Path
+    sizes: np.ndarray  # entries per inverted list
+
+
+def write_block(trained: faiss.Index, x: np.ndarray, start: int, path: Path) -> Block:
+    """Encode `x` (ids start, start+1, ...) with a copy of the trained index, as FAISS' own add does, and write
+    its inverted lists to `path`; the copy is freed on return, so memory holds one chunk's codes at a time."""
+    block = faiss.clone_index(trained)
+    block.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+    lists = faiss.extract_index_ivf(block).invlists
+    sizes = np.array([lists.list_size(j) for j in range(lists.nlist)], dtype=np.int64)
+    codes = np.empty((len(x), lists.code_size), dtype=np.uint8)
+    ids = np.empty(len(x), dtype=np.int64)
+    ends = np.cumsum(sizes)
+    for j in np.flatnonzero(sizes):
+        a, b = ends[j] - sizes[j], ends[j]
+        codes[a:b] = faiss.rev_swig_ptr(lists.get_codes(int(j)), int(sizes[j]) * lists.code_size).reshape(b - a, -1)
+        ids[a:b] = faiss.rev_swig_ptr(lists.get_ids(int(j)), int(sizes[j]))
+    with BoundedWriter(path) as out:
+        out.write(codes)
+        out.write(ids)
+    return Block(path, sizes)
+
+
+def merge_blocks(index: faiss.Index, blocks: list[Block], ivfdata: Path) -> None:
+    """Merge the blocks into one on-disk inverted-list file that `index` then refers to.
+
+    The file has FAISS' packed on-disk layout (as `merge_ondisk` writes it: per list, its codes then its ids), but it
+    is written sequentially, list by list, reading each block through a memory map (clean pages the kernel can
+    drop) and writing through a `BoundedWriter`; `merge_ondisk` instead writes through a writable memory map of the
+    whole output, whose dirty pages a memory limit cannot reclaim in time.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    code_size, sizes = ivf.invlists.code_size, sum(b.sizes for b in blocks)
+    with BoundedWriter(ivfdata) as out, ExitStack() as stack:
+        maps = [_map(stack, b.path) for b in blocks]
+        ends = [np.cumsum(b.sizes) for b in blocks]
+        id_base = [int(b.sizes.sum()) * code_size for b in blocks]
+        for j in range(ivf.nlist):
+            for m, e, b in zip(maps, ends, blocks):
+                out.write(m[(e[j] - b.sizes[j]) * code_size:e[j] * code_size])
+            for m, e, b, base in zip(maps, ends, blocks, id_base):
+                out.write(m[base + (e[j] - b.sizes[j]) * 8:base + e[j] * 8])
+    lists = faiss.OnDiskInvertedLists(ivf.nlist, code_size, str(ivfdata))
+    lists.totsize = int(sizes.sum()) * (code_size + 8)
+    packed = np.ascontiguousarray(sizes, dtype=np.uint64)  # named: swig_ptr does not keep its array alive
+    lists.set_all_lists_sizes(faiss.swig_ptr(packed))
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()
+    ivf.ntotal = index.ntotal = int(sizes.sum())
+
+
+def _map(stack: ExitStack, path: Path) -> memoryview:
+    """A read-only memory map of a whole file as bytes (closed with `stack`)."""
+    f = stack.enter_context(open(path, "rb"))
+    if os.path.getsize(path) == 0:
+        return memoryview(b"")
+    m = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    view = memoryview(m)
+    stack.callback(view.release)
+    return view
 
 
 def read(index_path: Path, on_disk: bool) -> faiss.Index:
@@ -183,7 +284,7 @@ def expected_recall(index: faiss.Index, full: np.ndarray, nprobe: int, samples: 
     return float((found == truth).mean())
 
 
-def _exact_top2(q: np.ndarray, full: np.ndarray, chunk: int = 200_000) -> np.ndarray:
+def _exact_top2(q: np.ndarray, full: np.ndarray, chunk: int = 50_000) -> np.ndarray:
     """Exact top-2 ids of each row of q over all of `full`, read chunk by chunk (bounded memory)."""
     best = np.full((len(q), 2), -np.inf, dtype=np.float32)
     ids = np.zeros((len(q), 2), dtype=np.int64)
