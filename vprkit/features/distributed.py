@@ -123,14 +123,10 @@ def connect(address: str, num_workers: int) -> None:
         ray.init(address=address, log_to_driver=False)
 
 
-def _retry_forever() -> dict:
-    """Actor options: a dead worker is restarted and its shard retried (shards are idempotent)."""
-    return {"max_restarts": -1, "max_task_retries": -1}
-
-
 def run_shards_on_ray(conf: dict, image_dir: Path, shard_dir: Path, state_path: Path, shards: list[list[str]],
                       todo: list[int], address: str, num_workers: int, device: str, pid_dir: str | None) -> None:
-    """Ray Data `map_batches` over shard ids with an actor pool; dead actors restart and retry their shard.
+    """Ray Data `map_batches` over shard ids with an actor pool; dead actors restart and retry their shard (Ray
+    Data's default for actor pools since 2.60: `max_restarts=-1`, `max_task_retries=-1`; shards are idempotent).
 
     Each actor gets the cluster's CPUs divided by the workers (and as many torch threads); a shard goes to an idle
     actor only (one in flight per actor), so an actor that started early does not queue shards a later one could
@@ -146,7 +142,6 @@ def run_shards_on_ray(conf: dict, image_dir: Path, shard_dir: Path, state_path: 
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     pool = ray.data.ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=1)
     ds = ds.map_batches(ShardWorker, batch_size=1, compute=pool, num_cpus=cpus, num_gpus=gpus,
-                        ray_remote_args_fn=_retry_forever,
                         fn_constructor_kwargs={"conf": conf, "image_dir": str(image_dir), "shard_dir": str(shard_dir),
                                                "state_path": str(state_path), "device": device, "pid_dir": pid_dir,
                                                "threads": cpus})
