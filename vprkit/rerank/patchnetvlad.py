@@ -152,9 +152,13 @@ class PatchNetVLAD(Reranker):
         needed = sorted({retrieval.m_names[j] for j in retrieval.ids.ravel() if j >= 0})
         patches.extract(model, retrieval.map_dir, needed, cache / "map.h5", key, compress=True)
         patches.extract(model, retrieval.query_dir, retrieval.q_names, cache / "query.h5", key)
-        matcher = Matcher(conf, model)
+        return self._matcher(model), cache
+
+    def _matcher(self, model: patches.PatchModel) -> Matcher:
+        """The matcher of this preset over `model`'s patch grids, reading PQ-coded map patches with its codebook."""
+        matcher = Matcher(self.conf, model)
         matcher.codebook = model.pq_centroids.cpu()
-        return matcher, cache
+        return matcher
 
     def rerank_all(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         """This preset's ranking of every candidate of `retrieval`."""
@@ -205,9 +209,8 @@ class PatchNetVLAD(Reranker):
         small); and every figure costs a RANSAC per patch size and two image loads, so a budget of queries
         bounds both the time and the disk (about 20 kB a figure), whatever the number of queries.
         """
-        _, cache = self._cache(retrieval, work_dir)
-        model = build_model(self.conf, retrieval, cache / "model.npz")
-        matcher, codebook = Matcher(self.conf, model), model.pq_centroids.cpu()
+        _, cache = self._cache(retrieval, work_dir)  # features only where `rerank` extracted them (a cascade's head)
+        matcher = self._matcher(build_model(self.conf, retrieval, cache / "model.npz"))
         sizes, scale = self.conf["patch_sizes"], FIGURE_WIDTH / self.conf["resize"][0]
         out: dict[int, report.MatchFigure] = {}
         folder.mkdir(parents=True, exist_ok=True)
@@ -217,7 +220,7 @@ class PatchNetVLAD(Reranker):
                 if j < 0 or q not in fq or f"{retrieval.m_names[j]}/p{sizes[0]}" not in fm:
                     continue
                 lines = verified_lines(matcher, [x[0] for x in patches.read_patches(fq, [q], sizes)],
-                                       patches.read_patches(fm, [retrieval.m_names[j]], sizes, codebook))
+                                       patches.read_patches(fm, [retrieval.m_names[j]], sizes, matcher.codebook))
                 paths = [retrieval.query_dir / q, retrieval.map_dir / retrieval.m_names[j]]
                 name = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:20] + ".jpg"
                 try:

@@ -283,9 +283,10 @@ class Session:
             if not ps.q_names or not ps.m_names:
                 raise ValueError(f"the {name} split is empty ({len(ps.q_names)} queries, {len(ps.m_names)} map "
                                  f"images): check data.split / data.gap against the dataset's extent")
-            augment = route.augmenter(conf["augment"], conf["train"]["seed"] + 1 + SPLITS.index(name))
+            augment = route.augmenter(conf["augment"], conf["train"]["seed"] + 1 + SPLITS.index(name)) \
+                if label_free else None
             qb = Bank(self.model, self.fconf, Path(map_dir if label_free else query_dir), ps.q_names,
-                      f"{name} queries", guide and guide.query, augment if label_free else None)
+                      f"{name} queries", guide and guide.query, augment)
             mb = Bank(self.model, self.fconf, Path(map_dir), ps.m_names, f"{name} map", guide and guide.map)
             self.places[name] = ps.without(qb.failed, mb.failed)
             self.banks[name] = (qb, mb)
