@@ -24,6 +24,12 @@ import numpy as np
 JOURNAL_FILE = "journal.log"
 
 
+class JournalUnavailable(OSError):
+    """The journal cannot be written now (disk full, torn tail not repaired): map changes are refused until it can.
+
+    The service answers 503 with this message; nothing is acknowledged that is not durable."""
+
+
 def encode(record: dict) -> bytes:
     """One checksummed line."""
     body = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
