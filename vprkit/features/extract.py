@@ -151,9 +151,12 @@ def model_key(conf: dict) -> str:
 
     A reduced precision changes the descriptors, so it is part of the key (with the int8 scheme's version: files
     of an earlier scheme are not extended with other descriptors); fp32 is left out so keys of files written
-    before precisions existed stay valid.
+    before precisions existed stay valid. A released model is keyed by its preset, not by where its file lies
+    (`vprkit query --preset NAME` matches an index built with `--checkpoint`).
     """
     key = {k: conf[k] for k in ("model", "aggregator", "preprocessing")}
+    if "zoo" in key["model"]:  # the preset names the released file wherever it lies; its bytes are in `state_hash`
+        key["model"] = {k: v for k, v in key["model"].items() if k != "checkpoint"}
     if conf.get("precision", "fp32") != "fp32":
         key["precision"] = precisions.KEYS.get(conf["precision"], conf["precision"])
     return json.dumps(key, sort_keys=True)
