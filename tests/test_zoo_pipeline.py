@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TinyBackbone
+from PIL import Image
 from zoo_helpers import ENTRY, reference_descriptor, registry, released_state, with_weights  # noqa: F401 (registry)
 
 from vprkit.cli import main
@@ -141,3 +142,21 @@ def test_sequence_on_a_released_model(zoo_index, image_folder, tmp_path):
     rows = [line.split() for line in (out / "sequence.txt").read_text().splitlines()[1:]]
     assert len(rows) == len(names)
     assert json.loads((out / "results.json").read_text())["metrics"]["R@1"] == 1.0
+
+
+def test_tensor_resize_is_torchvisions_resize_after_to_tensor(image_folder):
+    """"bicubic-tensor" (BoQ's ToTensor -> Resize -> Normalize): the [0, 1] float image resized with antialias,
+    then normalised; it keeps what a PIL resize would round to 8 bits and clip."""
+    from vprkit.features.extract import authors_input
+
+    img = Image.open(image_folder / "001.png").convert("RGB")
+    backbone = TinyBackbone()
+    backbone.mean, backbone.std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    got = authors_input(backbone, img, {"resize": [40, 52], "interpolation": "bicubic-tensor"})
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    resized = torch.nn.functional.interpolate(x, size=(40, 52), mode="bicubic", antialias=True)[0]
+    expected = (resized - torch.tensor([0.5, 0.4, 0.3])[:, None, None]) / torch.tensor([0.2, 0.25, 0.3])[:, None, None]
+    assert got.shape == (3, 40, 52) and torch.allclose(got, expected, atol=1e-5)
+    assert resized.min() < 0 or resized.max() > 1  # bicubic overshoot kept: not a PIL (uint8) resize
+    pil = authors_input(backbone, img, {"resize": [40, 52], "interpolation": "bicubic"})
+    assert not torch.allclose(pil, got, atol=1e-3)

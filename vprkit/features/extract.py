@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -175,13 +176,14 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
     for name in names:
         try:
             img = load_image(root / name, conf["max_pixels"])
-            img = (authors_resize(img, pre["resize"], pre["interpolation"]) if "resize" in pre
-                   else resize_to_stride(img, pre.get("resize_max"), stride, pre.get("resize_min")))
+            if "resize" not in pre:
+                img = resize_to_stride(img, pre.get("resize_max"), stride, pre.get("resize_min"))
         except ImageError as exc:
             logger.warning("skipping %s", exc)
             failed.append(name)
             continue
-        x = backbone.preprocess(transform(img) if transform else img)
+        x = authors_input(backbone, img, pre) if "resize" in pre else backbone.preprocess(
+            transform(img) if transform else img)
         if tensors and (x.shape != tensors[0].shape or len(tensors) == conf["batch_size"]):
             yield batch_names, torch.stack(tensors), failed
             batch_names, tensors, failed = [], [], []
@@ -191,11 +193,20 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
         yield batch_names, torch.stack(tensors) if tensors else torch.empty(0), failed
 
 
-def authors_resize(img: Image.Image, size: list[int] | None, interpolation: str) -> Image.Image:
-    """A released model's test-time resize to (height, width), as torchvision's Resize does on a PIL image."""
+def authors_input(backbone: Backbone, img: Image.Image, pre: dict) -> torch.Tensor:
+    """A released model's input: the authors' resize to (height, width) (None: as given) and normalisation.
+
+    `interpolation` "bilinear" / "bicubic" resizes the PIL image, as torchvision's Resize before ToTensor; with
+    "-tensor" ("bicubic-tensor") the float tensor is resized, antialiased, as Resize after ToTensor (no rounding to
+    8 bits, no clipping). Normalising first changes nothing: the interpolation weights sum to one.
+    """
+    size, mode = pre["resize"], pre["interpolation"]
     if size is None or (img.height, img.width) == tuple(size):
-        return img
-    return img.resize((size[1], size[0]), getattr(Image.Resampling, interpolation.upper()))
+        return backbone.preprocess(img)
+    if mode.endswith("-tensor"):
+        x = backbone.preprocess(img)[None]
+        return F.interpolate(x, size=tuple(size), mode=mode.removesuffix("-tensor"), antialias=True)[0]
+    return backbone.preprocess(img.resize((size[1], size[0]), getattr(Image.Resampling, mode.upper())))
 
 
 def zoo_modules(model_conf: dict) -> tuple[Backbone, Aggregator]:
