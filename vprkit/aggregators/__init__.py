@@ -8,6 +8,7 @@ and `state()` / `load_state()` as plain numpy arrays so they can be saved withou
 from __future__ import annotations
 
 from .base import Aggregator
+from .boq import BoQ
 from .cls import ClsToken
 from .flatten import Flatten
 from .gem import GeM
@@ -15,7 +16,7 @@ from .netvlad import NetVLAD
 from .vlad import VLAD
 
 REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
-                                          "flatten": Flatten}
+                                          "flatten": Flatten, "boq": BoQ}
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:
