@@ -12,11 +12,13 @@ from .boq import BoQ
 from .cls import ClsToken
 from .flatten import Flatten
 from .gem import GeM
+from .megaloc import MegaLoc
 from .netvlad import NetVLAD
+from .salad import SALAD
 from .vlad import VLAD
 
 REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
-                                          "flatten": Flatten, "boq": BoQ}
+                                          "flatten": Flatten, "boq": BoQ, "salad": SALAD, "megaloc": MegaLoc}
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:
