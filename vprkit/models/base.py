@@ -57,8 +57,9 @@ class MissingWeightsError(RuntimeError):
     """Raised when the package or file that carries a backbone's weights is not there."""
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely (no pickle code execution) and unwrap common containers."""
+def load_state_dict(path: str | Path, strip: tuple[str, ...] = ("module.", "backbone.")) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (no pickle code execution), unwrap common containers and drop the key prefixes
+    `strip` (in order; the zoo keeps `backbone.`, which its released files use to tell backbone from head)."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weights file not found: {path}")
@@ -72,7 +73,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a checkpoint of weights (holds a {type(state).__name__}, not a state dict)")
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    out = {}
+    for key, value in state.items():
+        for prefix in strip:
+            key = key.removeprefix(prefix)
+        out[key] = value
+    return out
 
 
 def load_strict(model: nn.Module, state: dict, path: str | Path) -> None:

@@ -10,6 +10,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ..base import Backbone, load_state_dict, load_strict
+
+if TYPE_CHECKING:
+    from ...aggregators import Aggregator
 
 FAMILIES = ("cnn", "vit")
 
@@ -71,3 +80,39 @@ def get(preset: str) -> ZooEntry:
     if preset not in table:
         raise KeyError(f"unknown released model '{preset}'; choose one of {sorted(table)}")
     return table[preset]
+
+
+def convert_state(entry: ZooEntry, state: dict) -> dict:
+    """The released state dict renamed to `backbone.*` / `aggregator.*` by the entry's converter (if any)."""
+    if entry.convert is None:
+        return state
+    module_name, fn_name = entry.convert.split(":")
+    module = importlib.import_module(f"vprkit.models.{module_name}")
+    return getattr(module, fn_name)(state)
+
+
+def build(entry: ZooEntry, checkpoint_path: str | Path) -> tuple[Backbone, Aggregator]:
+    """The entry's backbone and aggregator (eval mode) with the released file's weights, loaded strictly.
+
+    The file is read with `weights_only=True` (any `state_dict` / `model` wrapper and `module.` prefix dropped);
+    a file that does not match raises one line naming the missing / unexpected / misshapen keys.
+    """
+    from ...aggregators import get_aggregator
+    from .. import get_backbone
+
+    state = convert_state(entry, load_state_dict(checkpoint_path, strip=("module.",)))
+    model = nn.Module()
+    model.backbone = get_backbone(**entry.backbone)
+    model.aggregator = get_aggregator(**entry.aggregator)
+    load_strict(model, state, checkpoint_path)
+    return model.backbone.eval(), model.aggregator.eval()
+
+
+def rename(state: dict, prefixes: list[tuple[str, str]]) -> dict:
+    """Keys with the first matching (old prefix, new prefix) replaced; keys matching none are kept, so a strict
+    load names them as unexpected."""
+    out = {}
+    for key, value in state.items():
+        new = next((n + key[len(o):] for o, n in prefixes if key.startswith(o)), key)
+        out[new] = value
+    return out
