@@ -13,12 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ..base import Backbone, load_state_dict, load_strict
-
 if TYPE_CHECKING:
     from ...aggregators import Aggregator
+    from ..base import Backbone
 
 FAMILIES = ("cnn", "vit")
 
@@ -38,7 +35,8 @@ class ZooEntry:
     """One preset: the authors' model, their test-time preprocessing and their weights.
 
     `convert` is "module:function" (relative to `vprkit.models`) that maps the released state dict (after unwrapping
-    `state_dict` and similar containers) to keys `backbone.*` / `aggregator.*` of vprkit's modules; None when the
+    `state_dict` and similar containers, and dropping a `module.` / `model.` / `_orig_mod.` prefix that every key
+    shares: `weights.read_released`) to keys `backbone.*` / `aggregator.*` of vprkit's modules; None when the
     authors' keys already start with those prefixes.
     """
 
@@ -82,35 +80,23 @@ def get(preset: str) -> ZooEntry:
     return table[preset]
 
 
-def convert_state(entry: ZooEntry, state: dict) -> dict:
-    """The released state dict renamed to `backbone.*` / `aggregator.*` by the entry's converter (if any)."""
-    if entry.convert is None:
-        return state
-    module_name, fn_name = entry.convert.split(":")
-    module = importlib.import_module(f"vprkit.models.{module_name}")
-    return getattr(module, fn_name)(state)
-
-
 def build(entry: ZooEntry, checkpoint_path: str | Path) -> tuple[Backbone, Aggregator]:
-    """The entry's backbone and aggregator (eval mode) with the released file's weights, loaded strictly.
-
-    The file is read with `weights_only=True` (any `state_dict` / `model` wrapper and `module.` prefix dropped);
-    a file that does not match raises one line naming the missing / unexpected / misshapen keys.
-    """
-    from ...aggregators import get_aggregator
+    """The authors' inference in eval mode: backbone + aggregator with the released weights loaded strictly and the
+    backbone normalising as the authors do. The aggregator needs no fitting: its trained state is in the file."""
+    from ...aggregators import get_aggregator  # the entry names its head in the aggregator registry
     from .. import get_backbone
+    from ..weights import load_weights
 
-    state = convert_state(entry, load_state_dict(checkpoint_path, strip=("module.",)))
-    model = nn.Module()
-    model.backbone = get_backbone(**entry.backbone)
-    model.aggregator = get_aggregator(**entry.aggregator)
-    load_strict(model, state, checkpoint_path)
-    return model.backbone.eval(), model.aggregator.eval()
+    backbone, aggregator = get_backbone(**entry.backbone), get_aggregator(**entry.aggregator)
+    backbone.mean, backbone.std = entry.mean, entry.std
+    load_weights(entry, backbone, aggregator, checkpoint_path)
+    aggregator.needs_fit = False
+    return backbone.eval(), aggregator.eval()
 
 
 def rename(state: dict, prefixes: list[tuple[str, str]]) -> dict:
-    """Keys with the first matching (old prefix, new prefix) replaced; keys matching none are kept, so a strict
-    load names them as unexpected."""
+    """Keys with the first matching (old prefix, new prefix) replaced: the `convert` functions' building block.
+    Keys matching none are kept, so a strict load names them as unexpected."""
     out = {}
     for key, value in state.items():
         new = next((n + key[len(o):] for o, n in prefixes if key.startswith(o)), key)
