@@ -276,3 +276,13 @@ def test_models_lists_each_preset_and_whether_it_is_cached(register, cache, caps
     assert main(["models"]) == 0
     row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(ENTRY.preset))
     assert " yes " in row
+
+
+def test_a_second_download_of_the_same_file_is_refused_while_one_runs(serve, cache):
+    from vprkit.data.safeio import locked
+
+    srv = serve()
+    entry = with_weights(url=f"{srv.url}/w.pth")
+    with locked(weights.cached_path(entry)), pytest.raises(InputError, match="another vprkit process is writing"):
+        weights.fetch(entry, progress=False)
+    assert srv.seen == [] and weights.fetch(entry, progress=False).read_bytes() == PAYLOAD

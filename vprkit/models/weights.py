@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data.safeio import InputError, atomic_write
+from ..data.safeio import InputError, atomic_write, locked
 from .base import cache_dir, load_strict, read_checkpoint
 
 if TYPE_CHECKING:
@@ -114,6 +114,13 @@ def fetch(entry: ZooEntry, progress: bool = True) -> Path:
         return dest
     if entry.weights.url is None:
         raise WeightsUnavailable(f"{entry.preset}: the authors publish no direct download; {by_hand(entry)}")
+    with locked(dest):  # two processes never write one partial file (a second is refused, in one line)
+        download(entry, dest, progress)
+    return dest
+
+
+def download(entry: ZooEntry, dest: Path, progress: bool) -> None:
+    """The authors' URL into `dest`, through `dest.part` (resumed after a dropped connection), checked, renamed."""
     part = dest.with_name(dest.name + ".part")
     for _ in range(ATTEMPTS):
         try:
@@ -127,7 +134,6 @@ def fetch(entry: ZooEntry, progress: bool = True) -> Path:
                                  f"{by_hand(entry)}")
     verify(entry, part, dest)
     os.replace(part, dest)
-    return dest
 
 
 def by_hand(entry: ZooEntry) -> str:

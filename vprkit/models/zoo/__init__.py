@@ -92,3 +92,13 @@ def build(entry: ZooEntry, checkpoint_path: str | Path) -> tuple[Backbone, Aggre
     load_weights(entry, backbone, aggregator, checkpoint_path)
     aggregator.needs_fit = False
     return backbone.eval(), aggregator.eval()
+
+
+def rename(state: dict, prefixes: list[tuple[str, str]]) -> dict:
+    """Keys with the first matching (old prefix, new prefix) replaced: the `convert` functions' building block.
+    Keys matching none are kept, so a strict load names them as unexpected."""
+    out = {}
+    for key, value in state.items():
+        new = next((n + key[len(o):] for o, n in prefixes if key.startswith(o)), key)
+        out[new] = value
+    return out
