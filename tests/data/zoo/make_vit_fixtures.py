@@ -1,7 +1,13 @@
 """Run the authors' own code on seeded random weights to make the DINOv2 zoo fixtures (not part of vprkit).
 
-Run in a scratch venv (torch 2.13, torchvision 0.28, safetensors, pillow, numpy) with the authors' repositories
-checked out outside this repository; see tests/data/zoo/README.md for the exact command. For each preset it
+Run from the repository root, in a scratch venv, with the authors' repositories (at the commits in each
+SOURCE.json) checked out outside this repository as SCRATCH/{salad,Bag-of-Queries,MegaLoc,dinov2}:
+
+    python -m venv SCRATCH/venv && SCRATCH/venv/bin/pip install torch==2.13.0 numpy pillow safetensors
+    SCRATCH/venv/bin/pip install --no-deps torchvision==0.28.0
+    SCRATCH/venv/bin/python tests/data/zoo/make_vit_fixtures.py PRESET --repos SCRATCH
+
+For each preset it
 1. builds the authors' model (their hubconf classes; DINOv2 from a local facebookresearch/dinov2, no weights),
 2. writes its state-dict keys and shapes (keys.json),
 3. draws the weights with tests/zoo_vit_fixture.py (seed below) and saves them in the released file format,

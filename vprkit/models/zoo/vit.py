@@ -10,7 +10,7 @@ and tests/data/zoo/<preset>/SOURCE.json.
 
 from __future__ import annotations
 
-from . import Weights, ZooEntry
+from . import Weights, ZooEntry, rename
 
 SALAD_PAPER = "Izquierdo & Civera, Optimal Transport Aggregation for Visual Place Recognition, CVPR 2024"
 BOQ_PAPER = "Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries, CVPR 2024"
@@ -21,10 +21,9 @@ HUB_VITB = {"name": "dinov2", "arch": "vitb14", "interpolate_offset": 0.1, "weig
 
 
 def _hub_dinov2(state: dict, prefix: str) -> dict:
-    """Keys of the authors' wrapped hub DINOv2 (`prefix`) moved to `backbone.`; its `mask_token` (masked
-    pre-training only, vprkit's DINOv2 has none) dropped. Other keys stay, so a strict load names strays."""
-    return {("backbone." + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()
-            if k != prefix + "mask_token"}
+    """The authors' wrapped hub DINOv2 (`prefix`) moved to `backbone.`, without its `mask_token` (masked
+    pre-training only; vprkit's DINOv2 has none)."""
+    return rename({k: v for k, v in state.items() if k != prefix + "mask_token"}, [(prefix, "backbone.")])
 
 
 def from_salad(state: dict) -> dict:
