@@ -146,6 +146,15 @@ def _train_parser(sub) -> None:
     s.add_argument("--checkpoint", help="test: the trained checkpoint (default: the untrained k-means NetVLAD)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"], help="test: which split")
 
+    s = tsub.add_parser("head", help="SALAD / BoQ / MixVPR / NetVLAD / GeM-fc head on frozen backbone tokens")
+    s.add_argument("map_dir")
+    s.add_argument("query_dir", nargs="?", help="query images (not with --set data.source=map: label-free)")
+    s.add_argument("-o", "--out", required=True, help="run folder (best.pt, last.pt, log.csv, test.json, cache/)")
+    s.add_argument("--preset", required=True, help="head preset, also the index preset: dinov2s-salad, ...")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override settings, e.g. recipe=salad-gsv pca=128 data.positions=index train.epochs=5")
+    s.add_argument("--restart", action="store_true", help="start over instead of continuing the run in OUT")
+
     s = tsub.add_parser("ames", help="an AMES re-ranker (fp, or binary by distillation) on a retrieval")
     s.add_argument("results_dir", help="a `vprkit query` results folder (its top-k are the training candidates)")
     s.add_argument("--gt", required=True, help="ground truth, as for `vprkit query`")
@@ -343,6 +352,16 @@ def _train(args: argparse.Namespace) -> None:
         path = gcsa.main(conf, args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo,
                          args.threshold, not args.restart)
         print(f"checkpoint: {path}")
+        return
+    if args.method == "head":
+        from .train import head
+
+        conf = head.get_conf(args.preset, parse_overrides(args.set))
+        best = head.main(conf, args.map_dir, args.query_dir, args.out, device=args.device, resume=not args.restart)
+        res = json.loads((best.parent / "test.json").read_text())
+        print(metrics.format_table({f"{args.preset} (test split)": res}))
+        print(f"time (s): {res['seconds']}; tokens in memory: {res['token_bytes'] / 2**20:.0f} MiB")
+        print(f"best model: {best} (use: vprkit index MAP -o IDX --preset {args.preset} --checkpoint {best})")
         return
     from .train import netvlad
 

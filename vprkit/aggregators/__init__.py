@@ -19,12 +19,13 @@ from .mixvpr import MixVPR
 from .netvlad import NetVLAD
 from .netvlad_wpca import NetVLADWPCA
 from .salad import SALAD
+from .token_head import TokenHead
 from .vlad import VLAD
 
 REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
                                           "flatten": Flatten, "boq": BoQ, "cosplace": CosPlace, "mixvpr": MixVPR,
                                           "convap": ConvAP, "netvlad_wpca": NetVLADWPCA, "salad": SALAD,
-                                          "megaloc": MegaLoc}
+                                          "megaloc": MegaLoc, "token_head": TokenHead}
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:

@@ -24,8 +24,8 @@ from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone, zoo
 from ..models import precision as precisions
 from ..models import weights as released
-from ..train import trained
-from . import h5io
+from ..train import trained, trained_head
+from . import h5io, head_presets
 
 logger = logging.getLogger("vprkit")
 
@@ -77,6 +77,7 @@ CONFS: dict[str, dict] = {
         "preprocessing": {"resize_max": None},
     },
 }
+CONFS.update(head_presets.CONFS)  # heads `vprkit train head` trains (untrained without a --checkpoint)
 DEFAULT_PRESET = "dinov2-vlad"
 DEFAULT_RUNTIME = {"batch_size": 16, "fit_max_images": 500, "max_pixels": DEFAULT_MAX_PIXELS, "fp16": False,
                    "store_local": False, "seed": 0, "precision": "fp32"}
@@ -233,15 +234,21 @@ class Extractor:
             self.backbone, self.aggregator = backbone.to(self.device), aggregator.to(self.device)
         else:
             ckpt = trained.read(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
+            head = trained_head.read(model_conf.get("checkpoint")) if ckpt is None else None
             if ckpt is not None:
                 del model_conf["checkpoint"]
                 agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
+            if head is not None:  # `vprkit train head`: the checkpoint brings the head's configuration
+                del model_conf["checkpoint"]
+                agg_conf = conf["aggregator"] = trained_head.aggregator_conf(head, model_conf, conf["preprocessing"])
             self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
             if agg_conf["name"] == "netvlad":
                 agg_conf["dim"] = self.backbone.dim
             self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
             if ckpt is not None:
                 trained.load_weights(ckpt, self.backbone, self.aggregator)
+            if head is not None:
+                trained_head.load_weights(head, self.aggregator)
         if conf.get("precision", "fp32") == "auto":
             conf["precision"] = precisions.probe(self.backbone, conf["model"], self.probe_size())["choice"]
         self.precision = precisions.check(conf.get("precision", "fp32"))

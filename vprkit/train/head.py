@@ -1,0 +1,368 @@
+"""Train a released head (SALAD, BoQ, MixVPR, NetVLAD, GeM + fc) on frozen backbone tokens of the user's route:
+`vprkit train head MAP QUERIES -o RUN --preset NAME` (hloc-style step: presets + `main(conf, ...)`).
+
+The frozen backbone runs once per image into a token cache (train/token_cache.py); epochs then only run the head.
+Batches are P places x K images (train/place_batches.py) with hard negative places mined from the current model's
+descriptors of the cached tokens; the loss is the multi-similarity loss with its miner (train/multisim.py), or the
+triplet / sTML losses of NetVLAD training on each place's query, its best positive and the other places' images.
+Data options, splits and label-free mode (`data.source=map`, augmented map images as queries) are NetVLAD
+training's (train/data.py, train/route.py). Validation R@1 every epoch keeps the best checkpoint; the test split is
+scored at the end. The run's `best.pt` plugs into `vprkit index MAP -o IDX --preset NAME --checkpoint RUN/best.pt`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..aggregators import get_aggregator
+from ..data.groundtruth import GroundTruth
+from ..evaluation import metrics, outputs
+from ..features import extract, head_presets
+from ..models import get_backbone
+from . import multisim, route, token_cache, trained_head
+from .checkpoint import load_checkpoint, run_folder, seed_everything
+from .checkpoint import resume as resume_progress
+from .data import PlaceSet, load_splits
+from .losses import get_loss
+from .place_batches import Place, place_batches
+
+logger = logging.getLogger("vprkit")
+
+DEFAULT_CONF: dict = {
+    "recipe": "vprkit",  # the loss / batch / optimiser block below came from (see RECIPES)
+    "pca": None,  # project tokens to this many dims (PCA fitted on the training map's tokens)
+    "loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1, "margin": 0.1, "margin_pn": 1.4},
+    "data": {"positions": "utm", "pos_thr": 10.0, "neg_thr": 25.0, "split": [0.7, 0.15, 0.15], "gap": None,
+             "source": "queries", "copies": 4, "self_positive": True},  # as `vprkit train netvlad`
+    "augment": {"crop": 0.9, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "grey": 0.0},
+    "cache": {"dir": None, "batch_size": 32},  # dir: token cache folder (default RUN/cache; share it across runs)
+    "train": {"epochs": 15, "places": 32, "per_place": 4, "hard": 0.5, "neighbours": 20, "optimizer": "adamw",
+              "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9, "warmup": 0, "milestones": [], "lr_gamma": 0.3,
+              "lr_end": 1.0, "lr_end_steps": 0, "patience": 5, "seed": 123, "batch_size": 256},
+}
+LOSSES = ("ms", "triplet", "stml")
+# The authors' GSV-Cities recipes (docs/training.md cites the files): loss, miner, batch layout, optimiser, schedule.
+RECIPES: dict[str, dict] = {
+    "vprkit": {},
+    "salad-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
+                  "train": {"places": 60, "per_place": 4, "hard": 0.0, "optimizer": "adamw", "lr": 6e-5,
+                            "weight_decay": 9.5e-9, "warmup": 0, "milestones": [], "lr_end": 0.2,
+                            "lr_end_steps": 4000, "epochs": 4}},
+    "mixvpr-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
+                   "train": {"places": 120, "per_place": 4, "hard": 0.0, "optimizer": "sgd", "lr": 0.05,
+                             "momentum": 0.9, "weight_decay": 1e-3, "warmup": 650, "milestones": [5, 10, 15],
+                             "lr_gamma": 1 / 3, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 30}},
+}
+PRESETS = sorted(head_presets.CONFS)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def get_conf(preset: str, overrides: dict | None = None) -> dict:
+    """The defaults, the recipe (`recipe=NAME` among the overrides picks another) and dotted `overrides`."""
+    if preset not in head_presets.CONFS:
+        raise KeyError(f"unknown head preset '{preset}'; choose one of {PRESETS}")
+    overrides = dict(overrides or {})
+    recipe = overrides.pop("recipe", DEFAULT_CONF["recipe"])
+    if recipe not in RECIPES:
+        raise KeyError(f"unknown recipe '{recipe}'; choose one of {sorted(RECIPES)}")
+    conf = _merge(DEFAULT_CONF, RECIPES[recipe])
+    conf.update(preset=preset, recipe=recipe)
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = conf
+        for p in path:
+            if not isinstance(node.get(p), dict):
+                raise KeyError(f"unknown config section '{key}'")
+            node = node[p]
+        if last not in node:
+            raise KeyError(f"unknown config key '{key}'; known here: {sorted(node)}")
+        node[last] = value
+    if conf["loss"]["name"] not in LOSSES:
+        raise KeyError(f"unknown loss '{conf['loss']['name']}'; choose one of {LOSSES}")
+    return conf
+
+
+def feature_conf(conf: dict) -> dict:
+    """The extraction config of the trained model: the preset, with the head resized for a PCA projection."""
+    fconf = extract.get_conf(conf["preset"], batch_size=conf["cache"]["batch_size"])
+    agg = fconf["aggregator"]
+    if conf["pca"]:
+        head_name = next(k for k in ("salad", "boq", "mixvpr", "netvlad", "gem-fc")
+                         if conf["preset"].endswith(k))
+        agg.update(proj_dim=conf["pca"], head=head_presets.head_conf(head_name, conf["pca"]))
+    return fconf
+
+
+def arch_record(fconf: dict) -> dict:
+    return {"model": fconf["model"], "aggregator": fconf["aggregator"], "preprocessing": fconf["preprocessing"]}
+
+
+class Session:
+    """Config, splits, head and the in-memory tokens of every split's queries and map images."""
+
+    def __init__(self, conf: dict, map_dir, query_dir, out_dir, device: str = "cpu",
+                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+        self.conf, self.out, self.device = conf, Path(out_dir), device
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.fconf = feature_conf(conf)
+        self.seconds: dict[str, float] = {}
+        label_free = _label_free(conf, query_dir)
+        self.places = route.route_splits(conf["data"], map_dir) if label_free else load_splits(
+            conf["data"], map_dir, query_dir)
+        t0 = time.perf_counter()
+        backbone = get_backbone(**self.fconf["model"]).eval().to(device)
+        cache = Path(conf["cache"]["dir"] or self.out / "cache")
+        q_root = Path(map_dir if label_free else query_dir)
+        views = {}
+        for i, name in enumerate(splits):  # label-free queries: augmented copies, one seeded view per copy / split
+            ps = self.places[name]
+            if not ps.q_names or not ps.m_names:
+                raise ValueError(f"the {name} split is empty ({len(ps.q_names)} queries, {len(ps.m_names)} map "
+                                 f"images): check data.split / data.gap against the dataset's extent")
+            copies = conf["data"]["copies"] if label_free and name == "train" else 1
+            unique = list(dict.fromkeys(ps.q_names))
+            q_views = [(q_root, unique, (conf["augment"], 1000 * i + c + 1) if label_free else None) for c in range(copies)]
+            views[name] = (q_views, [(Path(map_dir), ps.m_names, None)])
+        files, bad = {}, set()
+        for name, (q_views, m_views) in views.items():
+            for root, names, aug in q_views + m_views:
+                key = token_cache.cache_key(self.fconf["model"], self.fconf["preprocessing"],
+                                            *(aug if aug else (None, None)))
+                path = token_cache.cache_path(cache, root, key)
+                transform = token_cache.content_augmenter(*aug) if aug else None
+                bad |= {(str(root), n) for n in token_cache.fill(backbone, self.fconf, root, names, path, key,
+                                                                 transform, device, f"tokens {name} {root.name}")}
+                files[(name, str(root), aug and aug[1])] = path
+        self.seconds["tokens"] = time.perf_counter() - t0
+        del backbone
+        seed_everything(conf["train"]["seed"])
+        self.head = get_aggregator(**self.fconf["aggregator"]).to(device)
+        self.banks: dict[str, tuple[token_cache.Tokens, token_cache.Tokens]] = {}
+        t0 = time.perf_counter()
+        self._drop_unreadable(bad, q_root, Path(map_dir))
+        if conf["pca"]:
+            self._fit_pca(files[("train", str(Path(map_dir)), None)], self.places["train"].m_names)
+        for name, (q_views, _) in views.items():
+            ps = self.places[name]
+            q_tokens = None
+            for root, _, aug in q_views:
+                part = token_cache.load(files[(name, str(root), aug and aug[1])],
+                                        ps.q_names[: len(ps.q_names) // len(q_views)], self.head.project)
+                q_tokens = part if q_tokens is None else q_tokens + part
+            m_tokens = token_cache.load(files[(name, str(Path(map_dir)), None)], ps.m_names, self.head.project)
+            self.banks[name] = (q_tokens, m_tokens)
+        self.seconds["load"] = time.perf_counter() - t0
+
+    def _drop_unreadable(self, bad: set, q_root: Path, m_root: Path) -> None:
+        """Splits without the images the backbone could not read (logged by the fill)."""
+        for name, ps in self.places.items():
+            bq = [i for i, n in enumerate(ps.q_names) if (str(q_root), n) in bad]
+            bm = [j for j, n in enumerate(ps.m_names) if (str(m_root), n) in bad]
+            self.places[name] = ps.without(bq, bm)
+
+    def _fit_pca(self, path: Path, names: list[str], max_tokens: int = 100_000) -> None:
+        """PCA of the training map's patch tokens (a sample) into the head's fixed projection."""
+        tokens = token_cache.load(path, names)
+        x = torch.cat([t.flatten(1).T.float() for t in tokens.local])
+        rng = np.random.default_rng(self.conf["train"]["seed"])
+        if len(x) > max_tokens:
+            x = x[torch.from_numpy(rng.choice(len(x), max_tokens, replace=False))]
+        mean = x.mean(0)
+        _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        self.head.set_pca(mean.numpy(), vt[: self.conf["pca"]].numpy())
+
+    def arch(self) -> dict:
+        return arch_record(self.fconf)
+
+
+def _label_free(conf: dict, query_dir) -> bool:
+    source = conf["data"]["source"]
+    if source not in route.SOURCES:
+        raise ValueError(f"unknown data.source '{source}'; choose one of {route.SOURCES}")
+    if source == "queries" and query_dir is None:
+        raise ValueError("a query folder is needed unless data.source=map (label-free training on the map)")
+    return source == "map"
+
+
+def describe(head, tokens: token_cache.Tokens, idx=None, batch: int = 256, grad: bool = False) -> torch.Tensor:
+    """Descriptors (N, D) of (a selection of) cached tokens; images of other grid sizes run apart."""
+    idx = range(len(tokens)) if idx is None else idx
+    device = next(head.parameters()).device
+    out = []
+    with torch.set_grad_enabled(grad):
+        for s in range(0, len(idx), batch):
+            part = idx[s:s + batch]
+            groups: dict[tuple, list[int]] = {}
+            for k, i in enumerate(part):
+                groups.setdefault(tuple(tokens.local[i].shape), []).append(k)
+            desc = [None] * len(part)
+            for ks in groups.values():
+                local = torch.stack([tokens.local[part[k]] for k in ks]).float().to(device)
+                cls = None if tokens.cls is None else torch.stack([tokens.cls[part[k]] for k in ks]).float().to(device)
+                for k, d in zip(ks, head.pool(local, cls)):
+                    desc[k] = d
+            out.append(torch.stack(desc))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def recall(head, q: token_cache.Tokens, m: token_cache.Tokens, places: PlaceSet, top_k: int = 20) -> dict:
+    """Recall@1/5/10/20 of a split's queries against its map (the model in eval mode)."""
+    import faiss
+
+    was = head.training
+    head.eval()
+    qd, md = describe(head, q).cpu().numpy(), describe(head, m).cpu().numpy()
+    head.train(was)
+    index = faiss.IndexFlatIP(md.shape[1])
+    index.add(np.ascontiguousarray(md, dtype=np.float32))
+    _, ids = index.search(np.ascontiguousarray(qd, dtype=np.float32), min(top_k, len(md)))
+    return metrics.evaluate(ids, GroundTruth(places.positives))
+
+
+def batch_loss(s: Session, batch: list[Place]) -> torch.Tensor:
+    """The loss of one P x K batch: query + K-1 map images per place, labels by place."""
+    q_tokens, m_tokens = s.banks["train"]
+    k = len(batch[0].images) + 1
+    qd = describe(s.head, q_tokens, [p.query for p in batch], grad=True)
+    md = describe(s.head, m_tokens, [j for p in batch for j in p.images], grad=True).reshape(len(batch), k - 1, -1)
+    desc = torch.cat([qd[:, None], md], dim=1)  # (P, K, D)
+    loss = s.conf["loss"]
+    if loss["name"] == "ms":
+        labels = torch.arange(len(batch), device=desc.device).repeat_interleave(k)
+        return multisim.multi_similarity_loss(desc.flatten(0, 1), labels, loss["alpha"], loss["beta"], loss["base"],
+                                              loss["epsilon"])
+    best = (md @ qd[:, :, None]).squeeze(-1).argmax(1)  # each query's most similar positive
+    pos = md[torch.arange(len(batch)), best]
+    others = torch.stack([torch.cat([desc[j] for j in range(len(batch)) if j != i]) for i in range(len(batch))])
+    margins = {"margin": loss["margin"]} | ({"margin_pn": loss["margin_pn"]} if loss["name"] == "stml" else {})
+    return get_loss(loss["name"], **margins)(qd, pos, others)
+
+
+def _optimizer(t: dict, params) -> torch.optim.Optimizer:
+    if t["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    raise ValueError(f"unknown optimizer '{t['optimizer']}'; choose 'adamw' or 'sgd'")
+
+
+def lr_factor(t: dict, step: int, epoch: int) -> float:
+    """Linear warm-up over `warmup` steps, x `lr_gamma` at each epoch in `milestones`, linear decay to `lr_end`
+    over the first `lr_end_steps` steps (the authors' schedules)."""
+    f = min(1.0, (step + 1) / t["warmup"]) if t["warmup"] else 1.0
+    f *= t["lr_gamma"] ** sum(epoch >= m for m in t["milestones"])
+    if t["lr_end_steps"]:
+        f *= 1.0 + (t["lr_end"] - 1.0) * min(step, t["lr_end_steps"]) / t["lr_end_steps"]
+    return f
+
+
+def _neighbours(s: Session, count: int) -> np.ndarray:
+    """Each training query's most similar other training queries under the current head (hard negative places)."""
+    q_tokens, _ = s.banks["train"]
+    was = s.head.training
+    s.head.eval()
+    d = describe(s.head, q_tokens)
+    s.head.train(was)
+    sim = d @ d.T
+    sim.fill_diagonal_(-float("inf"))
+    return sim.topk(min(count, len(d) - 1), dim=1).indices.cpu().numpy()
+
+
+def init_head(s: Session) -> None:
+    """NetVLAD starts from k-means of the training map's (projected) tokens; other heads from their seeded init."""
+    if not s.head.needs_fit:
+        return
+    _, m_tokens = s.banks["train"]
+    rng = np.random.default_rng(s.conf["train"]["seed"])
+    x = torch.cat([t.flatten(1).T.float() for t in m_tokens.local]).numpy()
+    s.head.head.fit(x[rng.choice(len(x), min(len(x), 100_000), replace=False)])
+    s.head.needs_fit = False
+
+
+def train(s: Session, resume: bool = True) -> dict:
+    """Epochs of P x K batches with hard negative places; validation R@1 each epoch; best.pt, last.pt, log.csv."""
+    t = s.conf["train"]
+    init_head(s)
+    opt = _optimizer(t, [p for p in s.head.parameters() if p.requires_grad])
+    state = {"step": 0, "epoch": 0}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: lr_factor(t, state["step"], state["epoch"]))
+    rng = np.random.default_rng(t["seed"])
+    progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"],
+                               lambda path: load_checkpoint(path, s.head, opt, sched), resume, s.conf,
+                               ("train.epochs", "cache.dir"))
+    if progress.meta:
+        state["step"] = progress.meta["step"]
+        rng.bit_generator.state = json.loads(progress.meta["mining_rng"])
+    places, row, val_r1 = s.places["train"], {}, float("nan")
+    t0 = time.perf_counter()
+    for epoch in progress.epochs(t["epochs"]):
+        state["epoch"] = epoch
+        s.head.train()
+        near = _neighbours(s, t["neighbours"]) if t["hard"] > 0 else None
+        batches = place_batches(places.positives, places.non_negatives, t["places"], t["per_place"], rng, near,
+                                t["hard"])
+        losses = []
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch", leave=False)
+        for batch in bar:
+            loss = batch_loss(s, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", val_r1=f"{val_r1:.3f}")
+        val = recall(s.head, *s.banks["val"], s.places["val"])
+        val_r1 = val["R@1"]
+        row = {"step": state["step"], "loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": opt.param_groups[0]["lr"], **{f"val_{k}": val[k] for k in ("R@1", "R@5", "R@10")}}
+        progress.end_epoch(epoch, val_r1, row, s.head, opt, sched,
+                           meta={"kind": trained_head.KIND, "arch": s.arch(), "conf": s.conf, "val": val},
+                           state={"step": state["step"], "mining_rng": json.dumps(rng.bit_generator.state)})
+        tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}, val R@1 {val_r1:.3f}")
+    s.seconds["train"] = s.seconds.get("train", 0.0) + time.perf_counter() - t0
+    return row
+
+
+def test(s: Session, checkpoint: str | Path | None = None, split: str = "test") -> dict:
+    """Recall@N on a split of the trained head (`checkpoint`), or of the untrained one."""
+    if checkpoint is not None:
+        ckpt = trained_head.read(checkpoint)
+        if ckpt is None:
+            raise ValueError(f"{checkpoint}: not a `vprkit train head` checkpoint")
+        trained_head.load_weights(ckpt, s.head)
+    else:
+        init_head(s)
+    res = recall(s.head, *s.banks[split], s.places[split])
+    res.update(checkpoint=str(checkpoint) if checkpoint else None, split=split)
+    return res
+
+
+def main(conf: dict, map_dir: str | Path, query_dir: str | Path | None, out_dir: str | Path, *, device: str = "cpu",
+         resume: bool = True) -> Path:
+    """Fill the token cache, train, score the best checkpoint on the test split; returns OUT/best.pt. Writes
+    OUT/test.json (test recalls and the time split: tokens, load, train)."""
+    out_dir = run_folder(out_dir)
+    s = Session(conf, map_dir, query_dir, out_dir, device)
+    train(s, resume)
+    best = out_dir / "best.pt"
+    res = test(s, best)
+    res["seconds"] = {k: round(v, 1) for k, v in s.seconds.items()}
+    res["token_bytes"] = sum(t.nbytes() for pair in s.banks.values() for t in pair)
+    outputs.write_json(out_dir / "test.json", res)
+    return best

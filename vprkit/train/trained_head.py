@@ -1,0 +1,48 @@
+"""Checkpoints of `vprkit train head` as extraction models (`vprkit index --preset NAME --checkpoint RUN/best.pt`).
+
+The checkpoint holds the head's weights (`TokenHead` state dict) and an `arch` record: the backbone settings, the
+head's full configuration (it may differ from the preset's, e.g. a PCA size chosen in training: the checkpoint
+brings it) and the preprocessing. The backbone must be the preset's; it keeps its own weights (frozen in training).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import read_checkpoint
+
+KIND = "vprkit-head"
+
+
+def read(path: str | Path | None) -> dict[str, Any] | None:
+    """The checkpoint dict if `path` is a head-training checkpoint; None for other weight files."""
+    if path is None:
+        return None
+    ckpt = read_checkpoint(path)
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if isinstance(meta, dict) and meta.get("kind") == KIND:
+        return {**ckpt, "path": str(path)}
+    return None
+
+
+def aggregator_conf(ckpt: dict, model_conf: dict, preprocessing: dict) -> dict:
+    """The head configuration the checkpoint was trained with, after checking it was trained on this backbone
+    and preprocessing (one line naming each difference)."""
+    arch = ckpt["meta"]["arch"]
+    diff = [f"{section}: checkpoint {arch[section]}, here {here}" for section, here in
+            (("model", model_conf), ("preprocessing", preprocessing)) if arch[section] != here]
+    if diff:
+        raise ValueError(f"{ckpt['path']} was trained for another backbone or input: " + "; ".join(diff))
+    return dict(arch["aggregator"])
+
+
+def load_weights(ckpt: dict, aggregator: torch.nn.Module) -> None:
+    """Load the trained head (projection included); it then needs no fitting."""
+    try:
+        aggregator.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{ckpt['path']}: weights do not fit the head ({exc})") from exc
+    aggregator.needs_fit = False
