@@ -111,6 +111,9 @@ def arch_record(fconf: dict) -> dict:
     return {"model": fconf["model"], "aggregator": fconf["aggregator"], "preprocessing": fconf["preprocessing"]}
 
 
+View = tuple[Path, list[str], "tuple[dict, int] | None"]  # image folder, names, (augmentation, seed) or None
+
+
 class Session:
     """Config, splits, head and the in-memory tokens of every split's queries and map images."""
 
@@ -123,20 +126,44 @@ class Session:
         label_free = _label_free(conf, query_dir)
         self.places = route.route_splits(conf["data"], map_dir) if label_free else load_splits(
             conf["data"], map_dir, query_dir)
+        self.map_dir, q_root = Path(map_dir), Path(map_dir if label_free else query_dir)
+        views = {name: self._views(name, i, q_root, label_free) for i, name in enumerate(splits)}
         t0 = time.perf_counter()
-        backbone = get_backbone(**self.fconf["model"]).eval().to(device)
-        cache = Path(conf["cache"]["dir"] or self.out / "cache")
-        q_root = Path(map_dir if label_free else query_dir)
-        views = {}
-        for i, name in enumerate(splits):  # label-free queries: augmented copies, one seeded view per copy / split
+        files, bad = self._fill(views)
+        self.seconds["tokens"] = time.perf_counter() - t0
+        seed_everything(conf["train"]["seed"])
+        self.head = get_aggregator(**self.fconf["aggregator"]).to(device)
+        t0 = time.perf_counter()
+        self._drop_unreadable(bad, q_root, self.map_dir)
+        if conf["pca"]:
+            self._fit_pca(files[("train", str(self.map_dir), None)], self.places["train"].m_names)
+        self.banks: dict[str, tuple[token_cache.Tokens, token_cache.Tokens]] = {}
+        for name, (q_views, _) in views.items():
             ps = self.places[name]
-            if not ps.q_names or not ps.m_names:
-                raise ValueError(f"the {name} split is empty ({len(ps.q_names)} queries, {len(ps.m_names)} map "
-                                 f"images): check data.split / data.gap against the dataset's extent")
-            copies = conf["data"]["copies"] if label_free and name == "train" else 1
-            unique = list(dict.fromkeys(ps.q_names))
-            q_views = [(q_root, unique, (conf["augment"], 1000 * i + c + 1) if label_free else None) for c in range(copies)]
-            views[name] = (q_views, [(Path(map_dir), ps.m_names, None)])
+            per_view = ps.q_names[: len(ps.q_names) // len(q_views)]  # label-free: copies follow each other
+            q_parts = [token_cache.load(files[(name, str(root), aug and aug[1])], per_view, self.head.project)
+                       for root, _, aug in q_views]
+            m_tokens = token_cache.load(files[(name, str(self.map_dir), None)], ps.m_names, self.head.project)
+            self.banks[name] = (sum(q_parts[1:], q_parts[0]), m_tokens)
+        self.seconds["load"] = time.perf_counter() - t0
+
+    def _views(self, name: str, i: int, q_root: Path, label_free: bool) -> tuple[list[View], list[View]]:
+        """(query views, map views) of a split; label-free queries are augmented map images, one seeded
+        augmentation per copy and split."""
+        ps = self.places[name]
+        if not ps.q_names or not ps.m_names:
+            raise ValueError(f"the {name} split is empty ({len(ps.q_names)} queries, {len(ps.m_names)} map "
+                             f"images): check data.split / data.gap against the dataset's extent")
+        copies = self.conf["data"]["copies"] if label_free and name == "train" else 1
+        unique = list(dict.fromkeys(ps.q_names))
+        q_views = [(q_root, unique, (self.conf["augment"], 1000 * i + c + 1) if label_free else None)
+                   for c in range(copies)]
+        return q_views, [(self.map_dir, ps.m_names, None)]
+
+    def _fill(self, views: dict) -> tuple[dict, set]:
+        """Token cache files of every view ({(split, folder, seed): path}) and the unreadable (folder, name)s."""
+        backbone = get_backbone(**self.fconf["model"]).eval().to(self.device)
+        cache = Path(self.conf["cache"]["dir"] or self.out / "cache")
         files, bad = {}, set()
         for name, (q_views, m_views) in views.items():
             for root, names, aug in q_views + m_views:
@@ -144,28 +171,11 @@ class Session:
                                             *(aug if aug else (None, None)))
                 path = token_cache.cache_path(cache, root, key)
                 transform = token_cache.content_augmenter(*aug) if aug else None
-                bad |= {(str(root), n) for n in token_cache.fill(backbone, self.fconf, root, names, path, key,
-                                                                 transform, device, f"tokens {name} {root.name}")}
+                failed = token_cache.fill(backbone, self.fconf, root, names, path, key, transform, self.device,
+                                          f"tokens {name} {root.name}")
+                bad |= {(str(root), n) for n in failed}
                 files[(name, str(root), aug and aug[1])] = path
-        self.seconds["tokens"] = time.perf_counter() - t0
-        del backbone
-        seed_everything(conf["train"]["seed"])
-        self.head = get_aggregator(**self.fconf["aggregator"]).to(device)
-        self.banks: dict[str, tuple[token_cache.Tokens, token_cache.Tokens]] = {}
-        t0 = time.perf_counter()
-        self._drop_unreadable(bad, q_root, Path(map_dir))
-        if conf["pca"]:
-            self._fit_pca(files[("train", str(Path(map_dir)), None)], self.places["train"].m_names)
-        for name, (q_views, _) in views.items():
-            ps = self.places[name]
-            q_tokens = None
-            for root, _, aug in q_views:
-                part = token_cache.load(files[(name, str(root), aug and aug[1])],
-                                        ps.q_names[: len(ps.q_names) // len(q_views)], self.head.project)
-                q_tokens = part if q_tokens is None else q_tokens + part
-            m_tokens = token_cache.load(files[(name, str(Path(map_dir)), None)], ps.m_names, self.head.project)
-            self.banks[name] = (q_tokens, m_tokens)
-        self.seconds["load"] = time.perf_counter() - t0
+        return files, bad
 
     def _drop_unreadable(self, bad: set, q_root: Path, m_root: Path) -> None:
         """Splits without the images the backbone could not read (logged by the fill)."""

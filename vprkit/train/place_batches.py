@@ -22,13 +22,30 @@ class Place:
     images: list[int]
 
 
-def _compatible(j: int, blocked: set[int], footprint: set[int], positives: list[np.ndarray],
-                non_negatives: list[np.ndarray]) -> bool:
-    return not (blocked.intersection(positives[j].tolist()) or footprint.intersection(non_negatives[j].tolist()))
+class _Batch:
+    """A batch being filled: its places, the map images they must not meet (non-negatives) and their positives."""
+
+    def __init__(self, positives: list[np.ndarray], non_negatives: list[np.ndarray]) -> None:
+        self.positives, self.non_negatives = positives, non_negatives
+        self.places: list[Place] = []
+        self.blocked: set[int] = set()
+        self.footprint: set[int] = set()
+
+    def fits(self, j: int) -> bool:
+        """Whether place j is a true negative of every place already in (and they of it)."""
+        return not (self.blocked.intersection(self.positives[j].tolist())
+                    or self.footprint.intersection(self.non_negatives[j].tolist()))
+
+    def add(self, j: int, per_place: int, rng: np.random.Generator) -> None:
+        pos = self.positives[j]
+        self.blocked.update(self.non_negatives[j].tolist())
+        self.footprint.update(pos.tolist())
+        self.places.append(Place(j, rng.choice(pos, per_place - 1, replace=len(pos) < per_place - 1).tolist()))
 
 
 def place_batches(positives: list[np.ndarray], non_negatives: list[np.ndarray], places: int, per_place: int,
-                  rng: np.random.Generator, neighbours: np.ndarray | None = None, hard: float = 0.0) -> list[list[Place]]:
+                  rng: np.random.Generator, neighbours: np.ndarray | None = None,
+                  hard: float = 0.0) -> list[list[Place]]:
     """One epoch of batches of `places` places (the last batch may be smaller; batches of one place are dropped).
     Every query with a positive is used at most once per epoch."""
     order = [int(q) for q in rng.permutation(len(positives)) if len(positives[q])]
@@ -37,27 +54,22 @@ def place_batches(positives: list[np.ndarray], non_negatives: list[np.ndarray], 
     for seed in order:
         if seed in used:
             continue
-        batch, blocked, footprint = [], set(), set()
-
-        def add(j: int) -> None:
-            used.add(j)
-            blocked.update(non_negatives[j].tolist())
-            footprint.update(positives[j].tolist())
-            pos = positives[j]
-            batch.append(Place(j, rng.choice(pos, per_place - 1, replace=len(pos) < per_place - 1).tolist()))
-
-        add(seed)
+        batch = _Batch(positives, non_negatives)
+        batch.add(seed, per_place, rng)
+        used.add(seed)
         for j in order:
-            if len(batch) == places:
+            if len(batch.places) == places:
                 break
             if neighbours is not None and rng.random() < hard:
-                near = [int(k) for k in neighbours[batch[-1].query] if k not in used and len(positives[k])
-                        and _compatible(int(k), blocked, footprint, positives, non_negatives)]
+                near = [int(k) for k in neighbours[batch.places[-1].query]
+                        if k not in used and len(positives[k]) and batch.fits(int(k))]
                 if near:
-                    add(near[0])
+                    batch.add(near[0], per_place, rng)
+                    used.add(near[0])
                     continue
-            if j not in used and _compatible(j, blocked, footprint, positives, non_negatives):
-                add(j)
-        if len(batch) > 1:
-            batches.append(batch)
+            if j not in used and batch.fits(j):
+                batch.add(j, per_place, rng)
+                used.add(j)
+        if len(batch.places) > 1:
+            batches.append(batch.places)
     return batches

@@ -1,0 +1,102 @@
+"""Heads trained with `vprkit train head` on frozen backbone tokens vs the same heads untrained.
+
+Nordland dev (winter queries vs summer map, +-2 places): train on the first 60 % of the route, validate on the next
+20 %, test on the last 20 % (10-place gaps), as bench/netvlad_training.py; single-image R@1 and online SeqSLAM
+(ds=10) on the test stretch. `--label-free` adds Corridor and ESSEX3IN1 trained on their maps alone
+(data.source=map) and tested on their real queries. Token caches are shared by the runs (--work/cache), so the
+backbone runs once per image and backbone; each row prints its time split (tokens, load, train).
+`python bench/train_heads.py --data ../shared/data [--presets dinov2s-salad ...] [--label-free]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine
+
+from vprkit.data.groundtruth import GroundTruth
+from vprkit.evaluation import metrics
+from vprkit.sequence import pipeline
+from vprkit.train import head
+
+NORDLAND = {"data.positions": "index", "data.pos_thr": 2.0, "data.neg_thr": 10.0, "data.split": [0.6, 0.2, 0.2],
+            "data.gap": 10.0}
+LABEL_FREE = {  # dataset -> (map, queries, overrides): Corridor is a route (+-2 frames), ESSEX3IN1 separate places
+    "corridor": ("corridor/ref", "corridor/query", {"data.positions": "index", "data.pos_thr": 2.0,
+                                                    "data.neg_thr": 5.0}),
+    "essex3in1": ("essex3in1_thumbs/ref", "essex3in1_thumbs/query", {"data.positions": "index",
+                                                                     "data.pos_thr": 0.0, "data.neg_thr": 0.5}),
+}
+
+
+def seqslam_r1(s: head.Session, split: str = "test", ds: int = 10) -> float:
+    """R@1 of online SeqSLAM over the split's query stream with the session's head (route order)."""
+    q, m = (head.describe(s.head.eval(), t).numpy() for t in s.banks[split])
+    _, confidence, ids, scores = pipeline.match(pipeline.get_conf("seqslam", ds=ds), q, m)
+    return metrics.evaluate(ids, GroundTruth(s.places[split].positives))["R@1"]
+
+
+def nordland(args, work: Path, rows: dict) -> None:
+    data = Path(args.data) / "nordland_64x32_dev"
+    for preset in args.presets:
+        over = {**NORDLAND, "cache.dir": str(work / "cache"), "train.epochs": args.epochs, **args.set}
+        conf = head.get_conf(preset, over)
+        t0 = time.perf_counter()
+        s = head.Session(conf, data / "summer", data / "winter", work / f"{preset}-untrained")
+        base = head.test(s)
+        rows[f"Nordland {preset} untrained"] = {**base, "SeqSLAM R@1": seqslam_r1(s)}
+        best = head.main(conf, data / "summer", data / "winter", work / preset)
+        s = head.Session(conf, data / "summer", data / "winter", work / preset)
+        res = head.test(s, best)
+        rows[f"Nordland {preset} trained"] = {**res, "SeqSLAM R@1": seqslam_r1(s)}
+        split = (work / preset / "test.json").read_text()
+        print(f"{preset}: {time.perf_counter() - t0:.0f} s in all; run: {split}", flush=True)
+
+
+def label_free(args, work: Path, rows: dict) -> None:
+    for name, (map_dir, query_dir, over) in LABEL_FREE.items():
+        for preset in args.presets:
+            data = Path(args.data)
+            conf = head.get_conf(preset, {**over, "data.source": "map", "cache.dir": str(work / "cache"),
+                                          "train.epochs": args.epochs, **args.set})
+            tconf = head.get_conf(preset, {**over, "data.split": [0.0, 0.0, 1.0], "data.gap": 0.0,
+                                           "cache.dir": str(work / "cache")})
+            s = head.Session(tconf, data / map_dir, data / query_dir, work / f"{name}-{preset}-test", splits=("test",))
+            rows[f"{name} {preset} untrained"] = head.test(s)
+            best = head.main(conf, data / map_dir, None, work / f"{name}-{preset}")
+            rows[f"{name} {preset} label-free"] = head.test(s, best)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--work", help="run folders and token caches (default: a new temporary folder)")
+    p.add_argument("--presets", nargs="+", default=head.PRESETS)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--set", nargs="*", default=[], help="training overrides KEY=VALUE (JSON values)")
+    p.add_argument("--label-free", action="store_true", help="also Corridor and ESSEX3IN1, label-free")
+    p.add_argument("--skip-nordland", action="store_true")
+    args = p.parse_args()
+    from vprkit.cli import parse_overrides
+
+    args.set = parse_overrides(args.set)
+    print(machine())
+    work = Path(args.work or tempfile.mkdtemp(prefix="vprkit_heads_"))
+    print(f"runs in {work}")
+    rows: dict[str, dict] = {}
+    if not args.skip_nordland:
+        nordland(args, work, rows)
+    if args.label_free:
+        label_free(args, work, rows)
+    keys = ("R@1", "R@5", "R@10") + (("SeqSLAM R@1",) if not args.skip_nordland else ())
+    print(metrics.format_table({k: {**{"SeqSLAM R@1": np.nan}, **v} for k, v in rows.items()}, keys=keys))
+    print(f"torch threads {torch.get_num_threads()}")
+
+
+if __name__ == "__main__":
+    main()
