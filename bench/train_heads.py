@@ -11,6 +11,7 @@ backbone runs once per image and backbone; each row prints its time split (token
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def seqslam_r1(s: head.Session, split: str = "test", ds: int = 10) -> float:
 def nordland(args, work: Path, rows: dict) -> None:
     data = Path(args.data) / "nordland_64x32_dev"
     for preset in args.presets:
-        over = {**NORDLAND, "cache.dir": str(work / "cache"), "train.epochs": args.epochs, **args.set}
+        over = {**NORDLAND, "cache.dir": args.cache, "train.epochs": args.epochs, **args.set}
         conf = head.get_conf(preset, over)
         t0 = time.perf_counter()
         s = head.Session(conf, data / "summer", data / "winter", work / f"{preset}-untrained")
@@ -54,30 +55,35 @@ def nordland(args, work: Path, rows: dict) -> None:
         s = head.Session(conf, data / "summer", data / "winter", work / preset)
         res = head.test(s, best)
         rows[f"Nordland {preset} trained"] = {**res, "SeqSLAM R@1": seqslam_r1(s)}
-        split = (work / preset / "test.json").read_text()
-        print(f"{preset}: {time.perf_counter() - t0:.0f} s in all; run: {split}", flush=True)
+        split = json.loads((work / preset / "test.json").read_text())["seconds"]
+        print(f"{preset}: untrained R@1 {base['R@1']:.3f}, trained {res['R@1']:.3f}, SeqSLAM ds=10 "
+              f"{rows[f'Nordland {preset} trained']['SeqSLAM R@1']:.3f}; {time.perf_counter() - t0:.0f} s in all "
+              f"(run: {split})", flush=True)
 
 
 def label_free(args, work: Path, rows: dict) -> None:
     for name, (map_dir, query_dir, over) in LABEL_FREE.items():
         for preset in args.presets:
             data = Path(args.data)
-            conf = head.get_conf(preset, {**over, "data.source": "map", "cache.dir": str(work / "cache"),
+            conf = head.get_conf(preset, {**over, "data.source": "map", "cache.dir": args.cache,
                                           "train.epochs": args.epochs, **args.set})
             tconf = head.get_conf(preset, {**over, "data.split": [0.0, 0.0, 1.0], "data.gap": 0.0,
-                                           "cache.dir": str(work / "cache")})
+                                           "cache.dir": args.cache})
             s = head.Session(tconf, data / map_dir, data / query_dir, work / f"{name}-{preset}-test", splits=("test",))
             rows[f"{name} {preset} untrained"] = head.test(s)
             best = head.main(conf, data / map_dir, None, work / f"{name}-{preset}")
             rows[f"{name} {preset} label-free"] = head.test(s, best)
+            print(f"{name} {preset}: untrained R@1 {rows[f'{name} {preset} untrained']['R@1']:.3f}, label-free "
+                  f"{rows[f'{name} {preset} label-free']['R@1']:.3f}", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--work", help="run folders and token caches (default: a new temporary folder)")
+    p.add_argument("--cache", help="token cache folder (default WORK/cache)")
     p.add_argument("--presets", nargs="+", default=head.PRESETS)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--set", nargs="*", default=[], help="training overrides KEY=VALUE (JSON values)")
     p.add_argument("--label-free", action="store_true", help="also Corridor and ESSEX3IN1, label-free")
     p.add_argument("--skip-nordland", action="store_true")
@@ -87,6 +93,7 @@ def main() -> None:
     args.set = parse_overrides(args.set)
     print(machine())
     work = Path(args.work or tempfile.mkdtemp(prefix="vprkit_heads_"))
+    args.cache = args.cache or str(work / "cache")
     print(f"runs in {work}")
     rows: dict[str, dict] = {}
     if not args.skip_nordland:

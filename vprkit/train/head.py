@@ -44,9 +44,9 @@ DEFAULT_CONF: dict = {
              "source": "queries", "copies": 4, "self_positive": True},  # as `vprkit train netvlad`
     "augment": {"crop": 0.9, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "grey": 0.0},
     "cache": {"dir": None, "batch_size": 32},  # dir: token cache folder (default RUN/cache; share it across runs)
-    "train": {"epochs": 15, "places": 32, "per_place": 4, "hard": 0.5, "neighbours": 20, "optimizer": "adamw",
+    "train": {"epochs": 6, "places": 32, "per_place": 4, "hard": 0.5, "neighbours": 20, "optimizer": "adamw",
               "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9, "warmup": 0, "milestones": [], "lr_gamma": 0.3,
-              "lr_end": 1.0, "lr_end_steps": 0, "patience": 5, "seed": 123, "batch_size": 256},
+              "lr_end": 1.0, "lr_end_steps": 0, "patience": 3, "seed": 123, "batch_size": 256},
 }
 LOSSES = ("ms", "triplet", "stml")
 # The authors' GSV-Cities recipes (docs/training.md cites the files): loss, miner, batch layout, optimiser, schedule.
