@@ -38,14 +38,13 @@ def caller(scopes: SecurityScopes, request: Request, svc: Svc,
     key = cred.credentials if cred else header_key
     who = svc.keys.identify(key, request.client.host if request.client else "?")
     if who is None:
-        raise HTTPException(401, "missing or unknown API key (Authorization: Bearer KEY)"
-                                 + ("" if svc.keys.enabled else "; map changes need the token printed at start"),
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "missing or unknown API key (Authorization: Bearer KEY)", headers={"WWW-Authenticate": "Bearer"})
     lacking = [s for s in scopes.scopes if s not in who.scopes]
+    if lacking and who.name.startswith("client:"):  # no key, keys off: reads only
+        raise HTTPException(401, f"the '{lacking[0]}' scope needs a credential: the token printed at start "
+                                 "(Authorization: Bearer TOKEN)", headers={"WWW-Authenticate": "Bearer"})
     if lacking:
-        raise HTTPException(401 if who.name.startswith("client:") else 403,
-                            f"this {'request needs a key' if who.name.startswith('client:') else 'key lacks'} "
-                            f"with the '{lacking[0]}' scope", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(403, f"this key lacks the '{lacking[0]}' scope")
     wait = svc.limiter.allow(who.name, rate=who.rate, burst=who.burst)
     if wait > 0:
         raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))})
