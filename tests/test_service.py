@@ -148,7 +148,7 @@ def test_a_chunked_body_over_the_limit_is_cut_off(setup):
 def test_a_stalled_upload_times_out_with_408(setup):
     server, k, *_ = setup
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(f"POST /v1/localize HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {k['read']}\r\n"
+        s.sendall(f"POST /v1/localize HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {k['read']}\r\n"
                   "Content-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n0123456789".encode())
         reply = b""
         while b"}" not in reply and (chunk := s.recv(4096)):  # headers and JSON body may come separately

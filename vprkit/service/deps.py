@@ -38,7 +38,8 @@ def caller(scopes: SecurityScopes, request: Request, svc: Svc,
     key = cred.credentials if cred else header_key
     who = svc.keys.identify(key, request.client.host if request.client else "?")
     if who is None:
-        raise HTTPException(401, "missing or unknown API key (Authorization: Bearer KEY)", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "missing or unknown API key (Authorization: Bearer KEY)",
+                            headers={"WWW-Authenticate": "Bearer"})
     lacking = [s for s in scopes.scopes if s not in who.scopes]
     if lacking and who.name.startswith("client:"):  # no key, keys off: reads only
         raise HTTPException(401, f"the '{lacking[0]}' scope needs a credential: the token printed at start "
