@@ -24,16 +24,16 @@ RAW_IMAGE = {"requestBody": {"content": {t: {"schema": {"type": "string", "forma
                                          for t in sorted(IMAGE_TYPES)}}}  # the body alternative to multipart
 
 
-def service(request: Request) -> Service:
+async def service(request: Request) -> Service:
     return request.app.state.svc
 
 
 Svc = Annotated[Service, Depends(service)]
 
 
-def caller(scopes: SecurityScopes, request: Request, svc: Svc,
-           cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-           header_key: Annotated[str | None, Depends(api_key)]) -> Caller:
+async def caller(scopes: SecurityScopes, request: Request, svc: Svc,
+                 cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 header_key: Annotated[str | None, Depends(api_key)]) -> Caller:
     """The caller with the route's scopes (401 / 403), within its rate (429)."""
     key = cred.credentials if cred else header_key
     who = svc.keys.identify(key, request.client.host if request.client else "?")
@@ -87,17 +87,17 @@ def floats(text: str | None, n: int, what: str) -> list[float] | None:
     return vals
 
 
-def localize_options(svc: Svc,
-                     top_k: Annotated[int | None, Query(description="matches to return (default: the server's "
-                                                                    "top_k setting)")] = None,
-                     rerank: Annotated[str, Query(pattern="^(none|chamfer)$",
-                                                  description="'chamfer': training-free re-ranking")] = "none",
-                     prior: Annotated[str | None, Query(description="x,y,sigma: a Gaussian position prior "
-                                                                    "(map units)")] = None,
-                     form_top_k: Annotated[int | None, Form(alias="top_k")] = None,
-                     form_rerank: Annotated[str | None, Form(alias="rerank")] = None,
-                     form_prior: Annotated[str | None, Form(alias="prior")] = None,
-                     ) -> tuple[int, bool, tuple[float, float, float] | None]:
+async def localize_options(svc: Svc,
+                           top_k: Annotated[int | None, Query(description="matches to return (default: the server's "
+                                                                          "top_k setting)")] = None,
+                           rerank: Annotated[str, Query(pattern="^(none|chamfer)$",
+                                                        description="'chamfer': training-free re-ranking")] = "none",
+                           prior: Annotated[str | None, Query(description="x,y,sigma: a Gaussian position prior "
+                                                                          "(map units)")] = None,
+                           form_top_k: Annotated[int | None, Form(alias="top_k")] = None,
+                           form_rerank: Annotated[str | None, Form(alias="rerank")] = None,
+                           form_prior: Annotated[str | None, Form(alias="prior")] = None,
+                           ) -> tuple[int, bool, tuple[float, float, float] | None]:
     """(top_k, re-rank?, prior) from the query string or, as before, the same names as form fields."""
     top_k = form_top_k if form_top_k is not None else svc.s["top_k"] if top_k is None else top_k
     if not 1 <= top_k <= svc.s["max_top_k"]:
