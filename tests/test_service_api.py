@@ -5,6 +5,7 @@ could send, with the answer it must get."""
 import errno
 import struct
 import zlib
+from urllib.parse import quote
 
 import pytest
 
@@ -13,13 +14,14 @@ from fastapi.testclient import TestClient  # noqa: E402
 from service_server import MAP_FRAMES, build_index, map_name, query  # noqa: E402
 
 from vprkit import cli  # noqa: E402
+from vprkit.client import Client  # noqa: E402
 from vprkit.index.journal import JournalUnavailable  # noqa: E402
 from vprkit.service.app import build, create_app  # noqa: E402
 from vprkit.service.auth import KeyStore, add_key  # noqa: E402
 from vprkit.service.middleware import allowed_hosts, host_name  # noqa: E402
 
 TOKEN = "start-up-token"
-ODD = "place née 20 (copy).jpg"  # `vprkit index` accepts spaces and unicode: the service must too
+ODD = "place née #20 (copy).jpg"  # `vprkit index` accepts spaces, '#' and unicode: the service must too
 WRITE = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -208,12 +210,14 @@ def test_bad_uploads_and_options_get_4xx_with_a_clean_message(svc_client):
 def test_names_with_spaces_and_unicode_work_for_thumbnail_and_delete(svc_client):
     svc, client, _ = svc_client
     assert client.post("/v1/localize", files=_img(20)).json()["matches"][0]["name"] in (ODD, map_name(20))
-    r = client.get(f"/v1/map/images/{ODD}/thumbnail")
+    path = f"/v1/map/images/{quote(ODD)}"
+    r = client.get(path + "/thumbnail")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert client.get("/v1/map/images/no such image.jpg/thumbnail").status_code == 404
-    r = client.delete(f"/v1/map/images/{ODD}", headers=WRITE)
-    assert r.status_code == 200 and r.json()["name"] == ODD and ODD not in svc.map.ids
-    assert client.get(f"/v1/map/images/{ODD}/thumbnail").status_code == 404
+    writer = Client(key=TOKEN)
+    writer.http = TestClient(client.app, base_url="http://127.0.0.1:8000", headers=WRITE)
+    assert writer.remove(ODD) == {"name": ODD, "removed": True, "map_size": len(MAP_FRAMES)}  # the client quotes
+    assert ODD not in svc.map.ids and client.get(path + "/thumbnail").status_code == 404
     assert len(svc.map.ids) == len(MAP_FRAMES)
 
 
