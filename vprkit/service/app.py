@@ -6,26 +6,26 @@ Layers, outermost first: `Limits` (body bytes, stalls, time, metrics), `HostGuar
 
 from __future__ import annotations
 
-import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from .middleware import HostGuard, Limits, OriginGuard, allowed_hosts
-from .routers import health, localize, map, streams
-from .state import DEFAULTS, InputError, Service
+from .routers import health, localize, streams
+from .routers import map as map_router
+from .state import DEFAULTS, Service
 
 __all__ = ["DEFAULTS", "Service", "build", "create_app"]
-logger = logging.getLogger("vprkit")
 
 
 def create_app(svc: Service, host: str = "127.0.0.1") -> FastAPI:
     """The FastAPI app over `svc` as served on `host` (the bound address decides which `Host` names pass).
     `/docs` and `/openapi.json` are public unless keys are on (setting `public_docs`: auto, true, false)."""
     docs = svc.s["public_docs"]
-    public = not svc.keys.enabled if docs == "auto" else bool(docs)
+    if docs not in ("auto", True, False):
+        raise ValueError(f"setting public_docs must be \"auto\", true or false, got {docs!r}")
+    public = not svc.keys.enabled if docs == "auto" else docs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -38,16 +38,11 @@ def create_app(svc: Service, host: str = "127.0.0.1") -> FastAPI:
                   description="Where am I? Send a photo, get the matching map images and a position estimate.",
                   docs_url="/docs" if public else None, redoc_url=None, openapi_url="/openapi.json" if public else None)
     app.state.svc = svc
-    for r in (health.router, localize.router, streams.router, map.router):
+    for r in (health.router, localize.router, streams.router, map_router.router):
         app.include_router(r)
-    app.add_exception_handler(InputError, _input_error)
     app.add_middleware(OriginGuard, origins=svc.s["allowed_origins"])
     app.add_middleware(HostGuard, hosts=allowed_hosts(host, svc.s["allowed_hosts"]))
     return app
-
-
-async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, exc.status)
 
 
 def build(index_dir: str | Path, keys: str | Path | None = None, settings: dict | None = None, device: str = "cpu",

@@ -61,7 +61,8 @@ class Limits:
 
 
 class Refused(HTTPException):
-    """A limit hit while the body streams in: an HTTPException, so FastAPI's form parsing passes it on as is."""
+    """A refused request with its status: a limit hit while the body streams in, or (from `Service`) an upload or
+    a name it cannot take. An HTTPException, so FastAPI answers it, and its form parsing passes it on as is."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(status, detail)

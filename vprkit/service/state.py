@@ -25,6 +25,7 @@ from .auth import KeyStore, RateLimiter
 from .batching import Batcher
 from .estimate import estimate, posterior
 from .metrics import Metrics
+from .middleware import Refused
 from .streams import StreamLocalizer, Streams, WindowLocalizer
 
 DEFAULTS = {
@@ -40,14 +41,6 @@ DEFAULTS = {
     "max_connections": 500, "header_timeout_s": 10.0, "keep_alive_s": 5.0,
 }
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
-
-
-class InputError(ValueError):
-    """A request the service refuses, with its HTTP status (raised below the routers, answered as JSON)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
 
 
 class Service:
@@ -115,15 +108,15 @@ class Service:
         """Uploaded bytes -> RGB image; 413 over the pixel limit (also past PIL's own bomb limit), 422 when not a
         readable image (the message never shows Python object reprs)."""
         if not data:
-            raise InputError(422, "empty image")
+            raise Refused(422, "empty image")
         try:
             return decode_image(io.BytesIO(data), "uploaded image", self.s["max_pixels"])
         except PixelLimitError as exc:
-            raise InputError(413, str(exc)) from None
+            raise Refused(413, str(exc)) from None
         except ImageError as exc:
             if isinstance(exc.__cause__, Image.DecompressionBombError):
-                raise InputError(413, f"uploaded image: over the limit of {self.s['max_pixels']} pixels") from None
-            raise InputError(422, _OBJECT_REPR.sub("", str(exc))) from None
+                raise Refused(413, f"uploaded image: over the limit of {self.s['max_pixels']} pixels") from None
+            raise Refused(422, _OBJECT_REPR.sub("", str(exc))) from None
 
     def prepare(self, data: bytes):
         """Uploaded bytes -> (decoded image, the model's input tensor): the service's one preprocessing call."""
@@ -195,7 +188,7 @@ class Service:
         name `vprkit index` accepted (spaces, unicode) works here."""
         with self.writer.lock:
             if name not in self.map.ids:
-                raise InputError(404, f"no map image named {name[:300]!r}")
+                raise Refused(404, f"no map image named {name[:300]!r}")
         return name
 
     def thumbnail(self, name: str) -> bytes:
