@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from service_server import MAP_FRAMES, build_index, map_name, query  # noqa: E402
+from service_server import DEMO, MAP_FRAMES, build_index, map_name, query  # noqa: E402
 
 from vprkit import cli  # noqa: E402
 from vprkit.client import Client  # noqa: E402
@@ -234,3 +234,20 @@ def test_cli_refuses_a_port_out_of_range_and_adds_keys(tmp_path, capsys):
         assert cli.main(["serve", str(tmp_path), "--keys", str(keys)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"vprkit: error: {keys}") and len(err.strip().splitlines()) == 1
+
+
+def test_a_stream_spanning_a_compaction_answers_names_of_the_new_map(svc_client):
+    """A compaction renumbers the map (here: image 0 removed, so every id shifts by one); a stream begun before
+    it must not answer the old numbering's names."""
+    svc, client, _ = svc_client
+    assert client.post("/v1/streams/span/frames", files=_img(100)).json()["estimate"]["name"] == map_name(100)
+    assert client.delete(f"/v1/map/images/{map_name(0)}", headers=WRITE).status_code == 200
+    svc.writer.compact()
+    try:
+        after = client.post("/v1/streams/span/frames", files=_img(100)).json()
+        assert after["frame_best"]["name"] == map_name(100)
+        assert after["estimate"]["name"] == map_name(100) and after["frames"] == 2
+    finally:
+        ref = DEMO / "ref" / "0000000.jpg"
+        assert client.post("/v1/map/images", files={"image": ref.read_bytes()},
+                           data={"name": map_name(0), "position": "0,0"}, headers=WRITE).status_code == 201

@@ -80,6 +80,9 @@ def test_streams_expire_when_idle_and_stay_bounded():
     s.add("c", None, None, now=18)  # a third live stream evicts the least recently used (a)
     assert len(s) == 2 and s.add("b", None, None, now=19)[2] == 2 and s.add("a", None, None, now=19)[2] == 1
     assert s.drop("b") and not s.drop("zzz")
+    n = len(made)
+    assert s.add("a", None, None, now=20, generation="after compaction") == (1, 1.0, 2)  # new localizer, count on
+    assert len(made) == n + 1 and s.add("a", None, None, now=21, generation="after compaction")[0] == 2
 
 
 def test_rate_limiter_token_bucket_by_hand():

@@ -163,9 +163,10 @@ class Service:
 
     def stream_frame(self, stream_id: str, desc: np.ndarray) -> dict:
         """Feed one frame to its stream (under the writer lock: the localizer searches the live map, which an
-        addition must not change mid-search); the sequence estimate and the frame's own best match."""
+        addition must not change mid-search; a compaction makes a new map object, so streams begun before it get
+        a localizer of the new numbering); the sequence estimate and the frame's own best match."""
         with self.writer.lock:
-            i, score, frames = self.streams.add(stream_id, desc, self.search)
+            i, score, frames = self.streams.add(stream_id, desc, self.search, generation=id(self.map))
             names, positions = self.candidates(np.array([i]))
             single = self.localize(None, desc, 1, False, None)["matches"]
         return {"stream": stream_id, "frames": frames,
