@@ -5,6 +5,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+import test_train_netvlad
 import torch
 from conftest import TinyBackbone
 from PIL import Image
@@ -14,23 +15,8 @@ from vprkit.cli import main as cli_main
 from vprkit.features import extract, head_presets
 from vprkit.train import head, token_cache, trained_head
 
-N = 24  # places
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def route(tmp_path):
-    """A route of N places: map and query images of place i share a pattern, with different noise."""
-    rng = np.random.default_rng(0)
-    for kind in ("map", "query"):
-        (tmp_path / kind).mkdir()
-    for i in range(N):
-        base = rng.random((16, 16, 3)) * 255
-        for kind, noise in (("map", 30), ("query", 60)):
-            arr = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(tmp_path / kind / f"{i:03d}.png")
-    return tmp_path
+route = test_train_netvlad.route  # the fixture: 24 places, map and query images of one pattern with noise
 
 
 @pytest.fixture
