@@ -117,3 +117,20 @@ def test_label_free_cli_run_and_errors(route, tiny, tmp_path, capsys):
     assert "unknown head preset" in capsys.readouterr().err
     assert cli_main(["train", "head", str(route / "map"), "-o", str(tmp_path / "x"), "--preset", "tiny-gem-fc"]) == 2
     assert "query folder is needed" in capsys.readouterr().err
+
+
+def test_recipes_schedules_by_hand():
+    mix = head.get_conf("dinov2s-mixvpr", {"recipe": "mixvpr-gsv"})["train"]
+    assert (mix["places"], mix["per_place"], mix["optimizer"], mix["lr"]) == (120, 4, "sgd", 0.05)
+    assert head.lr_factor(mix, 0, 0) == pytest.approx(1 / 650)
+    assert head.lr_factor(mix, 649, 0) == pytest.approx(1.0)
+    assert head.lr_factor(mix, 5000, 5) == pytest.approx(0.3)
+    assert head.lr_factor(mix, 9000, 26) == pytest.approx(0.3 ** 4)
+    salad = head.get_conf("dinov2s-salad", {"recipe": "salad-gsv"})["train"]
+    assert head.lr_factor(salad, 2000, 1) == pytest.approx(0.6)
+    assert head.lr_factor(salad, 9000, 3) == pytest.approx(0.2)
+    assert head.lr_factor(head.get_conf("dinov2s-salad")["train"], 123, 4) == 1.0
+    with pytest.raises(KeyError, match="unknown recipe"):
+        head.get_conf("dinov2s-salad", {"recipe": "nope"})
+    with pytest.raises(KeyError, match="unknown config key"):
+        head.get_conf("dinov2s-salad", {"train.nope": 1})

@@ -55,11 +55,11 @@ RECIPES: dict[str, dict] = {
     "salad-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
                   "train": {"places": 60, "per_place": 4, "hard": 0.0, "optimizer": "adamw", "lr": 6e-5,
                             "weight_decay": 9.5e-9, "warmup": 0, "milestones": [], "lr_end": 0.2,
-                            "lr_end_steps": 4000, "epochs": 4}},
+                            "lr_end_steps": 4000, "epochs": 4, "patience": 0}},
     "mixvpr-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
                    "train": {"places": 120, "per_place": 4, "hard": 0.0, "optimizer": "sgd", "lr": 0.05,
-                             "momentum": 0.9, "weight_decay": 1e-3, "warmup": 650, "milestones": [5, 10, 15],
-                             "lr_gamma": 1 / 3, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 30}},
+                             "momentum": 0.9, "weight_decay": 1e-3, "warmup": 650, "milestones": [5, 10, 15, 25, 45],
+                             "lr_gamma": 0.3, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 80, "patience": 0}},
 }
 PRESETS = sorted(head_presets.CONFS)
 
