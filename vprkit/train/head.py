@@ -132,7 +132,7 @@ class Session:
         files, bad = self._fill(views)
         self.seconds["tokens"] = time.perf_counter() - t0
         seed_everything(conf["train"]["seed"])
-        self.head = get_aggregator(**self.fconf["aggregator"]).to(device)
+        self.head = get_aggregator(**self.fconf["aggregator"])  # on the CPU while it projects the cached tokens
         t0 = time.perf_counter()
         self._drop_unreadable(bad, q_root, self.map_dir)
         if conf["pca"]:
@@ -145,6 +145,7 @@ class Session:
                        for root, _, aug in q_views]
             m_tokens = token_cache.load(files[(name, str(self.map_dir), None)], ps.m_names, self.head.project)
             self.banks[name] = (sum(q_parts[1:], q_parts[0]), m_tokens)
+        self.head.to(device)
         self.seconds["load"] = time.perf_counter() - t0
 
     def _views(self, name: str, i: int, q_root: Path, label_free: bool) -> tuple[list[View], list[View]]:
