@@ -68,6 +68,10 @@ def test_train_then_index_with_checkpoint_gives_the_trained_descriptors(route, t
         got = f["005.png"]["global"][()]
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert json.loads((out / "manifest.json").read_text())["conf"]["aggregator"]["proj_dim"] == over.get("pca")
+    if preset == "tiny-gem-fc":  # another preset's head is refused, naming both
+        with pytest.raises(ValueError, match="head: checkpoint cosplace, here mixvpr"):
+            api.index_map(route / "map", tmp_path / "idx2", "tiny-mixvpr",
+                          model={**extract.CONFS["tiny-mixvpr"]["model"], "checkpoint": str(best)})
 
 
 def test_token_cache_is_keyed_and_resumable(route, tmp_path):

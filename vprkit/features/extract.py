@@ -240,7 +240,8 @@ class Extractor:
                 agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
             if head is not None:  # `vprkit train head`: the checkpoint brings the head's configuration
                 del model_conf["checkpoint"]
-                agg_conf = conf["aggregator"] = trained_head.aggregator_conf(head, model_conf, conf["preprocessing"])
+                agg_conf = conf["aggregator"] = trained_head.aggregator_conf(head, model_conf, agg_conf,
+                                                                              conf["preprocessing"])
             self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
             if agg_conf["name"] == "netvlad":
                 agg_conf["dim"] = self.backbone.dim

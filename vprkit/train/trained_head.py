@@ -28,14 +28,16 @@ def read(path: str | Path | None) -> dict[str, Any] | None:
     return None
 
 
-def aggregator_conf(ckpt: dict, model_conf: dict, preprocessing: dict) -> dict:
-    """The head configuration the checkpoint was trained with, after checking it was trained on this backbone
-    and preprocessing (one line naming each difference)."""
+def aggregator_conf(ckpt: dict, model_conf: dict, agg_conf: dict, preprocessing: dict) -> dict:
+    """The head configuration the checkpoint was trained with, after checking it was trained for this preset's
+    head, backbone and preprocessing (one line naming each difference)."""
     arch = ckpt["meta"]["arch"]
+    head = (arch["aggregator"].get("head", {}).get("name"), agg_conf.get("head", {}).get("name"))
     diff = [f"{section}: checkpoint {arch[section]}, here {here}" for section, here in
             (("model", model_conf), ("preprocessing", preprocessing)) if arch[section] != here]
+    diff += [f"head: checkpoint {head[0]}, here {head[1]}"] if head[0] != head[1] else []
     if diff:
-        raise ValueError(f"{ckpt['path']} was trained for another backbone or input: " + "; ".join(diff))
+        raise ValueError(f"{ckpt['path']} was trained for another preset: " + "; ".join(diff))
     return dict(arch["aggregator"])
 
 
