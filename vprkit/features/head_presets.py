@@ -32,6 +32,14 @@ def head_conf(head: str, dim: int) -> dict:
     return heads[head]
 
 
+CHANNEL_KEYS = ("num_channels", "in_channels", "dim", "in_dim")  # SALAD, BoQ / MixVPR, NetVLAD, GeM + fc
+
+
+def with_channels(head: dict, dim: int) -> dict:
+    """The head's settings for another number of input channels (after a PCA projection)."""
+    return {k: dim if k in CHANNEL_KEYS else v for k, v in head.items()}
+
+
 def _preset(model: dict, dim: int, head: str, resize_max: int) -> dict:
     agg = {"name": "token_head", "head": head_conf(head, dim), "in_dim": dim, "proj_dim": None,
            "grid": [8, 8] if head == "mixvpr" else None, "seed": 0}

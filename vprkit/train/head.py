@@ -101,9 +101,7 @@ def feature_conf(conf: dict) -> dict:
     fconf = extract.get_conf(conf["preset"], batch_size=conf["cache"]["batch_size"])
     agg = fconf["aggregator"]
     if conf["pca"]:
-        head_name = next(k for k in ("salad", "boq", "mixvpr", "netvlad", "gem-fc")
-                         if conf["preset"].endswith(k))
-        agg.update(proj_dim=conf["pca"], head=head_presets.head_conf(head_name, conf["pca"]))
+        agg.update(proj_dim=conf["pca"], head=head_presets.with_channels(agg["head"], conf["pca"]))
     return fconf
 
 
