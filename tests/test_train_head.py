@@ -117,6 +117,12 @@ def test_label_free_cli_run_and_errors(route, tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "R@1" in out and "--checkpoint" in out
     assert (tmp_path / "lf" / "best.pt").is_file()
+    # separate places (no neighbour is the same place): validation has no positives, the lowest loss is kept
+    sep = [a if not a.startswith("data.pos_thr") else "data.pos_thr=0" for a in args]
+    sep[sep.index(str(tmp_path / "lf"))] = str(tmp_path / "sep")
+    assert cli_main(sep) == 0
+    rows = (tmp_path / "sep" / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and "nan" in rows[1] and (tmp_path / "sep" / "best.pt").is_file()
     assert cli_main(["train", "head", str(route / "map"), "-o", str(tmp_path / "x"), "--preset", "nope"]) == 2
     assert "unknown head preset" in capsys.readouterr().err
     assert cli_main(["train", "head", str(route / "map"), "-o", str(tmp_path / "x"), "--preset", "tiny-gem-fc"]) == 2

@@ -303,6 +303,10 @@ def init_head(s: Session) -> None:
     s.head.needs_fit = False
 
 
+_score_note = ("no validation query has a positive (label-free with data.pos_thr below the image spacing, e.g. a "
+               "map of separate places): the best checkpoint is the epoch of lowest training loss")
+
+
 def train(s: Session, resume: bool = True) -> dict:
     """Epochs of P x K batches with hard negative places; validation R@1 each epoch; best.pt, last.pt, log.csv."""
     t = s.conf["train"]
@@ -338,9 +342,12 @@ def train(s: Session, resume: bool = True) -> dict:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", val_r1=f"{val_r1:.3f}")
         val = recall(s.head, *s.banks["val"], s.places["val"])
         val_r1 = val["R@1"]
+        score = val_r1 if np.isfinite(val_r1) else -float(np.mean(losses))  # see _score_note
+        if not np.isfinite(val_r1) and epoch == progress.start:
+            logger.warning(_score_note)
         row = {"step": state["step"], "loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], **{f"val_{k}": val[k] for k in ("R@1", "R@5", "R@10")}}
-        progress.end_epoch(epoch, val_r1, row, s.head, opt, sched,
+        progress.end_epoch(epoch, score, row, s.head, opt, sched,
                            meta={"kind": trained_head.KIND, "arch": s.arch(), "conf": s.conf, "val": val},
                            state={"step": state["step"], "mining_rng": json.dumps(rng.bit_generator.state)})
         tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}, val R@1 {val_r1:.3f}")
