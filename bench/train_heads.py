@@ -63,6 +63,8 @@ def nordland(args, work: Path, rows: dict) -> None:
 
 def label_free(args, work: Path, rows: dict) -> None:
     for name, (map_dir, query_dir, over) in LABEL_FREE.items():
+        if name not in args.datasets:
+            continue
         for preset in args.presets:
             data = Path(args.data)
             conf = head.get_conf(preset, {**over, "data.source": "map", "cache.dir": args.cache,
@@ -87,6 +89,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="training overrides KEY=VALUE (JSON values)")
     p.add_argument("--label-free", action="store_true", help="also Corridor and ESSEX3IN1, label-free")
     p.add_argument("--skip-nordland", action="store_true")
+    p.add_argument("--datasets", nargs="+", default=list(LABEL_FREE), help="--label-free: which datasets")
     args = p.parse_args()
     from vprkit.cli import parse_overrides
 
