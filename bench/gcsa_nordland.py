@@ -85,13 +85,13 @@ def main() -> None:
     rows, times = {}, {}
     for name, preset in (("GCSA visual affinities only", "visual"), ("GCSA visual + position", "position")):
         t = time.perf_counter()
-        conf = train_gcsa.get_conf(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
+        conf = train_gcsa.CONFIG.resolve(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
                                    side={"position_scale": args.sigma})  # affinity scale = prior uncertainty
         tag = f"{preset}-sigma{args.sigma:g}"
         ckpt = train_gcsa.main(conf, train_res, "index", work / f"train-{tag}", "index", "index", THRESHOLD)
         times[f"train {preset}"] = time.perf_counter() - t
         t = time.perf_counter()
-        rconf = GCSAReranker.get_conf("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
+        rconf = GCSAReranker.CONFIG.resolve("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
         out = rerank_step.main(rconf, eval_res, work / f"rerank-{tag}", "index", THRESHOLD, args.top_k)
         times[f"rerank {preset}"] = time.perf_counter() - t
         rows.setdefault("visual-only retrieval (" + args.preset + ")", out["metrics_global"])

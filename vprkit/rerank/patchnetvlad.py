@@ -127,7 +127,7 @@ class PatchNetVLAD(Reranker):
         if not self.conf["cascade_from"]:
             return self.rerank_all(retrieval, work_dir)
         shared = {k: self.conf[k] for k in CASCADE_SHARED}
-        cheap_ids, cheap_scores = PatchNetVLAD(self.get_conf(self.conf["cascade_from"], **shared)).rerank_all(
+        cheap_ids, cheap_scores = PatchNetVLAD(self.CONFIG.resolve(self.conf["cascade_from"], shared)).rerank_all(
             retrieval, work_dir)
         k = self.conf["cascade_top"]
         ids, scores = self.rerank_all(cascade_head(retrieval, cheap_ids, k), work_dir)
