@@ -99,7 +99,7 @@ class PatchNetVLAD(Reranker):
         "match_batch": 4,  # candidates per batched call: small keeps similarity blocks in a CPU cache; raise on GPU
         # MB of decoded map patches kept between queries (least recently used dropped first): a map image is a
         # candidate of many queries, and reading it from HDF5 is a third of `storage`'s time; 0 = read every time
-        "map_cache_mb": 0,
+        "map_cache_mb": 0.0,
         "device": "cpu", "seed": 0,
         # 'bfloat16' / 'int8' run the similarity matmuls in that precision (faster on CPUs with AVX512-BF16 /
         # VNNI, and on GPUs) and recompute in float32 every nearest neighbour within the precision's error bound,
