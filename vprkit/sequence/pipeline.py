@@ -18,6 +18,7 @@ from .. import api
 from ..config import ConfigError, Presets
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
+from ..data.safeio import InputError
 from ..evaluation import metrics, outputs
 from ..features import extract, h5io
 from ..index import faiss_index
@@ -133,6 +134,10 @@ def main(conf: dict, index_dir: str | Path | None, query_dir: str | Path | None 
     q_dir, q_all, q_names, q_desc = _queries(index_dir, mi.manifest, query_dir, results_dir, out_dir, device)
     m_names = mi.names
     map_desc = h5io.read_global(index_dir / api.MAP_FEATURES, m_names)
+    if q_desc.shape[1] != map_desc.shape[1]:
+        where = Path(results_dir) / QUERY_FEATURES if results_dir is not None else q_dir
+        raise InputError(f"{where}: query descriptors are {q_desc.shape[1]}-D but the index {index_dir} holds "
+                         f"{map_desc.shape[1]}-D ones (another model); describe the queries with this index's")
     route, m_pos = map_route(mi, conf["map_order"])
     q_lay = order.layout(conf["query_order"], q_names)
     est, confidence, ids, scores = match(conf, q_desc[q_lay.order], map_desc[route], m_pos, index_search(mi, route))

@@ -25,6 +25,7 @@ import torch
 
 from ..data.safeio import InputError, check_output
 from ..evaluation.outputs import replacing
+from ..models.base import torch_load
 
 logger = logging.getLogger("vprkit")
 RUN_MARKERS = ("*.pt", "log.csv", "stage*.csv", "centroids.npz", "test-*.json", "cache", "features", "tensorboard")
@@ -82,10 +83,7 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    return torch_load(path)
 
 
 def _read_vprkit_checkpoint(path: str | Path) -> dict[str, Any]:
