@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..api import MAP_FEATURES, STATE_FILE
 from ..data.groundtruth import GroundTruth
 from ..data.sideinfo import SideInfo, load_sideinfo, noise_model, simulate_prior
 from ..evaluation.msls import write_msls_csv
 from ..features import extract, h5io
+from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..models.gcsa import GCSA
 from ..train.checkpoint import load_trained_model
 from . import affinity
@@ -171,14 +171,14 @@ def load_model(path: str | Path) -> tuple[GCSA, dict]:
 def query_descriptors(retrieval: Retrieval, cache_dir: Path) -> np.ndarray:
     """Global descriptors of the retrieval's queries: those `vprkit query` stored, else extracted (cached)."""
     conf, state = retrieval.manifest["conf"], retrieval.index_dir / STATE_FILE
-    stored = retrieval.results_dir / "query_features.h5" if retrieval.results_dir else None
+    stored = retrieval.results_dir / QUERY_FEATURES if retrieval.results_dir else None
     if stored is not None and stored.exists() and h5io.read_attrs(stored).get("model_key") == extract.model_key(conf):
         try:
             return h5io.read_global(stored, retrieval.q_names)
         except KeyError:
             pass
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / "query_features.h5"
+    path = cache_dir / QUERY_FEATURES
     extract.main(conf, retrieval.query_dir, path, state if state.exists() else None, names=retrieval.q_names)
     return h5io.read_global(path, retrieval.q_names)
 

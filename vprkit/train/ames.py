@@ -29,7 +29,7 @@ from ..data.images import list_images
 from ..evaluation.metrics import average_precision
 from ..features import local
 from ..models.ames import AMES, AUTHORS_CONF, ChamferTeacher, load_ames
-from ..rerank.base import Retrieval, load_retrieval
+from ..results import Retrieval, load_retrieval
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 

@@ -29,7 +29,6 @@ from ..data.sideinfo import SideInfo, noise_model, simulate_prior
 from ..evaluation import metrics
 from ..features import h5io
 from ..models.gcsa import GCSA
-from ..rerank.base import Retrieval, load_retrieval
 from ..rerank.gcsa import (
     MAP_FEATURES,
     SIDE_DEFAULTS,
@@ -41,6 +40,7 @@ from ..rerank.gcsa import (
     refined_scores,
     side_batches,
 )
+from ..results import Retrieval, load_retrieval
 from .checkpoint import load_checkpoint, resume, run_folder, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
