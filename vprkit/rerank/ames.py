@@ -21,7 +21,8 @@ from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics
 from ..features import local
 from ..models.ames import AMES, EMPTY_LOGIT, load_ames, load_authors_checkpoint, rerank_score
-from .base import Reranker, Retrieval
+from ..results import Retrieval
+from .base import Reranker
 
 MapReader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 

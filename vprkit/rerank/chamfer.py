@@ -23,8 +23,8 @@ from tqdm import tqdm
 from ..aggregators.vlad import fit_pca
 from ..features import local
 from ..models.ames import ChamferTeacher, chamfer_similarity
+from ..results import Retrieval
 from .ames import AMESReranker
-from .base import Retrieval
 
 
 class ChamferReranker(AMESReranker):

@@ -24,9 +24,10 @@ from ..evaluation.msls import write_msls_csv
 from ..features import extract, h5io
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..models.gcsa import GCSA
+from ..results import Retrieval
 from ..train.checkpoint import load_trained_model
 from . import affinity
-from .base import Reranker, Retrieval
+from .base import Reranker
 
 logger = logging.getLogger("vprkit")
 SIDE_DEFAULTS = {"position_scale": 5.0, "fov_deg": 90.0, "fov_range": 50.0, "radio_scale_db": 10.0}

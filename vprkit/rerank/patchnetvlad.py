@@ -43,8 +43,9 @@ from ..features import patches
 from ..index.layout import STATE_FILE
 from ..models import get_backbone
 from ..models.base import load_state_dict
+from ..results import Retrieval
 from . import spatial
-from .base import Reranker, Retrieval
+from .base import Reranker
 
 logger = logging.getLogger("vprkit")
 
