@@ -244,7 +244,7 @@ def test_reference_preset_end_to_end(tiny_backbone, image_folder, tmp_path):
 
 
 def test_randomized_pca_beyond_the_exact_limit_agrees_with_the_exact_one():
-    from vprkit.aggregators.vlad import fit_pca
+    from vprkit.models.pca import fit_pca
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(400, 60)) * (0.7 ** np.arange(60))  # well separated variances

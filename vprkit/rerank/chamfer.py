@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..aggregators.vlad import fit_pca
 from ..features import local
 from ..models.ames import ChamferTeacher, chamfer_similarity
+from ..models.pca import fit_pca
 from ..results import Retrieval
 from .ames import AMESReranker
 

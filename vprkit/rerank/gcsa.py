@@ -2,7 +2,7 @@
 
 The query and each of its top-K candidates are described by their affinities to the same anchors
 (the query and the top-L of the global retrieval), one channel per modality; the trained network
-(`vprkit.models.gcsa`, trained with `python -m vprkit.train.gcsa`) turns those contexts into a new
+(`vprkit.models.gcsa`, trained with `vprkit train gcsa`) turns those contexts into a new
 similarity. Map side information comes from `map_sideinfo`, the query's from `query_sideinfo`;
 with `query_prior_sigma` the query positions read there are treated as ground truth and replaced
 by simulated noisy priors (the noise model is logged and stored in the results).
@@ -23,9 +23,9 @@ from ..data.sideinfo import SideInfo, load_sideinfo, noise_model, simulate_prior
 from ..evaluation.msls import write_msls_csv
 from ..features import extract, h5io
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
+from ..models.checkpoint import load_trained_model
 from ..models.gcsa import GCSA
 from ..results import Retrieval
-from ..train.checkpoint import load_trained_model
 from . import affinity
 from .base import Reranker
 
@@ -165,7 +165,7 @@ def order(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def load_model(path: str | Path) -> tuple[GCSA, dict]:
     """A trained GCSA network and the training conf stored with it."""
-    model, meta = load_trained_model(path, GCSA, "model_config", "train one with python -m vprkit.train.gcsa")
+    model, meta = load_trained_model(path, GCSA, "model_config", "train one with `vprkit train gcsa`")
     return model, meta.get("conf", {})
 
 
@@ -203,7 +203,7 @@ def load_sides(retrieval: Retrieval, map_spec: str | None, query_spec: str | Non
 
 
 class GCSAReranker(Reranker):
-    """Registered as 'gcsa'. Needs a checkpoint from `python -m vprkit.train.gcsa`."""
+    """Registered as 'gcsa'. Needs a checkpoint from `vprkit train gcsa`."""
 
     name = "gcsa"
     default_conf = {"checkpoint": None, "num_rerank": 100, "map_sideinfo": None, "query_sideinfo": None,
@@ -217,7 +217,7 @@ class GCSAReranker(Reranker):
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         c = self.conf
         if not c["checkpoint"]:
-            raise ValueError("GCSA needs a trained model: --set checkpoint=PATH (python -m vprkit.train.gcsa)")
+            raise ValueError("GCSA needs a trained model: --set checkpoint=PATH (`vprkit train gcsa`)")
         model, train_conf = load_model(c["checkpoint"])
         m_side, q_side = load_sides(retrieval, c["map_sideinfo"], c["query_sideinfo"], model.modalities,
                                     c["query_prior_sigma"], c["seed"])
