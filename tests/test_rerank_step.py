@@ -9,7 +9,8 @@ from report_helpers import read_report_data
 from vprkit import rerank
 from vprkit.cli import main
 from vprkit.config import parse_overrides
-from vprkit.rerank.base import Reranker, load_retrieval
+from vprkit.rerank.base import Reranker
+from vprkit.results import load_retrieval
 
 
 class Reverse(Reranker):

@@ -52,6 +52,8 @@ def add(sub) -> None:
                           "change the descriptors are refused")
     s.add_argument("--nprobe", type=positive_int,
                    help="IVF lists visited per query (IVF indexes only; more = exact-er)")
+    s.add_argument("--verify", action="store_true",
+                   help="check every map image against the index for changes since indexing (default: a sample)")
     s.set_defaults(func=run_query)
 
     s = sub.add_parser("evaluate", help="metrics of a predictions.txt against ground truth")
@@ -112,7 +114,7 @@ def run_index(args: argparse.Namespace) -> None:
 
 def run_query(args: argparse.Namespace) -> None:
     res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold, args.preset,
-                       args.device, nprobe=args.nprobe, **overrides(args))
+                       args.device, nprobe=args.nprobe, verify=args.verify, **overrides(args))
     if "metrics" in res:
         print(metrics.format_table({res["preset"]: res["metrics"]}))
     print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")

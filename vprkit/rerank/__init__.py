@@ -8,7 +8,8 @@ dependencies only matter when it is used. `base.main(conf, results_dir, ...)` is
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import Reranker, Retrieval, load_retrieval
+from ..results import Retrieval, load_retrieval
+from .base import Reranker
 
 # method name -> class or "module:class" (".module" is relative to this package); REGISTRY.register adds one
 REGISTRY = Registry("re-ranking method", __name__, {
