@@ -61,7 +61,7 @@ def test_sequence_refuses_query_features_of_another_model(tiny_backbone, image_f
     with h5py.File(res / QUERY_FEATURES, "a") as f:
         f.attrs["model_key"] = "another model"
     assert main(["sequence", str(res), "--method", "hmm"]) == 2
-    assert f"{res / QUERY_FEATURES}: query features of another model" in capsys.readouterr().err
+    assert f"{res}: no {QUERY_FEATURES} of the index {idx.resolve()}'s model for every query" in capsys.readouterr().err
 
 
 def test_sequence_output_folder_is_guarded(tiny_backbone, image_folder, tmp_path, capsys):
