@@ -225,3 +225,12 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path, capsy
     _fails(["match-two", "a.png", "b.png", "--set", f"checkpoint={tmp_path / 'evil.pt'}"], capsys,
            "evil.pt: not a readable checkpoint", "weights_only=True")
     assert not marker.exists()
+
+
+def test_append_refuses_another_preset_instead_of_ignoring_it(index, image_folder, capsys):
+    _fails(["index", str(image_folder), "-o", str(index), "--append", "--preset", "dinov2-gem"], capsys,
+           "was built with preset 'mobilenetv2-gem'")
+    _fails(["index", str(image_folder), "-o", str(index), "--append", "--resize-max", "64"], capsys,
+           "would change the index's descriptors")
+    assert main(["index", str(image_folder), "-o", str(index), "--append", "--preset", "mobilenetv2-gem",
+                 "--batch-size", "3"]) == 0
