@@ -8,6 +8,7 @@ of the same" and is left out.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
@@ -62,8 +63,20 @@ def inline_commands(text: str) -> list[tuple[int, str]]:
     return out
 
 
-SUBCOMMAND_WORDS = {"index", "query", "rerank", "sequence", "segvlad", "evaluate", "compare", "export", "train",
-                    "serve", "match-two", "demo", "presets", "netvlad", "ames", "gcsa", "cluster", "test"}
+def subcommand_words(parser: argparse.ArgumentParser) -> set[str]:
+    """Every (nested) subcommand name of the real parser, and the choices of their first positional (the
+    `train netvlad` modes)."""
+    words: set[str] = set()
+    for action in parser._actions:  # argparse offers no public walk of its subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                words |= {name} | subcommand_words(child)
+        elif action.choices and not action.option_strings:
+            words |= set(action.choices)
+    return words
+
+
+SUBCOMMAND_WORDS = subcommand_words(cli.parser())
 
 
 def documented_commands() -> list[tuple[str, str]]:
