@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ class ConfigError(InputError):
     """A bad preset name or override: the message names the key and the valid choices."""
 
 
-def resolve(defaults: dict, presets: dict[str, dict], name: str | None, overrides: dict | None = None, *,
+def resolve(defaults: dict, presets: Mapping[str, dict], name: str | None, overrides: dict | None = None, *,
             what: str = "preset", open_sections: Iterable[str] = ()) -> dict:
     """`defaults` <- `presets[name]` <- `overrides` (dotted keys), checked; a new dict, the inputs untouched.
 
@@ -142,7 +142,7 @@ class Presets:
 
     step: str  # as `vprkit presets` names it ("index", "rerank patchnetvlad", "train ames", ...)
     defaults: dict
-    presets: dict[str, dict]
+    presets: Mapping[str, dict]  # any mapping (a lazy one may add presets defined elsewhere, e.g. released models)
     default: str | None = None  # the preset taken when none is named
     open_sections: tuple[str, ...] = ()
     check: Callable[[dict], dict] | None = None  # validates (and may complete) a resolved config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import api
 from ..evaluation import metrics
-from ..features.extract import AUTO, CONFIG, CONFS, DEFAULT_PRESET
+from ..features.extract import AUTO, CONFIG, DEFAULT_PRESET
 from ..index.faiss_index import DEFAULT_FACTORY
 from ..models.precision import CHOICES as PRECISION_CHOICES
 from .common import add_gt, add_query, add_settings, distance, overrides, positive_int
@@ -20,7 +20,8 @@ def add(sub) -> None:
     s.add_argument("map_dir")
     s.add_argument("-o", "--out", required=True, help="index folder to create")
     add_settings(s, f"global descriptor preset (default {DEFAULT_PRESET}); 'auto' picks one from the map's images "
-                 "and says why; with --append: refuse unless the index has this preset", None, [AUTO, *sorted(CONFS)])
+                 "and says why; with --append: refuse unless the index has this preset", None,
+                 [AUTO, *sorted(CONFIG.presets)])
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=positive_int, help="long image side before the backbone")
@@ -76,7 +77,7 @@ def add(sub) -> None:
 
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
-    s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
+    s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFIG.presets))
     s.set_defaults(func=run_demo)
 
 

@@ -62,14 +62,14 @@ def run_match_two(args: argparse.Namespace) -> None:
 
 def _add_segvlad(sub) -> None:
     """`vprkit segvlad index|query`: SegVLAD as a retrieval method (segments of the whole map)."""
-    from ..segvlad.extract import CONFS, DEFAULT_PRESET
+    from ..segvlad.extract import CONFIG
 
     seg = sub.add_parser("segvlad", help="SegVLAD: retrieve image segments, vote map images")
     ssub = seg.add_subparsers(dest="segvlad_command", required=True)
     s = ssub.add_parser("index", help="segment and describe a map, store all its segments")
     s.add_argument("map_dir")
     s.add_argument("-o", "--out", required=True)
-    add_settings(s, f"SegVLAD preset (default {DEFAULT_PRESET})", DEFAULT_PRESET, sorted(CONFS),
+    add_settings(s, f"SegVLAD preset (default {CONFIG.default})", CONFIG.default, sorted(CONFIG.presets),
                  "override preset values, dotted for nested ones (order=2, segmenter.checkpoint=sam.pth)")
     s.set_defaults(func=run_segvlad_index, conf=segvlad_conf)
     s = ssub.add_parser("query", help="localize a folder of query images against a SegVLAD index")
