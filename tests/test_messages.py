@@ -79,6 +79,16 @@ def test_settings_of_the_wrong_type_or_range_are_refused(setting, fragment, caps
     _fails(["index", "MAP", "-o", "OUT", "--set", setting], capsys, fragment)
 
 
+@pytest.mark.parametrize(("command", "setting"), [
+    (["sequence", "RES"], "ds=0"),
+    (["sequence", "RES", "--method", "hmm", "--preset", "hmm"], "top_k=-3"),
+    (["rerank", "RES", "--method", "chamfer"], "num_rerank=0"),
+    (["index", "MAP", "-o", "OUT"], "batch_size=0"),
+])
+def test_counts_below_one_in_settings_are_refused(command, setting, capsys):
+    _fails([*command, "--set", setting], capsys, f"setting '{setting.split('=')[0]}' must be a positive integer")
+
+
 def test_dotted_settings_reach_nested_sections(capsys):
     """`--set data.pos_thr=2` sets conf['data']['pos_thr'] (an int accepted for a float and stored as one)."""
     from vprkit.cli import parser

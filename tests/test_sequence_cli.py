@@ -49,6 +49,6 @@ def test_sequence_cli_and_stream(tmp_path, capsys):
     assert main(["sequence", str(tmp_path / "q"), "--method", "hmm", "--gt", "index"]) == 0
     assert (tmp_path / "q" / "sequence-hmm" / "results.json").is_file()
     assert main(["sequence", str(idx), str(DEMO / "query"), "--set", "ds=0"]) == 2
-    assert "ds must be >= 1" in capsys.readouterr().err
+    assert "setting 'ds' must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["sequence", str(tmp_path)]) == 2
     assert "results.json not found" in capsys.readouterr().err

@@ -121,6 +121,18 @@ def valid_keys(conf: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def require_counts(conf: dict, *keys: str) -> dict:
+    """`conf` when each dotted key that is set (not None) holds an integer >= 1 (a count: batch size, top-k,
+    image side), else a ConfigError naming the key."""
+    for key in keys:
+        value: Any = conf
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"setting '{key}' must be a positive integer, got {value!r}")
+    return conf
+
+
 def parse_overrides(pairs: Iterable[str]) -> dict:
     """`KEY=VALUE` strings (`--set`) to a dict; VALUE is JSON when it parses (numbers, lists, true, null), else a
     string."""

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
-from ..config import ConfigError, Presets
+from ..config import Presets, require_counts
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
 from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone
@@ -105,11 +105,7 @@ def auto_preset(image_dir: str | Path, names: list[str], sample: int = 20) -> tu
 def check_conf(conf: dict) -> dict:
     """Refuse settings no run can use (a batch of none, an image side below one pixel, an unknown precision)."""
     precisions.check(conf.get("precision", "fp32"))
-    for key, value in (("batch_size", conf["batch_size"]), ("preprocessing.resize_max",
-                                                              conf["preprocessing"].get("resize_max"))):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"setting '{key}' must be a positive integer, got {value!r}")
-    return conf
+    return require_counts(conf, "batch_size", "preprocessing.resize_max")
 
 
 CONFIG = Presets("index", DEFAULT_RUNTIME, CONFS, DEFAULT_PRESET, open_sections=("model", "aggregator",

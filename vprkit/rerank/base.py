@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Presets
+from ..config import Presets, require_counts
 from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import locked
@@ -36,7 +36,7 @@ class Reranker(ABC):
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         cls.CONFIG = Presets(f"rerank {cls.name}", cls.default_conf, cls.confs, extra={"method": cls.name},
-                             open_sections=cls.open_sections)
+                             open_sections=cls.open_sections, check=lambda conf: require_counts(conf, "num_rerank"))
 
     def __init__(self, conf: dict) -> None:
         self.conf = {**self.default_conf, **conf}

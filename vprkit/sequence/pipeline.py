@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError, Presets
+from ..config import ConfigError, Presets, require_counts
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import InputError
@@ -47,11 +47,11 @@ SEQUENCE_FILE, SEQUENCE_HEADER = "sequence.txt", "# query\testimate\tconfidence\
 
 
 def check_conf(conf: dict) -> dict:
-    """Refuse a mode or search no matcher implements."""
+    """Refuse a mode or search no matcher implements, and counts below one."""
     if conf["mode"] not in ("online", "offline") or conf["search"] not in ("full", "candidates"):
         raise ConfigError(f"mode must be online|offline and search full|candidates, got {conf['mode']}, "
                           f"{conf['search']}")
-    return conf
+    return require_counts(conf, "top_k", "ds")
 
 
 # each preset holds every key of its method, so a SeqSLAM preset refuses the HMM's keys
