@@ -13,7 +13,8 @@ from ..data.groundtruth import ground_truth_for_kept, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
 from ..index import faiss_index, freshness
-from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE, index_work, readable
+from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE
+from ..index.work import index_work, readable
 from ..results import check_top_k, query_feature_path, results_folder, write_results
 from . import extract
 from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
