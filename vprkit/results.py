@@ -21,7 +21,7 @@ from .data.safeio import InputError, check_output
 from .evaluation import metrics, outputs, report
 from .features import h5io
 from .index import faiss_index
-from .index.layout import QUERY_FEATURES, QUERY_SEGMENTS
+from .index.layout import MANIFEST_FILE, QUERY_FEATURES, QUERY_SEGMENTS
 
 RESULTS_FILE, PREDICTIONS_FILE = "results.json", "predictions.txt"
 RESULTS_MARKERS = (RESULTS_FILE, QUERY_FEATURES, QUERY_SEGMENTS, "cache")
@@ -60,10 +60,8 @@ def read_results(results_dir: str | Path) -> dict:
         Path(info["queries"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"{info_path}: corrupt results file ({exc!r}); run `vprkit query` again") from None
-    try:
-        faiss_index.read_manifest(index_dir)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{info_path}: its index {index_dir} no longer exists") from None
+    if not (index_dir / MANIFEST_FILE).is_file():
+        raise FileNotFoundError(f"{info_path}: its index {index_dir} no longer exists")
     expected = info.get("index_fingerprint")
     if expected is not None and expected != faiss_index.fingerprint(index_dir):
         raise InputError(f"{info_path}: the index {index_dir} was rebuilt or replaced since these results were "
