@@ -15,7 +15,8 @@ from .data.images import list_images
 from .data.safeio import InputError, locked
 from .features import extract, h5io
 from .index import faiss_index, freshness, large
-from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE, index_work, readable
+from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
+from .index.work import index_work, readable
 from .results import check_top_k, gt_record, query_feature_path, results_folder, write_results
 
 logger = logging.getLogger("vprkit")
