@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from ..data.images import ImageError, PixelLimitError, decode_image, load_image, resize_to_stride
+from ..data.images import ImageError, PixelLimitError, decode_image, load_image
 from ..features.extract import Extractor
 from ..index.growing import MapWriter, check_name
 from ..sequence.localizer import SequenceLocalizer
@@ -130,8 +130,7 @@ class Service:
         """Decode + preprocess in a worker thread, then the batched forward pass."""
         def prep():
             img = self.decode(data)
-            resized = resize_to_stride(img, self.ext.conf["preprocessing"].get("resize_max"), self.ext.backbone.stride)
-            return img, self.ext.backbone.preprocess(resized)
+            return img, self.ext.prepare(img)
 
         img, x = await asyncio.to_thread(prep)
         return img, await self.batcher.submit(x)
