@@ -6,14 +6,22 @@ scan: `ImageError` names the file and the problem so the caller can warn, count 
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .safeio import InputError
+
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_MAX_PIXELS = 100_000_000
+# a tab, or what Python's str.splitlines takes for a line break: the separators of vprkit's text outputs
+UNSAFE_NAME = re.compile("[\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+logger = logging.getLogger("vprkit")
 
 
 class ImageError(ValueError):
@@ -25,15 +33,37 @@ class PixelLimitError(ImageError):
 
 
 def list_images(root: str | Path) -> list[str]:
-    """Image paths under `root`, relative to it, in a stable (sorted) order, recursively."""
+    """Image paths under `root`, relative to it, in a stable (sorted) order, recursively.
+
+    A name that is not valid UTF-8 cannot be written to any output: it is skipped with a warning naming it. A
+    name holding a tab or a line break would break the tab-separated outputs (predictions, pairs) after all the
+    work: the folder is refused before anything is done (one line naming the file)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
                    and p.suffix.lower() in EXTENSIONS)
+    names = [n for n in found if _is_utf8(n)]
+    if len(names) < len(found):
+        skipped = [os.fsencode(n) for n in found if not _is_utf8(n)]
+        logger.warning("%s: skipping %d images whose file names are not valid UTF-8 (rename them to use them): %s",
+                       root, len(skipped), ", ".join(map(repr, skipped[:10])) + (" ..." if len(skipped) > 10 else ""))
     if not names:
         raise ValueError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root}")
+    unsafe = [n for n in names if UNSAFE_NAME.search(n)]
+    if unsafe:
+        raise InputError(f"{root / unsafe[0]!r}: a file name with a tab or a line break cannot be written to the "
+                         f"tab-separated outputs; rename it ({len(unsafe)} such names under {root})")
     return names
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a file name decoded from the file system is valid UTF-8 (else it holds surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
