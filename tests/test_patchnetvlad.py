@@ -267,7 +267,7 @@ def test_constant_patch_size_orders_as_numpys_argsort_of_nan():
 def test_cascade_reranks_the_cheap_presets_top_k(retrieval, tmp_path):
     """`cascade_from=storage`: storage orders all 6 candidates, then `speed` only storage's first 3."""
     from vprkit.cli import parse_overrides
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, _, _ = retrieval
     ret = load_retrieval(res)
@@ -312,7 +312,7 @@ def test_report_match_figures_are_the_verified_correspondences_with_the_top1(ret
     from report_helpers import read_report_data
 
     from vprkit.cli import parse_overrides
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, gt, names = retrieval
     out = res / "speed"

@@ -7,7 +7,6 @@ reverse (A wins).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ import numpy as np
 from .data.groundtruth import ground_truth_for_kept
 from .data.images import list_images
 from .evaluation import metrics, outputs, report
-from .rerank.base import RESULTS_FILE, Retrieval, load_retrieval
+from .results import RESULTS_FILE, Retrieval, load_retrieval, read_results
 
 
 def _label(r: Retrieval, tag: str) -> str:
-    info = json.loads((r.results_dir / RESULTS_FILE).read_text())
+    info = read_results(r.results_dir)
     method = info.get("conf", {}).get("method") or info.get("preset", "")
     return f"{tag}: {r.results_dir.name} ({method})"
 
@@ -37,7 +36,7 @@ def _aligned(a: Retrieval, b: Retrieval) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gt_spec(results_dir: Path, gt: str | None, threshold: float | None) -> tuple[str, float | None]:
-    info = json.loads((results_dir / RESULTS_FILE).read_text())
+    info = read_results(results_dir)
     if gt is None and "gt" not in info:
         raise ValueError(f"{results_dir / RESULTS_FILE} records no ground truth: pass --gt")
     return (gt, threshold) if gt is not None else (info["gt"], threshold if threshold is not None

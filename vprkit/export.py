@@ -16,9 +16,9 @@ import numpy as np
 
 from .evaluation.outputs import atomic_write, replacing
 from .features import h5io
-from .rerank.base import Retrieval, load_retrieval
+from .index.layout import MAP_FEATURES, QUERY_FEATURES
+from .results import Retrieval, load_retrieval
 
-QUERY_FEATURES, MAP_FEATURES = "query_features.h5", "map_features.h5"
 KAPTURE_HEADER = "# kapture format: 1.1"
 FORMATS = ("hloc", "kapture")
 

@@ -34,17 +34,18 @@ import torch
 from tqdm import tqdm
 
 from ..aggregators.netvlad import NetVLAD
-from ..api import STATE_FILE
 from ..data.groundtruth import GroundTruth
 from ..data.images import ImageError, list_images, load_image
 from ..data.safeio import replacing
 from ..evaluation import metrics, report
 from ..evaluation.outputs import atomic_savez, atomic_write
 from ..features import patches
+from ..index.layout import STATE_FILE
 from ..models import get_backbone
 from ..models.base import load_state_dict
+from ..results import Retrieval
 from . import spatial
-from .base import Reranker, Retrieval
+from .base import Reranker
 
 logger = logging.getLogger("vprkit")
 

@@ -9,16 +9,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..api import _utm_or_none, check_top_k, index_work, query_feature_path, readable, results_folder, write_results
-from ..data.groundtruth import ground_truth_for_kept
+from ..data.groundtruth import ground_truth_for_kept, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
 from ..index import faiss_index
+from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE, index_work, readable
+from ..results import check_top_k, query_feature_path, results_folder, write_results
 from . import extract
 from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
 
 logger = logging.getLogger("vprkit")
-STATE_FILE, MAP_FEATURES = "segvlad_state.npz", "map_segments.h5"
+STATE_FILE, MAP_FEATURES = SEGMENT_STATE, SEGMENT_FEATURES
 
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, device: str = "cpu",
@@ -32,7 +33,7 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         total, dim = write_store(work / MAP_FEATURES, names, work)
         manifest = {"method": "segvlad", "conf": conf, "model_key": extract.model_key(conf), "dim": dim,
                     "num_segments": total, "map_dir": str(map_dir), "names": names,
-                    "positions": _utm_or_none(names), "versions": faiss_index.versions()}
+                    "positions": utm_or_none(names), "versions": faiss_index.versions()}
         extra = {f: work / f for f in (MAP_FEATURES, STATE_FILE, SEGMENTS_FILE, OWNER_FILE)}
         faiss_index.save(out_dir, None, manifest, extra)
     logger.info("indexed %d segments of %d map images into %s", total, len(names), out_dir)
@@ -68,7 +69,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     out_dir = results_folder(out_dir, index_dir, query_dir)
     q_all = list_images(query_dir)
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
-        q_feats = query_feature_path(out_dir, Path(tmp), "query_segments.h5", manifest["model_key"])
+        q_feats = query_feature_path(out_dir, Path(tmp), QUERY_SEGMENTS, manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all,
                                         device=device), query_dir)
         hits = []

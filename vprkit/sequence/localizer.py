@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import api
 from ..features import extract, h5io
 from ..index import faiss_index
+from ..index.layout import MAP_FEATURES, STATE_FILE
 from . import matcher, pipeline
 
 
@@ -40,7 +40,7 @@ class SequenceLocalizer:
         if map_desc is None:
             if self.index_dir is None:
                 raise ValueError("give map_desc with a loaded MapIndex (or pass the index folder)")
-            map_desc = h5io.read_global(self.index_dir / api.MAP_FEATURES, self.names)
+            map_desc = h5io.read_global(self.index_dir / MAP_FEATURES, self.names)
         self.order, pos = pipeline.map_route(self.index, self.conf["map_order"])
         route = np.ascontiguousarray(np.asarray(map_desc, dtype=np.float32)[self.order])
         search = pipeline.index_search(self.index, self.order)
@@ -65,7 +65,7 @@ class SequenceLocalizer:
             if self.index_dir is None:
                 raise ValueError("images need the index folder (its model); pass descriptors to a loaded MapIndex")
             self._extractor = extract.Extractor.with_state(self.index.manifest["conf"],
-                                                           self.index_dir / api.STATE_FILE, self.device)
+                                                           self.index_dir / STATE_FILE, self.device)
         img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
         return self._extractor.describe_images([img])[0]
 

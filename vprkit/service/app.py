@@ -31,6 +31,7 @@ from starlette.datastructures import UploadFile
 from ..data.images import ImageError, PixelLimitError, decode_image, load_image
 from ..features.extract import Extractor
 from ..index.growing import MapWriter, check_name
+from ..index.layout import STATE_FILE
 from ..sequence.localizer import SequenceLocalizer
 from .auth import Caller, KeyStore, RateLimiter
 from .batching import Batcher
@@ -65,7 +66,7 @@ class Service:
         self.writer = MapWriter(index_dir, self.s["compact_every"])
         conf = self.writer.map.manifest["conf"]
         self.ext = Extractor(conf, device)
-        state = Path(index_dir) / "aggregator.npz"
+        state = Path(index_dir) / STATE_FILE
         if self.ext.aggregator.needs_fit:
             self.ext.load_state(state)
         self.metrics = Metrics()

@@ -23,9 +23,10 @@ from ..aggregators import get_aggregator
 from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics, outputs
 from ..features import extract
+from ..models import checkpoint as trained
 from ..models import get_backbone
 from . import guidance as guidance_mod
-from . import route, trained
+from . import route
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 from .data import SPLITS, PlaceSet, load_splits
@@ -343,7 +344,7 @@ class Session:
 
     def load(self, path: Path, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
         """Load a checkpoint after checking it was trained for this architecture."""
-        ckpt = trained.read(path)
+        ckpt = trained.read_netvlad(path)
         if ckpt is None:
             raise ValueError(f"{path}: not a vprkit NetVLAD training checkpoint")
         diff = trained.arch_mismatch(self.arch, ckpt["meta"]["arch"])
