@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TinyBackbone
 from vprkit.cli import main
 from vprkit.rerank import patchnetvlad as pnv
 
@@ -17,9 +16,8 @@ SMALL = ["resize=[32,24]", "num_clusters=4", "num_pcs=16", "fit_max_images=12", 
 
 
 @pytest.fixture
-def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
+def retrieval(tiny_backbone, image_folder, tmp_path):
     """Global retrieval of the folder against itself with a shuffled order (the true match is not first)."""
-    monkeypatch.setattr(pnv, "get_backbone", lambda name, **kw: TinyBackbone())
     names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in names))
@@ -131,8 +129,7 @@ def test_checkpoint_parts_load_weights_only(tmp_path):
         pnv._checkpoint_parts(str(path))
 
 
-def test_match_two_cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pnv, "get_backbone", lambda name, **kw: TinyBackbone())
+def test_match_two_cli(tmp_path, tiny_backbone, capsys):
     rng = np.random.default_rng(0)
     arr = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
     Image.fromarray(arr).save(tmp_path / "a.png")
