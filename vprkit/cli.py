@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 from . import api, demo, rerank
-from .data.groundtruth import load_ground_truth
-from .data.images import list_images
-from .evaluation import metrics, outputs
+from .evaluation import metrics
 from .features.extract import AUTO, CONFS, DEFAULT_PRESET
 from .index.faiss_index import DEFAULT_FACTORY
 from .models.precision import CHOICES as PRECISION_CHOICES
@@ -256,17 +254,6 @@ def _segvlad(args: argparse.Namespace) -> None:
         print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
 
 
-def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | None, revisited: bool = False
-                   ) -> dict:
-    """Score a predictions.txt against ground truth."""
-    q_names, m_names, preds, _ = outputs.read_predictions(path, list_images(map_dir) if map_dir else None)
-    if revisited:
-        from .evaluation import revisited as rop
-
-        return rop.evaluate(*rop.align(rop.load_gnd(gt), q_names, m_names, preds))
-    return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
-
-
 def _model_overrides(args: argparse.Namespace) -> dict:
     """Preset sections changed by CLI flags (each section is replaced whole, so start from the preset's)."""
     preset = CONFS[args.preset]
@@ -357,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(metrics.format_table({res["preset"]: res["metrics"]}))
             print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
         elif args.command == "evaluate":
-            res = _evaluate_file(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited)
+            res = api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited)
             print(json.dumps(res, indent=1))
         elif args.command == "rerank":
             _rerank(args)
