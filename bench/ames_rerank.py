@@ -98,11 +98,11 @@ def main() -> None:
     common = {"val_fraction": 0.1, "cache_dir": str(work / "train_cache"), "batch_size": 32, "num_neg": 4}
     conf = train_ames.get_conf(args.preset, epochs=args.epochs, features=args.local, resize_max=args.resize,
                                lr=5e-4, **common, **budgets)
-    fp = train_ames.main(conf, res["train"], work / "ames_fp", *gt)
+    fp = train_ames.main(conf, res["train"], work / "ames_fp", gt=gt[0], threshold=gt[1])
     timings["train fp"] = time.perf_counter() - t
     t = time.perf_counter()
     conf = train_ames.get_conf("binary", epochs=args.binary_epochs, teacher=str(fp), **common)
-    binary = train_ames.main(conf, res["train"], work / "ames_binary", *gt)
+    binary = train_ames.main(conf, res["train"], work / "ames_binary", gt=gt[0], threshold=gt[1])
     timings["train binary"] = time.perf_counter() - t
     rows, tuned = {}, {}
     cache = str(work / "eval_cache")

@@ -88,7 +88,8 @@ def main() -> None:
         conf = train_gcsa.get_conf(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
                                    side={"position_scale": args.sigma})  # affinity scale = prior uncertainty
         tag = f"{preset}-sigma{args.sigma:g}"
-        ckpt = train_gcsa.main(conf, train_res, "index", work / f"train-{tag}", "index", "index", THRESHOLD)
+        ckpt = train_gcsa.main(conf, train_res, work / f"train-{tag}", gt="index", map_sideinfo="index",
+                               query_sideinfo="index", threshold=THRESHOLD)
         times[f"train {preset}"] = time.perf_counter() - t
         t = time.perf_counter()
         rconf = GCSAReranker.get_conf("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)

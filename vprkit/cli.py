@@ -298,15 +298,16 @@ def _train(args: argparse.Namespace) -> None:
         from .train import ames as train_ames
 
         conf = train_ames.get_conf(args.preset, device=args.device, **parse_overrides(args.set))
-        best = train_ames.main(conf, args.results_dir, args.out, args.gt, args.threshold, not args.restart)
+        best = train_ames.main(conf, args.results_dir, args.out, gt=args.gt, threshold=args.threshold,
+                               resume=not args.restart)
         print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
         return
     if args.method == "gcsa":
         from .train import gcsa
 
         conf = gcsa.get_conf(args.preset, **parse_overrides(args.set))
-        path = gcsa.main(conf, args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo,
-                         args.threshold, not args.restart)
+        path = gcsa.main(conf, args.results_dir, args.out, gt=args.gt, map_sideinfo=args.map_sideinfo,
+                         query_sideinfo=args.query_sideinfo, threshold=args.threshold, resume=not args.restart)
         print(f"checkpoint: {path}")
         return
     from .train import netvlad
