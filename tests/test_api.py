@@ -13,6 +13,7 @@ from vprkit.evaluation.outputs import read_predictions
 from vprkit.features import extract, h5io
 from vprkit.index.layout import QUERY_FEATURES
 from vprkit.models import MissingWeightsError
+from vprkit.results import read_results
 from vprkit.sequence.localizer import SequenceLocalizer
 
 # (height, width): landscape, portrait and square images, so offline batches split by shape
@@ -40,14 +41,15 @@ def _offline_and_live(map_dir, query_dir, out, preset: str, **overrides) -> tupl
         index = api.index_map(map_dir, out / "idx", preset=preset, **overrides)
     except MissingWeightsError as exc:
         pytest.skip(f"{preset}: weights not installed ({exc})")
-    res = api.localize(index, query_dir, top_k=2, out_dir=out / "res")
+    res = api.localize(index, query_dir, out / "res", top_k=2)
     names = list_images(query_dir)
-    offline = h5io.read_global(out / "res" / QUERY_FEATURES, names)
-    assert res["num_queries"] == len(names) == 4
+    offline = h5io.read_global(res / QUERY_FEATURES, names)
+    assert read_results(res)["num_queries"] == len(names) == 4
     return offline, api.describe([load_image(query_dir / n) for n in names], index)
 
 
-@pytest.mark.parametrize("preset", sorted(extract.CONFS))
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if conf["model"]["name"].startswith("vgg")
+                                    else p for p, conf in sorted(extract.CONFS.items())])  # VGG19: ~30 s each
 def test_live_descriptors_equal_offline_ones_for_every_preset(preset, folders, tmp_path, one_thread):
     offline, live = _offline_and_live(*folders, tmp_path, preset)
     assert live.dtype == np.float32 and live.shape == offline.shape

@@ -54,7 +54,7 @@ __all__ = ["Matches", "Retrieval", "append_map", "compare", "describe", "evaluat
 logger = logging.getLogger("vprkit")
 
 
-def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET,
+def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *,
               factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
               workers: int = 2, memory_budget: str | None = None, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
@@ -171,10 +171,11 @@ def _check_same_model(index_dir: Path, manifest: dict, preset: str | None) -> di
     return conf
 
 
-def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
+def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, preset: str | None = None,
-             device: str = "cpu", report_top: int = 5, nprobe: int | None = None) -> dict:
-    """Describe queries with the map's model, search the index, write predictions (+ metrics with `gt`)."""
+             device: str = "cpu", report_top: int = 5, nprobe: int | None = None) -> Path:
+    """Describe queries with the map's model, search the index, write predictions (+ metrics with `gt`) into the
+    returned results folder (default INDEX/results/QUERY_NAME; read it back with `vprkit.results`)."""
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     mi = faiss_index.load(index_dir)
@@ -189,8 +190,9 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
         q_desc = h5io.read_global(q_feats, q_names)
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
     truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
-    return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top, gt_record(gt, threshold))
+    write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
+                  gt_record(gt, threshold))
+    return out_dir
 
 
 def evaluate(predictions: str | Path, gt: str, threshold: float | None = None, map_dir: str | Path | None = None,

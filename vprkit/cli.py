@@ -15,6 +15,7 @@ from .features.extract import AUTO, CONFS, DEFAULT_PRESET
 from .index.faiss_index import DEFAULT_FACTORY
 from .models.precision import CHOICES as PRECISION_CHOICES
 from .rerank import base as rerank_step
+from .results import read_results
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,28 +231,26 @@ def _sequence(args: argparse.Namespace) -> None:
     conf = seq.get_conf(args.preset or args.method, **parse_overrides(args.set))
     if conf["method"] != args.method:
         raise ValueError(f"preset '{args.preset}' is a {conf['method']} preset, not {args.method}")
-    if args.query_dir is None:
-        res = seq.main(conf, None, None, args.out, args.gt, args.threshold, args.source, args.device)
-    else:
-        res = seq.main(conf, args.source, args.query_dir, args.out, args.gt, args.threshold, device=args.device)
+    out = seq.main(conf, args.source, args.query_dir, args.out, gt=args.gt, threshold=args.threshold,
+                   device=args.device)
+    res = read_results(out)
     if "metrics" in res:
         keys = ("R@1", "R@5", "Rec@100P", "Rec@99P", "AUC-PR")
         print(metrics.format_table({"single image": res["metrics_single"], conf["preset"]: res["metrics"]}, keys))
-    print(f"predictions, sequence.txt, results.json and report.html in {res['out_dir']}")
+    print(f"predictions, sequence.txt, results.json and report.html in {out}")
 
 
 def _segvlad(args: argparse.Namespace) -> None:
     from .segvlad import api as seg_api
 
     if args.segvlad_command == "index":
-        out = seg_api.index_map(args.map_dir, args.out, args.preset, args.device, **parse_overrides(args.set))
+        out = seg_api.index_map(args.map_dir, args.out, args.preset, device=args.device, **parse_overrides(args.set))
         print(f"SegVLAD index written to {out}")
     else:
-        res = seg_api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
-                               args.device, top_k_segments=args.top_k_segments, scoring=args.scoring)
-        if "metrics" in res:
-            print(metrics.format_table({res["preset"]: res["metrics"]}))
-        print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+        out = seg_api.localize(args.index_dir, args.query_dir, args.out, top_k=args.top_k, gt=args.gt,
+                               threshold=args.threshold, device=args.device, top_k_segments=args.top_k_segments,
+                               scoring=args.scoring)
+        _print_results(out)
 
 
 def _model_overrides(args: argparse.Namespace) -> dict:
@@ -281,15 +280,24 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _print_results(out: Path) -> None:
+    """What `vprkit query` and `segvlad query` print: the metrics (with ground truth) and where the files are."""
+    res = read_results(out)
+    if "metrics" in res:
+        print(metrics.format_table({res["preset"]: res["metrics"]}))
+    print(f"predictions, pairs, results.json and report.html in {out}")
+
+
 def _rerank(args: argparse.Namespace) -> None:
     """`vprkit rerank`: re-rank, print global vs re-ranked metrics."""
     cls = rerank.get_reranker_class(args.method)
     conf = cls.get_conf(args.preset, **parse_overrides(args.set))
-    res = rerank_step.main(conf, args.results_dir, args.out, args.gt, args.threshold, args.num_rerank,
-                           args.match_figures)
+    out = rerank_step.main(conf, args.results_dir, args.out, gt=args.gt, threshold=args.threshold,
+                           num_rerank=args.num_rerank, match_figures=args.match_figures)
+    res = read_results(out)
     if "metrics" in res:
         print(metrics.format_table({"global": res["metrics_global"], f"{args.method}": res["metrics"]}))
-    print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+    print(f"predictions, pairs, results.json and report.html in {out}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -333,17 +341,15 @@ def main(argv: list[str] | None = None) -> int:
 
             run(args.index_dir, args.host, args.port, args.keys, parse_overrides(args.set), args.device)
         elif args.command == "index":
-            out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device, ray=args.ray,
-                                workers=args.workers, memory_budget=args.memory_budget,
+            out = api.index_map(args.map_dir, args.out, args.preset, factory=args.factory, device=args.device,
+                                ray=args.ray, workers=args.workers, memory_budget=args.memory_budget,
                                 batch_size=args.batch_size, fp16=args.fp16, precision=args.precision,
                                 **_model_overrides(args))
             print(f"index written to {out}")
         elif args.command == "query":
-            res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
-                               args.preset, args.device, nprobe=args.nprobe)
-            if "metrics" in res:
-                print(metrics.format_table({res["preset"]: res["metrics"]}))
-            print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+            _print_results(api.localize(args.index_dir, args.query_dir, args.out, top_k=args.top_k, gt=args.gt,
+                                        threshold=args.threshold, preset=args.preset, device=args.device,
+                                        nprobe=args.nprobe))
         elif args.command == "evaluate":
             res = api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited)
             print(json.dumps(res, indent=1))
@@ -354,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             from . import compare
 
-            res = compare.main(args.results_a, args.results_b, args.out, args.gt, args.threshold)
+            out = compare.main(args.results_a, args.results_b, args.out, gt=args.gt, threshold=args.threshold)
+            res = json.loads((out / compare.COMPARE_FILE).read_text(encoding="utf-8"))
             print(metrics.format_table(res["metrics"]))
             print(f"B right where A wrong: {res['b_wins']}, A right where B wrong: {res['a_wins']} "
                   f"(both right {res['both_right']}, both wrong {res['both_wrong']})\nreport: {res['report']}")
         elif args.command == "export":
             from . import export
 
-            print("\n".join(map(str, export.main(args.results_dir, args.format, args.out))))
+            print(f"{args.format} files in {export.main(args.results_dir, args.out, fmt=args.format)}")
         elif args.command == "segvlad":
             _segvlad(args)
         elif args.command == "sequence":

@@ -16,6 +16,8 @@ from .data.images import list_images
 from .evaluation import metrics, outputs, report
 from .results import RESULTS_FILE, Retrieval, load_retrieval, read_results
 
+COMPARE_FILE = "compare.json"
+
 
 def _label(r: Retrieval, tag: str) -> str:
     info = read_results(r.results_dir)
@@ -43,9 +45,9 @@ def _gt_spec(results_dir: Path, gt: str | None, threshold: float | None) -> tupl
                                                    else info.get("threshold"))
 
 
-def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "compare", gt: str | None = None,
-         threshold: float | None = None, top: int = 5) -> dict:
-    """Score A and B, write OUT/report.html and OUT/compare.json; return the comparison."""
+def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "compare", *, gt: str | None = None,
+         threshold: float | None = None, top: int = 5) -> Path:
+    """Score A and B, write OUT/report.html and OUT/compare.json (the comparison); returns OUT."""
     a, b = load_retrieval(results_a), load_retrieval(results_b)
     b_ids, b_scores = _aligned(a, b)
     spec, thr = _gt_spec(a.results_dir, gt, threshold)
@@ -62,5 +64,5 @@ def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "co
     result = {"A": str(a.results_dir), "B": str(b.results_dir), "gt": spec, "threshold": thr,
               "metrics": {la: ma, lb: mb}, "b_wins": int((cb & ~ca).sum()), "a_wins": int((ca & ~cb).sum()),
               "both_right": int((ca & cb).sum()), "both_wrong": int((~ca & ~cb).sum()), "report": str(page)}
-    outputs.write_json(out_dir / "compare.json", result)
-    return result
+    outputs.write_json(out_dir / COMPARE_FILE, result)
+    return out_dir
