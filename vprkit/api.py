@@ -28,7 +28,7 @@ from .data.safeio import locked
 from .evaluation import metrics, outputs
 from .export import main as export
 from .features import extract, h5io
-from .index import faiss_index, large
+from .index import faiss_index, freshness, large
 from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE, index_work, readable
 from .rerank.base import main as rerank
 from .results import (
@@ -173,12 +173,15 @@ def _check_same_model(index_dir: Path, manifest: dict, preset: str | None) -> di
 
 def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, preset: str | None = None,
-             device: str = "cpu", report_top: int = 5, nprobe: int | None = None) -> Path:
+             device: str = "cpu", report_top: int = 5, nprobe: int | None = None, verify: bool = False) -> Path:
     """Describe queries with the map's model, search the index, write predictions (+ metrics with `gt`) into the
-    returned results folder (default INDEX/results/QUERY_NAME; read it back with `vprkit.results`)."""
+    returned results folder (default INDEX/results/QUERY_NAME; read it back with `vprkit.results`).
+
+    Warns when map images changed since indexing: a sample of them is checked, every one with `verify`."""
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     mi = faiss_index.load(index_dir)
+    freshness.warn_if_changed(mi, index_dir, verify)
     conf = _check_same_model(index_dir, mi.manifest, preset)
     out_dir = results_folder(out_dir, index_dir, query_dir)
     state = index_dir / STATE_FILE

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="positive distance (m; frames for 'sequence')")
     s.add_argument("--preset", help="refuse to run unless the index was built with this preset")
     s.add_argument("--nprobe", type=int, help="IVF lists visited per query (IVF indexes only; more = exact-er)")
+    s.add_argument("--verify", action="store_true",
+                   help="check every map image against the index for changes since indexing (default: a sample)")
 
     s = sub.add_parser("evaluate", help="metrics of a predictions.txt against ground truth")
     s.add_argument("predictions")
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "query":
             _print_results(api.localize(args.index_dir, args.query_dir, args.out, top_k=args.top_k, gt=args.gt,
                                         threshold=args.threshold, preset=args.preset, device=args.device,
-                                        nprobe=args.nprobe))
+                                        nprobe=args.nprobe, verify=args.verify))
         elif args.command == "evaluate":
             res = api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited)
             print(json.dumps(res, indent=1))

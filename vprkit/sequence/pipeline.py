@@ -18,7 +18,7 @@ from ..data.images import list_images
 from ..data.safeio import InputError
 from ..evaluation import metrics, outputs
 from ..features import extract, h5io
-from ..index import faiss_index
+from ..index import faiss_index, freshness
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..results import guarded_folder, query_feature_path, read_results, write_results
 from . import hmm, matcher, order
@@ -124,6 +124,7 @@ def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, ou
     results_dir = Path(source) if query_dir is None else None
     index_dir = Path(read_results(source)["index"] if results_dir is not None else source)
     mi = faiss_index.load(index_dir)
+    freshness.warn_if_changed(mi, index_dir)
     base = Path(results_dir) if results_dir is not None else index_dir / "results" / Path(query_dir).name
     out_dir = guarded_folder(out_dir if out_dir is not None else base / f"sequence-{conf['preset']}")
     q_dir, q_all, q_names, q_desc = _queries(index_dir, mi.manifest, query_dir, results_dir, out_dir, device)
