@@ -96,19 +96,20 @@ def main() -> None:
     timings = {}
     t = time.perf_counter()
     common = {"val_fraction": 0.1, "cache_dir": str(work / "train_cache"), "batch_size": 32, "num_neg": 4}
-    conf = train_ames.get_conf(args.preset, epochs=args.epochs, features=args.local, resize_max=args.resize,
+    conf = train_ames.CONFIG.resolve(args.preset, epochs=args.epochs, features=args.local, resize_max=args.resize,
                                lr=5e-4, **common, **budgets)
     fp = train_ames.main(conf, res["train"], work / "ames_fp", gt=gt[0], threshold=gt[1])
     timings["train fp"] = time.perf_counter() - t
     t = time.perf_counter()
-    conf = train_ames.get_conf("binary", epochs=args.binary_epochs, teacher=str(fp), **common)
+    conf = train_ames.CONFIG.resolve("binary", epochs=args.binary_epochs, teacher=str(fp), **common)
     binary = train_ames.main(conf, res["train"], work / "ames_binary", gt=gt[0], threshold=gt[1])
     timings["train binary"] = time.perf_counter() - t
     rows, tuned = {}, {}
     cache = str(work / "eval_cache")
-    methods = {"AMES fp": AMESReranker.get_conf("fp", checkpoint=str(fp), cache_dir=cache, **budgets),
-               "AMES binary": AMESReranker.get_conf("binary", checkpoint=str(binary), cache_dir=cache, **budgets),
-               "Chamfer (no training)": ChamferReranker.get_conf(args.local, resize_max=args.resize, cache_dir=cache,
+    methods = {"AMES fp": AMESReranker.CONFIG.resolve("fp", checkpoint=str(fp), cache_dir=cache, **budgets),
+               "AMES binary": AMESReranker.CONFIG.resolve("binary", checkpoint=str(binary), cache_dir=cache, **budgets),
+               "Chamfer (no training)": ChamferReranker.CONFIG.resolve(args.local, resize_max=args.resize,
+                                                                               cache_dir=cache,
                                                                  **budgets)}
     val = load_retrieval(res["val"])
     truth = ground_truth_for_kept(gt[0], list_images(val.query_dir), val.q_names, val.m_names, gt[1])

@@ -85,14 +85,14 @@ def main() -> None:
     rows, times = {}, {}
     for name, preset in (("GCSA visual affinities only", "visual"), ("GCSA visual + position", "position")):
         t = time.perf_counter()
-        conf = train_gcsa.get_conf(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
+        conf = train_gcsa.CONFIG.resolve(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
                                    side={"position_scale": args.sigma})  # affinity scale = prior uncertainty
         tag = f"{preset}-sigma{args.sigma:g}"
         ckpt = train_gcsa.main(conf, train_res, work / f"train-{tag}", gt="index", map_sideinfo="index",
                                query_sideinfo="index", threshold=THRESHOLD)
         times[f"train {preset}"] = time.perf_counter() - t
         t = time.perf_counter()
-        rconf = GCSAReranker.get_conf("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
+        rconf = GCSAReranker.CONFIG.resolve("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
         out = read_results(rerank_step.main(rconf, eval_res, work / f"rerank-{tag}", gt="index", threshold=THRESHOLD,
                                             num_rerank=args.top_k))
         times[f"rerank {preset}"] = time.perf_counter() - t

@@ -119,7 +119,7 @@ def agreement(order: np.ndarray, ref: np.ndarray) -> tuple[bool, float]:
 
 def prepare(preset: str, over: dict, ret, work: Path) -> tuple[dict, Matcher, Path]:
     """(conf, matcher, cache folder) of a preset, its patch features extracted (not timed)."""
-    conf = PatchNetVLAD.get_conf(preset, **over)
+    conf = PatchNetVLAD.CONFIG.resolve(preset, **over)
     matcher, cache = PatchNetVLAD(conf).prepare(ret, work)
     return conf, matcher, cache
 

@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--performance-pcs", type=int, default=512)
     p.add_argument("--set", nargs="*", default=["fit_max_images=40"], help="extra KEY=VALUE for every preset")
     args = p.parse_args()
-    from vprkit.cli import parse_overrides
+    from vprkit.config import parse_overrides
 
     root, extra = Path(args.data).resolve(), parse_overrides(args.set)  # absolute: --limit links into it
     print(f"machine: {machine()}\n")
@@ -56,7 +56,7 @@ def main() -> None:
                     over["num_pcs"] = args.performance_pcs
                     if preset.endswith("-pq"):
                         over["pq_bytes"] = args.performance_pcs // 8
-                conf = PatchNetVLAD.get_conf(preset, **over)
+                conf = PatchNetVLAD.CONFIG.resolve(preset, **over)
                 out_dir = Path(tmp) / "res" / f"rerank-{preset}"
                 shared = Path(tmp) / "res" / f"rerank-{preset.removesuffix('+global')}" / "cache"
                 if preset.endswith("+global") and shared.is_dir():  # same patch features: reuse them

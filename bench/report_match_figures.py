@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from vprkit import rerank  # noqa: E402
-from vprkit.cli import parse_overrides  # noqa: E402
+from vprkit.config import parse_overrides  # noqa: E402
 from vprkit.evaluation.report import files_dir  # noqa: E402
 from vprkit.rerank import base  # noqa: E402
 from vprkit.rerank.patchnetvlad import PatchNetVLAD  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    conf = PatchNetVLAD.get_conf(args.preset, **parse_overrides(args.set))
+    conf = PatchNetVLAD.CONFIG.resolve(args.preset, **parse_overrides(args.set))
     out = args.results_dir / f"rerank-patchnetvlad-{args.preset}"
     print(f"machine: {machine()}")
     print("| run | re-ranking + report, s | of which match figures, s | figures / rest |")

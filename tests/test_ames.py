@@ -378,7 +378,7 @@ def test_files_in_the_authors_format_read_and_write(tmp_path):
 
 @pytest.fixture
 def local_conf(tiny_backbone):
-    return local.get_conf("dinov2", batch_size=4, preprocessing={"resize_max": 32})
+    return local.CONFIG.resolve("dinov2", batch_size=4, preprocessing={"resize_max": 32})
 
 
 def test_local_features_dense_file_and_resume(local_conf, image_folder, tmp_path, monkeypatch):
@@ -578,7 +578,7 @@ def test_rerank_with_an_authors_checkpoint(retrieval, tmp_path):
         torch.manual_seed(0)
         torch.save({"state": AMES(input_dim=dim, model_dim=8, num_layers=1, ff_dim=16).state_dict()},
                    tmp_path / f"ames{dim}.pt")
-    conf = AMESReranker.get_conf("fp", authors_checkpoint=str(tmp_path / "ames8.pt"), num_query_desc=10,
+    conf = AMESReranker.CONFIG.resolve("fp", authors_checkpoint=str(tmp_path / "ames8.pt"), num_query_desc=10,
                                  num_map_desc=6, cache_dir=str(tmp_path / "cache"))
     raw = AMESReranker(conf).raw_scores(load_retrieval(res), tmp_path)
     assert raw.shape == (12, 5) and np.isfinite(raw).all()

@@ -61,7 +61,7 @@ def test_resize_min_is_honoured_live_as_offline(tiny_backbone, folders, tmp_path
     offline, live = _offline_and_live(*folders, tmp_path, "mobilenetv2-gem", preprocessing=pre)
     np.testing.assert_array_equal(live, offline)
     # short side 24 -> 20 and long side 32 * 20 / 24 = 26.7 -> 28, the nearest multiple of the stride (4)
-    conf = extract.get_conf("mobilenetv2-gem", preprocessing=pre)
+    conf = extract.CONFIG.resolve("mobilenetv2-gem", preprocessing=pre)
     x = extract.prepare(Image.new("RGB", (32, 24)), conf, tiny_backbone())
     assert tuple(x.shape) == (3, 20, 28)
 

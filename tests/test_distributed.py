@@ -18,7 +18,7 @@ CORRIDOR = Path(__file__).resolve().parents[1] / "vprkit" / "demo_data" / "corri
 @pytest.fixture(scope="module")
 def setup():
     names = sorted(p.name for p in CORRIDOR.iterdir() if p.suffix in (".jpg", ".png"))[:16]
-    conf = extract.get_conf("mobilenetv2-gem", batch_size=4, preprocessing={"resize_max": 64})
+    conf = extract.CONFIG.resolve("mobilenetv2-gem", batch_size=4, preprocessing={"resize_max": 64})
     return names, conf
 
 

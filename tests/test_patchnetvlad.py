@@ -67,7 +67,7 @@ def test_rerank_puts_self_match_first_and_writes_original_outputs(retrieval, pre
 
 
 def test_broken_candidate_and_empty_patches_score_zero(tmp_path):
-    conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[2, 9], strides=[1, 1], patch_weights=[0.5, 0.5])
+    conf = pnv.PatchNetVLAD.CONFIG.resolve("performance", patch_sizes=[2, 9], strides=[1, 1], patch_weights=[0.5, 0.5])
     grids = [pnv.patches.patch_grid(6, 8, s, 1, 4) for s in (2, 9)]  # size 9 > map: no patches at that size
     m = pnv.Matcher(conf, grids=grids, feat_stride=4)
     rng = np.random.default_rng(0)
@@ -75,7 +75,7 @@ def test_broken_candidate_and_empty_patches_score_zero(tmp_path):
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     raw = m.scale_scores([q, np.zeros((0, 16))], [np.stack([q, q[rng.permutation(35)]]), np.zeros((2, 0, 16))])
     assert raw[0, 0] == 1.0 and raw[0, 1] < 1.0 and (raw[1] == 0).all()
-    fused = pnv.Matcher(pnv.PatchNetVLAD.get_conf("performance+global", patch_sizes=[2, 9], strides=[1, 1],
+    fused = pnv.Matcher(pnv.PatchNetVLAD.CONFIG.resolve("performance+global", patch_sizes=[2, 9], strides=[1, 1],
                                                   patch_weights=[0.5, 0.5]), grids=grids, feat_stride=4
                         ).fuse(torch.zeros(2, 3), np.array([0.5, np.nan, 0.2]))  # padded candidate: NaN global
     assert np.isfinite(fused).all() and fused.argmin() == 1 and fused[0] > fused[2]
@@ -102,7 +102,7 @@ def test_reduced_precision_matching_equals_float32(precision):
     assert torch.equal(fw, fw32) and torch.equal(bw, bw32) and 0 < redone < 1
     sim = torch.matmul(dt, qt.T)
     assert torch.equal(fw32, sim.argmax(1)) and torch.equal(bw32, sim.argmax(2))
-    conf = pnv.PatchNetVLAD.get_conf("storage", match_dtype=precision)
+    conf = pnv.PatchNetVLAD.CONFIG.resolve("storage", match_dtype=precision)
     grids = [pnv.patches.patch_grid(10, 12, 1, 1, 4)]
     m, exact = pnv.Matcher(conf, grids=grids, feat_stride=4), pnv.Matcher({**conf, "match_dtype": "float32"},
                                                                            grids=grids, feat_stride=4)
@@ -123,7 +123,7 @@ def test_checkpoint_parts_load_weights_only(tmp_path):
     assert torch.equal(agg.conv.weight.data, state["pool.conv.weight"])
     assert pca["pca_weight"].shape == (d, k * c) and torch.equal(pca["pca_bias"], state["WPCA.0.bias"])
     with pytest.raises(ValueError, match="PCA has 5 dims but num_pcs is 512"):  # the original asserts this
-        pnv.build_model(pnv.PatchNetVLAD.get_conf("speed", checkpoint=str(path)), None, None)
+        pnv.build_model(pnv.PatchNetVLAD.CONFIG.resolve("speed", checkpoint=str(path)), None, None)
     torch.save({"state_dict": {"x": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match="not a NetVLAD checkpoint"):
         pnv._checkpoint_parts(str(path))
@@ -148,13 +148,13 @@ def test_reference_presets_rank_by_patches_only():
     """`performance`, `speed`, `storage` (and -pq) are the original's patch-only ranking; `+global` fuse."""
     confs = pnv.PatchNetVLAD.confs
     for name in ("performance", "speed", "storage", "performance-pq", "speed-pq", "storage-pq"):
-        ref, fused = pnv.PatchNetVLAD.get_conf(name), pnv.PatchNetVLAD.get_conf(f"{name}+global")
+        ref, fused = pnv.PatchNetVLAD.CONFIG.resolve(name), pnv.PatchNetVLAD.CONFIG.resolve(f"{name}+global")
         assert ref["global_weight"] == 0 and not ref["skip_constant"]
         assert fused["global_weight"] == 1 and fused["skip_constant"]
         assert {k: v for k, v in fused.items() if k not in ("preset", "global_weight", "skip_constant")} == \
             {k: v for k, v in ref.items() if k not in ("preset", "global_weight", "skip_constant")}
     assert len(confs) == 12
-    perf = pnv.PatchNetVLAD.get_conf("performance")  # the original's performance.ini
+    perf = pnv.PatchNetVLAD.CONFIG.resolve("performance")  # the original's performance.ini
     assert (perf["patch_sizes"], perf["patch_weights"], perf["num_pcs"], perf["matcher"], perf["resize"]) == \
         ([2, 5, 8], [0.45, 0.15, 0.4], 4096, "ransac", [640, 480])
 
@@ -203,7 +203,7 @@ def _ransac_case(h: int, w: int, size: int, dim: int) -> tuple[np.ndarray, np.nd
 def test_ransac_scores_equal_the_original_per_pair_procedure():
     h, w, size = 12, 16, 3
     kp = _original_keypoints(h, w, size)
-    conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0],
+    conf = pnv.PatchNetVLAD.CONFIG.resolve("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0],
                                      ransac_threads=1)
     m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)], feat_stride=16)
     assert (m.centres[0] == kp).all()
@@ -226,7 +226,7 @@ def test_pooled_ransac_across_batches_equals_the_per_pair_procedure(tmp_path, th
     q, db = q.astype(np.float32), db.astype(np.float32)
     names = [f"c{i}" for i in range(len(db))]
     pnv.patches.h5io.write_batch(tmp_path / "map.h5", {n: {f"p{size}": d} for n, d in zip(names, db)})
-    conf = pnv.PatchNetVLAD.get_conf("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0],
+    conf = pnv.PatchNetVLAD.CONFIG.resolve("performance", patch_sizes=[size], strides=[1], patch_weights=[1.0],
                                      ransac_threads=threads, match_batch=batch, map_cache_mb=cache_mb)
     m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(h, w, size, 1, 16)], feat_stride=16)
     ref = [_original_ransac_score(q, d, _original_keypoints(h, w, size)) for d in db]
@@ -249,7 +249,7 @@ def test_cascade_head_keeps_each_candidates_global_score():
 def test_constant_patch_size_orders_as_numpys_argsort_of_nan():
     """All candidates equal at one size: the original's fused score is NaN everywhere and its order is
     np.argsort of that (whatever numpy does with NaNs); `+global` lets the size contribute 0 instead."""
-    conf = pnv.PatchNetVLAD.get_conf("speed")
+    conf = pnv.PatchNetVLAD.CONFIG.resolve("speed")
     m = pnv.Matcher(conf, grids=[pnv.patches.patch_grid(6, 8, 5, 1, 16)])
     raw = torch.full((1, 30), 0.25, dtype=torch.float64)
     fused = m.fuse(raw, np.linspace(1, 0, 30))
@@ -263,16 +263,16 @@ def test_constant_patch_size_orders_as_numpys_argsort_of_nan():
 @pytest.mark.slow
 def test_cascade_reranks_the_cheap_presets_top_k(retrieval, tmp_path):
     """`cascade_from=storage`: storage orders all 6 candidates, then `speed` only storage's first 3."""
-    from vprkit.cli import parse_overrides
+    from vprkit.config import parse_overrides
     from vprkit.results import load_retrieval
 
     res, _, _ = retrieval
     ret = load_retrieval(res)
     small = parse_overrides(SMALL)
     shared = {k: v for k, v in small.items() if k in pnv.CASCADE_SHARED}  # storage keeps its own num_pcs
-    cheap_ids, cheap_scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("storage", **shared)).rerank_all(
+    cheap_ids, cheap_scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.CONFIG.resolve("storage", **shared)).rerank_all(
         ret, tmp_path / "w")
-    ids, scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("speed", cascade_from="storage", cascade_top=3,
+    ids, scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.CONFIG.resolve("speed", cascade_from="storage", cascade_top=3,
                                                                **small)).rerank(ret, tmp_path / "w")
     assert (ids[:, 3:] == cheap_ids[:, 3:]).all() and np.array_equal(scores[:, 3:], cheap_scores[:, 3:])
     assert all(sorted(a[:3]) == sorted(b[:3]) for a, b in zip(ids, cheap_ids))  # the head is re-ordered only
@@ -280,7 +280,7 @@ def test_cascade_reranks_the_cheap_presets_top_k(retrieval, tmp_path):
     glob = {(qi, j): s for qi, row in enumerate(ret.ids) for j, s in zip(row, ret.scores[qi])}
     head = dataclasses.replace(ret, ids=cheap_ids[:, :3], scores=np.array(
         [[glob[qi, j] for j in row] for qi, row in enumerate(cheap_ids[:, :3])], dtype=np.float32))
-    alone_ids, alone_scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.get_conf("speed", **small)).rerank_all(
+    alone_ids, alone_scores = pnv.PatchNetVLAD(pnv.PatchNetVLAD.CONFIG.resolve("speed", **small)).rerank_all(
         head, tmp_path / "w")
     assert np.array_equal(ids[:, :3], alone_ids) and np.array_equal(scores[:, :3], alone_scores)
     assert [ret.m_names[i] for i in ids[:, 0]] == ret.q_names  # the self-match first
@@ -308,7 +308,7 @@ def test_report_match_figures_are_the_verified_correspondences_with_the_top1(ret
     pair, recomputed from the cached features; a direct call with another top-1 gives that pair's."""
     from report_helpers import read_report_data
 
-    from vprkit.cli import parse_overrides
+    from vprkit.config import parse_overrides
     from vprkit.results import load_retrieval
 
     res, gt, names = retrieval
@@ -317,7 +317,7 @@ def test_report_match_figures_are_the_verified_correspondences_with_the_top1(ret
                  "--match-figures", "5", "--set", *SMALL]) == 0
     data = read_report_data(out / "report.html")
     assert data["matches"] == {"drawn": 5, "limit": 5, "queries": 12}
-    conf = pnv.PatchNetVLAD.get_conf("speed", **parse_overrides(SMALL))
+    conf = pnv.PatchNetVLAD.CONFIG.resolve("speed", **parse_overrides(SMALL))
     [cache] = (out / "cache").glob("patches-*")
     with_fig = [row for row in data["queries"] if row[9]]
     assert [row[0] for row in with_fig] == names[:5]  # all right after re-ranking: query order

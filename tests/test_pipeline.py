@@ -13,7 +13,7 @@ from vprkit.results import read_results
 
 
 def _conf(**kw):
-    return extract.get_conf("mobilenetv2-gem", batch_size=4, **kw)
+    return extract.CONFIG.resolve("mobilenetv2-gem", batch_size=4, **kw)
 
 
 def _dump(path):

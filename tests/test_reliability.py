@@ -67,12 +67,12 @@ def test_every_folder_writer_refuses_a_plain_file_or_a_folder_of_user_files(tiny
     user.mkdir()
     (user / "thesis.tex").write_text("precious")
     (tmp_path / "notes.txt").write_text("also precious")
-    chamfer = rerank.get_reranker_class("chamfer").get_conf()
+    chamfer = rerank.get_reranker_class("chamfer").CONFIG.resolve()
     writers = {"index": lambda o: _index(image_folder, o),
                "segvlad index": lambda o: seg_api.index_map(image_folder, o, **SEG),
                "query -o": lambda o: api.localize(tmp_path / "idx", image_folder, out_dir=o),
                "rerank -o": lambda o: rerank_step.main(chamfer, res, o),
-               "train -o": lambda o: netvlad.main(netvlad.get_conf("mobilenetv2-netvlad", {}), image_folder,
+               "train -o": lambda o: netvlad.main(netvlad.CONFIG.resolve("mobilenetv2-netvlad", {}), image_folder,
                                                   image_folder, o, "cluster")}
     for out in (user, tmp_path / "notes.txt"):
         for name, write in writers.items():
@@ -127,7 +127,7 @@ def test_segvlad_query_into_one_folder_uses_each_index_own_vocabulary(tiny_backb
 
 def test_local_feature_cache_changes_when_an_image_file_changes(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(local, "main", lambda conf, image_dir, path, *a, **kw: path)
-    names, conf = ["001.png", "002.png"], local.get_conf()
+    names, conf = ["001.png", "002.png"], local.CONFIG.resolve()
     first = local.cached(conf, image_folder, names, tmp_path, "map", 4)
     assert local.cached(conf, image_folder, names, tmp_path, "map", 4) == first
     shutil.copy(image_folder / "004.png", image_folder / "002.png")  # same name, another picture

@@ -43,7 +43,7 @@ def test_index_and_query_find_each_image_itself(tiny_backbone, image_folder, tmp
 
 
 def test_extraction_resumes_and_refuses_another_model(tiny_backbone, image_folder, tmp_path, monkeypatch):
-    conf = extract.get_conf(**SMALL)
+    conf = extract.CONFIG.resolve(**SMALL)
     feats, state = tmp_path / "f.h5", tmp_path / "s.npz"
     names = extract.main(conf, image_folder, feats, state)
     assert len(names) == 12 and state.exists()
@@ -51,14 +51,14 @@ def test_extraction_resumes_and_refuses_another_model(tiny_backbone, image_folde
     monkeypatch.setattr(extract.SegExtractor, "describe", lambda self, images: calls.append(1) or [])
     extract.main(conf, image_folder, feats, state)  # everything done: nothing recomputed
     assert calls == []
-    other = extract.get_conf(**{**SMALL, "order": 1})
+    other = extract.CONFIG.resolve(**{**SMALL, "order": 1})
     with pytest.raises(ValueError, match="another model"):
         extract.main(other, image_folder, feats, state)
 
 
 def test_degenerate_segmentations_give_defined_descriptors(tiny_backbone, image_folder, tmp_path, monkeypatch):
     """One segment, hundreds of segments, and no segment at all (every pixel unassigned)."""
-    conf = extract.get_conf(**SMALL)
+    conf = extract.CONFIG.resolve(**SMALL)
     ext = extract.SegExtractor(conf)
     ext.fit(image_folder, sorted(p.name for p in image_folder.glob("*.png")))
     _, images, _ = next(ext.ext.batches(image_folder, ["001.png"]))

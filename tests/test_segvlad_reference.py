@@ -208,18 +208,18 @@ def test_pt_vocabulary_loads_with_weights_only(tmp_path):
 
 
 def test_reference_preset_conf():
-    ref = extract.get_conf("segvlad-ref")
+    ref = extract.CONFIG.resolve("segvlad-ref")
     assert (ref["masks"], ref["graph"], ref["token_weights"], ref["assignment"], ref["scoring"]) == \
         ("overlapping", "delaunay", "any_pixel", "cosine", "reference")
     assert (ref["pca_dim"], ref["pca_whiten"], ref["pca_eps"], ref["pca_max_segments"]) == (1024, True, 0.0, 50000)
     assert ref["aggregator"]["unit_centroids"] is False and ref["order"] == 3
     assert ref["segmenter"]["name"] == "slic_scales"  # the stand-in without a SAM checkpoint
-    sam = extract.get_conf("segvlad-ref", **{"segmenter.checkpoint": "sam_vit_h.pth"})
+    sam = extract.CONFIG.resolve("segvlad-ref", **{"segmenter.checkpoint": "sam_vit_h.pth"})
     assert sam["segmenter"] == {"name": "sam", "model_type": "vit_h", "checkpoint": "sam_vit_h.pth"}
-    vprkit = extract.get_conf("segvote-slic")
+    vprkit = extract.CONFIG.resolve("segvote-slic")
     assert (vprkit["masks"], vprkit["graph"], vprkit["scoring"]) == ("labels", "touching", "votes")
     with pytest.raises(ValueError, match="graph='knn'"):
-        extract.get_conf("segvlad-ref", graph="knn")
+        extract.CONFIG.resolve("segvlad-ref", graph="knn")
 
 
 SMALL = {"preprocessing": {"resize_max": 32}, "aggregator": {"name": "vlad", "num_clusters": 4,

@@ -235,7 +235,7 @@ def test_chamfer_rerank_gives_the_offline_rerank_step_scores(setup):
     qdir.mkdir()
     shutil.copy(query(100), qdir / "q.jpg")
     api.localize(idx, qdir, top_k=4, out_dir=root / "res")
-    conf = ChamferReranker.get_conf(**RERANK)
+    conf = ChamferReranker.CONFIG.resolve(**RERANK)
     base.main(conf, root / "res", root / "res-chamfer", num_rerank=4)
     _, m_names, ids, scores = read_predictions(root / "res-chamfer" / "predictions.txt",
                                                faiss_index.load(idx).names)

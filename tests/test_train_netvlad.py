@@ -42,7 +42,7 @@ def _conf(preset="mobilenetv2-netvlad", **over):
             "data.split": [0.5, 0.25, 0.25], "data.gap": 2.0, "train.batch_size": 2, "train.num_negs": 3,
             "train.neg_samples": 6, "train.cache_refresh": 2, "train.max_queries_per_epoch": 6,
             "train.lr": 1e-2, "train.lr_step": 1}
-    return netvlad.get_conf(preset, {**base, **over})
+    return netvlad.CONFIG.resolve(preset, {**base, **over})
 
 
 def _run(route, out, conf, mode="train", **kw):
@@ -149,12 +149,12 @@ def test_bad_checkpoints_give_clear_errors(route, tiny, tmp_path):
 
 
 def test_conf_errors():
-    with pytest.raises(KeyError, match="unknown config key 'train.epoch'"):
-        netvlad.get_conf("mobilenetv2-netvlad", {"train.epoch": 3})
-    with pytest.raises(KeyError, match="unknown training preset"):
-        netvlad.get_conf("resnet-netvlad")
+    with pytest.raises(ValueError, match="unknown setting 'train.epoch'.*train.epochs"):
+        netvlad.CONFIG.resolve("mobilenetv2-netvlad", {"train.epoch": 3})
+    with pytest.raises(ValueError, match="unknown train netvlad preset"):
+        netvlad.CONFIG.resolve("resnet-netvlad")
     with pytest.raises(ValueError, match="does not use NetVLAD"):
-        netvlad.feature_conf({**netvlad.get_conf(), "features": "dinov2-gem"})
+        netvlad.feature_conf({**netvlad.CONFIG.resolve(), "features": "dinov2-gem"})
 
 
 def test_cli_counts_queries_without_positive_and_few_negatives(route, tiny, tmp_path, capsys):

@@ -90,7 +90,7 @@ def _conf(**over):
             "data.neg_thr": 4.0, "data.copies": 2, "train.batch_size": 4, "train.num_negs": 3,
             "train.neg_samples": 8, "train.cache_refresh": 5, "train.lr": 1e-2, "train.lr_step": 1,
             "train.mining": "nearest", "guidance.source": None}
-    return netvlad.get_conf("mobilenetv2-netvlad", {**base, **over})
+    return netvlad.CONFIG.resolve("mobilenetv2-netvlad", {**base, **over})
 
 
 def test_a_few_steps_lower_the_loss_of_fixed_route_tuples(smooth_route, tmp_path):

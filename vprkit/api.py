@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image
 
 from .compare import main as compare
+from .config import resolve
 from .data.groundtruth import ground_truth_for_kept, load_ground_truth, utm_or_none
 from .data.images import list_images
-from .data.safeio import locked
+from .data.safeio import InputError, locked
 from .evaluation import metrics, outputs
 from .export import main as export
 from .features import extract, h5io
@@ -69,7 +70,7 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     if preset == extract.AUTO:
         preset, why = extract.auto_preset(map_dir, names)
         logger.warning("--preset auto: %s (%s)", preset, why)
-    conf = extract.get_conf(preset, **overrides)
+    conf = extract.CONFIG.resolve(preset, overrides)
     with index_work(out_dir) as work:
         names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
         manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,
@@ -129,8 +130,10 @@ def _build_large(work: Path, names: list[str], budget: int, manifest: dict) -> t
     return index, files
 
 
-def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", **overrides) -> list[str]:
-    """Add the images of `map_dir` that the index lacks (by name), with the index's own model; returns them.
+def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", preset: str | None = None,
+               **overrides) -> list[str]:
+    """Add the images of `map_dir` that the index lacks (by name), with the index's own model (refusing another
+    `preset`; `overrides` may change runtime settings only); returns them.
 
     Each addition is journaled durably (`index.growing`), so a crash keeps what was added and a rerun
     adds the rest; the journal is compacted into the base files at the end.
@@ -140,7 +143,7 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     map_dir, index_dir = Path(map_dir).resolve(), Path(index_dir)
     writer = MapWriter(index_dir, compact_every=0)
     try:
-        conf = {**writer.map.manifest["conf"], **{k: v for k, v in overrides.items() if v is not None}}
+        conf = _check_same_model(index_dir, writer.map.manifest, preset, overrides)
         names = [check_name(n) for n in list_images(map_dir) if n not in writer.map.ids]
         if names:
             work = index_dir.with_name(f".{index_dir.name}.append")
@@ -159,30 +162,40 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     return names
 
 
-def _check_same_model(index_dir: Path, manifest: dict, preset: str | None) -> dict:
-    """The config to describe queries with: the map's own, refusing a conflicting preset."""
+def _check_same_model(index_dir: Path, manifest: dict, preset: str | None, overrides: dict | None = None) -> dict:
+    """The config to describe queries (or added map images) with: the map's own, refusing a conflicting preset;
+    `overrides` may change its runtime settings (batch size, ...), never its descriptors."""
     conf = manifest["conf"]
     # the precision is the index's (queries follow it), so --preset only checks the preset's own settings
-    wanted = extract.get_conf(preset, precision=conf.get("precision")) if preset is not None else None
+    wanted = extract.CONFIG.resolve(preset, precision=conf.get("precision")) if preset is not None else None
     if wanted is not None and extract.model_key(wanted) != manifest["model_key"]:
         raise ValueError(f"{index_dir} was built with preset '{conf['preset']}' "
                          f"({conf['model']['name']} + {conf['aggregator']['name']}); "
                          f"querying it with '{preset}' would compare different descriptor spaces")
-    return conf
+    if not overrides:
+        return conf
+    changed = {**resolve(conf, {}, None, overrides, what=f"index {index_dir}",
+                         open_sections=extract.CONFIG.open_sections), "preset": conf["preset"]}
+    if extract.model_key(changed) != extract.model_key(conf):
+        raise InputError(f"{index_dir}: {sorted(overrides)} would change the index's descriptors; only runtime "
+                         "settings may change here (build another index for other descriptors)")
+    return extract.check_conf(changed)
 
 
 def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, preset: str | None = None,
-             device: str = "cpu", report_top: int = 5, nprobe: int | None = None, verify: bool = False) -> Path:
-    """Describe queries with the map's model, search the index, write predictions (+ metrics with `gt`) into the
-    returned results folder (default INDEX/results/QUERY_NAME; read it back with `vprkit.results`).
+             device: str = "cpu", report_top: int = 5, nprobe: int | None = None, verify: bool = False,
+             **overrides) -> Path:
+    """Describe queries with the map's model (`overrides`: its runtime settings), search the index, write
+    predictions (+ metrics with `gt`) into the returned results folder (default INDEX/results/QUERY_NAME; read it
+    back with `vprkit.results`).
 
     Warns when map images changed since indexing: a sample of them is checked, every one with `verify`."""
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     mi = faiss_index.load(index_dir)
     freshness.warn_if_changed(mi, index_dir, verify)
-    conf = _check_same_model(index_dir, mi.manifest, preset)
+    conf = _check_same_model(index_dir, mi.manifest, preset, overrides)
     out_dir = results_folder(out_dir, index_dir, query_dir)
     state = index_dir / STATE_FILE
     q_all = list_images(query_dir)

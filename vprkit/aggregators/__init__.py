@@ -1,28 +1,22 @@
 """Aggregators turn dense local features (B, C, h, w) into one global descriptor per image.
 
-Each lives in its own file; `get_aggregator(name, **conf)` picks one by name. Aggregators that
-need fitting on the map (VLAD vocabulary, PCA, NetVLAD centroids) expose `fit(local_features)`
+Each lives in its own file; `get_aggregator(name, **conf)` picks one by name (`REGISTRY.register` adds one).
+Aggregators that need fitting on the map (VLAD vocabulary, PCA, NetVLAD centroids) expose `fit(local_features)`
 and `state()` / `load_state()` as plain numpy arrays so they can be saved without pickle.
 """
 
 from __future__ import annotations
 
+from ..registry import Registry
 from .base import Aggregator
-from .cls import ClsToken
-from .flatten import Flatten
-from .gem import GeM
-from .netvlad import NetVLAD
-from .vlad import VLAD
 
-REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
-                                          "flatten": Flatten}
+REGISTRY = Registry("aggregator", __name__, {"cls": ".cls:ClsToken", "gem": ".gem:GeM", "vlad": ".vlad:VLAD",
+                                             "netvlad": ".netvlad:NetVLAD", "flatten": ".flatten:Flatten"})
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:
     """Instantiate an aggregator by registry name."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown aggregator '{name}'; choose one of {sorted(REGISTRY)}")
-    return REGISTRY[name](**conf)
+    return REGISTRY.create(name, **conf)
 
 
 __all__ = ["Aggregator", "REGISTRY", "get_aggregator"]

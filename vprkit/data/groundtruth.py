@@ -44,6 +44,8 @@ def from_positions(q_pos: np.ndarray, m_pos: np.ndarray, threshold: float) -> Gr
     m_pos = np.asarray(m_pos, dtype=np.float64).reshape(len(m_pos), -1)
     if q_pos.shape[1] != m_pos.shape[1]:
         raise GroundTruthError(f"query positions are {q_pos.shape[1]}-D but map positions {m_pos.shape[1]}-D")
+    if not (np.isfinite(threshold) and threshold >= 0):  # a negative one matched nothing, NaN everything
+        raise GroundTruthError(f"the positive distance threshold must be a finite number >= 0, got {threshold}")
     tree = cKDTree(m_pos)
     hits = tree.query_ball_point(q_pos, r=threshold)
     return GroundTruth([np.array(sorted(h), dtype=np.int64) for h in hits])
@@ -59,7 +61,11 @@ def utm_from_names(names: list[str]) -> np.ndarray:
         m = _UTM.search(Path(name).name)
         if m is None:
             raise GroundTruthError(f"{name}: no '@utm_east@utm_north@' position in the file name")
-        out.append((float(m.group(1)), float(m.group(2))))
+        try:
+            out.append((float(m.group(1)), float(m.group(2))))
+        except ValueError:
+            raise GroundTruthError(f"{name}: '@{m.group(1)}@{m.group(2)}@' is not a position (two numbers, "
+                                   "'@utm_east@utm_north@')") from None
     return np.array(out)
 
 
@@ -110,7 +116,17 @@ def read_positions_csv(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
                 rows[name] = np.array([float(row[keys[0]]), float(row[keys[1]])])
             except (TypeError, ValueError) as exc:
                 raise GroundTruthError(f"{path}:{i}: bad number ({exc})") from exc
+            if not np.isfinite(rows[name]).all():
+                raise GroundTruthError(f"{path}:{i}: '{name}' has no finite position ({row[keys[0]]}, {row[keys[1]]})")
+            if kind == "latlon":
+                check_latlon(*rows[name], f"{path}:{i}")
     return rows, kind
+
+
+def check_latlon(lat: float, lon: float, where: str) -> None:
+    """Refuse a coordinate no place on Earth has (a swapped or scaled column would give wrong distances)."""
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise GroundTruthError(f"{where}: latitude {lat:g}, longitude {lon:g} outside [-90, 90], [-180, 180]")
 
 
 def csv_positions(path: str | Path, q_names: list[str], m_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,11 +164,21 @@ def from_patchnetvlad_npz(path: str | Path, num_queries: int, num_map: int,
         if isinstance(exc, GroundTruthError):
             raise
         raise GroundTruthError(f"{path}: empty or corrupt .npz ground truth ({type(exc).__name__}: {exc})") from None
+    if utm_q.ndim != 2 or utm_db.ndim != 2 or utm_q.shape[1] != utm_db.shape[1]:
+        raise GroundTruthError(f"{path}: utmQ and utmDb must be (N, D) position arrays of one D, got shapes "
+                               f"{utm_q.shape} and {utm_db.shape}")
     if len(utm_q) != num_queries or len(utm_db) != num_map:
         raise GroundTruthError(
             f"{path}: ground truth has {len(utm_q)} queries / {len(utm_db)} map images but the image lists "
             f"have {num_queries} / {num_map}"
         )
+    for key, pos in (("utmQ", utm_q), ("utmDb", utm_db)):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(pos, dtype=np.float64)).all(axis=1))
+        if len(bad):
+            raise GroundTruthError(f"{path}: {key} has {len(bad)} non-finite positions (NaN/inf), first at row "
+                                   f"{bad[0]}")
+    if not (np.isfinite(thr) and thr >= 0):
+        raise GroundTruthError(f"{path}: posDistThr must be a finite number >= 0, got {thr}")
     return from_positions(utm_q, utm_db, thr)
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
+from ..config import ConfigError, Presets
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
 from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone
@@ -101,16 +102,18 @@ def auto_preset(image_dir: str | Path, names: list[str], sample: int = 20) -> tu
                             "(docs/defaults.md)")
 
 
-def get_conf(preset: str, **overrides) -> dict:
-    """A deep copy of a preset with runtime defaults filled in and `overrides` applied on top."""
-    if preset not in CONFS:
-        raise KeyError(f"unknown preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = json.loads(json.dumps(CONFS[preset]))
-    conf["preset"] = preset
-    conf.update({k: v for k, v in DEFAULT_RUNTIME.items() if k not in conf})
-    conf.update({k: v for k, v in overrides.items() if v is not None})
-    precisions.check(conf["precision"])
+def check_conf(conf: dict) -> dict:
+    """Refuse settings no run can use (a batch of none, an image side below one pixel, an unknown precision)."""
+    precisions.check(conf.get("precision", "fp32"))
+    for key, value in (("batch_size", conf["batch_size"]), ("preprocessing.resize_max",
+                                                              conf["preprocessing"].get("resize_max"))):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"setting '{key}' must be a positive integer, got {value!r}")
     return conf
+
+
+CONFIG = Presets("index", DEFAULT_RUNTIME, CONFS, DEFAULT_PRESET, open_sections=("model", "aggregator",
+                                                                                "preprocessing"), check=check_conf)
 
 
 def model_key(conf: dict) -> str:

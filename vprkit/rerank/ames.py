@@ -66,7 +66,8 @@ class AMESReranker(Reranker):
         """(AMES model in eval mode, the local-feature settings it reads)."""
         c = self.conf
         if c["authors_checkpoint"]:
-            fconf = local.get_conf(c["features"], c["resize_max"], detector=c["detector"])
+            fconf = local.CONFIG.resolve(c["features"], {"preprocessing.resize_max": c["resize_max"],
+                                                                "detector": c["detector"]})
             return load_authors_checkpoint(c["authors_checkpoint"]), fconf
         if not c["checkpoint"]:
             raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train ames`) "

@@ -7,13 +7,13 @@ predictions / pairs / results.json / report.html, and metrics before and after r
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
+from ..config import Presets
 from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import locked
@@ -30,18 +30,16 @@ class Reranker(ABC):
     name: str = ""
     confs: dict[str, dict] = {}
     default_conf: dict = {}
+    open_sections: tuple[str, ...] = ()  # conf sections whose keys are free (a backbone's keyword arguments)
+    CONFIG: Presets  # built from `default_conf` and `confs` for each subclass
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.CONFIG = Presets(f"rerank {cls.name}", cls.default_conf, cls.confs, extra={"method": cls.name},
+                             open_sections=cls.open_sections)
 
     def __init__(self, conf: dict) -> None:
         self.conf = {**self.default_conf, **conf}
-
-    @classmethod
-    def get_conf(cls, preset: str | None = None, **overrides) -> dict:
-        """Default config, then the named preset, then `overrides` (None values ignored)."""
-        if preset is not None and preset not in cls.confs:
-            raise KeyError(f"unknown {cls.name} preset '{preset}'; choose one of {sorted(cls.confs)}")
-        conf = json.loads(json.dumps({**cls.default_conf, **cls.confs.get(preset, {})}))
-        conf.update({k: v for k, v in overrides.items() if v is not None})
-        return {"method": cls.name, "preset": preset, **conf}
 
     @abstractmethod
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,8 @@ class ChamferReranker(AMESReranker):
     def raw_scores(self, retrieval: Retrieval, work_dir: Path) -> np.ndarray:
         """(Q, N) Chamfer similarities of each query and its candidates (NaN where there is no candidate)."""
         c = self.conf
-        q_path, m_path = self.local_features(local.get_conf(c["features"], c["resize_max"]), retrieval, work_dir)
+        fconf = local.CONFIG.resolve(c["features"], {"preprocessing.resize_max": c["resize_max"]})
+        q_path, m_path = self.local_features(fconf, retrieval, work_dir)
         sample = np.unique(np.linspace(0, len(retrieval.m_names) - 1, c["whiten_images"]).round().astype(int))
         sim = whitening(*local.split(local.read_rows(m_path, sample)), c["dim"])
         q_desc, q_valid = local.split(local.read_rows(q_path))

@@ -100,7 +100,7 @@ class PatchNetVLAD(Reranker):
         "match_batch": 4,  # candidates per batched call: small keeps similarity blocks in a CPU cache; raise on GPU
         # MB of decoded map patches kept between queries (least recently used dropped first): a map image is a
         # candidate of many queries, and reading it from HDF5 is a third of `storage`'s time; 0 = read every time
-        "map_cache_mb": 0,
+        "map_cache_mb": 0.0,
         "device": "cpu", "seed": 0,
         # 'bfloat16' / 'int8' run the similarity matmuls in that precision (faster on CPUs with AVX512-BF16 /
         # VNNI, and on GPUs) and recompute in float32 every nearest neighbour within the precision's error bound,
@@ -128,7 +128,7 @@ class PatchNetVLAD(Reranker):
         if not self.conf["cascade_from"]:
             return self.rerank_all(retrieval, work_dir)
         shared = {k: self.conf[k] for k in CASCADE_SHARED}
-        cheap_ids, cheap_scores = PatchNetVLAD(self.get_conf(self.conf["cascade_from"], **shared)).rerank_all(
+        cheap_ids, cheap_scores = PatchNetVLAD(self.CONFIG.resolve(self.conf["cascade_from"], shared)).rerank_all(
             retrieval, work_dir)
         k = self.conf["cascade_top"]
         ids, scores = self.rerank_all(cascade_head(retrieval, cheap_ids, k), work_dir)

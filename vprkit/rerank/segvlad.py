@@ -18,7 +18,7 @@ from ..segvlad.api import read_segments
 from ..segvlad.index import bin_count, knn_chunked, owners, vote_weights
 from .base import Reranker
 
-_RERANK = {"num_rerank": 20}
+_RERANK = {"num_rerank": 20, "device": "cpu"}
 
 
 class SegVLADReranker(Reranker):
@@ -27,16 +27,17 @@ class SegVLADReranker(Reranker):
     With `scoring=reference` (preset `ref`) the votes are min-max normalised over every query of the run."""
 
     name = "segvlad"
-    # short names: ref (the original's choices), slic / dino / sam (vprkit's segvote variants)
-    confs = {name.split("-", 1)[1]: {**conf, **_RERANK} for name, conf in extract.CONFS.items()}
+    # short names: ref (the original's choices), slic / dino / sam (vprkit's segvote variants); each holds a whole
+    # extraction preset
+    confs = {name.split("-", 1)[1]: {k: v for k, v in conf.items() if k != "preset"} | _RERANK
+             for name, conf in extract.CONFIG.listing()}
     default_conf = confs["slic"]
+    open_sections = extract.CONFIG.open_sections
 
     def _features(self, retrieval: Retrieval, work_dir: Path) -> tuple[Path, Path]:
-        # the reranker's conf holds a whole extraction preset (plus dotted --set overrides, applied last)
-        conf = extract.get_conf(extract.DEFAULT_PRESET,
-                                **{k: v for k, v in self.conf.items() if k not in ("method", "preset")})
+        conf = extract.check_conf(dict(self.conf))
         work_dir.mkdir(parents=True, exist_ok=True)
-        ext = extract.SegExtractor(conf)
+        ext = extract.SegExtractor(conf, conf["device"])
         state = work_dir / f"segvlad_state-{retrieval.fingerprint}.npz"  # fitted on this index's map
         if state.exists():
             ext.load_state(state)

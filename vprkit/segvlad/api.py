@@ -26,7 +26,7 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
               **overrides) -> Path:
     """Segment and describe the map, store all segments; resumable, the folder appears only when complete."""
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
-    conf = extract.get_conf(preset, **overrides)
+    conf = extract.CONFIG.resolve(preset, overrides)
     with index_work(out_dir) as work:
         names = readable(extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE,
                                       names=list_images(map_dir), device=device), map_dir, work)

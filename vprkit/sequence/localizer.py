@@ -23,7 +23,7 @@ class SequenceLocalizer:
 
     `index`: an index folder (`vprkit index`) or a loaded `MapIndex` whose map descriptors are given as
     `map_desc` (one row per index id, removed images included: they are left out of the route); `conf`: a
-    sequence preset name or a config from `pipeline.get_conf`.
+    sequence preset name or a config from `pipeline.CONFIG.resolve`.
     `add(frame)`: `frame` is an image (PIL image or H x W (x 3) uint8 array) or its global descriptor (a vector of
     the index's dimension); returns (estimate, score): the index's map image number (`self.names[estimate]`) and
     the confidence (SeqSLAM: margin of the best line over the best one elsewhere; HMM: posterior probability).
@@ -31,7 +31,7 @@ class SequenceLocalizer:
 
     def __init__(self, index: str | Path | faiss_index.MapIndex, conf: str | dict = "seqslam", device: str = "cpu",
                  map_desc: np.ndarray | None = None):
-        self.conf = pipeline.get_conf(conf) if isinstance(conf, str) else conf
+        self.conf = pipeline.CONFIG.resolve(conf) if isinstance(conf, str) else conf
         if self.conf["mode"] != "online":
             raise ValueError("a stream is localized online: use a preset with mode=online")
         self.index_dir = None if isinstance(index, faiss_index.MapIndex) else Path(index)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ConfigError, Presets
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import InputError
@@ -38,19 +39,16 @@ CONFS: dict[str, dict] = {
 SEQUENCE_FILE, SEQUENCE_HEADER = "sequence.txt", "# query\testimate\tconfidence\n"
 
 
-def get_conf(preset: str, **overrides) -> dict:
-    """A copy of a preset with `overrides`; unknown keys are refused (a typo would otherwise be ignored)."""
-    if preset not in CONFS:
-        raise KeyError(f"unknown sequence preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = {**CONFS[preset], "preset": preset}
-    unknown = sorted(set(overrides) - set(conf))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for sequence preset '{preset}'; known: {sorted(conf)}")
-    conf.update(overrides)
+def check_conf(conf: dict) -> dict:
+    """Refuse a mode or search no matcher implements."""
     if conf["mode"] not in ("online", "offline") or conf["search"] not in ("full", "candidates"):
-        raise ValueError(f"mode must be online|offline and search full|candidates, got {conf['mode']}, "
-                         f"{conf['search']}")
+        raise ConfigError(f"mode must be online|offline and search full|candidates, got {conf['mode']}, "
+                          f"{conf['search']}")
     return conf
+
+
+# each preset holds every key of its method, so a SeqSLAM preset refuses the HMM's keys
+CONFIG = Presets("sequence", {}, CONFS, "seqslam", check=check_conf)
 
 
 def transitions(conf: dict, num_places: int, positions: np.ndarray | None) -> hmm.Transitions:

@@ -26,8 +26,8 @@ class OnlineChamfer:
 
     def __init__(self, image_path: Callable[[str], Path], overrides: dict | None = None, cache_images: int = 2000,
                  device: str = "cpu") -> None:
-        self.conf = ChamferReranker.get_conf(**(overrides or {}))
-        self.fconf = local.get_conf(self.conf["features"], self.conf["resize_max"])
+        self.conf = ChamferReranker.CONFIG.resolve(None, overrides)
+        self.fconf = local.CONFIG.resolve(self.conf["features"], {"preprocessing.resize_max": self.conf["resize_max"]})
         self.image_path, self.cache_images = image_path, cache_images
         self.ext = local.LocalExtractor(self.fconf, device)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()

@@ -15,7 +15,6 @@ and training stops early when it no longer improves.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..config import Presets
 from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..evaluation.metrics import average_precision
@@ -50,13 +50,7 @@ CONFS: dict[str, dict] = {
 }
 
 
-def get_conf(preset: str = "fp", **overrides) -> dict:
-    """Defaults, then the preset, then `overrides` (None ignored)."""
-    if preset not in CONFS:
-        raise KeyError(f"unknown AMES training preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = json.loads(json.dumps({**DEFAULT_CONF, **CONFS[preset], "preset": preset}))
-    conf.update({k: v for k, v in overrides.items() if v is not None})
-    return conf
+CONFIG = Presets("train ames", DEFAULT_CONF, CONFS, "fp")
 
 
 def mine_pairs(cand: np.ndarray, truth: GroundTruth, queries: np.ndarray, top_k: int, num_pos: int, num_neg: int,
@@ -152,7 +146,8 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
         fconf, conf["num_query_desc"], conf["num_map_desc"] = meta["features"], meta["num_query_desc"], \
             meta["num_map_desc"]
     else:
-        fconf = local.get_conf(conf["features"], conf["resize_max"], detector=conf["detector"])
+        fconf = local.CONFIG.resolve(conf["features"], {"preprocessing.resize_max": conf["resize_max"],
+                                                                   "detector": conf["detector"]})
     cache = Path(conf["cache_dir"]) if conf["cache_dir"] else out_dir / "features"
     q_path = local.cached(fconf, retrieval.query_dir, retrieval.q_names, cache, "query", conf["num_query_desc"],
                           conf["device"])

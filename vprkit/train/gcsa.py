@@ -14,7 +14,6 @@ noise draw is free data augmentation); validation uses one fixed draw. Every epo
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import Presets
 from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.sideinfo import SideInfo, noise_model, simulate_prior
@@ -67,18 +67,7 @@ confs = {
 }
 
 
-def get_conf(preset: str | None = None, **overrides) -> dict:
-    """Defaults, then the preset, then overrides (top-level keys; dicts merged one level deep)."""
-    if preset is not None and preset not in confs:
-        raise KeyError(f"unknown GCSA training preset '{preset}'; choose one of {sorted(confs)}")
-    conf = json.loads(json.dumps(default_conf))
-    for src in (confs.get(preset, {}), overrides):
-        for k, v in src.items():
-            if v is None:
-                continue
-            conf[k] = {**conf[k], **v} if isinstance(conf.get(k), dict) and isinstance(v, dict) else v
-    conf["preset"] = preset
-    return conf
+CONFIG = Presets("train gcsa", default_conf, confs, "position")
 
 
 def ap_loss(scores: torch.Tensor, labels: torch.Tensor, num_bins: int = 25) -> torch.Tensor:

@@ -10,6 +10,7 @@ and NetVLAD. Checkpoints carry backbone + attention + NetVLAD weights and plug i
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..aggregators import get_aggregator
+from ..config import Presets, merge
 from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics, outputs
 from ..features import extract
@@ -65,17 +67,7 @@ _VGG = {"features": "vgg19-netvlad", "train": {"train_layers": 4}}  # conv5_3 + 
 
 
 def _preset(*parts: dict) -> dict:
-    out: dict = {}
-    for part in parts:
-        out = _merge(out, part)
-    return out
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
+    return functools.reduce(merge, parts, {})
 
 
 CONFS: dict[str, dict] = {
@@ -101,28 +93,12 @@ DEFAULT_PRESET = "mobilenetv2-netvlad"
 MODES = ("cluster", "train", "test")
 
 
-def get_conf(preset: str = DEFAULT_PRESET, overrides: dict | None = None) -> dict:
-    """A preset merged over the defaults, then `overrides` with dotted keys ("train.epochs": 3)."""
-    if preset not in CONFS:
-        raise KeyError(f"unknown training preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = _merge(DEFAULT_CONF, CONFS[preset])
-    conf["preset"] = preset
-    for key, value in (overrides or {}).items():
-        *path, last = key.split(".")
-        node = conf
-        for p in path:
-            if not isinstance(node.get(p), dict):
-                raise KeyError(f"unknown config section '{key}'")
-            node = node[p]
-        if last not in node:
-            raise KeyError(f"unknown config key '{key}'; known here: {sorted(node)}")
-        node[last] = value
-    return conf
+CONFIG = Presets("train netvlad", DEFAULT_CONF, CONFS, DEFAULT_PRESET)
 
 
 def feature_conf(conf: dict) -> dict:
     """The extraction config the trained model stands for (preset + attention + resize override)."""
-    fconf = extract.get_conf(conf["features"])
+    fconf = extract.CONFIG.resolve(conf["features"])
     if fconf["aggregator"]["name"] != "netvlad":
         raise ValueError(f"features preset '{conf['features']}' does not use NetVLAD; pick a *-netvlad preset")
     fconf["aggregator"]["attention"] = conf["attention"]
