@@ -107,3 +107,14 @@ def test_every_cli_step_is_in_the_api():
              "segvlad_index", "segvlad_localize", "train_netvlad", "train_ames", "train_gcsa", "serve", "describe",
              "search", "model"]
     assert all(callable(getattr(api, s)) for s in steps) and set(steps) <= set(api.__all__)
+
+
+def test_conf_resolves_any_step_as_the_command_line_does():
+    from vprkit.rerank.ames import AMESReranker
+    from vprkit.train import gcsa
+
+    assert api.conf("rerank ames", "fp", checkpoint="m.pt") == AMESReranker.CONFIG.resolve("fp", checkpoint="m.pt")
+    assert api.conf("train gcsa") == gcsa.CONFIG.resolve(None)
+    assert api.conf("index", "dinov2-gem", preprocessing={"resize_max": 224})["preprocessing"]["resize_max"] == 224
+    with pytest.raises(ValueError, match="unknown step 'nope'"):
+        api.conf("nope")

@@ -2,12 +2,14 @@
 
 Steps (each writes a folder a user can inspect, as its `vprkit` command does): `index_map` (`vprkit index`),
 `append_map` (`index --append`), `localize` (`query`), `rerank`, `sequence`, `evaluate`, `compare`, `export`,
-`segvlad_index` / `segvlad_localize`, `train_netvlad` / `train_ames` / `train_gcsa` (`vprkit train ...`) and `serve`.
+`segvlad_index` / `segvlad_localize`, `train_netvlad` / `train_ames` / `train_gcsa` (`vprkit train ...`) and `serve`,
+each `step(conf, inputs, out, *, options) -> Path` (the output folder; `read_results` / `load_retrieval` read a
+results folder back, `conf(step, preset, **overrides)` gives any step's config).
 
 In memory: `model(index)` is an index's descriptor model, `describe(images, model)` gives descriptors of decoded
 images equal to those `vprkit index` / `query` compute for the same image files (one preprocessing and batching
 path, `features.extract.prepare` / `group`), and `search(index, descriptors)` ranks map images by them. The service
-and the streaming localizer (`vprkit.sequence.SequenceLocalizer`) describe images the same way.
+and the streaming localizer (`SequenceLocalizer`) describe images the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .compare import main as compare
-from .config import resolve
+from .config import Presets, resolve
 from .data.groundtruth import ground_truth_for_kept, load_ground_truth, utm_or_none
 from .data.images import list_images
 from .data.safeio import InputError, locked
@@ -31,6 +34,7 @@ from .export import main as export
 from .features import extract, h5io
 from .index import faiss_index, freshness, large
 from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE, index_work, readable
+from .registry import Registry
 from .rerank.base import main as rerank
 from .results import (
     Retrieval,
@@ -38,21 +42,51 @@ from .results import (
     gt_record,
     load_retrieval,
     query_feature_path,
+    read_results,
     results_folder,
     write_results,
 )
 from .segvlad.api import index_map as segvlad_index
 from .segvlad.api import localize as segvlad_localize
+from .sequence.localizer import SequenceLocalizer
 from .sequence.pipeline import main as sequence
 from .train.ames import main as train_ames
 from .train.gcsa import main as train_gcsa
 from .train.netvlad import main as train_netvlad
 
-__all__ = ["Matches", "Retrieval", "append_map", "compare", "describe", "evaluate", "export", "index_map",
-           "load_retrieval", "localize", "model", "rerank", "search", "segvlad_index", "segvlad_localize", "sequence",
-           "serve", "train_ames", "train_gcsa", "train_netvlad"]
+__all__ = ["Matches", "Retrieval", "SequenceLocalizer", "append_map", "compare", "conf", "describe", "evaluate",
+           "export", "index_map", "load_retrieval", "localize", "model", "read_results", "rerank", "search",
+           "segvlad_index", "segvlad_localize", "sequence", "serve", "train_ames", "train_gcsa", "train_netvlad"]
 
 logger = logging.getLogger("vprkit")
+# step -> "module:CONFIG" (lazy: listing them imports each step); the re-rankers come from their own registry
+STEPS = Registry("step config", "vprkit", {
+    "index": ".features.extract:CONFIG",
+    "local features": ".features.local:CONFIG",
+    "segvlad index": ".segvlad.extract:CONFIG",
+    "sequence": ".sequence.pipeline:CONFIG",
+    "train netvlad": ".train.netvlad:CONFIG",
+    "train ames": ".train.ames:CONFIG",
+    "train gcsa": ".train.gcsa:CONFIG",
+})
+
+
+def step_configs() -> Iterator[Presets]:
+    """Every step's presets (what `vprkit presets` lists): the steps above, then each registered re-ranker."""
+    from . import rerank as rerankers
+
+    yield from (STEPS.load(name) for name in STEPS)
+    yield from (rerankers.get_reranker_class(method).CONFIG for method in sorted(rerankers.REGISTRY))
+
+
+def conf(step: str, preset: str | None = None, /, **overrides) -> dict:
+    """A step's config, as `--preset` and `--set` give it on the command line: `step` named as `vprkit presets`
+    lists it ('index', 'sequence', 'rerank ames', 'train gcsa', ...), its `preset` (the step's default when None),
+    then `overrides` (nested sections as dicts; unknown keys refused with the valid ones)."""
+    configs = {c.step: c for c in step_configs()}
+    if step not in configs:
+        raise ValueError(f"unknown step '{step}'; choose one of {sorted(configs)}")
+    return configs[step].resolve(preset, overrides)
 
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *,
