@@ -73,7 +73,7 @@ def test_every_folder_writer_refuses_a_plain_file_or_a_folder_of_user_files(tiny
                "query -o": lambda o: api.localize(tmp_path / "idx", image_folder, out_dir=o),
                "rerank -o": lambda o: rerank_step.main(chamfer, res, o),
                "train -o": lambda o: netvlad.main(netvlad.CONFIG.resolve("mobilenetv2-netvlad", {}), image_folder,
-                                                  image_folder, o, "cluster")}
+                                                  image_folder, o, mode="cluster")}
     for out in (user, tmp_path / "notes.txt"):
         for name, write in writers.items():
             with pytest.raises(safeio.InputError, match=f"{out}: exists and is not a .*refusing"):

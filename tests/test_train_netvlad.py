@@ -46,7 +46,7 @@ def _conf(preset="mobilenetv2-netvlad", **over):
 
 
 def _run(route, out, conf, mode="train", **kw):
-    return netvlad.main(conf, route / "map", route / "query", out, mode, **kw)
+    return netvlad.main(conf, route / "map", route / "query", out, mode=mode, **kw)
 
 
 def _log(path):

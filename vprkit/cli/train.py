@@ -60,8 +60,8 @@ def netvlad_conf(args: argparse.Namespace) -> dict:
 def run_netvlad(args: argparse.Namespace) -> None:
     from ..train import netvlad
 
-    res = netvlad.main(netvlad_conf(args), args.map_dir, args.query_dir, args.out, args.mode, not args.restart,
-                       args.checkpoint, args.split, args.device)
+    res = netvlad.main(netvlad_conf(args), args.map_dir, args.query_dir, args.out, mode=args.mode,
+                       resume=not args.restart, checkpoint=args.checkpoint, split=args.split, device=args.device)
     if args.mode == "test":
         print(metrics.format_table({args.checkpoint or "untrained (k-means)": res}))
     else:

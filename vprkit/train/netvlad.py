@@ -450,7 +450,7 @@ def test(s: Session, checkpoint: str | Path | None = None, split: str = "test") 
     return res
 
 
-def main(conf: dict, map_dir: str | Path, query_dir: str | Path | None, out_dir: str | Path, mode: str = "train",
+def main(conf: dict, map_dir: str | Path, query_dir: str | Path | None, out_dir: str | Path, *, mode: str = "train",
          resume: bool = True, checkpoint: str | Path | None = None, split: str = "test",
          device: str = "cpu") -> dict:
     """Run one mode: `cluster` (writes OUT/centroids.npz), `train` (OUT/last.pt, best.pt, log.csv) or
