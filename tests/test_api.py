@@ -66,6 +66,28 @@ def test_resize_min_is_honoured_live_as_offline(tiny_backbone, folders, tmp_path
     assert tuple(x.shape) == (3, 20, 28)
 
 
+def test_images_in_memory_are_decoded_as_files(tiny_backbone, folders, tmp_path):
+    """A transparent PNG and an EXIF-rotated JPEG, given as opened (not converted, not rotated) PIL images."""
+    rng = np.random.default_rng(2)
+    query = tmp_path / "odd"
+    query.mkdir()
+    rgba = (rng.random((24, 32, 4)) * 255).astype(np.uint8)  # alpha varies: composited over white, not dropped
+    Image.fromarray(rgba, "RGBA").save(query / "a.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).save(query / "b.jpg", exif=exif.tobytes())
+    index = api.index_map(folders[0], tmp_path / "idx", preset="mobilenetv2-gem")
+    res = api.localize(index, query, tmp_path / "res", top_k=1)
+    offline = h5io.read_global(res / QUERY_FEATURES, ["a.png", "b.jpg"])
+    live = api.describe([Image.open(query / "a.png"), Image.open(query / "b.jpg")], index)
+    np.testing.assert_array_equal(live, offline)
+    # what the checks guard against: alpha dropped, orientation ignored
+    dropped = Image.open(query / "a.png").convert("RGB")
+    unrotated = Image.fromarray(np.asarray(Image.open(query / "b.jpg")))
+    assert not np.array_equal(api.describe([dropped], index)[0], live[0])
+    assert not np.array_equal(api.describe([unrotated], index)[0], live[1])
+
+
 def test_batches_follow_the_offline_rule():
     """Consecutive equal shapes share a batch of at most batch_size; a new shape or a full batch starts one."""
     shapes = [(4, 4), (4, 4), (4, 4), (8, 4), (4, 4), (4, 4)]  # the fifth (index 4) failed to read

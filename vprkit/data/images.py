@@ -112,6 +112,12 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as vprkit describes it: its EXIF orientation applied (once: the tag is dropped), any mode
+    as 8-bit RGB. Files and images given in memory both go through here, so they are described alike."""
+    return _to_rgb(ImageOps.exif_transpose(img))
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -150,8 +156,7 @@ def decode_image(fp: BinaryIO, label: str, max_pixels: int = DEFAULT_MAX_PIXELS)
             if w * h > max_pixels:
                 raise PixelLimitError(f"{label}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return upright_rgb(img)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

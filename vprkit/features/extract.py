@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
 from ..config import ConfigError, Presets
-from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
+from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride, upright_rgb
 from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone
 from ..models import checkpoint as trained
@@ -234,9 +234,10 @@ class Extractor:
         return prepare(img, self.conf, self.backbone)
 
     def describe_images(self, images: list[Image.Image]) -> np.ndarray:
-        """Global descriptors (N, D) float32 of decoded RGB images, batched as offline extraction batches them, so
-        they equal the descriptors `main` writes for the same images (at fp32 storage)."""
-        prepared = ((str(i), self.prepare(img.convert("RGB"))) for i, img in enumerate(images))
+        """Global descriptors (N, D) float32 of images in memory (any mode, EXIF orientation applied: as a file is
+        decoded), batched as offline extraction batches them, so they equal the descriptors `main` writes for the
+        same image files (at fp32 storage)."""
+        prepared = ((str(i), self.prepare(upright_rgb(img))) for i, img in enumerate(images))
         out = [self.describe(x)[0] for _, x, _ in group(prepared, self.conf["batch_size"])]
         if not out:
             return np.zeros((0, self.aggregator.output_dim(self.backbone.dim)), np.float32)
