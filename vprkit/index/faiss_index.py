@@ -10,6 +10,7 @@ another model with a clear message. Images added or removed after the build are 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,13 +127,20 @@ def _drop(scores: np.ndarray, ids: np.ndarray, deleted: set[int], k: int) -> tup
 
 def build(descriptors: np.ndarray, factory: str = DEFAULT_FACTORY, train_max: int = 200_000,
           seed: int = 0) -> faiss.Index:
-    """Inner-product index from a FAISS factory string ('Flat', 'IVF1024,PQ32', 'HNSW32', ...)."""
+    """Inner-product index from a FAISS factory string ('Flat', 'IVF1024,PQ32', 'HNSW32', ...); a factory FAISS
+    cannot build for these descriptors is refused with FAISS's reason (InputError)."""
     x = np.ascontiguousarray(descriptors, dtype=np.float32)
-    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = x if len(x) <= train_max else x[rng.choice(len(x), train_max, replace=False)]
-        index.train(sample)
+    try:
+        index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            rng = np.random.default_rng(seed)
+            sample = x if len(x) <= train_max else x[rng.choice(len(x), train_max, replace=False)]
+            index.train(sample)
+    except RuntimeError as exc:
+        reason = re.split(r"failed: |\.cpp:\d+: (?:Error: )?", str(exc).strip().splitlines()[-1])[-1]
+        raise InputError(f"--factory {factory!r}: FAISS cannot build it for {len(x)} descriptors of dimension "
+                         f"{x.shape[1]} ({reason}); the extracted features are kept, rerun with another factory "
+                         "(e.g. Flat)") from None
     index.add(x)
     return index
 

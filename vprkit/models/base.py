@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,16 +58,27 @@ class MissingWeightsError(RuntimeError):
     """Raised when the package or file that carries a backbone's weights is not there."""
 
 
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a corrupt file, or one that would run code (pickled
+    globals), is refused in one line naming the file and torch's reason (not its advice to disable the check)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith(_TORCH_ADVICE)]
+        reason = lines[0] if lines else type(exc).__name__
+        raise InputError(f"{path}: not a readable {what} ({reason}); vprkit loads only plain tensors and values "
+                         "(weights_only=True)") from None
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint safely (no pickle code execution) and unwrap common containers."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise InputError(f"{path}: not a readable checkpoint with weights_only=True ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'})") from None
+    state = torch_load(path)
     for key in ("state_dict", "model", "teacher", "state"):  # "state": the AMES authors' checkpoints
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

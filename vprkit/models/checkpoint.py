@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..data.safeio import InputError
+from .base import torch_load
 
 logger = logging.getLogger("vprkit")
 
@@ -32,10 +33,7 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    return torch_load(path)
 
 
 def read_vprkit_checkpoint(path: str | Path) -> dict[str, Any]:

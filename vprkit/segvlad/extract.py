@@ -23,6 +23,7 @@ from ..evaluation.outputs import atomic_savez
 from ..features import h5io
 from ..features.extract import DEFAULT_RUNTIME, Extractor, batch_attrs, pending, state_hash, succeeded
 from ..features.extract import check_conf as features_check
+from ..models.base import torch_load
 from ..segment import get_segmenter
 from ..segment.masks import disjoint, labels_to_masks, mask_record, masks_to_labels
 from .describe import PCA, patch_weights, supersegment_vlad
@@ -200,10 +201,7 @@ def load_vocabulary(path: str | Path, dim: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file not found: {path} (use vocabulary='map' to fit one)")
     if path.suffix in (".pt", ".pth"):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
-            raise ValueError(f"{path}: not a readable torch vocabulary ({type(e).__name__})") from e
+        data = torch_load(path, "torch vocabulary")
         if not isinstance(data, torch.Tensor):
             raise ValueError(f"{path}: holds a {type(data).__name__}, expected a (K, C) tensor of centroids")
         arr = data.float().numpy()

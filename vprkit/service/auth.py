@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.safeio import InputError, read_text
 from ..evaluation.outputs import atomic_write
 
 SCOPES = ("read", "write")
@@ -45,13 +46,12 @@ class KeyStore:
         self.enabled = path is not None
         self.entries: list[dict] = []
         if path is not None:
-            data = json.loads(Path(path).read_text())
-            for e in data.get("keys", []):
+            self.entries = read_keys(Path(path))
+            for e in self.entries:
                 bad = set(e.get("scopes", [])) - set(SCOPES)
                 if bad or not e.get("name") or len(e.get("sha256", "")) != 64:
                     raise ValueError(f"{path}: bad key entry {e.get('name')!r} "
                                      f"(needs name, sha256, scopes in {SCOPES})")
-            self.entries = data.get("keys", [])
 
     def identify(self, key: str | None, client: str) -> Caller | None:
         """The caller a key belongs to (constant-time compare), None for a missing or unknown key."""
@@ -67,15 +67,29 @@ class KeyStore:
         return found
 
 
+def read_keys(path: Path) -> list[dict]:
+    """The entries of a keys file (`{"keys": [{"name", "sha256", "scopes"}, ...]}`); anything else is refused with
+    one line naming the file."""
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not a keys file (bad JSON: {exc})") from None
+    entries = data.get("keys", []) if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InputError(f'{path}: not a keys file: expected {{"keys": [{{"name": ..., "sha256": ..., "scopes": '
+                         f"[...]}}, ...]}}, got a JSON {type(data).__name__}")
+    return entries
+
+
 def add_key(path: str | Path, name: str, scopes: list[str]) -> str:
     """Create a key, store its hash in `path` (atomically), return the key (shown once)."""
     bad = set(scopes) - set(SCOPES)
     if bad:
         raise ValueError(f"unknown scopes {sorted(bad)}; use {SCOPES}")
     path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {"keys": []}
+    data = {"keys": read_keys(path) if path.exists() else []}
     key = secrets.token_urlsafe(32)
-    data["keys"] = [e for e in data["keys"] if e["name"] != name] + [
+    data["keys"] = [e for e in data["keys"] if e.get("name") != name] + [
         {"name": name, "sha256": hash_key(key), "scopes": sorted(set(scopes))}]
     atomic_write(path, json.dumps(data, indent=1))
     path.chmod(0o600)

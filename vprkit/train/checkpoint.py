@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..data.safeio import check_output
-from ..evaluation.outputs import replacing
+from ..evaluation.outputs import atomic_savez, replacing
 from ..models.checkpoint import read_vprkit_checkpoint
 
 logger = logging.getLogger("vprkit")
@@ -92,6 +92,20 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
     if restore_rng:
         _set_rng_state(ckpt["rng"])
     return ckpt["meta"]
+
+
+def save_centroids(path: Path, centroids: np.ndarray, arch: dict) -> None:
+    """A NetVLAD run's k-means centroids (centroids.npz) with the architecture they were clustered for."""
+    atomic_savez(path, {"centroids": centroids, "arch": json.dumps(arch, sort_keys=True)})
+
+
+def load_centroids(path: Path, arch: dict) -> np.ndarray:
+    """The centroids `save_centroids` wrote, refused when clustered for another architecture than `arch`."""
+    with np.load(path, allow_pickle=False) as data:
+        if str(data["arch"]) != json.dumps(arch, sort_keys=True):
+            raise ValueError(f"{path} was clustered for another architecture ({data['arch']}); delete it or use "
+                             "another output folder")
+        return data["centroids"]
 
 
 def _dotted(conf: dict, prefix: str = "") -> dict[str, Any]:
