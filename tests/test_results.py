@@ -61,7 +61,7 @@ def test_sequence_refuses_query_features_of_another_model(tiny_backbone, image_f
     with h5py.File(res / QUERY_FEATURES, "a") as f:
         f.attrs["model_key"] = "another model"
     assert main(["sequence", str(res), "--method", "hmm"]) == 2
-    assert f"{res / QUERY_FEATURES}: query features of another model" in capsys.readouterr().err
+    assert f"{res}: no {QUERY_FEATURES} of the index {idx.resolve()}'s model for every query" in capsys.readouterr().err
 
 
 def test_sequence_output_folder_is_guarded(tiny_backbone, image_folder, tmp_path, capsys):
@@ -167,11 +167,12 @@ def test_large_maps_check_a_sample_and_verify_checks_every_image(tiny_backbone, 
     monkeypatch.setattr(freshness, "SAMPLE", 4)
     mi = faiss_index.load(idx)
     rows = np.sort(np.random.default_rng(3).choice(12, 4, replace=False))  # the rows a seeded sample draws
-    found, checked = freshness.changed_map_images(mi, idx / MAP_FEATURES, rng=np.random.default_rng(3))
+    feats = idx / MAP_FEATURES
+    found, checked = freshness.changed_map_images(feats, mi.names, mi.image_path, rng=np.random.default_rng(3))
     assert checked == 4 and found == [mi.names[i] for i in rows if mi.names[i] in changed]
-    assert freshness.changed_map_images(mi, idx / MAP_FEATURES, verify=True) == (changed, 12)
-    mi.deleted.add(mi.ids["001.png"])  # a removed image is no longer judged
-    assert freshness.changed_map_images(mi, idx / MAP_FEATURES, verify=True) == (changed[1:], 11)
+    assert freshness.changed_map_images(feats, mi.names, mi.image_path, verify=True) == (changed, 12)
+    removed = {mi.ids["001.png"]}  # a removed image is no longer judged
+    assert freshness.changed_map_images(feats, mi.names, mi.image_path, True, removed) == (changed[1:], 11)
     with caplog.at_level(logging.WARNING, "vprkit"):
         assert main(["query", str(idx), str(image_folder), "-o", str(tmp_path / "r"), "--verify"]) == 0
     assert "4 of 12 map images changed" in caplog.text
@@ -180,3 +181,16 @@ def test_large_maps_check_a_sample_and_verify_checks_every_image(tiny_backbone, 
     with caplog.at_level(logging.WARNING, "vprkit"):
         assert main(["query", str(idx), str(image_folder), "-o", str(tmp_path / "r")]) == 0
     assert "of 11 sampled map images (about" in caplog.text and "--verify checks every one" in caplog.text
+
+
+def test_a_segvlad_query_warns_too(tiny_backbone, image_folder, tmp_path, caplog):
+    from vprkit.segvlad import api as seg_api
+
+    seg = {"preprocessing": {"resize_max": 32}, "aggregator": {"name": "vlad", "num_clusters": 4}, "pca_dim": 8,
+           "segmenter.n_segments": 6, "top_k_segments": 5}
+    idx = seg_api.index_map(image_folder, tmp_path / "sidx", **seg)
+    _repaint(image_folder / "sub" / "003.png", 7)
+    with caplog.at_level(logging.WARNING, "vprkit"):
+        seg_api.localize(idx, image_folder, top_k=3, out_dir=tmp_path / "sres")
+    assert f"{idx}: 1 of 12 map images changed or disappeared since the index was built (e.g. sub/003.png)" \
+        in caplog.text

@@ -33,7 +33,8 @@ from .evaluation import metrics, outputs
 from .export import main as export
 from .features import extract, h5io
 from .index import faiss_index, freshness, large
-from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE, index_work, readable
+from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
+from .index.work import index_work, readable
 from .registry import Registry
 from .rerank.base import main as rerank
 from .results import (

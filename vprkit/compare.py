@@ -13,6 +13,7 @@ import numpy as np
 
 from .data.groundtruth import ground_truth_for_kept
 from .data.images import list_images
+from .data.safeio import check_output
 from .evaluation import metrics, outputs, report
 from .results import RESULTS_FILE, Retrieval, load_retrieval, read_results
 
@@ -47,7 +48,10 @@ def _gt_spec(results_dir: Path, gt: str | None, threshold: float | None) -> tupl
 
 def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "compare", *, gt: str | None = None,
          threshold: float | None = None, top: int = 5) -> Path:
-    """Score A and B, write OUT/report.html and OUT/compare.json (the comparison); returns OUT."""
+    """Score A and B, write OUT/report.html and OUT/compare.json (the comparison); returns OUT. OUT must be empty or
+    an earlier comparison (refused before any work otherwise)."""
+    out_dir = Path(out_dir)
+    check_output(out_dir, [COMPARE_FILE], "comparison folder")
     a, b = load_retrieval(results_a), load_retrieval(results_b)
     b_ids, b_scores = _aligned(a, b)
     spec, thr = _gt_spec(a.results_dir, gt, threshold)
@@ -55,7 +59,6 @@ def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "co
     la, lb = _label(a, "A"), _label(b, "B")
     ma, mb = metrics.evaluate(a.ids, truth), metrics.evaluate(b_ids, truth)
     ca, cb = metrics.top1_correct(a.ids, truth)[0], metrics.top1_correct(b_ids, truth)[0]
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     page = report.write_report(out_dir / "report.html", report.ReportData(
         f"vprkit compare: {la} vs {lb}", a.query_dir, a.q_names, a.map_dir, a.m_names,

@@ -82,6 +82,19 @@ def load_retrieval(results_dir: str | Path) -> Retrieval:
                      manifest, results_dir, faiss_index.fingerprint(index_dir))
 
 
+def stored_query_descriptors(r: Retrieval) -> np.ndarray | None:
+    """The queries' global descriptors `vprkit query` kept (in the results folder or, for a re-ranked one, the folder
+    above it) when they are of the index's model and hold every query; None otherwise."""
+    folders = (r.results_dir, r.results_dir.parent) if r.results_dir is not None else ()
+    for path in (folder / QUERY_FEATURES for folder in folders):
+        if path.is_file() and h5io.read_attrs(path).get("model_key") == r.manifest["model_key"]:
+            try:
+                return h5io.read_global(path, r.q_names)
+            except KeyError:  # written for other queries
+                continue
+    return None
+
+
 def guarded_folder(out_dir: str | Path) -> Path:
     """`out_dir`, created, when it is empty or already a results folder; refused when it holds something else."""
     out_dir = Path(out_dir)

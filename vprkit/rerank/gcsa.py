@@ -25,7 +25,7 @@ from ..features import extract, h5io
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..models.checkpoint import load_trained_model
 from ..models.gcsa import GCSA
-from ..results import Retrieval
+from ..results import Retrieval, stored_query_descriptors
 from . import affinity
 from .base import Reranker
 
@@ -171,13 +171,10 @@ def load_model(path: str | Path) -> tuple[GCSA, dict]:
 
 def query_descriptors(retrieval: Retrieval, cache_dir: Path) -> np.ndarray:
     """Global descriptors of the retrieval's queries: those `vprkit query` stored, else extracted (cached)."""
+    stored = stored_query_descriptors(retrieval)
+    if stored is not None:
+        return stored
     conf, state = retrieval.manifest["conf"], retrieval.index_dir / STATE_FILE
-    stored = retrieval.results_dir / QUERY_FEATURES if retrieval.results_dir else None
-    if stored is not None and stored.exists() and h5io.read_attrs(stored).get("model_key") == extract.model_key(conf):
-        try:
-            return h5io.read_global(stored, retrieval.q_names)
-        except KeyError:
-            pass
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / QUERY_FEATURES
     extract.main(conf, retrieval.query_dir, path, state if state.exists() else None, names=retrieval.q_names)

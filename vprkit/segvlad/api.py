@@ -12,8 +12,9 @@ import numpy as np
 from ..data.groundtruth import ground_truth_for_kept, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
-from ..index import faiss_index
-from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE, index_work, readable
+from ..index import faiss_index, freshness
+from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE
+from ..index.work import index_work, readable
 from ..results import check_top_k, query_feature_path, results_folder, write_results
 from . import extract
 from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
@@ -51,15 +52,18 @@ def load_manifest(index_dir: Path) -> dict:
 
 def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, device: str = "cpu", report_top: int = 5,
-             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None) -> Path:
+             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None,
+             verify: bool = False) -> Path:
     """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`).
 
     `scoring` (default: the index's preset): `votes` scores each query on its own (serving); `reference`
     normalises by the least / greatest similarity retrieved over all these queries (the original's rule).
+    Warns when map images changed since indexing (a sample of them checked, every one with `verify`).
     """
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     manifest = load_manifest(index_dir)
+    freshness.warn_if_segments_changed(manifest, index_dir, verify)
     conf, m_names = manifest["conf"], manifest["names"]
     seg_index = SegmentIndex.load(index_dir, len(m_names))
     k_seg = top_k_segments or conf["top_k_segments"]

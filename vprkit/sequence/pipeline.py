@@ -21,7 +21,14 @@ from ..evaluation import metrics, outputs
 from ..features import extract, h5io
 from ..index import faiss_index, freshness
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
-from ..results import guarded_folder, query_feature_path, read_results, write_results
+from ..results import (
+    guarded_folder,
+    load_retrieval,
+    query_feature_path,
+    read_results,
+    stored_query_descriptors,
+    write_results,
+)
 from . import hmm, matcher, order
 
 _COMMON = {"mode": "online", "search": "full", "top_k": 20, "map_order": "folder", "query_order": "folder"}
@@ -92,18 +99,12 @@ def _queries(index_dir: Path, manifest: dict, query_dir: str | Path | None, resu
     """(query folder, all its images, described ones, their descriptors), from a `vprkit query` results folder
     (its saved query features) or by describing the folder with the map's model."""
     if results_dir is not None:
-        results_dir = Path(results_dir)
-        info, feats = read_results(results_dir), results_dir / QUERY_FEATURES
-        if not feats.is_file():
-            raise FileNotFoundError(f"{results_dir}: not a `vprkit query` results folder (no {QUERY_FEATURES})")
-        if h5io.read_attrs(feats).get("model_key") != manifest["model_key"]:
-            raise InputError(f"{feats}: query features of another model than the index {index_dir}'s; give the "
-                             "index these results were made with, or rerun `vprkit query`")
-        q_dir = Path(info["queries"])
-        q_all = list_images(q_dir)
-        skipped = set(info.get("skipped_queries", []))
-        q_names = [n for n in q_all if n not in skipped]
-        return q_dir, q_all, q_names, h5io.read_global(feats, q_names)
+        r = load_retrieval(results_dir)
+        desc = stored_query_descriptors(r) if r.manifest["model_key"] == manifest["model_key"] else None
+        if desc is None:
+            raise InputError(f"{results_dir}: no {QUERY_FEATURES} of the index {index_dir}'s model for every query; "
+                             "give the index these results were made with, or rerun `vprkit query`")
+        return r.query_dir, list_images(r.query_dir), r.q_names, desc
     q_dir = Path(query_dir).resolve()
     q_all = list_images(q_dir)
     state = index_dir / STATE_FILE
