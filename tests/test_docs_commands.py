@@ -8,6 +8,7 @@ of the same" and is left out.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
@@ -62,8 +63,20 @@ def inline_commands(text: str) -> list[tuple[int, str]]:
     return out
 
 
-SUBCOMMAND_WORDS = {"index", "query", "rerank", "sequence", "segvlad", "evaluate", "compare", "export", "train",
-                    "serve", "match-two", "demo", "presets", "netvlad", "ames", "gcsa", "cluster", "test"}
+def subcommand_words(parser: argparse.ArgumentParser) -> set[str]:
+    """Every (nested) subcommand name of the real parser, and the choices of their first positional (the
+    `train netvlad` modes)."""
+    words: set[str] = set()
+    for action in parser._actions:  # argparse offers no public walk of its subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                words |= {name} | subcommand_words(child)
+        elif action.choices and not action.option_strings:
+            words |= set(action.choices)
+    return words
+
+
+SUBCOMMAND_WORDS = subcommand_words(cli.parser())
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -82,6 +95,26 @@ def documented_commands() -> list[tuple[str, str]]:
 
 
 COMMANDS = documented_commands()
+PLUGIN_DOC = ROOT / "docs" / "architecture.md"  # its Python example registers the plug-ins its commands use
+
+
+@pytest.fixture
+def doc_plugins():
+    """The Python blocks of docs/architecture.md run (they register a backbone, an aggregator and a re-ranker);
+    the registries are restored afterwards."""
+    from vprkit import aggregators, models, rerank
+
+    registries = [models.REGISTRY, aggregators.REGISTRY, rerank.REGISTRY]
+    saved = [dict(r) for r in registries]
+    blocks = re.findall(r"```python\n(.*?)```", PLUGIN_DOC.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, f"{PLUGIN_DOC.name}: the plug-in example is gone"
+    namespace = {"__name__": "doc_plugins"}
+    for block in blocks:
+        exec(compile(block, str(PLUGIN_DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+    yield namespace
+    for registry, entries in zip(registries, saved):
+        registry.clear()
+        registry.update(entries)
 
 
 def test_the_docs_show_commands():
@@ -92,7 +125,7 @@ def test_the_docs_show_commands():
 
 
 @pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[w for w, _ in COMMANDS])
-def test_documented_command_parses_and_builds_its_config(where, command):
+def test_documented_command_parses_and_builds_its_config(where, command, doc_plugins):
     argv = [a for a in shlex.split(command)[1:] if a != "..."]
     err = io.StringIO()
     try:
@@ -134,3 +167,32 @@ def test_index_preset_auto_runs(tiny_backbone, image_folder, tmp_path):
     assert cli.main(["index", str(image_folder), "-o", str(tmp_path / "idx"), "--preset", "auto"]) == 0
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["conf"]["preset"] == "pixels"
+
+
+def test_the_documented_plugins_index_query_and_rerank(doc_plugins, image_folder, tmp_path):
+    """docs/architecture.md's backbone, aggregator and re-ranker, registered from outside vprkit, run through the
+    real commands: each map image finds itself (max-pooled conv features of the image itself), and the
+    re-ranker's order is the global one reversed."""
+    idx, res = tmp_path / "idx", tmp_path / "res"
+    assert cli.main(["index", str(image_folder), "-o", str(idx), "--preset", "mobilenetv2-gem", "--set",
+                     "model.name=mynet", "model.width=32", "aggregator={\"name\": \"maxpool\"}"]) == 0
+    assert cli.main(["query", str(idx), str(image_folder), "-o", str(res), "--top-k", "4"]) == 0
+    from vprkit.results import load_retrieval
+
+    glob = load_retrieval(res)
+    assert [glob.m_names[i] for i in glob.ids[:, 0]] == glob.q_names
+    assert cli.main(["rerank", str(res), "--method", "reverse", "--preset", "all", "-o", str(tmp_path / "rr")]) == 0
+    got = load_retrieval(tmp_path / "rr")
+    assert (got.ids == glob.ids[:, ::-1]).all()
+
+
+def test_a_setting_the_implementation_does_not_take_is_one_line(doc_plugins, image_folder, tmp_path, capsys):
+    """Naming another backbone drops the preset's backbone keywords (DINOv2's layer and facet); a keyword the new
+    one does not take is refused before any work, naming the ones it takes."""
+    conf = cli.parser().parse_args(["index", "M", "-o", "O", "--preset", "dinov2-gem", "--set", "model.name=mynet"])
+    assert conf.conf(conf)["model"] == {"name": "mynet"}
+    assert cli.main(["index", str(image_folder), "-o", str(tmp_path / "idx"), "--preset", "dinov2-gem", "--set",
+                     "model.name=mynet", "model.layer=7"]) == 2
+    assert "backbone 'mynet': got an unexpected keyword argument 'layer'; its settings: ['width']" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()

@@ -97,7 +97,7 @@ def test_dotted_settings_reach_nested_sections(capsys):
     (["evaluate", "P", "--gt", "utm", "--threshold", "inf"], "--threshold"),
     (["index", "M", "-o", "O", "--resize-max", "-5"], "--resize-max: must be at least 1"),
     (["query", "I", "Q", "--nprobe", "0"], "--nprobe: must be at least 1"),
-    (["serve", "I", "--port", "70000"], "--port: must be between 0 and 65535"),
+    (["serve", "I", "--port", "70000"], "--port: a port is in 0..65535, got 70000"),
 ])
 def test_bad_numeric_options_are_refused(args, fragment, capsys):
     _refused_by_parser(args, capsys, fragment)
@@ -182,26 +182,6 @@ def test_a_factory_faiss_cannot_build_is_one_line_and_keeps_the_features(tiny_ba
     assert "/12" not in capsys.readouterr().err  # the rerun read the kept features: no image extracted again
 
 
-def test_keys_files_that_are_not_keys_files_are_named(tmp_path):
-    from vprkit.service.auth import KeyStore
-
-    (tmp_path / "bad.json").write_text('{"keys": [')
-    with pytest.raises(ValueError, match=r"bad.json: not a keys file \(bad JSON"):
-        KeyStore(tmp_path / "bad.json")
-    (tmp_path / "list.json").write_text('[{"name": "a"}]')
-    with pytest.raises(ValueError, match=r"list.json: not a keys file: expected .* got a JSON list"):
-        KeyStore(tmp_path / "list.json")
-    (tmp_path / "str.json").write_text('{"keys": ["abc"]}')
-    with pytest.raises(ValueError, match=r"str.json: not a keys file"):
-        KeyStore(tmp_path / "str.json")
-
-
-def test_serve_with_a_broken_keys_file_is_one_line(index, tmp_path, capsys):
-    pytest.importorskip("fastapi")
-    (tmp_path / "keys.json").write_text("[]")
-    _fails(["serve", str(index), "--keys", str(tmp_path / "keys.json")], capsys, "keys.json: not a keys file")
-
-
 def test_sequence_on_query_features_of_another_dimension_is_named(tiny_backbone, image_folder, index, capsys):
     """The results were computed on 8-D GeM; the index is then rebuilt with 2 VLAD clusters (16-D)."""
     assert main(["query", str(index), str(image_folder), "--top-k", "3"]) == 0
@@ -225,3 +205,12 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path, capsy
     _fails(["match-two", "a.png", "b.png", "--set", f"checkpoint={tmp_path / 'evil.pt'}"], capsys,
            "evil.pt: not a readable checkpoint", "weights_only=True")
     assert not marker.exists()
+
+
+def test_append_refuses_another_preset_instead_of_ignoring_it(index, image_folder, capsys):
+    _fails(["index", str(image_folder), "-o", str(index), "--append", "--preset", "dinov2-gem"], capsys,
+           "was built with preset 'mobilenetv2-gem'")
+    _fails(["index", str(image_folder), "-o", str(index), "--append", "--resize-max", "64"], capsys,
+           "would change the index's descriptors")
+    assert main(["index", str(image_folder), "-o", str(index), "--append", "--preset", "mobilenetv2-gem",
+                 "--batch-size", "3"]) == 0

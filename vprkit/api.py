@@ -261,7 +261,7 @@ def evaluate(predictions: str | Path, gt: str, threshold: float | None = None, m
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,
           settings: dict | None = None, device: str = "cpu") -> None:
     """`vprkit serve`: the HTTP localization service on an index, until stopped (needs the `serve` extra)."""
-    from .service.app import run
+    from .service.server import run
 
     run(index_dir, host, port, keys, settings, device)
 

@@ -3,8 +3,9 @@
 `resolve(defaults, presets, name, overrides)` deep-merges the preset over the defaults and the overrides over
 that; override keys may be dotted (`data.pos_thr=2` sets `conf["data"]["pos_thr"]`). Only keys that the
 defaults or the preset define can be set (a typo would otherwise be ignored silently), except inside the
-`open` sections (a backbone's or segmenter's keyword arguments), and each value must have the type of the value
-it replaces (an int is accepted for a float, a number is never accepted for a string).
+`open` sections (a backbone's or segmenter's keyword arguments; naming another implementation there starts the
+section afresh), and each value must have the type of the value it replaces (an int is accepted for a float, a
+number is never accepted for a string).
 
 The meaning of `None`: in defaults and presets it is a real value ("off" / "automatic") and accepts a value of any
 type; in overrides it means "not given": the preset's value stays (API keywords default to None).
@@ -70,8 +71,10 @@ def _set(conf: dict, key: str, value: Any, open_sections: frozenset[str], what: 
         node = node[part]
     if leaf not in node and not free:
         raise ConfigError(f"unknown setting '{key}' for this {what}; valid keys: {', '.join(valid_keys(conf))}")
+    if free and len(parents) == 1 and leaf == "name" and node.get("name") != value:
+        node.clear()  # another implementation: the previous one's keyword arguments do not apply to it
     if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-        for sub, sub_value in value.items():
+        for sub, sub_value in sorted(value.items(), key=lambda kv: kv[0] != "name"):  # `name` first
             if sub_value is not None:
                 _set(conf, f"{key}.{sub}", sub_value, open_sections, what)
         return

@@ -19,6 +19,7 @@ A config then names it like any built-in entry: `--set model.name=mynet`.
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -56,8 +57,15 @@ class Registry(dict):
         return getattr(importlib.import_module(module_name, package=self.package), attr)
 
     def create(self, name: str, *args: Any, **conf: Any) -> Any:
-        """An instance of the class registered under `name`, built with `args` and the config keywords."""
-        return self.load(name)(*args, **conf)
+        """An instance of the class registered under `name`, built with `args` and the config keywords (a keyword
+        it does not take is refused naming the ones it does, before anything is built)."""
+        cls = self.load(name)
+        try:
+            inspect.signature(cls).bind(*args, **conf)
+        except TypeError as exc:
+            params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+            raise ValueError(f"{self.kind} '{name}': {exc}; its settings: {params}") from None
+        return cls(*args, **conf)
 
     def _read_plugins(self) -> None:
         """Entries of installed packages (entry point group `self.group`), read once; built-ins keep their names."""

@@ -54,6 +54,15 @@ def add_gt(s: argparse.ArgumentParser, required: bool = False) -> None:
     s.add_argument("--threshold", type=distance, help="positive distance (m; frames for 'sequence')")
 
 
+def add_query(s: argparse.ArgumentParser) -> None:
+    """INDEX_DIR QUERY_DIR, `--top-k`, `-o` and the ground truth: what every query command takes."""
+    s.add_argument("index_dir")
+    s.add_argument("query_dir")
+    s.add_argument("--top-k", type=positive_int, default=20)
+    s.add_argument("-o", "--out", help="results folder (default INDEX/results/QUERY_NAME)")
+    add_gt(s)
+
+
 def overrides(args: argparse.Namespace, flags: dict | None = None) -> dict:
     """The dedicated flags that were given (None: not given), then `--set` (which wins)."""
     return {**{k: v for k, v in (flags or {}).items() if v is not None}, **parse_overrides(args.set)}

@@ -11,7 +11,7 @@ from ..evaluation import metrics
 from ..features.extract import AUTO, CONFIG, CONFS, DEFAULT_PRESET
 from ..index.faiss_index import DEFAULT_FACTORY
 from ..models.precision import CHOICES as PRECISION_CHOICES
-from .common import add_gt, add_settings, distance, overrides, positive_int, print_results
+from .common import add_gt, add_query, add_settings, distance, overrides, positive_int, print_results
 
 
 def add(sub) -> None:
@@ -42,11 +42,7 @@ def add(sub) -> None:
     s.set_defaults(func=run_index, conf=index_conf)
 
     s = sub.add_parser("query", help="localize a folder of query images against an index")
-    s.add_argument("index_dir")
-    s.add_argument("query_dir")
-    s.add_argument("--top-k", type=positive_int, default=20)
-    s.add_argument("-o", "--out", help="results folder (default INDEX/results/QUERY_NAME)")
-    add_gt(s)
+    add_query(s)
     add_settings(s, "refuse to run unless the index was built with this preset",
                  set_help="runtime settings of the index's extraction (batch_size=4, max_pixels=...); settings that "
                           "change the descriptors are refused")

@@ -9,7 +9,7 @@ from .. import rerank
 from ..evaluation import metrics
 from ..rerank import base as rerank_step
 from ..results import read_results
-from .common import add_gt, add_settings, at_least, overrides, positive_int, print_results, step_conf
+from .common import add_gt, add_query, add_settings, at_least, overrides, positive_int, print_results, step_conf
 
 
 def add(sub) -> None:
@@ -75,15 +75,11 @@ def _add_segvlad(sub) -> None:
                  "override preset values, dotted for nested ones (order=2, segmenter.checkpoint=sam.pth)")
     s.set_defaults(func=run_segvlad_index, conf=segvlad_conf)
     s = ssub.add_parser("query", help="localize a folder of query images against a SegVLAD index")
-    s.add_argument("index_dir")
-    s.add_argument("query_dir")
-    s.add_argument("--top-k", type=positive_int, default=20)
+    add_query(s)
     s.add_argument("--top-k-segments", type=positive_int, help="map segments each query segment retrieves")
     s.add_argument("--scoring", choices=("votes", "reference"),
                    help="votes: per-query similarity votes (serving); reference: the original's min-max over the "
                         "whole run (default: the index's preset)")
-    s.add_argument("-o", "--out")
-    add_gt(s)
     s.set_defaults(func=run_segvlad_query)
 
 

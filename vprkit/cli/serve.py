@@ -1,35 +1,30 @@
-"""`vprkit serve INDEX`: the localization service (needs the `serve` extra)."""
+"""`vprkit serve INDEX` and `vprkit keys add`: the service's own parsers (`service.commands`), with the service
+settings of `--set` checked like every step's (unknown keys, types) before the server starts."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..config import resolve
-from .common import at_least, overrides
+from ..config import parse_overrides, resolve
 
 
 def add(sub) -> None:
-    """Register `vprkit serve`."""
-    s = sub.add_parser("serve", help="HTTP localization service on an index (OpenAPI docs at /docs)")
-    s.add_argument("index_dir")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    s.add_argument("--port", type=at_least(0, 65535), default=8000)
-    s.add_argument("--keys", help="API keys file (hashed; see docs/service.md); without it every caller may write")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="service settings, e.g. max_batch=16 batch_wait_ms=5 rate_per_s=20 (see docs/service.md)")
-    s.set_defaults(func=run_serve, conf=serve_conf)
+    """Register `vprkit serve` and `vprkit keys` (the service's commands, which set `args.run`)."""
+    from ..service.commands import add_parsers
+
+    add_parsers(sub, serve_settings)
+    sub.choices["serve"].set_defaults(func=_run, conf=lambda args: serve_settings(args.set))
+    sub.choices["keys"].set_defaults(func=_run)
 
 
-def serve_conf(args: argparse.Namespace) -> dict:
-    """The service settings: its defaults with `--set`, checked (unknown keys, types)."""
-    from ..service.app import DEFAULTS
+def _run(args: argparse.Namespace) -> None:
+    args.run(args)
 
-    conf = resolve(DEFAULTS, {}, None, overrides(args), what="service", open_sections=("rerank",))
+
+def serve_settings(pairs: list[str]) -> dict:
+    """The service settings of `--set KEY=VALUE ...`: the service's defaults with them, checked."""
+    from ..service.state import DEFAULTS
+
+    conf = resolve(DEFAULTS, {}, None, parse_overrides(pairs), what="service", open_sections=("rerank",))
     conf.pop("preset")
     return conf
-
-
-def run_serve(args: argparse.Namespace) -> None:
-    from ..service.app import run
-
-    run(args.index_dir, args.host, args.port, args.keys, serve_conf(args), args.device)
