@@ -56,6 +56,17 @@ def test_sequence_refuses_results_of_a_rebuilt_index_and_writes_nothing(tiny_bac
     assert "Traceback" not in err and not (res / "sequence-hmm").exists()
 
 
+def test_results_whose_index_is_gone_are_one_clear_error(tiny_backbone, image_folder, tmp_path, capsys):
+    idx, res = _query(tmp_path, image_folder)
+    shutil.rmtree(idx)
+    for argv in (["sequence", str(res)], ["rerank", str(res), "--method", "patchnetvlad"], ["export", str(res),
+                                                                                           "--format", "hloc",
+                                                                                           "-o", str(tmp_path / "e")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{res / RESULTS_FILE}: its index {idx.resolve()} no longer exists" in err and "Traceback" not in err
+
+
 def test_sequence_refuses_query_features_of_another_model(tiny_backbone, image_folder, tmp_path, capsys):
     idx, res = _query(tmp_path, image_folder)
     with h5py.File(res / QUERY_FEATURES, "a") as f:

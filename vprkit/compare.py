@@ -15,7 +15,7 @@ from .data.groundtruth import ground_truth_for_kept
 from .data.images import list_images
 from .data.safeio import check_output
 from .evaluation import metrics, outputs, report
-from .results import RESULTS_FILE, Retrieval, load_retrieval, read_results
+from .results import REPORT_FILE, RESULTS_FILE, Retrieval, load_retrieval, read_results
 
 COMPARE_FILE = "compare.json"
 
@@ -60,7 +60,7 @@ def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "co
     ma, mb = metrics.evaluate(a.ids, truth), metrics.evaluate(b_ids, truth)
     ca, cb = metrics.top1_correct(a.ids, truth)[0], metrics.top1_correct(b_ids, truth)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = report.write_report(out_dir / "report.html", report.ReportData(
+    page = report.write_report(out_dir / REPORT_FILE, report.ReportData(
         f"vprkit compare: {la} vs {lb}", a.query_dir, a.q_names, a.map_dir, a.m_names,
         report.Ranking(lb, b_ids, b_scores, mb), truth.positives, report.Ranking(la, a.ids, a.scores, ma),
         top=top, change_labels=("B wins", "A wins")))

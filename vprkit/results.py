@@ -21,9 +21,9 @@ from .data.safeio import InputError, check_output
 from .evaluation import metrics, outputs, report
 from .features import h5io
 from .index import faiss_index
-from .index.layout import QUERY_FEATURES, QUERY_SEGMENTS
+from .index.layout import MANIFEST_FILE, QUERY_FEATURES, QUERY_SEGMENTS
 
-RESULTS_FILE, PREDICTIONS_FILE = "results.json", "predictions.txt"
+RESULTS_FILE, PREDICTIONS_FILE, REPORT_FILE = "results.json", "predictions.txt", "report.html"
 RESULTS_MARKERS = (RESULTS_FILE, QUERY_FEATURES, QUERY_SEGMENTS, "cache")
 
 
@@ -60,10 +60,8 @@ def read_results(results_dir: str | Path) -> dict:
         Path(info["queries"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"{info_path}: corrupt results file ({exc!r}); run `vprkit query` again") from None
-    try:
-        faiss_index.read_manifest(index_dir)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{info_path}: its index {index_dir} no longer exists") from None
+    if not (index_dir / MANIFEST_FILE).is_file():
+        raise FileNotFoundError(f"{info_path}: its index {index_dir} no longer exists")
     expected = info.get("index_fingerprint")
     if expected is not None and expected != faiss_index.fingerprint(index_dir):
         raise InputError(f"{info_path}: the index {index_dir} was rebuilt or replaced since these results were "
@@ -168,7 +166,7 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
     outputs.write_json(out_dir / RESULTS_FILE, result)
     title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
     q_pos, m_pos = report_positions(manifest, q_names, result.get("gt"))
-    report.write_report(out_dir / "report.html", report.ReportData(
+    report.write_report(out_dir / REPORT_FILE, report.ReportData(
         title, query_dir, q_names, Path(manifest["map_dir"]), m_names,
         report.Ranking(conf["preset"] if baseline is None else "re-ranked", ids, scores, result.get("metrics")),
         truth.positives if truth else None, baseline, q_pos, m_pos, top=report_top, match_figures=match_figures,

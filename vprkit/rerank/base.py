@@ -18,7 +18,7 @@ from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import locked
 from ..evaluation import metrics, report
-from ..results import Retrieval, gt_record, guarded_folder, load_retrieval, write_results
+from ..results import REPORT_FILE, Retrieval, gt_record, guarded_folder, load_retrieval, write_results
 
 logger = logging.getLogger("vprkit")
 MATCH_FIGURES = 200  # queries with a match figure in the report (patch-based methods): ~3.5 MB, 4 pages of rows
@@ -84,7 +84,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
     baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
     order = report.display_order(ids, scores, truth.positives if truth else None)
-    figures = reranker.match_figures(report.files_dir(out_dir / "report.html") / "matches", cand, ids,
+    figures = reranker.match_figures(report.files_dir(out_dir / REPORT_FILE) / "matches", cand, ids,
                                      order[:match_figures], out_dir / "cache") if match_figures else None
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
                            retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline,
