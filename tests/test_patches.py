@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vprkit.aggregators import VLAD, NetVLAD
+from vprkit.aggregators.netvlad import NetVLAD
+from vprkit.aggregators.vlad import VLAD
 from vprkit.features import patches
 
 
