@@ -21,6 +21,7 @@ from vprkit.config import parse_overrides  # noqa: E402
 from vprkit.evaluation.report import files_dir  # noqa: E402
 from vprkit.rerank import base  # noqa: E402
 from vprkit.rerank.patchnetvlad import PatchNetVLAD  # noqa: E402
+from vprkit.results import read_results
 
 
 class TimedFigures(PatchNetVLAD):
@@ -55,7 +56,7 @@ def main() -> None:
     rerank.REGISTRY["patchnetvlad"] = "__main__:TimedFigures"  # what the step `main` runs for this method
     for run in range(args.repeats):
         t0 = time.perf_counter()
-        res = base.main(conf, args.results_dir, out, args.gt)
+        res = read_results(base.main(conf, args.results_dir, out, gt=args.gt))
         total, fig = time.perf_counter() - t0, TimedFigures.spent[-1]
         print(f"| {run + 1} | {total:.1f} | {fig:.1f} | {fig / (total - fig):.3f} |")
     files = files_dir(out / "report.html")

@@ -377,8 +377,7 @@ def test_files_in_the_authors_format_read_and_write(tmp_path):
 
 
 @pytest.fixture
-def local_conf(monkeypatch, tiny_backbone):
-    monkeypatch.setattr("vprkit.features.local.get_backbone", lambda name, **kw: tiny_backbone())
+def local_conf(tiny_backbone):
     return local.CONFIG.resolve("dinov2", batch_size=4, preprocessing={"resize_max": 32})
 
 

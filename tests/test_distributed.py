@@ -74,6 +74,7 @@ def test_changed_image_list_redoes_the_shard(tmp_path, setup):
         distributed.shard_lists(names, 0)
 
 
+@pytest.mark.slow  # starts a Ray cluster; still run by the plain `pytest -q` of the README (no marker filter)
 def test_ray_two_workers_one_killed_equals_single_process(tmp_path, setup):
     ray = pytest.importorskip("ray")
     names, conf = setup

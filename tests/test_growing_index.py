@@ -11,6 +11,7 @@ import pytest
 from vprkit.features import h5io
 from vprkit.index import faiss_index, journal
 from vprkit.index.growing import LockedError, MapWriter, check_name
+from vprkit.results import read_results
 
 
 def _unit(x):
@@ -178,7 +179,7 @@ def test_cli_append_adds_only_new_images_which_then_find_themselves(tiny_backbon
     assert cli.main(["index", str(image_folder), "-o", str(idx), "--append"]) == 0
     mi = faiss_index.load(idx)
     assert sorted(mi.live_names()) == names and journal.read(idx)[0] == []  # compacted at the end
-    res = api.localize(idx, image_folder, top_k=1, out_dir=tmp_path / "res")
+    res = read_results(api.localize(idx, image_folder, tmp_path / "res", top_k=1))
     top1 = [line.split() for line in (tmp_path / "res" / "predictions.txt").read_text().splitlines()[1:]]
     assert res["num_map"] == 12 and all(q == m for q, _, m, _ in top1)
     assert mi.image_path(names[-1]).read_bytes() == (image_folder / names[-1]).read_bytes()

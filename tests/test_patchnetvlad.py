@@ -10,22 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TinyBackbone
 from vprkit.cli import main
 from vprkit.features import patches
 from vprkit.rerank import patchnetvlad as pnv
 from vprkit.rerank import spatial
 from vprkit.rerank.patchnetvlad import files as pnv_files
-from vprkit.rerank.patchnetvlad import model as pnv_model
 from vprkit.results import Retrieval
 
 SMALL = ["resize=[32,24]", "num_clusters=4", "num_pcs=16", "fit_max_images=12", "fit_max_patches=400"]
 
 
 @pytest.fixture
-def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
+def retrieval(tiny_backbone, image_folder, tmp_path):
     """Global retrieval of the folder against itself with a shuffled order (the true match is not first)."""
-    monkeypatch.setattr(pnv_model, "get_backbone", lambda name, **kw: TinyBackbone())
     names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in names))
@@ -137,8 +134,7 @@ def test_checkpoint_parts_load_weights_only(tmp_path):
         pnv_files.checkpoint_parts(str(path))
 
 
-def test_match_two_cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pnv_model, "get_backbone", lambda name, **kw: TinyBackbone())
+def test_match_two_cli(tmp_path, tiny_backbone, capsys):
     rng = np.random.default_rng(0)
     arr = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
     Image.fromarray(arr).save(tmp_path / "a.png")

@@ -9,6 +9,7 @@ from report_helpers import read_report_data
 from vprkit import api, results
 from vprkit.features import extract, h5io
 from vprkit.index import faiss_index
+from vprkit.results import read_results
 
 
 def _conf(**kw):
@@ -62,7 +63,7 @@ def test_index_query_and_model_refusal(tiny_backbone, image_folder, tmp_path):
     # Querying the map with itself: each image is its own nearest neighbour.
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in mi.names))
-    res = api.localize(out, image_folder, top_k=3, gt=str(gt), out_dir=tmp_path / "res")
+    res = read_results(api.localize(out, image_folder, tmp_path / "res", top_k=3, gt=str(gt)))
     assert res["metrics"]["R@1"] == 1.0
     data = read_report_data(tmp_path / "res" / "report.html")
     assert len(data["queries"]) == 12 and data["counts"]["right"] == 12

@@ -14,6 +14,7 @@ from vprkit.cli import main as cli_main
 from vprkit.features import extract
 from vprkit.models import precision
 from vprkit.models.base import Backbone, BackboneOutput
+from vprkit.results import read_results
 
 
 class TinyViT(Backbone):
@@ -155,7 +156,7 @@ def test_queries_use_the_index_precision(tiny_backbone, image_folder, tmp_path):
     idx = api.index_map(image_folder, tmp_path / "idx", preset="mobilenetv2-gem", batch_size=4, precision="bf16")
     manifest = json.loads((idx / "manifest.json").read_text())
     assert manifest["conf"]["precision"] == "bf16" and '"precision": "bf16"' in manifest["model_key"]
-    res = api.localize(idx, image_folder, top_k=1, out_dir=tmp_path / "res")
+    res = read_results(api.localize(idx, image_folder, tmp_path / "res", top_k=1))
     from vprkit.features import h5io
 
     assert h5io.read_attrs(tmp_path / "res" / "query_features.h5")["model_key"] == manifest["model_key"]

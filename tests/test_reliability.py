@@ -19,7 +19,7 @@ from vprkit.features import local
 from vprkit.index import faiss_index
 from vprkit.models.base import load_state_dict
 from vprkit.rerank import base as rerank_step
-from vprkit.results import load_retrieval
+from vprkit.results import load_retrieval, read_results
 from vprkit.segvlad import api as seg_api
 from vprkit.train import checkpoint, netvlad
 
@@ -73,7 +73,7 @@ def test_every_folder_writer_refuses_a_plain_file_or_a_folder_of_user_files(tiny
                "query -o": lambda o: api.localize(tmp_path / "idx", image_folder, out_dir=o),
                "rerank -o": lambda o: rerank_step.main(chamfer, res, o),
                "train -o": lambda o: netvlad.main(netvlad.CONFIG.resolve("mobilenetv2-netvlad", {}), image_folder,
-                                                  image_folder, o, "cluster")}
+                                                  image_folder, o, mode="cluster")}
     for out in (user, tmp_path / "notes.txt"):
         for name, write in writers.items():
             with pytest.raises(safeio.InputError, match=f"{out}: exists and is not a .*refusing"):
@@ -101,9 +101,9 @@ def test_two_query_folders_with_one_name_do_not_share_cached_features(tiny_backb
     idx = _index(image_folder, tmp_path / "idx")
     qa, qb = _split(image_folder, tmp_path)
     api.localize(idx, qa, top_k=3)
-    res = api.localize(idx, qb, top_k=3)  # same default folder idx/results/query, same image names
+    res = read_results(api.localize(idx, qb, top_k=3))  # same default folder idx/results/query, same image names
     assert "6 images changed since their features were computed" in caplog.text
-    fresh = api.localize(idx, qb, top_k=3, out_dir=tmp_path / "fresh")
+    fresh = read_results(api.localize(idx, qb, tmp_path / "fresh", top_k=3))
     shared = outputs.read_predictions(idx / "results" / "query" / "predictions.txt")
     clean = outputs.read_predictions(tmp_path / "fresh" / "predictions.txt")
     np.testing.assert_array_equal(shared[2][:, 0], clean[2][:, 0])

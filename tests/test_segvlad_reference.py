@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vprkit.aggregators.vlad import VLAD
+from vprkit.results import read_results
 from vprkit.segment import get_segmenter
 from vprkit.segment.masks import (
     decode_stack,
@@ -237,9 +238,9 @@ def test_reference_preset_end_to_end(tiny_backbone, image_folder, tmp_path):
         assert len(masks) == len(group["segments"])
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in manifest["names"]))
-    res = api.localize(idx, image_folder, top_k=3, gt=str(gt))
+    res = read_results(api.localize(idx, image_folder, top_k=3, gt=str(gt)))
     assert res["scoring"] == "reference" and res["metrics"]["R@1"] == 1.0
-    res = api.localize(idx, image_folder, top_k=3, gt=str(gt), scoring="votes", out_dir=tmp_path / "votes")
+    res = read_results(api.localize(idx, image_folder, tmp_path / "votes", top_k=3, gt=str(gt), scoring="votes"))
     assert res["scoring"] == "votes" and res["metrics"]["R@1"] == 1.0
 
 

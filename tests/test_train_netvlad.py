@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone
+from conftest import TinyBackbone, use_backbone
 from PIL import Image
 
 from vprkit import api
@@ -34,8 +34,7 @@ def route(tmp_path):
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(netvlad_model, "get_backbone", lambda name, **kw: TinyBackbone())
-    monkeypatch.setattr("vprkit.features.extract.get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
 
 
 def _conf(preset="mobilenetv2-netvlad", **over):
@@ -47,7 +46,7 @@ def _conf(preset="mobilenetv2-netvlad", **over):
 
 
 def _run(route, out, conf, mode="train", **kw):
-    return netvlad.main(conf, route / "map", route / "query", out, mode, **kw)
+    return netvlad.main(conf, route / "map", route / "query", out, mode=mode, **kw)
 
 
 def _log(path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone
+from conftest import TinyBackbone, use_backbone
 from PIL import Image
 
 from vprkit import cli
@@ -73,8 +73,7 @@ def test_augmentation_keeps_size_is_seeded_and_identity_without_strength():
 @pytest.fixture
 def smooth_route(tmp_path, monkeypatch):
     """A map of 20 places along a route whose appearance drifts slowly (neighbours look alike); no queries."""
-    monkeypatch.setattr(netvlad_model, "get_backbone", lambda name, **kw: TinyBackbone())
-    monkeypatch.setattr("vprkit.features.extract.get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
     rng = np.random.default_rng(0)
     keys = rng.random((5, 16, 16, 3)) * 255
     (tmp_path / "map").mkdir()

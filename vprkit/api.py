@@ -1,28 +1,96 @@
-"""Python API: the same steps as the CLI (`vprkit index`, `vprkit query`)."""
+"""Python API: every step the CLI runs, and an in-memory path for live images.
+
+Steps (each writes a folder a user can inspect, as its `vprkit` command does): `index_map` (`vprkit index`),
+`append_map` (`index --append`), `localize` (`query`), `rerank`, `sequence`, `evaluate`, `compare`, `export`,
+`segvlad_index` / `segvlad_localize`, `train_netvlad` / `train_ames` / `train_gcsa` (`vprkit train ...`) and `serve`,
+each `step(conf, inputs, out, *, options) -> Path` (the output folder; `read_results` / `load_retrieval` read a
+results folder back, `conf(step, preset, **overrides)` gives any step's config).
+
+In memory: `model(index)` is an index's descriptor model, `describe(images, model)` gives descriptors of decoded
+images equal to those `vprkit index` / `query` compute for the same image files (one preprocessing and batching
+path, `features.extract.prepare` / `group`), and `search(index, descriptors)` ranks map images by them. The service
+and the streaming localizer (`SequenceLocalizer`) describe images the same way.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from .config import resolve
-from .data.groundtruth import ground_truth_for_kept, utm_or_none
+from .compare import main as compare
+from .config import Presets, resolve
+from .data.groundtruth import ground_truth_for_kept, load_ground_truth, utm_or_none
 from .data.images import list_images
 from .data.safeio import InputError, locked
+from .evaluation import metrics, outputs
+from .export import main as export
 from .features import extract, h5io
 from .index import faiss_index, freshness, large
 from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from .index.work import index_work, readable
-from .results import check_top_k, gt_record, query_feature_path, results_folder, write_results
+from .registry import Registry
+from .rerank.base import main as rerank
+from .results import (
+    Retrieval,
+    check_top_k,
+    gt_record,
+    load_retrieval,
+    query_feature_path,
+    read_results,
+    results_folder,
+    write_results,
+)
+from .segvlad.api import index_map as segvlad_index
+from .segvlad.api import localize as segvlad_localize
+from .sequence.localizer import SequenceLocalizer
+from .sequence.pipeline import main as sequence
+from .train.ames import main as train_ames
+from .train.gcsa import main as train_gcsa
+from .train.netvlad import main as train_netvlad
+
+__all__ = ["Matches", "Retrieval", "SequenceLocalizer", "append_map", "compare", "conf", "describe", "evaluate",
+           "export", "index_map", "load_retrieval", "localize", "model", "read_results", "rerank", "search",
+           "segvlad_index", "segvlad_localize", "sequence", "serve", "train_ames", "train_gcsa", "train_netvlad"]
 
 logger = logging.getLogger("vprkit")
+# step -> "module:CONFIG" (lazy: listing them imports each step); the re-rankers come from their own registry
+STEPS = Registry("step config", "vprkit", {
+    "index": ".features.extract:CONFIG",
+    "local features": ".features.local:CONFIG",
+    "segvlad index": ".segvlad.extract:CONFIG",
+    "sequence": ".sequence.pipeline:CONFIG",
+    "train netvlad": ".train.netvlad:CONFIG",
+    "train ames": ".train.ames:CONFIG",
+    "train gcsa": ".train.gcsa:CONFIG",
+})
 
 
-def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET,
+def step_configs() -> Iterator[Presets]:
+    """Every step's presets (what `vprkit presets` lists): the steps above, then each registered re-ranker."""
+    from . import rerank as rerankers
+
+    yield from (STEPS.load(name) for name in STEPS)
+    yield from (rerankers.get_reranker_class(method).CONFIG for method in sorted(rerankers.REGISTRY))
+
+
+def conf(step: str, preset: str | None = None, /, **overrides) -> dict:
+    """A step's config, as `--preset` and `--set` give it on the command line: `step` named as `vprkit presets`
+    lists it ('index', 'sequence', 'rerank ames', 'train gcsa', ...), its `preset` (the step's default when None),
+    then `overrides` (nested sections as dicts; unknown keys refused with the valid ones)."""
+    configs = {c.step: c for c in step_configs()}
+    if step not in configs:
+        raise ValueError(f"unknown step '{step}'; choose one of {sorted(configs)}")
+    return configs[step].resolve(preset, overrides)
+
+
+def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *,
               factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
               workers: int = 2, memory_budget: str | None = None, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
@@ -149,12 +217,13 @@ def _check_same_model(index_dir: Path, manifest: dict, preset: str | None, overr
     return extract.check_conf(changed)
 
 
-def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
+def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, preset: str | None = None,
              device: str = "cpu", report_top: int = 5, nprobe: int | None = None, verify: bool = False,
-             **overrides) -> dict:
+             **overrides) -> Path:
     """Describe queries with the map's model (`overrides`: its runtime settings), search the index, write
-    predictions (+ metrics with `gt`).
+    predictions (+ metrics with `gt`) into the returned results folder (default INDEX/results/QUERY_NAME; read it
+    back with `vprkit.results`).
 
     Warns when map images changed since indexing: a sample of them is checked, every one with `verify`."""
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
@@ -172,5 +241,58 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
         q_desc = h5io.read_global(q_feats, q_names)
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
     truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
-    return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top, gt_record(gt, threshold))
+    write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
+                  gt_record(gt, threshold))
+    return out_dir
+
+
+def evaluate(predictions: str | Path, gt: str, threshold: float | None = None, map_dir: str | Path | None = None,
+             revisited: bool = False) -> dict:
+    """`vprkit evaluate`: metrics of a predictions.txt against ground truth (`map_dir`: the full map, for exact
+    mAP; `revisited`: `gt` is a revisited Oxford / Paris gnd file)."""
+    q_names, m_names, preds, _ = outputs.read_predictions(predictions, list_images(map_dir) if map_dir else None)
+    if revisited:
+        from .evaluation import revisited as rop
+
+        return rop.evaluate(*rop.align(rop.load_gnd(gt), q_names, m_names, preds))
+    return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
+
+
+def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,
+          settings: dict | None = None, device: str = "cpu") -> None:
+    """`vprkit serve`: the HTTP localization service on an index, until stopped (needs the `serve` extra)."""
+    from .service.server import run
+
+    run(index_dir, host, port, keys, settings, device)
+
+
+def model(index: str | Path, device: str = "cpu") -> extract.Extractor:
+    """The descriptor model of an index (its preset, precision and fitted vocabulary / PCA), built once for many
+    `describe` calls."""
+    return extract.Extractor.with_state(faiss_index.read_manifest(index)["conf"], Path(index) / STATE_FILE, device)
+
+
+def describe(images: list[Image.Image], index: str | Path | extract.Extractor, device: str = "cpu") -> np.ndarray:
+    """Global descriptors (N, D) float32 of decoded images with an index's model (a folder, or `model(folder)` to
+    build it once). They equal what `vprkit index` / `vprkit query` store for the same image files (float32
+    storage): resizing (`resize_max` / `resize_min`), preprocessing and batching are the same code."""
+    ext = index if isinstance(index, extract.Extractor) else model(index, device)
+    return ext.describe_images(images)
+
+
+@dataclass
+class Matches:
+    """A search's result: per query the top map image names, their scores and index ids (best first)."""
+
+    names: list[list[str]]
+    scores: np.ndarray  # (Q, k) similarities
+    ids: np.ndarray  # (Q, k) map image numbers, -1 where the map has fewer than k images
+
+
+def search(index: str | Path | faiss_index.MapIndex, descriptors: np.ndarray, top_k: int = 20,
+           nprobe: int | None = None) -> Matches:
+    """The `top_k` map images of each descriptor (rows of `describe`) in an index (a folder, or one loaded with
+    `vprkit.index.faiss_index.load` to search many times)."""
+    mi = index if isinstance(index, faiss_index.MapIndex) else faiss_index.load(index)
+    scores, ids = mi.search(np.atleast_2d(descriptors), check_top_k(top_k), nprobe=nprobe)
+    return Matches([[mi.names[j] for j in row if j >= 0] for row in ids], scores, ids)

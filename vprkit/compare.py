@@ -46,10 +46,10 @@ def _gt_spec(results_dir: Path, gt: str | None, threshold: float | None) -> tupl
                                                    else info.get("threshold"))
 
 
-def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "compare", gt: str | None = None,
-         threshold: float | None = None, top: int = 5) -> dict:
-    """Score A and B, write OUT/report.html and OUT/compare.json; return the comparison. OUT must be empty or an
-    earlier comparison (refused before any work otherwise)."""
+def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "compare", *, gt: str | None = None,
+         threshold: float | None = None, top: int = 5) -> Path:
+    """Score A and B, write OUT/report.html and OUT/compare.json (the comparison); returns OUT. OUT must be empty or
+    an earlier comparison (refused before any work otherwise)."""
     out_dir = Path(out_dir)
     check_output(out_dir, [COMPARE_FILE], "comparison folder")
     a, b = load_retrieval(results_a), load_retrieval(results_b)
@@ -68,4 +68,4 @@ def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "co
               "metrics": {la: ma, lb: mb}, "b_wins": int((cb & ~ca).sum()), "a_wins": int((ca & ~cb).sum()),
               "both_right": int((ca & cb).sum()), "both_wrong": int((~ca & ~cb).sum()), "report": str(page)}
     outputs.write_json(out_dir / COMPARE_FILE, result)
-    return result
+    return out_dir

@@ -81,11 +81,12 @@ def export_kapture(r: Retrieval, out: Path) -> list[Path]:
     return [config, pairs_path]
 
 
-def main(results_dir: str | Path, fmt: str, out_dir: str | Path) -> list[Path]:
-    """Export the retrieval in `results_dir` as `fmt` into `out_dir`; returns the main files written."""
+def main(results_dir: str | Path, out_dir: str | Path, *, fmt: str) -> Path:
+    """Export the retrieval in `results_dir` as `fmt` (hloc, kapture) into `out_dir`, which is returned."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     r = load_retrieval(results_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return export_hloc(r, out) if fmt == "hloc" else export_kapture(r, out)
+    (export_hloc if fmt == "hloc" else export_kapture)(r, out)
+    return out

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from ..config import Presets, parse_overrides
+from ..evaluation import metrics
+from ..results import read_results
 
 
 def at_least(minimum: int, maximum: int | None = None):
@@ -73,3 +76,11 @@ def step_conf(presets: Presets, args: argparse.Namespace, flags: dict | None = N
     if "device" in conf and "device" not in over:
         conf["device"] = args.device
     return conf
+
+
+def print_results(out: Path) -> None:
+    """What `vprkit query` and `segvlad query` print: the metrics (with ground truth) and where the files are."""
+    res = read_results(out)
+    if "metrics" in res:
+        print(metrics.format_table({res["preset"]: res["metrics"]}))
+    print(f"predictions, pairs, results.json and report.html in {out}")

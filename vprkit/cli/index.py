@@ -11,7 +11,7 @@ from ..evaluation import metrics
 from ..features.extract import AUTO, CONFIG, DEFAULT_PRESET
 from ..index.faiss_index import DEFAULT_FACTORY
 from ..models.precision import CHOICES as PRECISION_CHOICES
-from .common import add_gt, add_query, add_settings, distance, overrides, positive_int
+from .common import add_gt, add_query, add_settings, distance, overrides, positive_int, print_results
 
 
 def add(sub) -> None:
@@ -104,39 +104,27 @@ def run_index(args: argparse.Namespace) -> None:
         print(f"{len(added)} images appended to {args.out}")
         return
     index_conf(args)
-    out = api.index_map(args.map_dir, args.out, args.preset or DEFAULT_PRESET, args.factory, args.device,
-                        ray=args.ray, workers=args.workers, memory_budget=args.memory_budget, **over)
+    out = api.index_map(args.map_dir, args.out, args.preset or DEFAULT_PRESET, factory=args.factory,
+                        device=args.device, ray=args.ray, workers=args.workers, memory_budget=args.memory_budget,
+                        **over)
     print(f"index written to {out}")
 
 
 def run_query(args: argparse.Namespace) -> None:
-    res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold, args.preset,
-                       args.device, nprobe=args.nprobe, verify=args.verify, **overrides(args))
-    if "metrics" in res:
-        print(metrics.format_table({res["preset"]: res["metrics"]}))
-    print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+    print_results(api.localize(args.index_dir, args.query_dir, args.out, top_k=args.top_k, gt=args.gt,
+                               threshold=args.threshold, preset=args.preset, device=args.device, nprobe=args.nprobe,
+                               verify=args.verify, **overrides(args)))
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from ..data.groundtruth import load_ground_truth
-    from ..data.images import list_images
-    from ..evaluation import outputs
-
-    q_names, m_names, preds, _ = outputs.read_predictions(args.predictions,
-                                                          list_images(args.map_dir) if args.map_dir else None)
-    if args.revisited:
-        from ..evaluation import revisited as rop
-
-        res = rop.evaluate(*rop.align(rop.load_gnd(args.gt), q_names, m_names, preds))
-    else:
-        res = metrics.evaluate(preds, load_ground_truth(args.gt, q_names, m_names, args.threshold))
-    print(json.dumps(res, indent=1))
+    print(json.dumps(api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited), indent=1))
 
 
 def run_compare(args: argparse.Namespace) -> None:
     from .. import compare
 
-    res = compare.main(args.results_a, args.results_b, args.out, args.gt, args.threshold)
+    out = compare.main(args.results_a, args.results_b, args.out, gt=args.gt, threshold=args.threshold)
+    res = json.loads((out / compare.COMPARE_FILE).read_text(encoding="utf-8"))
     print(metrics.format_table(res["metrics"]))
     print(f"B right where A wrong: {res['b_wins']}, A right where B wrong: {res['a_wins']} "
           f"(both right {res['both_right']}, both wrong {res['both_wrong']})\nreport: {res['report']}")
@@ -145,7 +133,7 @@ def run_compare(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from .. import export
 
-    print("\n".join(map(str, export.main(args.results_dir, args.format, args.out))))
+    print(f"{args.format} files in {export.main(args.results_dir, args.out, fmt=args.format)}")
 
 
 def run_demo(args: argparse.Namespace) -> None:

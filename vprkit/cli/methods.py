@@ -8,7 +8,8 @@ import json
 from .. import rerank
 from ..evaluation import metrics
 from ..rerank import base as rerank_step
-from .common import add_gt, add_query, add_settings, at_least, overrides, positive_int, step_conf
+from ..results import read_results
+from .common import add_gt, add_query, add_settings, at_least, overrides, positive_int, print_results, step_conf
 
 
 def add(sub) -> None:
@@ -43,11 +44,12 @@ def rerank_conf(args: argparse.Namespace) -> dict:
 
 def run_rerank(args: argparse.Namespace) -> None:
     """Re-rank, print global vs re-ranked metrics."""
-    res = rerank_step.main(rerank_conf(args), args.results_dir, args.out, args.gt, args.threshold, args.num_rerank,
-                           args.match_figures)
+    out = rerank_step.main(rerank_conf(args), args.results_dir, args.out, gt=args.gt, threshold=args.threshold,
+                           num_rerank=args.num_rerank, match_figures=args.match_figures)
+    res = read_results(out)
     if "metrics" in res:
         print(metrics.format_table({"global": res["metrics_global"], f"{args.method}": res["metrics"]}))
-    print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+    print(f"predictions, pairs, results.json and report.html in {out}")
 
 
 def match_two_conf(args: argparse.Namespace) -> dict:
@@ -91,18 +93,16 @@ def run_segvlad_index(args: argparse.Namespace) -> None:
     from ..segvlad import api as seg_api
 
     segvlad_conf(args)
-    out = seg_api.index_map(args.map_dir, args.out, args.preset, args.device, **overrides(args))
+    out = seg_api.index_map(args.map_dir, args.out, args.preset, device=args.device, **overrides(args))
     print(f"SegVLAD index written to {out}")
 
 
 def run_segvlad_query(args: argparse.Namespace) -> None:
     from ..segvlad import api as seg_api
 
-    res = seg_api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
-                           args.device, top_k_segments=args.top_k_segments, scoring=args.scoring)
-    if "metrics" in res:
-        print(metrics.format_table({res["preset"]: res["metrics"]}))
-    print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")
+    print_results(seg_api.localize(args.index_dir, args.query_dir, args.out, top_k=args.top_k, gt=args.gt,
+                                   threshold=args.threshold, device=args.device, top_k_segments=args.top_k_segments,
+                                   scoring=args.scoring))
 
 
 def _add_sequence(sub) -> None:
@@ -131,11 +131,10 @@ def run_sequence(args: argparse.Namespace) -> None:
     from ..sequence import pipeline as seq
 
     conf = sequence_conf(args)
-    if args.query_dir is None:
-        res = seq.main(conf, None, None, args.out, args.gt, args.threshold, args.source, args.device)
-    else:
-        res = seq.main(conf, args.source, args.query_dir, args.out, args.gt, args.threshold, device=args.device)
+    out = seq.main(conf, args.source, args.query_dir, args.out, gt=args.gt, threshold=args.threshold,
+                   device=args.device)
+    res = read_results(out)
     if "metrics" in res:
         keys = ("R@1", "R@5", "Rec@100P", "Rec@99P", "AUC-PR")
         print(metrics.format_table({"single image": res["metrics_single"], conf["preset"]: res["metrics"]}, keys))
-    print(f"predictions, sequence.txt, results.json and report.html in {res['out_dir']}")
+    print(f"predictions, sequence.txt, results.json and report.html in {out}")

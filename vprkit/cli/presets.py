@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 
-from ..config import Presets
-from ..registry import Registry
-
-# step -> "module:CONFIG" (lazy: listing them imports each step); the re-rankers come from their own registry
-STEPS = Registry("step config", "vprkit", {
-    "index": ".features.extract:CONFIG",
-    "local features": ".features.local:CONFIG",
-    "segvlad index": ".segvlad.extract:CONFIG",
-    "sequence": ".sequence.pipeline:CONFIG",
-    "train netvlad": ".train.netvlad:CONFIG",
-    "train ames": ".train.ames:CONFIG",
-    "train gcsa": ".train.gcsa:CONFIG",
-})
+from ..api import step_configs
 
 
 def add(sub) -> None:
@@ -26,14 +13,6 @@ def add(sub) -> None:
     s = sub.add_parser("presets", help="list the named presets of every step")
     s.add_argument("step", nargs="?", help="only this step's (index, rerank patchnetvlad, train ames, ...)")
     s.set_defaults(func=run_presets)
-
-
-def step_configs() -> Iterator[Presets]:
-    """Every step's presets: the steps above, then each registered re-ranker."""
-    from .. import rerank
-
-    yield from (STEPS.load(name) for name in STEPS)
-    yield from (rerank.get_reranker_class(method).CONFIG for method in sorted(rerank.REGISTRY))
 
 
 def run_presets(args: argparse.Namespace) -> None:

@@ -60,8 +60,8 @@ def netvlad_conf(args: argparse.Namespace) -> dict:
 def run_netvlad(args: argparse.Namespace) -> None:
     from ..train import netvlad
 
-    res = netvlad.main(netvlad_conf(args), args.map_dir, args.query_dir, args.out, args.mode, not args.restart,
-                       args.checkpoint, args.split, args.device)
+    res = netvlad.main(netvlad_conf(args), args.map_dir, args.query_dir, args.out, mode=args.mode,
+                       resume=not args.restart, checkpoint=args.checkpoint, split=args.split, device=args.device)
     if args.mode == "test":
         print(metrics.format_table({args.checkpoint or "untrained (k-means)": res}))
     else:
@@ -77,7 +77,8 @@ def ames_conf(args: argparse.Namespace) -> dict:
 def run_ames(args: argparse.Namespace) -> None:
     from ..train import ames
 
-    best = ames.main(ames_conf(args), args.results_dir, args.out, args.gt, args.threshold, not args.restart)
+    best = ames.main(ames_conf(args), args.results_dir, args.out, gt=args.gt, threshold=args.threshold,
+                     resume=not args.restart)
     print(f"best model: {best} (use: vprkit rerank RESULTS --method ames --set checkpoint={best})")
 
 
@@ -90,8 +91,8 @@ def gcsa_conf(args: argparse.Namespace) -> dict:
 def run_gcsa(args: argparse.Namespace) -> None:
     from ..train import gcsa
 
-    path = gcsa.main(gcsa_conf(args), args.results_dir, args.gt, args.out, args.map_sideinfo, args.query_sideinfo,
-                     args.threshold, not args.restart)
+    path = gcsa.main(gcsa_conf(args), args.results_dir, args.out, gt=args.gt, map_sideinfo=args.map_sideinfo,
+                     query_sideinfo=args.query_sideinfo, threshold=args.threshold, resume=not args.restart)
     print(f"checkpoint: {path}")
 
 

@@ -17,6 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -152,14 +153,61 @@ def _plots(d: ReportData, out: Path) -> tuple[list[dict], dict[str, dict]]:
     return figs, pr_numbers
 
 
-def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
-    """Per-query rows in display order, the referenced map images ([name, thumbnail]), and counts per filter.
+class MapThumb(NamedTuple):
+    """A map image the page shows: its name and thumbnail file (rows refer to it by its number in `maps`)."""
 
-    A row (read by report.js by position, to keep data.js small): [query name, thumbnail, status, top map refs,
-    their scores, their correctness (0/1), a positive's map ref for wrong rows (-1 otherwise), change against the
-    baseline (1 fixed, -1 broken, 0), the baseline's top-1 map ref when changed (-1 otherwise), the match
-    figure [file under matches/, inliers per patch size] (0 when the query has none)].
-    """
+    name: str
+    thumb: str
+
+
+class FigureRef(NamedTuple):
+    """A row's match figure: its file under matches/ and the inliers per patch size."""
+
+    src: str
+    inliers: dict[str, int]
+
+
+class QueryRow(NamedTuple):
+    """One query as the page shows it. Written to data.js as a JSON array (a NamedTuple serialises as one, which
+    keeps data.js small for 100k queries); report.js reads the fields in this order."""
+
+    name: str
+    thumb: str
+    status: str  # right / wrong / nopos / nogt
+    top: list[int]  # map refs (numbers in `maps`) of the top predictions
+    scores: list[float]
+    correct: list[int]  # 0/1 per top prediction
+    positive: int  # a positive's map ref for a wrong query, else -1
+    change: int  # against the baseline: 1 fixed, -1 broken, 0
+    baseline_top1: int  # the baseline's top-1 map ref when changed, else -1
+    figure: FigureRef | int  # 0 when the query has none
+
+
+class MapRefs:
+    """The map images the rows refer to, numbered in first-use order, each with its thumbnail made once."""
+
+    def __init__(self, d: ReportData, folder: Path) -> None:
+        self.d, self.folder = d, folder
+        self.number: dict[int, int] = {}
+        self.thumbs: list[MapThumb] = []
+
+    def __call__(self, j: int) -> int:
+        if j not in self.number:
+            self.number[j] = len(self.thumbs)
+            name = self.d.m_names[j]
+            self.thumbs.append(MapThumb(name, thumbnail(self.d.m_root / name, self.folder)))
+        return self.number[j]
+
+
+def _changes(d: ReportData, gt: M.GroundTruth | None, correct: np.ndarray | None) -> np.ndarray:
+    """Per query, against the baseline's top-1: 1 fixed, -1 broken, 0 (also without a baseline or ground truth)."""
+    if gt is None or d.baseline is None:
+        return np.zeros(len(d.q_names), dtype=int)
+    return correct.astype(int) - M.top1_correct(d.baseline.ids, gt)[0].astype(int)
+
+
+def _rows(d: ReportData, out: Path) -> tuple[list[QueryRow], list[MapThumb], dict]:
+    """Per-query rows in display order, the map images they refer to, and the number of queries per filter."""
     qdir, mdir = out / "thumbs" / "q", out / "thumbs" / "m"
     qdir.mkdir(parents=True, exist_ok=True)
     mdir.mkdir(parents=True, exist_ok=True)
@@ -167,33 +215,24 @@ def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
     gt = M.GroundTruth(d.positives) if d.positives is not None else None
     correct, has_pos = M.top1_correct(d.ranking.ids, gt) if gt else (None, None)
     status = _status(correct, has_pos, len(d.q_names))
-    change = np.zeros(len(d.q_names), dtype=int)
-    if gt is not None and d.baseline is not None:
-        before = M.top1_correct(d.baseline.ids, gt)[0]
-        change = correct.astype(int) - before.astype(int)  # 1 fixed, -1 broken
-    m_ref: dict[int, int] = {}
-    maps: list[list[str]] = []
-
-    def ref(j: int) -> int:
-        if j not in m_ref:
-            m_ref[j] = len(maps)
-            maps.append([d.m_names[j], thumbnail(d.m_root / d.m_names[j], mdir)])
-        return m_ref[j]
-
+    change = _changes(d, gt, correct)
+    ref = MapRefs(d, mdir)
     figures = d.match_figures or {}
     rows = []
     for qi in _order(status, d.ranking.scores[:, 0]):
         valid = ids[qi] >= 0
         pos = set(d.positives[qi].tolist()) if d.positives is not None else set()
-        first_pos = ref(int(d.positives[qi][0])) if status[qi] == "wrong" else -1
+        positive = ref(int(d.positives[qi][0])) if status[qi] == "wrong" else -1
         was = ref(int(d.baseline.ids[qi, 0])) if change[qi] and d.baseline.ids[qi, 0] >= 0 else -1
-        rows.append([d.q_names[qi], thumbnail(d.q_root / d.q_names[qi], qdir), status[qi],
-                     [ref(int(j)) for j in ids[qi][valid]], [round(float(s), 4) for s in scores[qi][valid]],
-                     [int(int(j) in pos) for j in ids[qi][valid]], first_pos, int(change[qi]), was,
-                     [figures[qi].src, figures[qi].inliers()] if qi in figures else 0])
+        top = [int(j) for j in ids[qi][valid]]
+        rows.append(QueryRow(
+            name=d.q_names[qi], thumb=thumbnail(d.q_root / d.q_names[qi], qdir), status=status[qi],
+            top=[ref(j) for j in top], scores=[round(float(s), 4) for s in scores[qi][valid]],
+            correct=[int(j in pos) for j in top], positive=positive, change=int(change[qi]), baseline_top1=was,
+            figure=FigureRef(figures[qi].src, figures[qi].inliers()) if qi in figures else 0))
     counts = {s: status.count(s) for s in STATUS_ORDER}
     counts.update(fixed=int((change > 0).sum()), broken=int((change < 0).sum()), all=len(status))
-    return rows, maps, counts
+    return rows, ref.thumbs, counts
 
 
 def _metrics_table(d: ReportData, pr_numbers: dict[str, dict]) -> dict[str, dict]:

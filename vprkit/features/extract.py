@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
 from ..config import Presets, require_counts
-from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
+from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride, upright_rgb
 from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone
 from ..models import checkpoint as trained
@@ -125,32 +125,55 @@ def model_key(conf: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
-            transform: Callable[[Image.Image], Image.Image] | None = None
-            ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
-    """Yield (names, images, failures) batches of up to conf['batch_size'] equal-sized images, preprocessed
-    for `backbone` as the preset says; unreadable files are logged and go to failures. A size-keeping
-    `transform` (training augmentation) acts on each resized image before the backbone's preprocessing."""
-    stride, pre = backbone.stride, conf["preprocessing"]
+def prepare(img: Image.Image, conf: dict, backbone: Backbone,
+            transform: Callable[[Image.Image], Image.Image] | None = None) -> torch.Tensor:
+    """The backbone input (C, H, W) of one decoded RGB image, resized as the preset says (`resize_max`, or
+    `resize_min` when given) to a multiple of the stride. Every caller (offline extraction, the Python API, the
+    service, the streaming localizer, the service re-ranker) goes through here, so a live image is described
+    exactly as the same image offline. A size-keeping `transform` (training augmentation) acts on the resized
+    image before the backbone's preprocessing."""
+    pre = conf["preprocessing"]
+    img = resize_to_stride(img, pre.get("resize_max"), backbone.stride, pre.get("resize_min"))
+    return backbone.preprocess(transform(img) if transform else img)
+
+
+def group(prepared: Iterable[tuple[str, torch.Tensor | None]], batch_size: int
+          ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+    """(names, stacked tensors, failures) batches of up to `batch_size` consecutive equal-sized inputs; an input
+    given as None failed and goes to failures. The one batching rule of offline and in-memory description (the
+    batch a descriptor was computed in must not differ between the two)."""
     batch_names: list[str] = []
     tensors: list[torch.Tensor] = []
     failed: list[str] = []
-    for name in names:
-        try:
-            img = resize_to_stride(load_image(root / name, conf["max_pixels"]), pre.get("resize_max"), stride,
-                                   pre.get("resize_min"))
-        except ImageError as exc:
-            logger.warning("skipping %s", exc)
+    for name, x in prepared:
+        if x is None:
             failed.append(name)
             continue
-        x = backbone.preprocess(transform(img) if transform else img)
-        if tensors and (x.shape != tensors[0].shape or len(tensors) == conf["batch_size"]):
+        if tensors and (x.shape != tensors[0].shape or len(tensors) == batch_size):
             yield batch_names, torch.stack(tensors), failed
             batch_names, tensors, failed = [], [], []
         batch_names.append(name)
         tensors.append(x)
     if tensors or failed:
         yield batch_names, torch.stack(tensors) if tensors else torch.empty(0), failed
+
+
+def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
+            transform: Callable[[Image.Image], Image.Image] | None = None
+            ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+    """Yield (names, images, failures) batches of the image files `names` under `root` (see `prepare` and
+    `group`); unreadable files are logged and go to failures."""
+    def read() -> Iterator[tuple[str, torch.Tensor | None]]:
+        for name in names:
+            try:
+                img = load_image(root / name, conf["max_pixels"])
+            except ImageError as exc:
+                logger.warning("skipping %s", exc)
+                yield name, None
+                continue
+            yield name, prepare(img, conf, backbone, transform)
+
+    return group(read(), conf["batch_size"])
 
 
 class Extractor:
@@ -187,9 +210,34 @@ class Extractor:
         side -= side % self.backbone.stride
         return side, side
 
+    @classmethod
+    def with_state(cls, conf: dict, state_path: str | Path | None, device: str = "cpu") -> Extractor:
+        """The extractor of an existing index: `conf` from its manifest, its fitted vocabulary / PCA loaded from
+        `state_path` (presets with nothing fitted have none)."""
+        ext = cls(conf, device)
+        if ext.aggregator.needs_fit:
+            if state_path is None or not Path(state_path).is_file():
+                raise FileNotFoundError(f"{state_path}: the fitted aggregator of this index is missing")
+            ext.load_state(Path(state_path))
+        return ext
+
     def batches(self, root: Path, names: list[str]) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
         """Yield (names, images, failures) batches of equal-sized images; bad files go to failures."""
         return batches(self.backbone, self.conf, root, names)
+
+    def prepare(self, img: Image.Image) -> torch.Tensor:
+        """The backbone input of one decoded image (see `prepare`)."""
+        return prepare(img, self.conf, self.backbone)
+
+    def describe_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Global descriptors (N, D) float32 of images in memory (any mode, EXIF orientation applied: as a file is
+        decoded), batched as offline extraction batches them, so they equal the descriptors `main` writes for the
+        same image files (at fp32 storage)."""
+        prepared = ((str(i), self.prepare(upright_rgb(img))) for i, img in enumerate(images))
+        out = [self.describe(x)[0] for _, x, _ in group(prepared, self.conf["batch_size"])]
+        if not out:
+            return np.zeros((0, self.aggregator.output_dim(self.backbone.dim)), np.float32)
+        return np.concatenate(out).astype(np.float32)
 
     @torch.no_grad()
     def local(self, images: torch.Tensor):

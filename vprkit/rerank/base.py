@@ -60,9 +60,10 @@ class Reranker(ABC):
         return None
 
 
-def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None, gt: str | None = None,
-         threshold: float | None = None, num_rerank: int | None = None, match_figures: int = MATCH_FIGURES) -> dict:
-    """Re-rank the top `num_rerank` of a global retrieval with `conf['method']`; write outputs and metrics.
+def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None, *, gt: str | None = None,
+         threshold: float | None = None, num_rerank: int | None = None, match_figures: int = MATCH_FIGURES) -> Path:
+    """Re-rank the top `num_rerank` of a global retrieval with `conf['method']`; write outputs and metrics into
+    the returned folder (default RESULTS_DIR/rerank-METHOD-PRESET; read it back with `vprkit.results`).
 
     The report shows match figures for the first `match_figures` queries in its order (failures first)
     when the method has verified correspondences (Patch-NetVLAD)."""
@@ -89,4 +90,4 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
                            retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline,
                            match_figures=figures, match_limit=match_figures)
     reranker.finish(out_dir, cand, ids, scores, result, truth)
-    return result
+    return out_dir

@@ -23,7 +23,7 @@ logger = logging.getLogger("vprkit")
 STATE_FILE, MAP_FEATURES = SEGMENT_STATE, SEGMENT_FEATURES
 
 
-def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, device: str = "cpu",
+def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *, device: str = "cpu",
               **overrides) -> Path:
     """Segment and describe the map, store all segments; resumable, the folder appears only when complete."""
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
@@ -50,10 +50,10 @@ def load_manifest(index_dir: Path) -> dict:
     return manifest
 
 
-def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
+def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, device: str = "cpu", report_top: int = 5,
              top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None,
-             verify: bool = False) -> dict:
+             verify: bool = False) -> Path:
     """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`).
 
     `scoring` (default: the index's preset): `votes` scores each query on its own (serving); `reference`
@@ -84,8 +84,9 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
     truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold) if gt is not None else None
-    return write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top, {"queries_without_votes": empty, "scoring": scoring})
+    write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
+                  {"queries_without_votes": empty, "scoring": scoring})
+    return out_dir
 
 
 def read_segments(features: str | Path | h5py.File, names: list[str]) -> list[np.ndarray]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.images import resize_to_stride
 from ..features import extract, h5io
 from ..index import faiss_index
 from ..index.layout import MAP_FEATURES, STATE_FILE
@@ -61,18 +60,14 @@ class SequenceLocalizer:
         return other
 
     def describe(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        """Global descriptor of one image with the index's model."""
+        """Global descriptor of one image with the index's model, computed as offline extraction computes it."""
         if self._extractor is None:
             if self.index_dir is None:
                 raise ValueError("images need the index folder (its model); pass descriptors to a loaded MapIndex")
-            self._extractor = extract.Extractor(self.index.manifest["conf"], self.device)
-            state = self.index_dir / STATE_FILE
-            if self._extractor.aggregator.needs_fit:
-                self._extractor.load_state(state)
-        ext = self._extractor
+            self._extractor = extract.Extractor.with_state(self.index.manifest["conf"],
+                                                           self.index_dir / STATE_FILE, self.device)
         img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-        img = resize_to_stride(img.convert("RGB"), ext.conf["preprocessing"].get("resize_max"), ext.backbone.stride)
-        return ext.describe(ext.backbone.preprocess(img)[None])[0][0]
+        return self._extractor.describe_images([img])[0]
 
     def add(self, frame: Image.Image | np.ndarray) -> tuple[int, float]:
         """Localize the next frame of the stream: (map image number, confidence)."""

@@ -116,17 +116,13 @@ def _queries(index_dir: Path, manifest: dict, query_dir: str | Path | None, resu
         return q_dir, q_all, q_names, h5io.read_global(feats, q_names)
 
 
-def main(conf: dict, index_dir: str | Path | None, query_dir: str | Path | None = None,
-         out_dir: str | Path | None = None, gt: str | None = None, threshold: float | None = None,
-         results_dir: str | Path | None = None, device: str = "cpu") -> dict:
-    """Sequence-match a query folder against an index, or the queries of a `vprkit query` results folder (index
-    None: the one it was made with); write predictions, results.json (+ sequence and single-image metrics with
-    `gt`), report.html and sequence.txt."""
-    if (query_dir is None) == (results_dir is None):
-        raise ValueError("give either a query folder or a `vprkit query` results folder")
-    if index_dir is None:
-        index_dir = read_results(results_dir)["index"]
-    index_dir = Path(index_dir)
+def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, out_dir: str | Path | None = None,
+         *, gt: str | None = None, threshold: float | None = None, device: str = "cpu") -> Path:
+    """Sequence-match a query folder against the index `source`, or (no `query_dir`) the queries of the `vprkit
+    query` results folder `source` on its own index; write predictions, results.json (+ sequence and single-image
+    metrics with `gt`), report.html and sequence.txt into the returned folder."""
+    results_dir = Path(source) if query_dir is None else None
+    index_dir = Path(read_results(source)["index"] if results_dir is not None else source)
     mi = faiss_index.load(index_dir)
     freshness.warn_if_changed(mi, index_dir)
     base = Path(results_dir) if results_dir is not None else index_dir / "results" / Path(query_dir).name
@@ -147,8 +143,9 @@ def main(conf: dict, index_dir: str | Path | None, query_dir: str | Path | None 
         s_scores, s_ids = mi.search(q_desc[q_lay.order], conf["top_k"])
         extra["metrics_single"] = metrics.evaluate(s_ids, truth, scores=s_scores)
     title = f"vprkit: {q_dir.name} on {index_dir.name}, sequence matching ({conf['preset']})"
-    return write_results(out_dir, index_dir, q_dir, mi.manifest, q_all, stream, ids, scores, conf["top_k"], truth,
-                             extra=extra, title=title, confidence=confidence)
+    write_results(out_dir, index_dir, q_dir, mi.manifest, q_all, stream, ids, scores, conf["top_k"], truth,
+                  extra=extra, title=title, confidence=confidence)
+    return out_dir
 
 
 def write_sequence(path: Path, queries: list[str], estimates: list[str], confidence: np.ndarray) -> None:

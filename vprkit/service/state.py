@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.images import ImageError, PixelLimitError, decode_image, load_image, resize_to_stride
+from ..data.images import ImageError, PixelLimitError, decode_image, load_image
 from ..features.extract import Extractor
 from ..index.growing import MapWriter
 from ..index.layout import STATE_FILE
@@ -55,9 +55,7 @@ class Service:
         self.s = {**DEFAULTS, **(settings or {})}
         self.keys = KeyStore(keys, token)  # first: a bad keys file is refused before the model loads
         self.writer = MapWriter(index_dir, self.s["compact_every"])
-        self.ext = Extractor(self.writer.map.manifest["conf"], device)
-        if self.ext.aggregator.needs_fit:
-            self.ext.load_state(Path(index_dir) / STATE_FILE)
+        self.ext = Extractor.with_state(self.writer.map.manifest["conf"], Path(index_dir) / STATE_FILE, device)
         self.metrics = Metrics()
         self.batcher = Batcher(lambda x: self.ext.describe(x)[0].astype(np.float32), self.s["max_batch"],
                                self.s["batch_wait_ms"] / 1000, self.metrics.batch.observe)
@@ -122,8 +120,7 @@ class Service:
     def prepare(self, data: bytes):
         """Uploaded bytes -> (decoded image, the model's input tensor): the service's one preprocessing call."""
         img = self.decode(data)
-        resized = resize_to_stride(img, self.ext.conf["preprocessing"].get("resize_max"), self.ext.backbone.stride)
-        return img, self.ext.backbone.preprocess(resized)
+        return img, self.ext.prepare(img)  # as offline extraction prepares the same file (resize_max / resize_min)
 
     async def describe(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess in a worker thread, then the batched forward pass."""

@@ -156,7 +156,7 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
     return fconf, torch.from_numpy(local.read_rows(q_path)), torch.from_numpy(local.read_rows(m_path))
 
 
-def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, threshold: float | None = None,
+def main(conf: dict, results_dir: str | Path, out_dir: str | Path, *, gt: str, threshold: float | None = None,
          resume: bool = True) -> Path:
     """Train on the retrieval in `results_dir` with ground truth `gt`; returns the best checkpoint's path."""
     out_dir = run_folder(out_dir)

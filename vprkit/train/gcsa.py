@@ -186,8 +186,8 @@ def train(conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_d
     return final
 
 
-def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_sideinfo: str | None,
-         query_sideinfo: str | None, threshold: float | None = None, resume: bool = True) -> Path:
+def main(conf: dict, results_dir: str | Path, out_dir: str | Path, *, gt: str, map_sideinfo: str | None = None,
+         query_sideinfo: str | None = None, threshold: float | None = None, resume: bool = True) -> Path:
     """Train GCSA on a `vprkit query` results folder of training queries; returns the checkpoint path.
     A run found in `out_dir` is continued (same settings, more epochs allowed) when `resume`."""
     out_dir = run_folder(out_dir)

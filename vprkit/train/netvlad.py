@@ -78,7 +78,7 @@ MODES = ("cluster", "train", "test")
 CONFIG = Presets("train netvlad", DEFAULT_CONF, CONFS, DEFAULT_PRESET)
 
 
-def main(conf: dict, map_dir: str | Path, query_dir: str | Path | None, out_dir: str | Path, mode: str = "train",
+def main(conf: dict, map_dir: str | Path, query_dir: str | Path | None, out_dir: str | Path, *, mode: str = "train",
          resume: bool = True, checkpoint: str | Path | None = None, split: str = "test",
          device: str = "cpu") -> dict:
     """Run one mode: `cluster` (writes OUT/centroids.npz), `train` (OUT/last.pt, best.pt, log.csv) or
