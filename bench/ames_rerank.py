@@ -26,8 +26,8 @@ from vprkit.data.images import list_images
 from vprkit.rerank import base as rerank_step
 from vprkit.rerank import get_reranker_class
 from vprkit.rerank.ames import AMESReranker, tune_fusion
-from vprkit.rerank.base import load_retrieval
 from vprkit.rerank.chamfer import ChamferReranker
+from vprkit.results import load_retrieval
 from vprkit.train import ames as train_ames
 
 # set -> (folder, map, queries, ground truth spec, threshold)

@@ -24,8 +24,8 @@ from vprkit.data.images import list_images
 from vprkit.data.sideinfo import load_sideinfo, noise_model, simulate_prior
 from vprkit.evaluation import metrics
 from vprkit.rerank import base as rerank_step
-from vprkit.rerank.base import load_retrieval
 from vprkit.rerank.gcsa import GCSAReranker, order
+from vprkit.results import load_retrieval
 from vprkit.train import gcsa as train_gcsa
 
 THRESHOLD = 2  # a map image is a positive within +-2 places

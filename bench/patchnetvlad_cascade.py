@@ -40,8 +40,8 @@ from vprkit import api
 from vprkit.data.images import list_images
 from vprkit.features import patches
 from vprkit.rerank import spatial
-from vprkit.rerank.base import load_retrieval
 from vprkit.rerank.patchnetvlad import CASCADE_SHARED, Matcher, PatchNetVLAD
+from vprkit.results import load_retrieval
 
 SECONDS = {"ransac_inliers": 0.0, "nearest": 0.0}  # time inside these `spatial` functions (reference: 1 thread)
 

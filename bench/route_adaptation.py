@@ -23,7 +23,7 @@ from netvlad_training import NORDLAND, overrides
 
 from vprkit.cli import parse_overrides
 from vprkit.evaluation.metrics import format_table
-from vprkit.train import netvlad
+from vprkit.train import netvlad, netvlad_model
 
 PRESET = "mobilenetv2-netvlad-vprkit"  # plain triplet loss, nearest negatives: the best row of docs/training.md
 KEYS = ("R@1", "R@5", "R@10")
@@ -52,7 +52,7 @@ def score(ev: netvlad.Session, state: dict | Path) -> dict:
         ev.load(state, restore_rng=False)
     else:
         ev.model.load_state_dict(state)
-    return netvlad.recall(ev.model, *ev.banks["test"], ev.places["test"])
+    return netvlad_model.recall(ev.model, *ev.banks["test"], ev.places["test"])
 
 
 def adapt(ev: netvlad.Session, lf: netvlad.Session, results: dict, seconds: dict, name: str) -> None:

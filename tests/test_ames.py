@@ -507,7 +507,7 @@ def test_rerank_fp_and_binary_follow_the_score_formula(retrieval, tmp_path):
 
     from vprkit.cli import main
     from vprkit.models.ames import load_ames
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, gt = retrieval
     fp_dir, bin_dir = tmp_path / "fp", tmp_path / "bin"
@@ -572,7 +572,7 @@ def test_bf16_scores_stay_close_to_fp32_and_unknown_precisions_are_refused():
 @pytest.mark.slow
 def test_rerank_with_an_authors_checkpoint(retrieval, tmp_path):
     from vprkit.rerank.ames import AMESReranker
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, _ = retrieval
     for dim in (8, 16):  # the tiny backbone gives 8-d descriptors

@@ -53,7 +53,7 @@ def test_whitening_decorrelates_the_normalised_map_sample_and_scores_match_numpy
 
 def test_rerank_follows_the_fusion_formula_and_ranks_each_image_first(retrieval, tmp_path, capsys):
     from vprkit.cli import main
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, gt = retrieval
     out = tmp_path / "rr"

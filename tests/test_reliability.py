@@ -19,7 +19,7 @@ from vprkit.features import local
 from vprkit.index import faiss_index
 from vprkit.models.base import load_state_dict
 from vprkit.rerank import base as rerank_step
-from vprkit.rerank.base import load_retrieval
+from vprkit.results import load_retrieval
 from vprkit.segvlad import api as seg_api
 from vprkit.train import checkpoint, netvlad
 

@@ -8,7 +8,8 @@ from report_helpers import read_report_data
 
 from vprkit import rerank
 from vprkit.cli import main, parse_overrides
-from vprkit.rerank.base import Reranker, load_retrieval
+from vprkit.rerank.base import Reranker
+from vprkit.results import load_retrieval
 
 
 class Reverse(Reranker):

@@ -244,7 +244,7 @@ def test_reference_preset_end_to_end(tiny_backbone, image_folder, tmp_path):
 
 
 def test_randomized_pca_beyond_the_exact_limit_agrees_with_the_exact_one():
-    from vprkit.aggregators.vlad import fit_pca
+    from vprkit.models.pca import fit_pca
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(400, 60)) * (0.7 ** np.arange(60))  # well separated variances
@@ -256,8 +256,8 @@ def test_randomized_pca_beyond_the_exact_limit_agrees_with_the_exact_one():
 
 def test_reranker_reference_scoring_normalises_over_the_run(tmp_path, monkeypatch):
     """Two queries, three candidates each; unit segment descriptors in 2-D so the cosines are hand-made."""
-    from vprkit.rerank.base import Retrieval
     from vprkit.rerank.segvlad import SegVLADReranker
+    from vprkit.results import Retrieval
 
     def unit(deg):
         return np.array([[np.cos(np.radians(d)), np.sin(np.radians(d))] for d in deg], np.float32)

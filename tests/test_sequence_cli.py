@@ -10,6 +10,7 @@ from PIL import Image
 from vprkit.cli import main
 from vprkit.models.pixels import Pixels, patch_normalise
 from vprkit.sequence.localizer import SequenceLocalizer
+from vprkit.sequence.pipeline import read_sequence
 
 
 def test_patch_normalise_hand_case():
@@ -36,7 +37,7 @@ def test_sequence_cli_and_stream(tmp_path, capsys):
     for key in ("R@1", "AUC-PR", "Rec@100P", "Rec@99P"):
         assert 0 <= out["metrics"][key] <= 1 and 0 <= out["metrics_single"][key] <= 1
     assert (res / "report.html").is_file() and (res / "predictions.txt").is_file()
-    seq = [line.split() for line in (res / "sequence.txt").read_text().splitlines()[1:]]
+    seq = read_sequence(res / "sequence.txt")
     assert len(seq) == out["num_queries"] == 111
     # the stream API gives the batch's online estimates, frame by frame, from the images themselves
     loc = SequenceLocalizer(idx, {**out["conf"]})

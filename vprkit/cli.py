@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="positive distance (m; frames for 'sequence')")
     s.add_argument("--preset", help="refuse to run unless the index was built with this preset")
     s.add_argument("--nprobe", type=int, help="IVF lists visited per query (IVF indexes only; more = exact-er)")
+    s.add_argument("--verify", action="store_true",
+                   help="check every map image against the index for changes since indexing (default: a sample)")
 
     s = sub.add_parser("evaluate", help="metrics of a predictions.txt against ground truth")
     s.add_argument("predictions")
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"index written to {out}")
         elif args.command == "query":
             res = api.localize(args.index_dir, args.query_dir, args.top_k, args.out, args.gt, args.threshold,
-                               args.preset, args.device, nprobe=args.nprobe)
+                               args.preset, args.device, nprobe=args.nprobe, verify=args.verify)
             if "metrics" in res:
                 print(metrics.format_table({res["preset"]: res["metrics"]}))
             print(f"predictions, pairs, results.json and report.html in {res['out_dir']}")

@@ -7,19 +7,21 @@ reverse (A wins).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .data.groundtruth import ground_truth_for_kept
 from .data.images import list_images
+from .data.safeio import check_output
 from .evaluation import metrics, outputs, report
-from .rerank.base import RESULTS_FILE, Retrieval, load_retrieval
+from .results import REPORT_FILE, RESULTS_FILE, Retrieval, load_retrieval, read_results
+
+COMPARE_FILE = "compare.json"
 
 
 def _label(r: Retrieval, tag: str) -> str:
-    info = json.loads((r.results_dir / RESULTS_FILE).read_text())
+    info = read_results(r.results_dir)
     method = info.get("conf", {}).get("method") or info.get("preset", "")
     return f"{tag}: {r.results_dir.name} ({method})"
 
@@ -37,7 +39,7 @@ def _aligned(a: Retrieval, b: Retrieval) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gt_spec(results_dir: Path, gt: str | None, threshold: float | None) -> tuple[str, float | None]:
-    info = json.loads((results_dir / RESULTS_FILE).read_text())
+    info = read_results(results_dir)
     if gt is None and "gt" not in info:
         raise ValueError(f"{results_dir / RESULTS_FILE} records no ground truth: pass --gt")
     return (gt, threshold) if gt is not None else (info["gt"], threshold if threshold is not None
@@ -46,7 +48,10 @@ def _gt_spec(results_dir: Path, gt: str | None, threshold: float | None) -> tupl
 
 def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "compare", gt: str | None = None,
          threshold: float | None = None, top: int = 5) -> dict:
-    """Score A and B, write OUT/report.html and OUT/compare.json; return the comparison."""
+    """Score A and B, write OUT/report.html and OUT/compare.json; return the comparison. OUT must be empty or an
+    earlier comparison (refused before any work otherwise)."""
+    out_dir = Path(out_dir)
+    check_output(out_dir, [COMPARE_FILE], "comparison folder")
     a, b = load_retrieval(results_a), load_retrieval(results_b)
     b_ids, b_scores = _aligned(a, b)
     spec, thr = _gt_spec(a.results_dir, gt, threshold)
@@ -54,14 +59,13 @@ def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "co
     la, lb = _label(a, "A"), _label(b, "B")
     ma, mb = metrics.evaluate(a.ids, truth), metrics.evaluate(b_ids, truth)
     ca, cb = metrics.top1_correct(a.ids, truth)[0], metrics.top1_correct(b_ids, truth)[0]
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = report.write_report(out_dir / "report.html", report.ReportData(
+    page = report.write_report(out_dir / REPORT_FILE, report.ReportData(
         f"vprkit compare: {la} vs {lb}", a.query_dir, a.q_names, a.map_dir, a.m_names,
         report.Ranking(lb, b_ids, b_scores, mb), truth.positives, report.Ranking(la, a.ids, a.scores, ma),
         top=top, change_labels=("B wins", "A wins")))
     result = {"A": str(a.results_dir), "B": str(b.results_dir), "gt": spec, "threshold": thr,
               "metrics": {la: ma, lb: mb}, "b_wins": int((cb & ~ca).sum()), "a_wins": int((ca & ~cb).sum()),
               "both_right": int((ca & cb).sum()), "both_wrong": int((~ca & ~cb).sum()), "report": str(page)}
-    outputs.write_json(out_dir / "compare.json", result)
+    outputs.write_json(out_dir / COMPARE_FILE, result)
     return result

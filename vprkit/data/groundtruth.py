@@ -63,6 +63,14 @@ def utm_from_names(names: list[str]) -> np.ndarray:
     return np.array(out)
 
 
+def utm_or_none(names: list[str]) -> list[list[float]] | None:
+    """Positions from `@east@north@` file names as lists (for a manifest), or None when a name lacks them."""
+    try:
+        return utm_from_names(names).tolist()
+    except GroundTruthError:
+        return None
+
+
 def frame_index_from_names(names: list[str]) -> np.ndarray:
     """Sequence positions: the last integer in each file stem (e.g. images-00042.png -> 42)."""
     out = []

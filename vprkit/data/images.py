@@ -6,6 +6,9 @@ scan: `ImageError` names the file and the problem so the caller can warn, count 
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,6 +17,13 @@ from PIL import Image, ImageOps
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_MAX_PIXELS = 100_000_000
+# vprkit's own output folders, by the file that marks each and keys always in it. The data layer cannot import
+# `index.layout.MANIFEST_FILE` or `results.RESULTS_FILE`; tests/test_images.py checks these names are theirs.
+OUTPUT_MARKERS = {"manifest.json": ("index", {"conf", "names", "map_dir"}),
+                  "results.json": ("results folder", {"index", "queries"}),
+                  "compare.json": ("comparison", {"A", "B", "metrics"})}
+MARKER_HEAD = 1 << 20  # bytes of a marker file read to recognise it
+logger = logging.getLogger("vprkit")
 
 
 class ImageError(ValueError):
@@ -25,15 +35,51 @@ class PixelLimitError(ImageError):
 
 
 def list_images(root: str | Path) -> list[str]:
-    """Image paths under `root`, relative to it, in a stable (sorted) order, recursively."""
+    """Image paths under `root`, relative to it, in a stable (sorted) order, recursively; vprkit's own output
+    folders inside `root` are skipped (`vprkit index mi -o mi/idx`: the index, its results and report thumbnails are
+    never read back as map images or queries)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-                   and p.suffix.lower() in EXTENSIONS)
+    names = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        skipped = [d for d in dirs if output_kind(here / d)]
+        for d in skipped:
+            logger.info("%s: skipped, a vprkit %s (output, not input)", here / d, output_kind(here / d))
+        dirs[:] = [d for d in dirs if d not in skipped]
+        names += [(here / f).relative_to(root).as_posix() for f in files
+                  if os.path.splitext(f)[1].lower() in EXTENSIONS and (here / f).is_file()]
     if not names:
         raise ValueError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root}")
-    return names
+    return sorted(names)
+
+
+def output_kind(folder: Path) -> str | None:
+    """What vprkit output `folder` is ('index', 'results folder', 'comparison'), or None for any other folder.
+
+    Recognised by the file vprkit writes there and the keys it always writes into it, so a user's folder that
+    merely holds a file of the same name is still listed."""
+    for name, (kind, keys) in OUTPUT_MARKERS.items():
+        path = folder / name
+        if path.is_file() and _has_keys(path, keys):
+            return kind
+    return None
+
+
+def _has_keys(path: Path, keys: set[str]) -> bool:
+    """Whether a JSON object file has `keys` at its top level. A file past MARKER_HEAD bytes (the manifest of a
+    10M-image map lists every name: ~1 GB) is judged from its head, where vprkit writes these keys before the
+    name list, so recognising an index costs one small read however large its map."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(MARKER_HEAD + 1)
+        if len(head) <= MARKER_HEAD:
+            data = json.loads(head.decode("utf-8"))
+            return isinstance(data, dict) and keys <= set(data)
+    except (OSError, ValueError):
+        return False
+    return head.lstrip().startswith(b"{") and all(f'"{k}":'.encode() in head for k in keys)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

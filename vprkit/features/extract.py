@@ -21,8 +21,8 @@ from ..aggregators import Aggregator, get_aggregator
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
 from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone
+from ..models import checkpoint as trained
 from ..models import precision as precisions
-from ..train import trained
 from . import h5io
 
 logger = logging.getLogger("vprkit")
@@ -167,7 +167,7 @@ class Extractor:
         self.conf = conf
         self.device = torch.device(device)
         model_conf, agg_conf = dict(conf["model"]), dict(conf["aggregator"])
-        ckpt = trained.read(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
+        ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
         if ckpt is not None:
             del model_conf["checkpoint"]
             agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..data.safeio import InputError, content_hash, output_folder, writing
 from . import journal, large
+from .layout import INDEX_FILE, MANIFEST_FILE
 
-INDEX_FILE, MANIFEST_FILE = "index.faiss", "manifest.json"
 DEFAULT_FACTORY = "Flat"
 
 

@@ -29,9 +29,10 @@ import numpy as np
 from ..data.images import EXTENSIONS
 from ..features import h5io
 from . import faiss_index, journal
+from .layout import IMAGES_DIR
+from .layout import MAP_FEATURES as FEATURES_FILE
 
 logger = logging.getLogger("vprkit")
-FEATURES_FILE, IMAGES_DIR = "map_features.h5", "images"
 _NAME = re.compile(r"[A-Za-z0-9@_+-][A-Za-z0-9@_.+,=-]*(/[A-Za-z0-9@_+-][A-Za-z0-9@_.+,=-]*)*")
 MAX_NAME = 200
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-JOURNAL_FILE = "journal.log"
+from .layout import JOURNAL_FILE
 
 
 class JournalUnavailable(OSError):

@@ -31,7 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-DESCRIPTORS_FILE, IVFDATA_FILE = "descriptors.npy", "index.ivfdata"
+from .layout import DESCRIPTORS_FILE, INDEX_FILE, IVFDATA_FILE
+
 FLAT_LIMIT = 1_000_000  # past this many vectors the coarse quantizer is an HNSW graph
 SHORTLIST = 1000  # compressed candidates re-scored exactly per query
 CHUNK = 100_000  # vectors added per step while building
@@ -123,7 +124,7 @@ def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexC
         if not choice.on_disk:
             return trained
         merge_blocks(trained, blocks, out_dir / IVFDATA_FILE)
-    faiss.write_index(trained, str(out_dir / "index.faiss"))
+    faiss.write_index(trained, str(out_dir / INDEX_FILE))
     return None
 
 

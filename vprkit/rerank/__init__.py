@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Reranker, Retrieval, load_retrieval
+from ..results import Retrieval, load_retrieval
+from .base import Reranker
 
 # method name -> "module:class"; ".module" is relative to this package
 REGISTRY: dict[str, str] = {

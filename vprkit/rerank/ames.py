@@ -21,13 +21,14 @@ from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics
 from ..features import local
 from ..models.ames import AMES, EMPTY_LOGIT, load_ames, load_authors_checkpoint, rerank_score
-from .base import Reranker, Retrieval
+from ..results import Retrieval
+from .base import Reranker
 
 MapReader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 class AMESReranker(Reranker):
-    """Re-rank with an AMES checkpoint from `vprkit train-ames` (fp or binary), or with one the authors released
+    """Re-rank with an AMES checkpoint from `vprkit train ames` (fp or binary), or with one the authors released
     (`authors_checkpoint`; its local features are `features` / `resize_max` / `detector`, which must give the
     descriptor size it was trained on: 768 for their DINOv2 ViT-B/14-reg models)."""
 
@@ -68,7 +69,7 @@ class AMESReranker(Reranker):
             fconf = local.get_conf(c["features"], c["resize_max"], detector=c["detector"])
             return load_authors_checkpoint(c["authors_checkpoint"]), fconf
         if not c["checkpoint"]:
-            raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train-ames`) "
+            raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train ames`) "
                              "or authors_checkpoint=PATH (a released model of the AMES authors)")
         model, meta = load_ames(c["checkpoint"])
         return model, meta["features"]

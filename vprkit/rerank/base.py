@@ -10,66 +10,18 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..api import RESULTS_MARKERS, gt_record, write_results
 from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
-from ..data.safeio import InputError, check_output, locked
-from ..evaluation import metrics, outputs, report
-from ..index import faiss_index
+from ..data.safeio import locked
+from ..evaluation import metrics, report
+from ..results import REPORT_FILE, Retrieval, gt_record, guarded_folder, load_retrieval, write_results
 
 logger = logging.getLogger("vprkit")
-RESULTS_FILE, PREDICTIONS_FILE = "results.json", "predictions.txt"
 MATCH_FIGURES = 200  # queries with a match figure in the report (patch-based methods): ~3.5 MB, 4 pages of rows
-
-
-@dataclass
-class Retrieval:
-    """A global retrieval to re-rank, as `vprkit query` wrote it (candidates best first, -1 padded)."""
-
-    index_dir: Path
-    query_dir: Path
-    map_dir: Path
-    q_names: list[str]
-    m_names: list[str]
-    ids: np.ndarray  # (Q, N) map indices
-    scores: np.ndarray  # (Q, N) global similarities
-    manifest: dict
-    results_dir: Path | None = None  # the query results folder (holds the queries' global features)
-    fingerprint: str = ""  # of the index's manifest: keys caches fitted on the map (vocabularies, PCA)
-
-    def top(self, n: int) -> Retrieval:
-        """The same retrieval cut to its first `n` candidates per query."""
-        return Retrieval(self.index_dir, self.query_dir, self.map_dir, self.q_names, self.m_names,
-                         self.ids[:, :n], self.scores[:, :n], self.manifest, self.results_dir, self.fingerprint)
-
-
-def load_retrieval(results_dir: str | Path) -> Retrieval:
-    """Read a query results folder (results.json + predictions.txt) and its index's manifest."""
-    results_dir = Path(results_dir)
-    info_path = results_dir / RESULTS_FILE
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path} not found: run `vprkit query` first to get a global retrieval")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        index_dir, query_dir = Path(info["index"]), Path(info["queries"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{info_path}: corrupt results file ({exc!r}); run `vprkit query` again") from None
-    try:
-        manifest = faiss_index.read_manifest(index_dir)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{info_path}: its index {index_dir} no longer exists") from None
-    expected, actual = info.get("index_fingerprint"), faiss_index.fingerprint(index_dir)
-    if expected is not None and expected != actual:
-        raise InputError(f"{info_path}: the index {index_dir} was rebuilt or replaced since these results were "
-                         "computed (its manifest changed); run `vprkit query` again")
-    q_names, m_names, ids, scores = outputs.read_predictions(results_dir / PREDICTIONS_FILE, manifest["names"])
-    return Retrieval(index_dir, query_dir, Path(manifest["map_dir"]), q_names, m_names, ids, scores, manifest,
-                     results_dir, actual)
 
 
 class Reranker(ABC):
@@ -121,9 +73,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     retrieval = load_retrieval(results_dir)
     n = num_rerank or conf.get("num_rerank") or retrieval.ids.shape[1]
     cand = retrieval.top(n)
-    out_dir = Path(out_dir) if out_dir else Path(results_dir) / f"rerank-{conf['method']}-{conf.get('preset')}"
-    check_output(out_dir, RESULTS_MARKERS, "results folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = guarded_folder(out_dir or Path(results_dir) / f"rerank-{conf['method']}-{conf.get('preset')}")
     reranker = get_reranker_class(conf["method"])(conf)
     with locked(out_dir):
         ids, scores = reranker.rerank(cand, out_dir / "cache")
@@ -135,7 +85,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     title = f"vprkit: {retrieval.query_dir.name} re-ranked with {conf['method']} ({conf.get('preset')})"
     baseline = report.Ranking("global", cand.ids, cand.scores, extra.get("metrics_global"))
     order = report.display_order(ids, scores, truth.positives if truth else None)
-    figures = reranker.match_figures(report.files_dir(out_dir / "report.html") / "matches", cand, ids,
+    figures = reranker.match_figures(report.files_dir(out_dir / REPORT_FILE) / "matches", cand, ids,
                                      order[:match_figures], out_dir / "cache") if match_figures else None
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
                            retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline,

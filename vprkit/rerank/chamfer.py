@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..aggregators.vlad import fit_pca
 from ..features import local
 from ..models.ames import ChamferTeacher, chamfer_similarity
+from ..models.pca import fit_pca
+from ..results import Retrieval
 from .ames import AMESReranker
-from .base import Retrieval
 
 
 class ChamferReranker(AMESReranker):

@@ -11,10 +11,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES
+from ..results import Retrieval
 from ..segvlad import extract
 from ..segvlad.api import read_segments
 from ..segvlad.index import bin_count, knn_chunked, owners, vote_weights
-from .base import Reranker, Retrieval
+from .base import Reranker
 
 _RERANK = {"num_rerank": 20}
 
@@ -42,7 +44,7 @@ class SegVLADReranker(Reranker):
             ext.fit(retrieval.map_dir, retrieval.m_names)
             ext.save_state(state)
         used = np.unique(retrieval.ids[retrieval.ids >= 0])
-        m_feats, q_feats = work_dir / "map_segments.h5", work_dir / "query_segments.h5"
+        m_feats, q_feats = work_dir / SEGMENT_FEATURES, work_dir / QUERY_SEGMENTS
         extract.main(conf, retrieval.map_dir, m_feats, state, names=[retrieval.m_names[i] for i in used], extractor=ext)
         extract.main(conf, retrieval.query_dir, q_feats, state, names=retrieval.q_names, extractor=ext)
         return m_feats, q_feats

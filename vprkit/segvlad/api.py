@@ -9,16 +9,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..api import _utm_or_none, check_top_k, index_work, query_feature_path, readable, results_folder, write_results
-from ..data.groundtruth import ground_truth_for_kept
+from ..data.groundtruth import ground_truth_for_kept, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
-from ..index import faiss_index
+from ..index import faiss_index, freshness
+from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE
+from ..index.work import index_work, readable
+from ..results import check_top_k, query_feature_path, results_folder, write_results
 from . import extract
 from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
 
 logger = logging.getLogger("vprkit")
-STATE_FILE, MAP_FEATURES = "segvlad_state.npz", "map_segments.h5"
+STATE_FILE, MAP_FEATURES = SEGMENT_STATE, SEGMENT_FEATURES
 
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, device: str = "cpu",
@@ -32,7 +34,7 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         total, dim = write_store(work / MAP_FEATURES, names, work)
         manifest = {"method": "segvlad", "conf": conf, "model_key": extract.model_key(conf), "dim": dim,
                     "num_segments": total, "map_dir": str(map_dir), "names": names,
-                    "positions": _utm_or_none(names), "versions": faiss_index.versions()}
+                    "positions": utm_or_none(names), "versions": faiss_index.versions()}
         extra = {f: work / f for f in (MAP_FEATURES, STATE_FILE, SEGMENTS_FILE, OWNER_FILE)}
         faiss_index.save(out_dir, None, manifest, extra)
     logger.info("indexed %d segments of %d map images into %s", total, len(names), out_dir)
@@ -50,15 +52,18 @@ def load_manifest(index_dir: Path) -> dict:
 
 def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
              gt: str | None = None, threshold: float | None = None, device: str = "cpu", report_top: int = 5,
-             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None) -> dict:
+             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None,
+             verify: bool = False) -> dict:
     """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`).
 
     `scoring` (default: the index's preset): `votes` scores each query on its own (serving); `reference`
     normalises by the least / greatest similarity retrieved over all these queries (the original's rule).
+    Warns when map images changed since indexing (a sample of them checked, every one with `verify`).
     """
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     manifest = load_manifest(index_dir)
+    freshness.warn_if_segments_changed(manifest, index_dir, verify)
     conf, m_names = manifest["conf"], manifest["names"]
     seg_index = SegmentIndex.load(index_dir, len(m_names))
     k_seg = top_k_segments or conf["top_k_segments"]
@@ -68,7 +73,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     out_dir = results_folder(out_dir, index_dir, query_dir)
     q_all = list_images(query_dir)
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
-        q_feats = query_feature_path(out_dir, Path(tmp), "query_segments.h5", manifest["model_key"])
+        q_feats = query_feature_path(out_dir, Path(tmp), QUERY_SEGMENTS, manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all,
                                         device=device), query_dir)
         hits = []

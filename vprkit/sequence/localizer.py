@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import api
 from ..data.images import resize_to_stride
 from ..features import extract, h5io
 from ..index import faiss_index
+from ..index.layout import MAP_FEATURES, STATE_FILE
 from . import matcher, pipeline
 
 
@@ -41,7 +41,7 @@ class SequenceLocalizer:
         if map_desc is None:
             if self.index_dir is None:
                 raise ValueError("give map_desc with a loaded MapIndex (or pass the index folder)")
-            map_desc = h5io.read_global(self.index_dir / api.MAP_FEATURES, self.names)
+            map_desc = h5io.read_global(self.index_dir / MAP_FEATURES, self.names)
         self.order, pos = pipeline.map_route(self.index, self.conf["map_order"])
         route = np.ascontiguousarray(np.asarray(map_desc, dtype=np.float32)[self.order])
         search = pipeline.index_search(self.index, self.order)
@@ -66,7 +66,7 @@ class SequenceLocalizer:
             if self.index_dir is None:
                 raise ValueError("images need the index folder (its model); pass descriptors to a loaded MapIndex")
             self._extractor = extract.Extractor(self.index.manifest["conf"], self.device)
-            state = self.index_dir / api.STATE_FILE
+            state = self.index_dir / STATE_FILE
             if self._extractor.aggregator.needs_fit:
                 self._extractor.load_state(state)
         ext = self._extractor

@@ -8,18 +8,26 @@ confidence, the score the precision-recall metrics threshold).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .. import api
 from ..data.groundtruth import ground_truth_for_kept
 from ..data.images import list_images
+from ..data.safeio import InputError
 from ..evaluation import metrics, outputs
 from ..features import extract, h5io
-from ..index import faiss_index
+from ..index import faiss_index, freshness
+from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
+from ..results import (
+    guarded_folder,
+    load_retrieval,
+    query_feature_path,
+    read_results,
+    stored_query_descriptors,
+    write_results,
+)
 from . import hmm, matcher, order
 
 _COMMON = {"mode": "online", "search": "full", "top_k": 20, "map_order": "folder", "query_order": "folder"}
@@ -34,7 +42,7 @@ CONFS: dict[str, dict] = {
     "hmm": _HMM,  # forward filtering
     "hmm-viterbi": {**_HMM, "mode": "offline"},
 }
-QUERY_FEATURES = "query_features.h5"
+SEQUENCE_FILE, SEQUENCE_HEADER = "sequence.txt", "# query\testimate\tconfidence\n"
 
 
 def get_conf(preset: str, **overrides) -> dict:
@@ -94,22 +102,17 @@ def _queries(index_dir: Path, manifest: dict, query_dir: str | Path | None, resu
     """(query folder, all its images, described ones, their descriptors), from a `vprkit query` results folder
     (its saved query features) or by describing the folder with the map's model."""
     if results_dir is not None:
-        results_dir = Path(results_dir)
-        info_path, feats = results_dir / "results.json", results_dir / QUERY_FEATURES
-        if not info_path.is_file() or not feats.is_file():
-            raise FileNotFoundError(f"{results_dir}: not a `vprkit query` results folder (needs results.json and "
-                                    f"{QUERY_FEATURES})")
-        info = json.loads(info_path.read_text())
-        q_dir = Path(info["queries"])
-        q_all = list_images(q_dir)
-        skipped = set(info.get("skipped_queries", []))
-        q_names = [n for n in q_all if n not in skipped]
-        return q_dir, q_all, q_names, h5io.read_global(feats, q_names)
+        r = load_retrieval(results_dir)
+        desc = stored_query_descriptors(r) if r.manifest["model_key"] == manifest["model_key"] else None
+        if desc is None:
+            raise InputError(f"{results_dir}: no {QUERY_FEATURES} of the index {index_dir}'s model for every query; "
+                             "give the index these results were made with, or rerun `vprkit query`")
+        return r.query_dir, list_images(r.query_dir), r.q_names, desc
     q_dir = Path(query_dir).resolve()
     q_all = list_images(q_dir)
-    state = index_dir / api.STATE_FILE
+    state = index_dir / STATE_FILE
     with tempfile.TemporaryDirectory() as tmp:
-        feats = api.query_feature_path(out_dir, Path(tmp), QUERY_FEATURES, manifest["model_key"])
+        feats = query_feature_path(out_dir, Path(tmp), QUERY_FEATURES, manifest["model_key"])
         q_names = extract.main(manifest["conf"], q_dir, feats, state if state.exists() else None, names=q_all,
                                device=device)
         return q_dir, q_all, q_names, h5io.read_global(feats, q_names)
@@ -124,31 +127,44 @@ def main(conf: dict, index_dir: str | Path | None, query_dir: str | Path | None 
     if (query_dir is None) == (results_dir is None):
         raise ValueError("give either a query folder or a `vprkit query` results folder")
     if index_dir is None:
-        info = Path(results_dir) / "results.json"
-        if not info.is_file():
-            raise FileNotFoundError(f"{info} not found: give a `vprkit query` results folder or INDEX QUERY_DIR")
-        index_dir = json.loads(info.read_text())["index"]
+        index_dir = read_results(results_dir)["index"]
     index_dir = Path(index_dir)
     mi = faiss_index.load(index_dir)
+    freshness.warn_if_changed(mi, index_dir)
     base = Path(results_dir) if results_dir is not None else index_dir / "results" / Path(query_dir).name
-    out_dir = Path(out_dir) if out_dir is not None else base / f"sequence-{conf['preset']}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = guarded_folder(out_dir if out_dir is not None else base / f"sequence-{conf['preset']}")
     q_dir, q_all, q_names, q_desc = _queries(index_dir, mi.manifest, query_dir, results_dir, out_dir, device)
     m_names = mi.names
-    map_desc = h5io.read_global(index_dir / api.MAP_FEATURES, m_names)
+    map_desc = h5io.read_global(index_dir / MAP_FEATURES, m_names)
     route, m_pos = map_route(mi, conf["map_order"])
     q_lay = order.layout(conf["query_order"], q_names)
     est, confidence, ids, scores = match(conf, q_desc[q_lay.order], map_desc[route], m_pos, index_search(mi, route))
     stream = [q_names[i] for i in q_lay.order]
     ids = np.where(ids >= 0, route[np.maximum(ids, 0)], -1)
     est = route[est]
-    outputs.atomic_write(out_dir / "sequence.txt", "# query estimate confidence\n" + "".join(
-        f"{q} {m_names[e]} {c:.6f}\n" for q, e, c in zip(stream, est, confidence)))
+    write_sequence(out_dir / SEQUENCE_FILE, stream, [m_names[e] for e in est], confidence)
     truth = ground_truth_for_kept(gt, q_all, stream, m_names, threshold) if gt is not None else None
     extra: dict = {"conf": conf}
     if truth is not None:
         s_scores, s_ids = mi.search(q_desc[q_lay.order], conf["top_k"])
         extra["metrics_single"] = metrics.evaluate(s_ids, truth, scores=s_scores)
     title = f"vprkit: {q_dir.name} on {index_dir.name}, sequence matching ({conf['preset']})"
-    return api.write_results(out_dir, index_dir, q_dir, mi.manifest, q_all, stream, ids, scores, conf["top_k"], truth,
+    return write_results(out_dir, index_dir, q_dir, mi.manifest, q_all, stream, ids, scores, conf["top_k"], truth,
                              extra=extra, title=title, confidence=confidence)
+
+
+def write_sequence(path: Path, queries: list[str], estimates: list[str], confidence: np.ndarray) -> None:
+    """sequence.txt: per frame in stream order `query<TAB>estimate<TAB>confidence` (tabs: names may hold spaces)."""
+    outputs.atomic_write(path, SEQUENCE_HEADER + "".join(
+        f"{q}\t{m}\t{c:.6f}\n" for q, m, c in zip(queries, estimates, confidence)))
+
+
+def read_sequence(path: str | Path) -> list[tuple[str, str, float]]:
+    """(query, estimate, confidence) per frame of a sequence.txt; files written before it was tab-separated
+    (space-separated, names without spaces) still read."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            q, m, c = line.split("\t") if "\t" in line else line.split(" ")
+            rows.append((q, m, float(c)))
+    return rows

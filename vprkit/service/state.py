@@ -20,6 +20,7 @@ from PIL import Image
 from ..data.images import ImageError, PixelLimitError, decode_image, load_image, resize_to_stride
 from ..features.extract import Extractor
 from ..index.growing import MapWriter
+from ..index.layout import STATE_FILE
 from ..sequence.localizer import SequenceLocalizer
 from .auth import KeyStore, RateLimiter
 from .batching import Batcher
@@ -56,7 +57,7 @@ class Service:
         self.writer = MapWriter(index_dir, self.s["compact_every"])
         self.ext = Extractor(self.writer.map.manifest["conf"], device)
         if self.ext.aggregator.needs_fit:
-            self.ext.load_state(Path(index_dir) / "aggregator.npz")
+            self.ext.load_state(Path(index_dir) / STATE_FILE)
         self.metrics = Metrics()
         self.batcher = Batcher(lambda x: self.ext.describe(x)[0].astype(np.float32), self.s["max_batch"],
                                self.s["batch_wait_ms"] / 1000, self.metrics.batch.observe)

@@ -29,7 +29,7 @@ from ..data.images import list_images
 from ..evaluation.metrics import average_precision
 from ..features import local
 from ..models.ames import AMES, AUTHORS_CONF, ChamferTeacher, load_ames
-from ..rerank.base import Retrieval, load_retrieval
+from ..results import Retrieval, load_retrieval
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 
@@ -119,7 +119,7 @@ def _build_model(conf: dict, dim: int, q_feats: torch.Tensor, m_feats: torch.Ten
         chamfer = conf["teacher"] == "chamfer"
         return model, _chamfer_teacher(model, q_feats, m_feats, cand, conf) if chamfer else None
     if not conf["teacher"]:
-        raise ValueError("binary AMES training distils an fp model: set teacher=PATH (a `vprkit train-ames` best.pt)")
+        raise ValueError("binary AMES training distils an fp model: set teacher=PATH (a `vprkit train ames` best.pt)")
     teacher, _ = load_ames(conf["teacher"])
     student = AMES(**{**teacher.conf, "bits": conf["bits"]})
     transformer = {k: v for k, v in teacher.state_dict().items() if not k.startswith("remap_local.")}

@@ -8,7 +8,7 @@ ground truth) plus side information. Query position priors are re-simulated ever
 noise draw is free data augmentation); validation uses one fixed draw. Every epoch is checkpointed
 (exact resume), the best epoch of each stage is kept and logged to CSV.
 
-    python -m vprkit.train.gcsa RESULTS_DIR --gt index -o OUT --map-sideinfo index --query-sideinfo index \
+    vprkit train gcsa RESULTS_DIR --gt index -o OUT --map-sideinfo index --query-sideinfo index \
         --preset position --set query_prior_sigma=3
 """
 
@@ -29,7 +29,6 @@ from ..data.sideinfo import SideInfo, noise_model, simulate_prior
 from ..evaluation import metrics
 from ..features import h5io
 from ..models.gcsa import GCSA
-from ..rerank.base import Retrieval, load_retrieval
 from ..rerank.gcsa import (
     MAP_FEATURES,
     SIDE_DEFAULTS,
@@ -41,6 +40,7 @@ from ..rerank.gcsa import (
     refined_scores,
     side_batches,
 )
+from ..results import Retrieval, load_retrieval
 from .checkpoint import load_checkpoint, resume, run_folder, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
@@ -215,18 +215,3 @@ def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_
     ctx = Contexts.build(q_desc, m_desc, retrieval.ids[:, :n], conf["num_anchors"], m_side, conf["modalities"],
                          conf["side"])
     return train(conf, ctx, truth, q_true, out_dir, resume)
-
-
-def _cli(argv: list[str] | None = None) -> int:
-    """The old `python -m vprkit.train.gcsa ...` form: runs `vprkit train gcsa ...` and says so."""
-    import sys
-
-    from ..cli import main as cli_main
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    print(f"vprkit: this form is deprecated; use: vprkit train gcsa {' '.join(argv)}", file=sys.stderr)
-    return cli_main(["train", "gcsa", *argv])
-
-
-if __name__ == "__main__":
-    raise SystemExit(_cli())
