@@ -28,9 +28,12 @@ from vprkit.models import get_backbone, zoo
 ROOT = Path(__file__).resolve().parents[1]
 # fixture folder -> presets it checks (the two NetVLAD releases differ only in their weights)
 FIXTURES = {
-    "cosplace-r50-2048": ["cosplace-r50-2048"],
     "cosplace-r18-512": ["cosplace-r18-512"],
+    "cosplace-r50-2048": ["cosplace-r50-2048"],
+    "cosplace-r101-2048": ["cosplace-r101-2048"],
+    "eigenplaces-r18-512": ["eigenplaces-r18-512"],
     "eigenplaces-r50-2048": ["eigenplaces-r50-2048"],
+    "eigenplaces-r101-2048": ["eigenplaces-r101-2048"],
     "mixvpr-r50-4096": ["mixvpr-r50-4096"],
     "convap-r50-4096": ["convap-r50-4096"],
     "boq-r50": ["boq-r50"],
@@ -126,3 +129,22 @@ def test_a_file_that_does_not_match_names_the_keys(tmp_path):
     with pytest.raises(ValueError, match="aggregator.fc.bias.*aggregation.9.weight") as err:
         zoo.build(zoo.get("cosplace-r18-512"), path)
     assert "\n" not in str(err.value)
+
+
+def test_frozen_stages_stop_gradients_where_the_authors_do():
+    """frozen_stages=2 (CosPlace, MixVPR, BoQ): stem, layer1, layer2 frozen; layer3 and layer4 trained."""
+    net = get_backbone("resnet", depth=18, last_layer=4, frozen_stages=2)
+    trained = {name.split(".")[0] for name, p in net.named_parameters() if p.requires_grad}
+    frozen = {name.split(".")[0] for name, p in net.named_parameters() if not p.requires_grad}
+    assert trained == {"layer3", "layer4"} and frozen == {"conv1", "bn1", "layer1", "layer2"}
+    assert (net.dim, net.stride) == (512, 32)
+    cut = get_backbone("resnet", depth=50, last_layer=3)
+    assert (cut.dim, cut.stride) == (1024, 16) and not hasattr(cut, "layer4")
+    assert all(p.requires_grad for p in cut.parameters())
+
+
+def test_mixvpr_refuses_a_map_of_another_size():
+    head = get_aggregator("mixvpr", in_channels=8, in_h=4, in_w=4, out_channels=4, mix_depth=1, out_rows=2)
+    assert head(torch.rand(2, 8, 4, 4)).shape == (2, 8)
+    with pytest.raises(ValueError, match="4x4 feature map, got \\(5, 4\\)"):
+        head(torch.rand(1, 8, 5, 4))
