@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ZOO_DATA = Path(__file__).with_name("data") / "zoo"
 MEAN = (0.485, 0.456, 0.406)
@@ -33,6 +34,8 @@ def _scale(name: str, x: torch.Tensor) -> torch.Tensor:
         return 0.1 * x
     if x.ndim == 1 and leaf == "weight":  # LayerNorm scale
         return 1.0 + 0.2 * x
+    if name == "aggregator.linear.weight":  # MegaLoc's projection reads an L2-normalised vector (norm 1)
+        return x
     if leaf.endswith("bias"):
         return 0.1 * x
     return x / math.sqrt(x[0].numel())  # Linear / Conv: unit-variance outputs for unit-variance inputs
@@ -64,9 +67,12 @@ def tensor_sha256(x: torch.Tensor) -> str:
     return hashlib.sha256(f"{tuple(x.shape)}".encode() + x.float().contiguous().numpy().tobytes()).hexdigest()
 
 
-def to_input(images_u8: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float, exactly as torchvision's ToTensor then Normalize compute it."""
+def to_input(images_u8: np.ndarray, tensor_resize: list[int] | None = None) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float, exactly as torchvision computes ToTensor, then (BoQ) Resize of the
+    float tensor (bicubic, antialiased), then Normalize."""
     x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).contiguous().float().div(255)
+    if tensor_resize is not None:
+        x = F.interpolate(x, size=tuple(tensor_resize), mode="bicubic", align_corners=False, antialias=True)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return x.sub(mean).div(std)

@@ -1,13 +1,20 @@
 """Run the authors' own code on seeded random weights to make the DINOv2 zoo fixtures (not part of vprkit).
 
-Run in a scratch venv (torch 2.13, torchvision 0.28, safetensors, pillow, numpy) with the authors' repositories
-checked out outside this repository; see tests/data/zoo/README.md for the exact command. For each preset it
+Run from the repository root, in a scratch venv, with the authors' repositories (at the commits in each
+SOURCE.json) checked out outside this repository as SCRATCH/{salad,Bag-of-Queries,MegaLoc,dinov2}:
+
+    python -m venv SCRATCH/venv && SCRATCH/venv/bin/pip install torch==2.13.0 numpy pillow safetensors
+    SCRATCH/venv/bin/pip install --no-deps torchvision==0.28.0
+    SCRATCH/venv/bin/python tests/data/zoo/make_vit_fixtures.py PRESET --repos SCRATCH
+
+For each preset it
 1. builds the authors' model (their hubconf classes; DINOv2 from a local facebookresearch/dinov2, no weights),
 2. writes its state-dict keys and shapes (keys.json),
 3. draws the weights with tests/zoo_vit_fixture.py (seed below) and saves them in the released file format,
 4. loads that file through the authors' hubconf entry point (their download call redirected to the file),
 5. applies the authors' test-time transform to three demo images and runs the model,
-6. writes inputs.npz (the resized uint8 images), expected.npz (their descriptors) and SOURCE.json.
+6. writes inputs.npz (the uint8 images their ToTensor reads: after a PIL resize where they have one),
+   expected.npz (their outputs) and SOURCE.json (hashes, commits, a float-tensor resize where they have one).
 The weights file itself is not kept: the tests rebuild it bit for bit (SOURCE.json records its hash).
 """
 
@@ -116,10 +123,10 @@ def boq(repos: dict[str, Path], weights: Path):
         torch.hub.load_state_dict_from_url = _from_file(weights)
         return hubconf.get_trained_boq(backbone_name="dinov2", output_dim=12288)
 
-    def transform():  # the README's input_transform with im_size = (322, 322) for DINOv2
+    def transform():  # the README's input_transform with im_size = (322, 322) for DINOv2: resizes the float tensor
         import torchvision.transforms as T
-        return T.Compose([T.Resize((322, 322), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-                          T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+        return T.Compose([T.ToTensor(), T.Resize((322, 322), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                          T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
 
     def run(model, x):
         return {"descriptors": model(x)[0]}
@@ -176,17 +183,19 @@ def main() -> None:
 
         demo = REPO / "vprkit" / "demo_data" / "corridor"
         pil = [Image.open(demo / p).convert("RGB") for p in IMAGES]
-        steps = transform().transforms  # [resize,] ToTensor, Normalize
-        images_u8 = np.stack([np.asarray(functools.reduce(lambda im, t: t(im), steps[:-2], im)) for im in pil])
+        steps = transform().transforms  # [PIL resize], ToTensor, [tensor resize], Normalize
+        at = [type(t).__name__ for t in steps].index("ToTensor")
+        images_u8 = np.stack([np.asarray(functools.reduce(lambda im, t: t(im), steps[:at], im)) for im in pil])
+        tensor_resize = list(steps[at + 1].size) if at + 1 < len(steps) - 1 else None
         x = torch.stack([transform()(im) for im in pil])
-        assert torch.equal(to_input(images_u8), x), "inputs.npz does not rebuild the authors' input tensor exactly"
+        assert torch.equal(to_input(images_u8, tensor_resize), x), "inputs.npz does not rebuild the input exactly"
         outputs = {k: v.float().numpy() for k, v in run(model, x).items()}
 
     np.savez_compressed(out / "inputs.npz", images=images_u8)
     np.savez_compressed(out / "expected.npz", **outputs)
     source = {
         "preset": args.preset, "seed": seed, "weights_file": filename, "weights_sha256": state_sha256(state),
-        "input_sha256": tensor_sha256(x), "images": IMAGES,
+        "input_sha256": tensor_sha256(x), "images": IMAGES, "tensor_resize": tensor_resize,
         "authors_repo": {"salad": "serizba/salad", "boq": "amaralibey/Bag-of-Queries",
                          "megaloc": "gmberton/MegaLoc"}[repo_key],
         "authors_commit": _git_head(repos[repo_key]), "dinov2_commit": _git_head(repos["dinov2"]),

@@ -20,19 +20,20 @@ GSV = "GSV-Cities"
 HUB_VITB = {"name": "dinov2", "arch": "vitb14", "interpolate_offset": 0.1, "weights": False}
 
 
-def _without_mask_token(state: dict) -> dict:
-    """The hub model's `mask_token` is for masked pre-training only; vprkit's DINOv2 has none."""
-    return {k: v for k, v in state.items() if not k.endswith("mask_token")}
+def _hub_dinov2(state: dict, prefix: str) -> dict:
+    """The authors' wrapped hub DINOv2 (`prefix`) moved to `backbone.`, without its `mask_token` (masked
+    pre-training only; vprkit's DINOv2 has none)."""
+    return rename({k: v for k, v in state.items() if k != prefix + "mask_token"}, [(prefix, "backbone.")])
 
 
 def from_salad(state: dict) -> dict:
     """SALAD `VPRModel` (Lightning): `backbone.model.<hub DINOv2>` and `aggregator.<SALAD>`."""
-    return _without_mask_token(rename(state, [("backbone.model.", "backbone.")]))
+    return _hub_dinov2(state, "backbone.model.")
 
 
 def from_boq_dinov2(state: dict) -> dict:
     """BoQ `VPRModel`: `backbone.dino.<hub DINOv2>` and `aggregator.<BoQ>`."""
-    return _without_mask_token(rename(state, [("backbone.dino.", "backbone.")]))
+    return _hub_dinov2(state, "backbone.dino.")
 
 
 ENTRIES: list[ZooEntry] = [
@@ -59,8 +60,9 @@ ENTRIES: list[ZooEntry] = [
         training_data=GSV, license="MIT (BoQ); DINOv2 weights Apache-2.0", code="amaralibey/Bag-of-Queries",
         paper=BOQ_PAPER, convert="zoo.vit:from_boq_dinov2",
         notes="hubconf get_trained_boq('dinov2', 12288): DINOv2-B, last block's patch tokens without the final norm "
-              "(no CLS); BoQ 384 channels, 64 queries, 2 layers, 32 rows (README: 322 x 322, bicubic antialias)",
-        extra={"interpolation": "bicubic"},
+              "(no CLS); BoQ 384 channels, 64 queries, 2 layers, 32 rows (README: ToTensor, then Resize 322 x 322 "
+              "bicubic antialias on the float tensor)",
+        extra={"interpolation": "bicubic-tensor"},
     ),
     ZooEntry(
         preset="megaloc",
