@@ -14,14 +14,17 @@ from .convap import ConvAP
 from .cosplace import CosPlace
 from .flatten import Flatten
 from .gem import GeM
+from .megaloc import MegaLoc
 from .mixvpr import MixVPR
 from .netvlad import NetVLAD
 from .netvlad_wpca import NetVLADWPCA
+from .salad import SALAD
 from .vlad import VLAD
 
 REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
                                           "flatten": Flatten, "boq": BoQ, "cosplace": CosPlace, "mixvpr": MixVPR,
-                                          "convap": ConvAP, "netvlad_wpca": NetVLADWPCA}
+                                          "convap": ConvAP, "netvlad_wpca": NetVLADWPCA, "salad": SALAD,
+                                          "megaloc": MegaLoc}
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:
