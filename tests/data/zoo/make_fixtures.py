@@ -229,7 +229,8 @@ def main(name: str, repo: Path) -> None:
         f"Weights: seeded random (tests/zoo_fixtures.py, seed {seed}), keys and shapes as in their model "
         f"(spec.json), saved by the test as `{made['filename']}` ({made['container']} state dict). "
         f"inputs.npz: their test-time transform of {', '.join(IMAGES)}; outputs.npy: their descriptors "
-        f"{tuple(out.shape)}.\n")
+        f"{tuple(out.shape)}. Their downloads (ImageNet init, released weights) are replaced as the docstrings of "
+        f"make_fixtures.py say; nothing else of their code is changed.\n")
     print(name, out.shape, float(np.abs(out).max()), np.linalg.norm(out, axis=1))
 
 
