@@ -13,7 +13,7 @@ from . import api, demo, rerank
 from .data.groundtruth import load_ground_truth
 from .data.images import list_images
 from .evaluation import metrics, outputs
-from .features.extract import AUTO, CONFS, DEFAULT_PRESET
+from .features.extract import AUTO, CONFS, DEFAULT_PRESET, base_conf, preset_names
 from .index.faiss_index import DEFAULT_FACTORY
 from .models.precision import CHOICES as PRECISION_CHOICES
 from .rerank import base as rerank_step
@@ -28,13 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("index", help="extract map descriptors and build a saved index")
     s.add_argument("map_dir")
     s.add_argument("-o", "--out", required=True, help="index folder to create")
-    s.add_argument("--preset", default=DEFAULT_PRESET, choices=[AUTO, *sorted(CONFS)],
-                   help="global descriptor preset; 'auto' picks one from the map's images and says why")
+    s.add_argument("--preset", default=DEFAULT_PRESET, choices=[AUTO, *preset_names()],
+                   help="global descriptor preset ('vprkit models' lists the authors' released ones); 'auto' picks "
+                        "one from the map's images and says why")
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=int, help="long image side before the backbone")
     s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
-    s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth)")
+    s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth), "
+                   "or a released model's file as its authors publish it (default: downloaded into the cache)")
     s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
     s.add_argument("--append", action="store_true",
                    help="add MAP_DIR's new images to the existing index OUT (journaled, crash-safe)")
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFS))
 
     sub.add_parser("presets", help="list the named presets")
+    sub.add_parser("models", help="the authors' released models: size, training data, license, weights, cached")
     _serve_parser(sub)
     return p
 
@@ -267,7 +270,11 @@ def _evaluate_file(path: str, gt: str, threshold: float | None, map_dir: str | N
 
 def _model_overrides(args: argparse.Namespace) -> dict:
     """Preset sections changed by CLI flags (each section is replaced whole, so start from the preset's)."""
-    preset = CONFS[args.preset]
+    if not (args.resize_max or args.checkpoint or args.arch):
+        return {}
+    if args.preset == AUTO:
+        raise ValueError("--resize-max, --checkpoint and --arch need a named --preset, not 'auto'")
+    preset = base_conf(args.preset)
     over: dict = {}
     if args.resize_max:
         over["preprocessing"] = {**preset["preprocessing"], "resize_max": args.resize_max}
@@ -276,6 +283,21 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     if extra:
         over["model"] = {**preset["model"], **extra}
     return over
+
+
+def _models() -> None:
+    """`vprkit models`: one row per released model (the weights column says where the file comes from)."""
+    from .models import weights, zoo
+
+    rows = [("preset", "dim", "input", "training data", "license", "cached", "weights")]
+    for name, e in sorted(zoo.entries().items()):
+        size = "x".join(map(str, e.resize)) if e.resize else "as given"
+        rows.append((name, str(e.dim), size, e.training_data, e.license, "yes" if weights.is_cached(e) else "no",
+                     e.weights.url or e.weights.note or e.code))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    print(f"cache: {weights.weights_dir()}; index with one: vprkit index MAP -o IDX --preset NAME [--checkpoint FILE]")
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -381,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(patchnetvlad.match_two(args.image_a, args.image_b, conf, args.out), indent=1))
         elif args.command == "demo":
             demo.main(args.out, args.preset, args.device)
+        elif args.command == "models":
+            _models()
         elif args.command == "presets":
             for name, conf in CONFS.items():
                 print(f"{name:18s} {json.dumps(conf)}" + ("  (default)" if name == DEFAULT_PRESET else ""))

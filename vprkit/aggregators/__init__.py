@@ -8,14 +8,23 @@ and `state()` / `load_state()` as plain numpy arrays so they can be saved withou
 from __future__ import annotations
 
 from .base import Aggregator
+from .boq import BoQ
 from .cls import ClsToken
+from .convap import ConvAP
+from .cosplace import CosPlace
 from .flatten import Flatten
 from .gem import GeM
+from .megaloc import MegaLoc
+from .mixvpr import MixVPR
 from .netvlad import NetVLAD
+from .netvlad_wpca import NetVLADWPCA
+from .salad import SALAD
 from .vlad import VLAD
 
 REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
-                                          "flatten": Flatten}
+                                          "flatten": Flatten, "boq": BoQ, "cosplace": CosPlace, "mixvpr": MixVPR,
+                                          "convap": ConvAP, "netvlad_wpca": NetVLADWPCA, "salad": SALAD,
+                                          "megaloc": MegaLoc}
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
 from ..data.safeio import atomic_savez, content_hash
-from ..models import Backbone, get_backbone
+from ..models import Backbone, get_backbone, zoo
 from ..models import checkpoint as trained
 from ..models import precision as precisions
+from ..models import weights as released
 from . import h5io
 
 logger = logging.getLogger("vprkit")
@@ -101,16 +103,48 @@ def auto_preset(image_dir: str | Path, names: list[str], sample: int = 20) -> tu
                             "(docs/defaults.md)")
 
 
+def preset_names() -> list[str]:
+    """Every extraction preset: vprkit's own, then the authors' released models (`vprkit models`)."""
+    return sorted(CONFS) + sorted(zoo.entries())
+
+
+def zoo_conf(entry: zoo.ZooEntry) -> dict:
+    """A released model as a preset. The zoo name is part of the model (so of the descriptor key: two releases of
+    one architecture never mix); the preprocessing is the authors' fixed test-time resize (None: as given)."""
+    return {"model": {**entry.backbone, "zoo": entry.preset}, "aggregator": dict(entry.aggregator),
+            "preprocessing": {"resize": list(entry.resize) if entry.resize else None,
+                              "interpolation": entry.extra.get("interpolation", "bilinear")}}
+
+
+def base_conf(preset: str) -> dict:
+    """The preset's own sections (model, aggregator, preprocessing), before runtime settings."""
+    if preset in CONFS:
+        return CONFS[preset]
+    table = zoo.entries()
+    if preset in table:
+        return zoo_conf(table[preset])
+    raise KeyError(f"unknown preset '{preset}'; choose one of {preset_names()}")
+
+
 def get_conf(preset: str, **overrides) -> dict:
     """A deep copy of a preset with runtime defaults filled in and `overrides` applied on top."""
-    if preset not in CONFS:
-        raise KeyError(f"unknown preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = json.loads(json.dumps(CONFS[preset]))
+    conf = json.loads(json.dumps(base_conf(preset)))
     conf["preset"] = preset
     conf.update({k: v for k, v in DEFAULT_RUNTIME.items() if k not in conf})
     conf.update({k: v for k, v in overrides.items() if v is not None})
     precisions.check(conf["precision"])
+    if "zoo" in conf["model"]:
+        check_zoo(conf)
     return conf
+
+
+def check_zoo(conf: dict) -> None:
+    """A released model keeps the authors' preprocessing and stores their descriptor as it is (float32)."""
+    if conf["fp16"]:
+        raise ValueError(f"preset {conf['preset']} stores the authors' descriptor as float32; drop --fp16")
+    if conf["preprocessing"] != base_conf(conf["preset"])["preprocessing"]:
+        raise ValueError(f"preset {conf['preset']} uses the authors' test-time resize "
+                         f"({conf['preprocessing']['resize'] or 'as given'}); --resize-max does not apply")
 
 
 def model_key(conf: dict) -> str:
@@ -118,9 +152,12 @@ def model_key(conf: dict) -> str:
 
     A reduced precision changes the descriptors, so it is part of the key (with the int8 scheme's version: files
     of an earlier scheme are not extended with other descriptors); fp32 is left out so keys of files written
-    before precisions existed stay valid.
+    before precisions existed stay valid. A released model is keyed by its preset, not by where its file lies
+    (`vprkit query --preset NAME` matches an index built with `--checkpoint`).
     """
     key = {k: conf[k] for k in ("model", "aggregator", "preprocessing")}
+    if "zoo" in key["model"]:  # the preset names the released file wherever it lies; its bytes are in `state_hash`
+        key["model"] = {k: v for k, v in key["model"].items() if k != "checkpoint"}
     if conf.get("precision", "fp32") != "fp32":
         key["precision"] = precisions.KEYS.get(conf["precision"], conf["precision"])
     return json.dumps(key, sort_keys=True)
@@ -138,13 +175,15 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
     failed: list[str] = []
     for name in names:
         try:
-            img = resize_to_stride(load_image(root / name, conf["max_pixels"]), pre.get("resize_max"), stride,
-                                   pre.get("resize_min"))
+            img = load_image(root / name, conf["max_pixels"])
+            if "resize" not in pre:
+                img = resize_to_stride(img, pre.get("resize_max"), stride, pre.get("resize_min"))
         except ImageError as exc:
             logger.warning("skipping %s", exc)
             failed.append(name)
             continue
-        x = backbone.preprocess(transform(img) if transform else img)
+        x = authors_input(backbone, img, pre) if "resize" in pre else backbone.preprocess(
+            transform(img) if transform else img)
         if tensors and (x.shape != tensors[0].shape or len(tensors) == conf["batch_size"]):
             yield batch_names, torch.stack(tensors), failed
             batch_names, tensors, failed = [], [], []
@@ -152,6 +191,28 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
         tensors.append(x)
     if tensors or failed:
         yield batch_names, torch.stack(tensors) if tensors else torch.empty(0), failed
+
+
+def authors_input(backbone: Backbone, img: Image.Image, pre: dict) -> torch.Tensor:
+    """A released model's input: the authors' resize to (height, width) (None: as given) and normalisation.
+
+    `interpolation` "bilinear" / "bicubic" resizes the PIL image, as torchvision's Resize before ToTensor; with
+    "-tensor" ("bicubic-tensor") the float tensor is resized, antialiased, as Resize after ToTensor (no rounding to
+    8 bits, no clipping). Normalising first changes nothing: the interpolation weights sum to one.
+    """
+    size, mode = pre["resize"], pre["interpolation"]
+    if size is None or (img.height, img.width) == tuple(size):
+        return backbone.preprocess(img)
+    if mode.endswith("-tensor"):
+        x = backbone.preprocess(img)[None]
+        return F.interpolate(x, size=tuple(size), mode=mode.removesuffix("-tensor"), antialias=True)[0]
+    return backbone.preprocess(img.resize((size[1], size[0]), getattr(Image.Resampling, mode.upper())))
+
+
+def zoo_modules(model_conf: dict) -> tuple[Backbone, Aggregator]:
+    """A released model with its weights: `checkpoint` when given, else the authors' file (cached or downloaded)."""
+    entry = zoo.get(model_conf["zoo"])
+    return zoo.build(entry, model_conf.get("checkpoint") or released.fetch(entry))
 
 
 class Extractor:
@@ -167,23 +228,30 @@ class Extractor:
         self.conf = conf
         self.device = torch.device(device)
         model_conf, agg_conf = dict(conf["model"]), dict(conf["aggregator"])
-        ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
-        if ckpt is not None:
-            del model_conf["checkpoint"]
-            agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
-        self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
-        if agg_conf["name"] == "netvlad":
-            agg_conf["dim"] = self.backbone.dim
-        self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
-        if ckpt is not None:
-            trained.load_weights(ckpt, self.backbone, self.aggregator)
+        if "zoo" in model_conf:
+            backbone, aggregator = zoo_modules(model_conf)
+            self.backbone, self.aggregator = backbone.to(self.device), aggregator.to(self.device)
+        else:
+            ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
+            if ckpt is not None:
+                del model_conf["checkpoint"]
+                agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
+            self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
+            if agg_conf["name"] == "netvlad":
+                agg_conf["dim"] = self.backbone.dim
+            self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
+            if ckpt is not None:
+                trained.load_weights(ckpt, self.backbone, self.aggregator)
         if conf.get("precision", "fp32") == "auto":
             conf["precision"] = precisions.probe(self.backbone, conf["model"], self.probe_size())["choice"]
         self.precision = precisions.check(conf.get("precision", "fp32"))
         precisions.prepare(self.backbone, self.precision)
 
     def probe_size(self) -> tuple[int, int]:
-        """Square input the precision probe times: the preset's long side (224 without one), cut to the stride."""
+        """Input the precision probe times: a released model's fixed size, else a square of the preset's long side
+        (224 without one), cut to the stride."""
+        if self.conf["preprocessing"].get("resize"):
+            return tuple(self.conf["preprocessing"]["resize"])
         side = self.conf["preprocessing"].get("resize_max") or 224
         side -= side % self.backbone.stride
         return side, side

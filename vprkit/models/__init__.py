@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "vgg16": "vgg:VGG16",
     "mobilenetv2": "mobilenetv2:MobileNetV2",
     "pixels": "pixels:Pixels",
+    "resnet": "resnet:ResNet",
 }
 
 

@@ -57,13 +57,23 @@ class MissingWeightsError(RuntimeError):
     """Raised when the package or file that carries a backbone's weights is not there."""
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely (no pickle code execution) and unwrap common containers."""
+def _numpy_scalars() -> list:
+    """numpy scalar / dtype reconstructors: training scripts save metrics such as `best_score` as numpy floats
+    beside the weights (Patch-NetVLAD's `.pth.tar`); they rebuild plain numbers, never run code."""
+    from numpy._core.multiarray import scalar
+
+    return [scalar, np.dtype, *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_))]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint, read safely (weights_only) and unwrapped from the usual containers,
+    with its keys as saved."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weights file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / unsafe files
         raise InputError(f"{path}: not a readable checkpoint with weights_only=True ({type(exc).__name__}: "
                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'})") from None
@@ -72,7 +82,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a checkpoint of weights (holds a {type(state).__name__}, not a state dict)")
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    return state
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (no pickle code execution), unwrap common containers and drop the `module.` /
+    `backbone.` prefixes (a backbone's weights saved inside a bigger model)."""
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in read_checkpoint(path).items()}
 
 
 def load_strict(model: nn.Module, state: dict, path: str | Path) -> None:

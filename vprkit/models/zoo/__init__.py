@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ...aggregators import Aggregator
+    from ..base import Backbone
 
 FAMILIES = ("cnn", "vit")
 
@@ -29,7 +35,8 @@ class ZooEntry:
     """One preset: the authors' model, their test-time preprocessing and their weights.
 
     `convert` is "module:function" (relative to `vprkit.models`) that maps the released state dict (after unwrapping
-    `state_dict` and similar containers) to keys `backbone.*` / `aggregator.*` of vprkit's modules; None when the
+    `state_dict` and similar containers, and dropping a `module.` / `model.` / `_orig_mod.` prefix that every key
+    shares: `weights.read_released`) to keys `backbone.*` / `aggregator.*` of vprkit's modules; None when the
     authors' keys already start with those prefixes.
     """
 
@@ -71,3 +78,27 @@ def get(preset: str) -> ZooEntry:
     if preset not in table:
         raise KeyError(f"unknown released model '{preset}'; choose one of {sorted(table)}")
     return table[preset]
+
+
+def build(entry: ZooEntry, checkpoint_path: str | Path) -> tuple[Backbone, Aggregator]:
+    """The authors' inference in eval mode: backbone + aggregator with the released weights loaded strictly and the
+    backbone normalising as the authors do. The aggregator needs no fitting: its trained state is in the file."""
+    from ...aggregators import get_aggregator  # the entry names its head in the aggregator registry
+    from .. import get_backbone
+    from ..weights import load_weights
+
+    backbone, aggregator = get_backbone(**entry.backbone), get_aggregator(**entry.aggregator)
+    backbone.mean, backbone.std = entry.mean, entry.std
+    load_weights(entry, backbone, aggregator, checkpoint_path)
+    aggregator.needs_fit = False
+    return backbone.eval(), aggregator.eval()
+
+
+def rename(state: dict, prefixes: list[tuple[str, str]]) -> dict:
+    """Keys with the first matching (old prefix, new prefix) replaced: the `convert` functions' building block.
+    Keys matching none are kept, so a strict load names them as unexpected."""
+    out = {}
+    for key, value in state.items():
+        new = next((n + key[len(o):] for o, n in prefixes if key.startswith(o)), key)
+        out[new] = value
+    return out
