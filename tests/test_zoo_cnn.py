@@ -22,6 +22,7 @@ from zoo_fixtures import ZOO_DATA, random_state, released_file
 
 from vprkit.aggregators import get_aggregator
 from vprkit.cli import main
+from vprkit.features import released
 from vprkit.features.extract import authors_input, zoo_conf
 from vprkit.models import get_backbone, zoo
 
@@ -127,7 +128,7 @@ def test_a_file_that_does_not_match_names_the_keys(tmp_path):
     path = tmp_path / "ResNet18_512_cosplace.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match="aggregator.fc.bias.*aggregation.9.weight") as err:
-        zoo.build(zoo.get("cosplace-r18-512"), path)
+        released.build(zoo.get("cosplace-r18-512"), path)
     assert "\n" not in str(err.value)
 
 

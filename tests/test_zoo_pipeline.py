@@ -17,6 +17,7 @@ from PIL import Image
 from zoo_helpers import ENTRY, reference_descriptor, registry, released_state, with_weights  # noqa: F401 (registry)
 
 from vprkit.cli import main
+from vprkit.features import released
 from vprkit.models import zoo
 from vprkit.rerank import patchnetvlad as pnv
 from vprkit.rerank.base import load_retrieval
@@ -198,7 +199,7 @@ def test_a_cnn_preset_from_its_authors_file(image_folder, tmp_path, monkeypatch)
     idx = tmp_path / "idx"
     assert main(["index", str(image_folder), "-o", str(idx), "--preset", "cosplace-r18-512", "--checkpoint",
                  str(ckpt)]) == 0
-    backbone, aggregator = zoo.build(zoo.get("cosplace-r18-512"), ckpt)
+    backbone, aggregator = released.build(zoo.get("cosplace-r18-512"), ckpt)
     names = ["001.png", "sub/003.png"]
     x = torch.stack([torch.from_numpy((np.asarray(Image.open(image_folder / n).convert("RGB"), dtype=np.float32)
                                        / 255 - np.array([0.485, 0.456, 0.406], dtype=np.float32))

@@ -24,8 +24,7 @@ from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone, zoo
 from ..models import checkpoint as trained
 from ..models import precision as precisions
-from ..models import weights as released
-from . import h5io
+from . import h5io, released
 
 logger = logging.getLogger("vprkit")
 
@@ -209,12 +208,6 @@ def authors_input(backbone: Backbone, img: Image.Image, pre: dict) -> torch.Tens
     return backbone.preprocess(img.resize((size[1], size[0]), getattr(Image.Resampling, mode.upper())))
 
 
-def zoo_modules(model_conf: dict) -> tuple[Backbone, Aggregator]:
-    """A released model with its weights: `checkpoint` when given, else the authors' file (cached or downloaded)."""
-    entry = zoo.get(model_conf["zoo"])
-    return zoo.build(entry, model_conf.get("checkpoint") or released.fetch(entry))
-
-
 class Extractor:
     """Backbone + aggregator in eval mode, with the preprocessing and precision of the preset.
 
@@ -229,7 +222,7 @@ class Extractor:
         self.device = torch.device(device)
         model_conf, agg_conf = dict(conf["model"]), dict(conf["aggregator"])
         if "zoo" in model_conf:
-            backbone, aggregator = zoo_modules(model_conf)
+            backbone, aggregator = released.modules(model_conf)
             self.backbone, self.aggregator = backbone.to(self.device), aggregator.to(self.device)
         else:
             ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
