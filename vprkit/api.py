@@ -25,13 +25,15 @@ RESULTS_MARKERS = ("results.json", "query_features.h5", "query_segments.h5", "ca
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET,
               factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
-              workers: int = 2, memory_budget: str | None = None, **overrides) -> Path:
+              workers: int = 2, memory_budget: str | None = None, keep_added: bool = False, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
 
     Features are extracted into a work folder beside `out_dir` (resumable: rerun after a crash and
     finished images are skipped); the index folder appears only when complete. `ray` (an address, 'auto' or
     'local') extracts in shards on a Ray cluster; `memory_budget` ('2GB') picks the index from the map size
-    instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`).
+    instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`). Rebuilding an
+    index that holds images added through the service or `--append` is refused, unless `keep_added` carries
+    them over (same model only: their stored descriptors are reused).
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     names = list_images(map_dir)
@@ -39,7 +41,8 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         preset, why = extract.auto_preset(map_dir, names)
         logger.warning("--preset auto: %s (%s)", preset, why)
     conf = extract.get_conf(preset, **overrides)
-    with index_work(out_dir) as work:
+    with index_work(out_dir, keep_added) as work:
+        added = _carried(out_dir, conf) if keep_added else []
         names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
         manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,
                     "positions": _utm_or_none(names), "versions": faiss_index.versions()}
@@ -53,7 +56,7 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         else:
             index, files = _build_large(work, names, large.parse_bytes(memory_budget), manifest)
             extra.update(files)
-        faiss_index.save(out_dir, index, manifest, extra)
+        faiss_index.save(out_dir, index, manifest, extra, added)
     logger.info("indexed %d map images into %s", len(names), out_dir)
     return out_dir
 
@@ -98,12 +101,28 @@ def _build_large(work: Path, names: list[str], budget: int, manifest: dict) -> t
     return index, files
 
 
+def _carried(out_dir: Path, conf: dict) -> list[dict]:
+    """The images added to the index at `out_dir` after its build, as records for the rebuilt one (same model)."""
+    from .index.growing import added_records
+
+    if not faiss_index.is_index(out_dir) or not faiss_index.added_names(out_dir):
+        return []
+    old = faiss_index.read_manifest(out_dir)["model_key"]
+    if old != extract.model_key(conf):
+        raise InputError(f"{out_dir}: --keep-added needs the model the index was built with ({old}): the added "
+                         "images' descriptors are reused")
+    return added_records(out_dir)
+
+
 @contextmanager
-def index_work(out_dir: Path) -> Iterator[Path]:
-    """Lock OUT for the whole build, refuse it before any work when it is not an index, and give the resumable
-    work folder beside it (`.OUT.work`, removed once the index is saved; kept after a crash for the rerun)."""
+def index_work(out_dir: Path, keep_added: bool = False) -> Iterator[Path]:
+    """Lock OUT for the whole build, refuse it before any work when it is not an index (or holds added images that
+    the rebuild would drop), and give the resumable work folder beside it (`.OUT.work`, removed once the index is
+    saved; kept after a crash for the rerun)."""
     with locked(out_dir):
-        check_output(out_dir, [faiss_index.MANIFEST_FILE], "index")
+        check_output(out_dir, [faiss_index.MARKER_FILE], "index", faiss_index.is_index)
+        if not keep_added:
+            faiss_index.check_rebuild(out_dir)
         work = out_dir.with_name(f".{out_dir.name}.work")
         work.mkdir(parents=True, exist_ok=True)
         yield work

@@ -105,8 +105,8 @@ def check_output(path: str | Path, markers: Iterable[str], what: str,
                  is_own: Callable[[Path], bool] | None = None) -> None:
     """Refuse an output folder path that holds something else than a vprkit `what` or nothing: a `what` is a
     folder for which `is_own` holds, or (without `is_own`) one with an entry matching a glob pattern of `markers`.
-    The user's files are never written over or deleted."""
-    path = Path(path)
+    The user's files are never written over or deleted. A symlink is judged by its target."""
+    path = Path(path).resolve()
     _recover(path)
     if not path.exists() and not path.is_symlink():
         return

@@ -164,10 +164,11 @@ def versions() -> dict[str, str]:
     return {"vprkit": __version__, "faiss": faiss.__version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
-def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_files: dict[str, Path] | None = None
-         ) -> Path:
+def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_files: dict[str, Path] | None = None,
+         added: list[dict] = ()) -> Path:
     """Write index + manifest (+ extra files, copied in) + marker as `out_dir`, atomically (index None: no
-    index.faiss); the old folder's files that vprkit did not write are kept."""
+    index.faiss); the old folder's files that vprkit did not write are kept. `added`: journal records of images
+    carried over from the old index at `out_dir` (their files are linked in), applied on load."""
     out_dir = Path(out_dir)
     with output_folder(out_dir, [MARKER_FILE], "index", is_own=is_index, owned=own_entries) as tmp:
         if index is not None:
@@ -177,9 +178,32 @@ def save(out_dir: str | Path, index: faiss.Index | None, manifest: dict, extra_f
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
             for name, src in (extra_files or {}).items():
                 shutil.copy2(src, tmp / name)
+            _carry(out_dir, tmp, added)
             files = sorted(p.name for p in tmp.iterdir()) + [MARKER_FILE]
             (tmp / MARKER_FILE).write_text(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "files": files}))
     return out_dir
+
+
+def _carry(old: Path, new: Path, added: list[dict]) -> None:
+    """The `added` records as the new folder's journal, with their image files linked from the old folder."""
+    if not added:
+        return
+    (new / IMAGES_DIR).mkdir()
+    for rel in {r["file"] for r in added}:
+        os.link(old / rel, new / rel)
+    (new / journal.JOURNAL_FILE).write_bytes(b"".join(journal.encode(r) for r in added))
+
+
+def check_rebuild(out_dir: str | Path) -> None:
+    """Refuse to rebuild an index that holds images added after its build: a rebuild from the map folder would
+    silently drop them (their bytes are only in the index's images/)."""
+    if not Path(out_dir).is_dir() or not is_index(out_dir) or not (Path(out_dir) / INDEX_FILE).exists():
+        return
+    added = added_names(out_dir)
+    if added:
+        raise InputError(f"{out_dir}: holds {len(added)} images added after it was built (through `vprkit serve` "
+                         f"or `index --append`, e.g. {', '.join(added[:3])}), which a rebuild from the map folder "
+                         "would drop; pass --keep-added to carry them over into the new index, or choose another -o")
 
 
 def _marker(path: Path) -> dict | None:

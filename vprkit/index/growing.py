@@ -156,6 +156,18 @@ class MapWriter:
             os.close(self._lock_fd)
 
 
+def added_records(index_dir: str | Path) -> list[dict]:
+    """Journal records re-adding every live image of the index that was added after its build (descriptor,
+    position, stored file), to carry them into a rebuilt index (`vprkit index --keep-added`)."""
+    mi = faiss_index.load(index_dir)
+    files = {n: f for n, f in mi.manifest.get("files", {}).items() if n in mi.ids}
+    names = sorted(files)
+    ids = [mi.ids[n] for n in names]
+    desc = _live_descriptors(mi, faiss_index.base_dir(index_dir), names, ids) if names else []
+    return [{"op": "add", "name": n, "desc": journal.desc_to_text(d), "position": mi.position(i), "file": files[n]}
+            for n, i, d in zip(names, ids, desc)]
+
+
 def _write_generation(mi: faiss_index.MapIndex, src: Path, dst: Path, gen: int) -> None:
     """A complete generation at `dst` holding exactly the live images of `mi`, all files fsynced."""
     dst.mkdir()
