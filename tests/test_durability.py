@@ -11,12 +11,11 @@ import threading
 
 import numpy as np
 import pytest
+from test_growing_index import _unit, brute, make_index
 
 from vprkit.data import safeio
 from vprkit.index import faiss_index, growing, journal, large
 from vprkit.index.growing import MapWriter
-
-from test_growing_index import _unit, brute, make_index
 
 
 def _reopened(idx):

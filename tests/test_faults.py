@@ -98,7 +98,7 @@ def test_kill_9_then_rerun_equals_clean_run_and_keeps_results(corridor, target, 
     _same_features(out / "map_features.h5", corridor / "clean" / "map_features.h5")
     assert faiss.read_index(str(out / "index.faiss")).ntotal == 3
     assert (out / "results" / "q" / "mine.txt").read_text() == "the user's notes\n"
-    assert _siblings(out) == []  # no work folder, half-built folder, old folder or lock left
+    assert _siblings(out) == [f".{out.name}.lock"]  # no work, half-built or old folder; the lock file stays
 
 
 def test_kill_9_from_outside_and_a_concurrent_index_is_refused(corridor, capsys):

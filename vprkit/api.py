@@ -119,6 +119,7 @@ def index_work(out_dir: Path, keep_added: bool = False) -> Iterator[Path]:
     """Lock OUT for the whole build, refuse it before any work when it is not an index (or holds added images that
     the rebuild would drop), and give the resumable work folder beside it (`.OUT.work`, removed once the index is
     saved; kept after a crash for the rerun)."""
+    check_output(out_dir, [faiss_index.MARKER_FILE], "index", faiss_index.is_index)  # refused: no lock file left
     with locked(out_dir):
         check_output(out_dir, [faiss_index.MARKER_FILE], "index", faiss_index.is_index)
         if not keep_added:
