@@ -351,3 +351,26 @@ def test_the_map_writer_and_index_share_one_lock_through_any_path_spelling(tiny_
         MapWriter(idx)
     w.close()
     assert (tmp_path / ".idx.lock").exists()
+
+
+def test_compacting_a_rescored_index_rewrites_its_exact_descriptors(tmp_path):
+    """A compressed index re-scored with stored descriptors (`--memory-budget`): after removals renumber the ids,
+    the stored descriptors must follow, or the re-scoring would score other images."""
+    idx, live = make_index(tmp_path)
+    manifest = faiss_index.read_manifest(idx)
+    manifest["index"] = {"rescore": True, "shortlist": 4, "on_disk": False}
+    (idx / "manifest.json").write_text(__import__("json").dumps(manifest))
+    np.save(idx / large.DESCRIPTORS_FILE, np.stack(list(live.values())).astype(np.float16))
+    w = MapWriter(idx, compact_every=0)
+    for name in ("m0.jpg", "m3.jpg"):
+        w.remove(name)
+        del live[name]
+    live["x.jpg"] = _unit(np.random.default_rng(8).normal(size=(1, 8)))[0]
+    w.add("x.jpg", live["x.jpg"], b"x")
+    w.compact()
+    w.close()
+    mi = faiss_index.load(idx)
+    names = mi.live_names()
+    np.testing.assert_allclose(np.asarray(mi.full, dtype=np.float32), np.stack([live[n] for n in names]), atol=1e-3)
+    q = _unit(np.random.default_rng(9).normal(size=(3, 8)))
+    assert [[mi.names[i] for i in row] for row in mi.search(q, 2)[1]] == [brute(live, x, 2) for x in q]

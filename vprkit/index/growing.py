@@ -133,7 +133,8 @@ class MapWriter:
             new, tmp = gens / f"{gen:06d}", gens / f".{gen:06d}.new"
             try:
                 gens.mkdir(exist_ok=True)
-                shutil.rmtree(tmp, ignore_errors=True)
+                for stale in (tmp, new):  # left by a compaction that failed before its commit
+                    shutil.rmtree(stale, ignore_errors=True)
                 _write_generation(self.map, old, tmp, gen)
                 os.replace(tmp, new)
                 journal.fsync_dir(gens)
