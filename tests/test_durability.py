@@ -374,3 +374,33 @@ def test_compacting_a_rescored_index_rewrites_its_exact_descriptors(tmp_path):
     np.testing.assert_allclose(np.asarray(mi.full, dtype=np.float32), np.stack([live[n] for n in names]), atol=1e-3)
     q = _unit(np.random.default_rng(9).normal(size=(3, 8)))
     assert [[mi.names[i] for i in row] for row in mi.search(q, 2)[1]] == [brute(live, x, 2) for x in q]
+
+
+class _Killed(BaseException):
+    """A kill -9 at a chosen step: nothing after it runs, no handler catches it."""
+
+
+@pytest.mark.parametrize("step", ["_point_current", "_finish_compaction"], ids=["before-commit", "after-commit"])
+def test_a_compaction_killed_before_or_after_its_commit_leaves_a_whole_map(tmp_path, monkeypatch, step):
+    idx, live = make_index(tmp_path)
+    w = MapWriter(idx, compact_every=0)
+    live["x.jpg"] = _unit(np.random.default_rng(10).normal(size=(1, 8)))[0]
+    w.add("x.jpg", live["x.jpg"], b"x")
+    w.remove("m2.jpg")
+    del live["m2.jpg"]
+
+    def killed(*_):
+        raise _Killed
+
+    monkeypatch.setattr(growing, step, killed)
+    with pytest.raises(_Killed):
+        w.compact()
+    os.close(w._lock_fd)
+    monkeypatch.undo()
+    q = _unit(np.random.default_rng(11).normal(size=(3, 8)))
+    for mi in (faiss_index.load(idx), _reopened(idx)):  # a reader right after the kill, then a restarted writer
+        assert sorted(mi.live_names()) == sorted(live)
+        assert [[mi.names[i] for i in row] for row in mi.search(q, 3)[1]] == [brute(live, x, 3) for x in q]
+    gens = sorted(p.name for p in (idx / "generations").iterdir())
+    assert gens == ([] if step == "_point_current" else ["000001"])  # leftovers removed by the restarted writer
+    assert (idx / "manifest.json").is_symlink() == (step != "_point_current")
