@@ -128,7 +128,7 @@ class MapWriter:
         """Fold the journal into a new generation of base files and make it current in one atomic rename."""
         with self.lock:
             old = faiss_index.base_dir(self.index_dir)
-            gen = int(self.map.manifest.get("generation", 0)) + 1
+            gen = int(old.name) + 1 if old != self.index_dir else 1  # numbered after the current one: never it
             gens = self.index_dir / GENERATIONS
             new, tmp = gens / f"{gen:06d}", gens / f".{gen:06d}.new"
             try:
