@@ -11,5 +11,6 @@ import service_soak  # noqa: E402
 def test_short_soak_keeps_every_acknowledged_addition(tmp_path):
     report = service_soak.soak(service_soak.build_map(tmp_path), seconds=6, clients=4, kills=1, compact_every=4)
     assert report["ok"], report["violations"]
-    assert report["acked_adds"] >= 4 and report["live_added"] == report["listed"] - 12
+    assert report["acked_adds"] >= 4  # the map lists the 12 built images, the live additions and those in doubt:
+    assert report["live_added"] <= report["listed"] - 12 <= report["live_added"] + report["unsure"]
     assert report["generations_seen"] >= 1 and len(report["restart_s"]) == 2
