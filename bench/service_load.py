@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from common import machine  # noqa: E402
 
 from vprkit import api  # noqa: E402
 from vprkit.data.images import list_images  # noqa: E402
+
+TOKEN = secrets.token_urlsafe(32)
 
 
 def offline_rate(index: Path, queries: Path, work: Path) -> float:
@@ -62,7 +65,8 @@ def extraction_rate(index: Path, queries: Path, work: Path) -> float:
 def start_server(index: Path, port: int, max_batch: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vprkit.cli", "serve", str(index), "--port", str(port), "--set",
            f"max_batch={max_batch}", "batch_wait_ms=5", "rate_per_s=0", "compact_every=0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "VPRKIT_TOKEN": TOKEN})  # map additions need the start-up token
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
@@ -100,7 +104,8 @@ async def level(url: str, images: list[bytes], clients: int, requests: int, time
     async def adder(http: httpx.AsyncClient):
         nonlocal errors
         for name, data in adds:
-            r = await http.post("/v1/map/images", files={"image": data}, data={"name": name})
+            r = await http.post("/v1/map/images", files={"image": data}, data={"name": name},
+                                headers={"Authorization": f"Bearer {TOKEN}"})
             if r.status_code == 201:
                 acked.append(name)
             else:

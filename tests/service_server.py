@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -28,14 +30,17 @@ def query(i: int) -> Path:
     return DEMO / "query" / f"{i:07d}.jpg"
 
 
-def build_index(root: Path) -> Path:
-    """Index of every 10th Corridor map image (12), positions from the names."""
+def build_index(root: Path, extra: dict[str, int] | None = None) -> Path:
+    """Index of every 10th Corridor map image (12), positions from the names; `extra`: more map images,
+    name -> Corridor map frame."""
     from vprkit import api
 
     map_dir = root / "map"
     map_dir.mkdir(parents=True)
     for i in MAP_FRAMES:
         shutil.copy(DEMO / "ref" / f"{i:07d}.jpg", map_dir / map_name(i))
+    for name, i in (extra or {}).items():
+        shutil.copy(DEMO / "ref" / f"{i:07d}.jpg", map_dir / name)
     return api.index_map(map_dir, root / "idx", PRESET, preprocessing={"resize_max": RESIZE}, batch_size=4)
 
 
@@ -46,9 +51,11 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m vprkit.cli serve INDEX` in a child process, ready when /readyz answers."""
+    """`python -m vprkit.cli serve INDEX` in a child process, ready when /readyz answers; `token`: the start-up
+    token it printed (no keys); `max_files`: its file-descriptor limit."""
 
-    def __init__(self, index_dir: Path, keys: Path | None = None, settings: dict | None = None) -> None:
+    def __init__(self, index_dir: Path, keys: Path | None = None, settings: dict | None = None,
+                 max_files: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "vprkit.cli", "serve", str(index_dir), "--port", str(self.port)]
@@ -59,13 +66,17 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.log = Path(index_dir).parent / f"server-{self.port}.log"
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=None if max_files is None else lambda: resource.setrlimit(
+                                             resource.RLIMIT_NOFILE, (max_files, max_files)))
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    found = re.search(r"#token=(\S+)", self.log.read_text())
+                    self.token = found and found.group(1)
                     return
             except httpx.TransportError:
                 time.sleep(0.2)

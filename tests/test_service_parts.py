@@ -80,6 +80,9 @@ def test_streams_expire_when_idle_and_stay_bounded():
     s.add("c", None, None, now=18)  # a third live stream evicts the least recently used (a)
     assert len(s) == 2 and s.add("b", None, None, now=19)[2] == 2 and s.add("a", None, None, now=19)[2] == 1
     assert s.drop("b") and not s.drop("zzz")
+    n = len(made)
+    assert s.add("a", None, None, now=20, generation="after compaction") == (1, 1.0, 2)  # new localizer, count on
+    assert len(made) == n + 1 and s.add("a", None, None, now=21, generation="after compaction")[0] == 2
 
 
 def test_rate_limiter_token_bucket_by_hand():
@@ -101,7 +104,9 @@ def test_keys_are_stored_hashed_and_identify_their_scopes(tmp_path):
     assert store.identify(k_read, "x").scopes == {"read"}
     assert store.identify(k_write, "x").scopes == {"read", "write"}
     assert store.identify("wrong", "x") is None and store.identify(None, "x") is None
-    assert KeyStore(None).identify(None, "1.2.3.4").scopes == {"read", "write"}
+    assert KeyStore(None).identify(None, "1.2.3.4").scopes == {"read"}  # without keys: read, and the token writes
+    assert KeyStore(None, "tok").identify("tok", "1.2.3.4").scopes == {"read", "write"}
+    assert KeyStore(None).identify("wrong", "1.2.3.4") is None
     path.write_text(json.dumps({"keys": [{"name": "bad", "sha256": "00", "scopes": ["admin"]}]}))
     with pytest.raises(ValueError, match="bad key entry"):
         KeyStore(path)
@@ -139,8 +144,8 @@ def test_a_failing_forward_pass_reaches_every_waiting_request():
 def test_the_outer_layer_answers_504_past_the_time_limit_and_counts_it():
     from types import SimpleNamespace
 
-    from vprkit.service.app import Limits
     from vprkit.service.metrics import Metrics
+    from vprkit.service.middleware import Limits
 
     async def never(scope, receive, send):
         await asyncio.Event().wait()
@@ -164,7 +169,7 @@ def test_the_outer_layer_answers_504_past_the_time_limit_and_counts_it():
 
 def test_serve_refuses_a_public_address_without_keys_and_a_folder_that_is_no_index(tmp_path):
     from vprkit import cli
-    from vprkit.service.app import run
+    from vprkit.service.server import run
 
     with pytest.raises(ValueError, match="without --keys"):
         run(tmp_path, host="0.0.0.0")

@@ -1,4 +1,4 @@
-"""Command line: `vprkit index | query | rerank | sequence | evaluate | compare | export | train | serve | demo |
+"""Command line: `vprkit index | query | rerank | sequence | evaluate | compare | export | train | serve | keys | demo |
 presets`."""
 
 from __future__ import annotations
@@ -118,14 +118,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve_parser(sub) -> None:
-    """`vprkit serve INDEX`: the localization service (needs the `serve` extra)."""
-    s = sub.add_parser("serve", help="HTTP localization service on an index (OpenAPI docs at /docs)")
-    s.add_argument("index_dir")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--keys", help="API keys file (hashed; see docs/service.md); without it every caller may write")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="service settings, e.g. max_batch=16 batch_wait_ms=5 rate_per_s=20 (see docs/service.md)")
+    """`vprkit serve INDEX` and `vprkit keys add`: the localization service (needs the `serve` extra)."""
+    from .service.commands import add_parsers
+
+    add_parsers(sub, parse_overrides)
 
 
 def _train_parser(sub) -> None:
@@ -343,10 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "index" and args.append:
             added = api.append_map(args.map_dir, args.out, args.device, batch_size=args.batch_size)
             print(f"{len(added)} images appended to {args.out}")
-        elif args.command == "serve":
-            from .service.app import run
-
-            run(args.index_dir, args.host, args.port, args.keys, parse_overrides(args.set), args.device)
+        elif args.command in ("serve", "keys"):
+            args.run(args)
         elif args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device, ray=args.ray,
                                 workers=args.workers, memory_budget=args.memory_budget, keep_added=args.keep_added,

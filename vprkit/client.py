@@ -1,13 +1,14 @@
 """A small Python client of `vprkit serve` (needs httpx: the `serve` extra).
 
     from vprkit.client import Client
-    c = Client("http://127.0.0.1:8000", key="...")
+    c = Client("http://127.0.0.1:8000", key="...")  # a key, or the token `vprkit serve` printed at start
     c.localize("photo.jpg")["estimate"]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -50,7 +51,7 @@ class Client:
 
     def frame(self, stream: str, image: str | Path | bytes) -> dict:
         """Feed one frame of a stream; the sequence-consistent estimate."""
-        return self._call("POST", f"/v1/streams/{stream}/frames", files=self._files(image))
+        return self._call("POST", f"/v1/streams/{quote(stream, safe='')}/frames", files=self._files(image))
 
     def add(self, name: str, image: str | Path | bytes, position: tuple[float, float] | None = None) -> dict:
         """Add (or replace) a map image; durable when this returns."""
@@ -60,7 +61,7 @@ class Client:
         return self._call("POST", "/v1/map/images", data=data, files=self._files(image))
 
     def remove(self, name: str) -> dict:
-        return self._call("DELETE", f"/v1/map/images/{name}")
+        return self._call("DELETE", f"/v1/map/images/{quote(name, safe='/')}")  # any name: spaces, '#', unicode
 
     def map(self) -> dict:
         return self._call("GET", "/v1/map")

@@ -82,10 +82,11 @@ def map_route(mi: faiss_index.MapIndex, spec: str) -> tuple[np.ndarray, np.ndarr
 
 
 def index_search(mi: faiss_index.MapIndex, route_ids: np.ndarray) -> matcher.Search:
-    """Top-K search through a saved index, answering route positions (-1 for an empty slot)."""
+    """Top-K search through a saved index, answering route positions (-1 for an empty slot, and for images a
+    growing map gained after the route was made: they are no place of it)."""
     route_of = np.full(len(mi.names) + 1, -1, dtype=np.int64)  # the extra slot maps faiss's -1 padding to -1
     route_of[route_ids] = np.arange(len(route_ids))
-    return lambda q, k: route_of[mi.search(q, k)[1]]
+    return lambda q, k: route_of[np.minimum(mi.search(q, k)[1], len(route_of) - 1)]
 
 
 def _queries(index_dir: Path, manifest: dict, query_dir: str | Path | None, results_dir: str | Path | None,

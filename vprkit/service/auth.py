@@ -2,13 +2,14 @@
 
 Keys file (JSON): {"keys": [{"name": "robot-1", "sha256": "<hex>", "scopes": ["read"]}, ...]}; an entry may
 set its own "rate_per_s" and "burst" (else the server's).
-Create a key with `python -m vprkit.service.auth KEYS_FILE NAME read,write`: it prints the key once.
+Create a key with `vprkit keys add KEYS_FILE NAME --scopes read,write`: it prints the key once.
 Keys are 256-bit random strings, so a plain SHA-256 (no slow hash) cannot be brute-forced.
+Without a keys file the server makes one random token at start (printed once, as Jupyter does): it is the only
+credential that may change the map; anyone may read (the server then listens on loopback only).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..evaluation.outputs import atomic_write
+from ..data.safeio import atomic_write
 
 SCOPES = ("read", "write")
 MAX_BUCKETS = 10_000
@@ -39,26 +40,20 @@ class Caller:
 
 
 class KeyStore:
-    """The hashed keys of a keys file; `None` path means no keys: every caller has every scope."""
+    """The hashed keys of a keys file. Without one (`path` None): a random `token` made now has every scope, a
+    caller without a key may read (named by its address), and any other key is unknown."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, token: str | None = None) -> None:
         self.enabled = path is not None
-        self.entries: list[dict] = []
-        if path is not None:
-            data = json.loads(Path(path).read_text())
-            for e in data.get("keys", []):
-                bad = set(e.get("scopes", [])) - set(SCOPES)
-                if bad or not e.get("name") or len(e.get("sha256", "")) != 64:
-                    raise ValueError(f"{path}: bad key entry {e.get('name')!r} "
-                                     f"(needs name, sha256, scopes in {SCOPES})")
-            self.entries = data.get("keys", [])
+        self.token = None if self.enabled else token or secrets.token_urlsafe(32)
+        self.entries = [] if path is None else read_keys(Path(path))
+        if self.token is not None:
+            self.entries = [{"name": "token", "sha256": hash_key(self.token), "scopes": list(SCOPES)}]
 
     def identify(self, key: str | None, client: str) -> Caller | None:
         """The caller a key belongs to (constant-time compare), None for a missing or unknown key."""
-        if not self.enabled:
-            return Caller(f"client:{client}", frozenset(SCOPES))
         if not key:
-            return None
+            return None if self.enabled else Caller(f"client:{client}", frozenset({"read"}))
         digest = hash_key(key)
         found = None
         for e in self.entries:
@@ -67,17 +62,34 @@ class KeyStore:
         return found
 
 
+def read_keys(path: Path) -> list[dict]:
+    """The entries of a keys file; ValueError naming the file for anything but {"keys": [entries]}."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a JSON keys file ({exc})") from None
+    entries = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f'{path}: a keys file holds {{"keys": [...]}} (made by `vprkit keys add`)')
+    for e in entries:
+        ok = isinstance(e, dict) and isinstance(e.get("scopes"), list) and not set(e["scopes"]) - set(SCOPES)
+        if not ok or not e.get("name") or not isinstance(e.get("sha256"), str) or len(e["sha256"]) != 64:
+            name = e.get("name") if isinstance(e, dict) else e
+            raise ValueError(f"{path}: bad key entry {name!r} (needs name, sha256, scopes in {SCOPES})")
+    return entries
+
+
 def add_key(path: str | Path, name: str, scopes: list[str]) -> str:
     """Create a key, store its hash in `path` (atomically), return the key (shown once)."""
     bad = set(scopes) - set(SCOPES)
     if bad:
         raise ValueError(f"unknown scopes {sorted(bad)}; use {SCOPES}")
     path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {"keys": []}
+    entries = read_keys(path) if path.exists() else []
     key = secrets.token_urlsafe(32)
-    data["keys"] = [e for e in data["keys"] if e["name"] != name] + [
+    entries = [e for e in entries if e["name"] != name] + [
         {"name": name, "sha256": hash_key(key), "scopes": sorted(set(scopes))}]
-    atomic_write(path, json.dumps(data, indent=1))
+    atomic_write(path, json.dumps({"keys": entries}, indent=1))
     path.chmod(0o600)
     return key
 
@@ -109,16 +121,3 @@ class RateLimiter:
                 return 0.0
             self._buckets[who] = (tokens, now)
             return (1 - tokens) / rate
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description="create an API key for `vprkit serve --keys FILE`")
-    p.add_argument("keys_file")
-    p.add_argument("name")
-    p.add_argument("scopes", help="comma-separated: read, write")
-    args = p.parse_args()
-    print(add_key(args.keys_file, args.name, args.scopes.split(",")))
-
-
-if __name__ == "__main__":
-    main()

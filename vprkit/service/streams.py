@@ -58,25 +58,27 @@ StreamFactory = Callable[[Search], StreamLocalizer]
 
 class Streams:
     """Live streams by id: created on first frame, dropped after `idle_s` without frames; at most `max_streams`
-    (the least recently used goes first), so memory is bounded by max_streams * one localizer."""
+    (the least recently used goes first), so memory is bounded by max_streams * one localizer. A stream fed with
+    another map `generation` than its localizer's (a compaction renumbered the map) gets a new localizer: its
+    window restarts, its frame count goes on."""
 
     def __init__(self, factory: StreamFactory, idle_s: float = 300.0, max_streams: int = 1000) -> None:
         self.factory, self.idle_s, self.max_streams = factory, idle_s, max_streams
-        self._live: OrderedDict[str, tuple[StreamLocalizer, float, int]] = OrderedDict()
+        self._live: OrderedDict[str, tuple[StreamLocalizer, float, int, object]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, stream_id: str, frame: np.ndarray, search: Search, now: float | None = None
-            ) -> tuple[int, float, int]:
+    def add(self, stream_id: str, frame: np.ndarray, search: Search, now: float | None = None,
+            generation: object = None) -> tuple[int, float, int]:
         """(map id, score, frames seen) after feeding `frame` to the stream (a new stream when idle/unknown)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self._expire(now)
-            loc, _, count = self._live.pop(stream_id, (None, 0.0, 0))
-            if loc is None:
+            loc, _, count, made_for = self._live.pop(stream_id, (None, 0.0, 0, None))
+            if loc is None or made_for != generation:
                 loc = self.factory(search)
                 while len(self._live) >= self.max_streams:
                     self._live.popitem(last=False)
-            self._live[stream_id] = (loc, now, count + 1)
+            self._live[stream_id] = (loc, now, count + 1, generation)
         return (*loc.add(frame), count + 1)
 
     def drop(self, stream_id: str) -> bool:
@@ -88,7 +90,7 @@ class Streams:
 
     def _expire(self, now: float) -> None:
         while self._live:
-            sid, (_, seen, _) = next(iter(self._live.items()))
+            sid, (_, seen, _, _) = next(iter(self._live.items()))
             if now - seen <= self.idle_s:
                 break
             del self._live[sid]

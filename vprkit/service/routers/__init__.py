@@ -1,0 +1,1 @@
+"""The service's endpoints, one router per concern: health, localize, streams, map."""
