@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
     s.add_argument("--append", action="store_true",
                    help="add MAP_DIR's new images to the existing index OUT (journaled, crash-safe)")
+    s.add_argument("--keep-added", action="store_true",
+                   help="rebuilding an index that holds images added through `serve` or --append: carry them over "
+                        "(same model; without it such a rebuild is refused)")
     s.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="extract in shards on a Ray cluster: 'auto' (a running cluster, else a local one; the "
                         "default when no ADDRESS is given), 'local', or an address such as ray://head:10001")
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             args.run(args)
         elif args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device, ray=args.ray,
-                                workers=args.workers, memory_budget=args.memory_budget,
+                                workers=args.workers, memory_budget=args.memory_budget, keep_added=args.keep_added,
                                 batch_size=args.batch_size, fp16=args.fp16, precision=args.precision,
                                 **_model_overrides(args))
             print(f"index written to {out}")
