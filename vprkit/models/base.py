@@ -65,7 +65,7 @@ def _numpy_scalars() -> list:
     return [scalar, np.dtype, *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_))]
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint, read safely (weights_only) and unwrapped from the usual containers,
     with its keys as saved."""
     path = Path(path)
@@ -88,7 +88,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint safely (no pickle code execution), unwrap common containers and drop the `module.` /
     `backbone.` prefixes (a backbone's weights saved inside a bigger model)."""
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in read_checkpoint(path).items()}
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in read_state_dict(path).items()}
 
 
 def load_strict(model: nn.Module, state: dict, path: str | Path) -> None:
