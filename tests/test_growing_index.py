@@ -112,11 +112,12 @@ def test_one_writer_at_a_time_and_crash_leftovers_are_ignored(tmp_path, capsys):
         MapWriter(idx)
     assert cli.main(["serve", str(idx)]) == 1 and "being written by another process" in capsys.readouterr().err
     w.close()
-    leftover = tmp_path / ".idx.compact"  # a compaction killed before (or after) its swap
-    leftover.mkdir()
+    leftover = idx / "generations" / ".000001.new"  # a compaction killed before its commit
+    leftover.mkdir(parents=True)
     (leftover / "manifest.json").write_text("{half")
+    (idx / "generations" / "000001").mkdir()  # ... or after it renamed its generation, before the switch
     w = MapWriter(idx)
-    assert not leftover.exists() and sorted(w.map.live_names()) == sorted(live)
+    assert not any((idx / "generations").iterdir()) and sorted(w.map.live_names()) == sorted(live)
     w.close()
 
 

@@ -55,7 +55,7 @@ def test_index_into_the_map_folder_itself_is_refused_and_touches_nothing(tiny_ba
     before = _tree(image_folder)
     assert main(["index", str(image_folder), "-o", str(image_folder), "--preset", "mobilenetv2-gem"]) == 2
     err = capsys.readouterr().err
-    assert f"{image_folder}: exists and is not a vprkit index (no manifest.json in it)" in err
+    assert f"{image_folder}: exists and is not a vprkit index (no vprkit-index.json in it)" in err
     assert _tree(image_folder) == before
     assert sorted(p.name for p in image_folder.parent.iterdir()) == ["imgs"]  # no work folder, lock or temp
 
@@ -211,7 +211,7 @@ def test_a_folder_of_broken_images_is_one_clear_error(tmp_path, capsys):
         (tmp_path / "map" / name).write_bytes(b"not an image")
     _fails_cleanly(["index", str(tmp_path / "map"), "-o", str(tmp_path / "idx"), "--preset", "mobilenetv2-gem"],
                    capsys, "map: none of its images could be read")
-    assert sorted(os.listdir(tmp_path)) == ["map"]  # no index, no work folder, no lock
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "map"]  # no index, no work folder (the lock file stays)
 
 
 def test_ground_truth_files(tmp_path):

@@ -34,7 +34,7 @@ from .export import main as export
 from .features import extract, h5io
 from .index import faiss_index, freshness, large
 from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
-from .index.work import index_work, readable
+from .index.work import carried, index_work, readable
 from .registry import Registry
 from .rerank.base import main as rerank
 from .results import (
@@ -92,13 +92,15 @@ def conf(step: str, preset: str | None = None, /, **overrides) -> dict:
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *,
               factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
-              workers: int = 2, memory_budget: str | None = None, **overrides) -> Path:
+              workers: int = 2, memory_budget: str | None = None, keep_added: bool = False, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
 
     Features are extracted into a work folder beside `out_dir` (resumable: rerun after a crash and
     finished images are skipped); the index folder appears only when complete. `ray` (an address, 'auto' or
     'local') extracts in shards on a Ray cluster; `memory_budget` ('2GB') picks the index from the map size
-    instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`).
+    instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`). Rebuilding an
+    index that holds images added through the service or `--append` is refused, unless `keep_added` carries
+    them over (same model only: their stored descriptors are reused).
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     names = list_images(map_dir)
@@ -106,7 +108,8 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         preset, why = extract.auto_preset(map_dir, names)
         logger.warning("--preset auto: %s (%s)", preset, why)
     conf = extract.CONFIG.resolve(preset, overrides)
-    with index_work(out_dir) as work:
+    with index_work(out_dir, keep_added) as work:
+        added = carried(out_dir, extract.model_key(conf)) if keep_added else []
         names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
         manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,
                     "positions": utm_or_none(names), "versions": faiss_index.versions()}
@@ -120,7 +123,7 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         else:
             index, files = _build_large(work, names, large.parse_bytes(memory_budget), manifest)
             extra.update(files)
-        faiss_index.save(out_dir, index, manifest, extra)
+        faiss_index.save(out_dir, index, manifest, extra, added)
     logger.info("indexed %d map images into %s", len(names), out_dir)
     return out_dir
 

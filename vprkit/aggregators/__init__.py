@@ -10,8 +10,13 @@ from __future__ import annotations
 from ..registry import Registry
 from .base import Aggregator
 
-REGISTRY = Registry("aggregator", __name__, {"cls": ".cls:ClsToken", "gem": ".gem:GeM", "vlad": ".vlad:VLAD",
-                                             "netvlad": ".netvlad:NetVLAD", "flatten": ".flatten:Flatten"})
+REGISTRY = Registry("aggregator", __name__, {
+    "cls": ".cls:ClsToken", "gem": ".gem:GeM", "vlad": ".vlad:VLAD", "netvlad": ".netvlad:NetVLAD",
+    "flatten": ".flatten:Flatten",
+    # the heads of released models (vprkit.models.zoo), with their authors' parameter names
+    "boq": ".boq:BoQ", "cosplace": ".cosplace:CosPlace", "mixvpr": ".mixvpr:MixVPR", "convap": ".convap:ConvAP",
+    "netvlad_wpca": ".netvlad_wpca:NetVLADWPCA", "salad": ".salad:SALAD", "megaloc": ".megaloc:MegaLoc",
+})
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:

@@ -7,6 +7,11 @@ import torch
 from .base import Aggregator, l2n
 
 
+def gem_pool(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C): the mean of clamped x^p over the grid, to the power 1/p."""
+    return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
 class GeM(Aggregator):
     """GeM over the spatial grid, then L2 normalisation."""
 
@@ -18,5 +23,4 @@ class GeM(Aggregator):
 
     def forward(self, local: torch.Tensor, global_token: torch.Tensor | None = None) -> torch.Tensor:
         x = l2n(local, dim=1) if self.normalize_input else local
-        pooled = x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
-        return l2n(pooled)
+        return l2n(gem_pool(x, self.p, self.eps))

@@ -1,4 +1,4 @@
-"""`vprkit index | query | evaluate | compare | export | demo`: the map, its queries and their results."""
+"""`vprkit index | query | evaluate | compare | export | models | demo`: the map, its queries and their results."""
 
 from __future__ import annotations
 
@@ -26,10 +26,14 @@ def add(sub) -> None:
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=positive_int, help="long image side before the backbone")
     s.add_argument("--fp16", action="store_true", default=None, help="store descriptors as float16")
-    s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth)")
+    s.add_argument("--checkpoint", help="local weights file for the preset's backbone (e.g. an official DINOv2 .pth), "
+                   "or a released model's file as its authors publish it (default: downloaded into the cache)")
     s.add_argument("--arch", help="DINOv2 size for --checkpoint: vits14, vitb14, vitl14, vitg14")
     s.add_argument("--append", action="store_true",
                    help="add MAP_DIR's new images to the existing index OUT (journaled, crash-safe)")
+    s.add_argument("--keep-added", action="store_true",
+                   help="rebuilding an index that holds images added through `serve` or --append: carry them over "
+                        "(same model; without it such a rebuild is refused)")
     s.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="extract in shards on a Ray cluster: 'auto' (a running cluster, else a local one; the "
                         "default when no ADDRESS is given), 'local', or an address such as ray://head:10001")
@@ -75,6 +79,9 @@ def add(sub) -> None:
     s.add_argument("-o", "--out", required=True, help="output folder")
     s.set_defaults(func=run_export)
 
+    s = sub.add_parser("models", help="the authors' released models: size, training data, license, weights, cached")
+    s.set_defaults(func=run_models)
+
     s = sub.add_parser("demo", help="run the whole pipeline on the shipped Corridor set")
     s.add_argument("-o", "--out", default="vprkit_demo")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(CONFIG.presets))
@@ -106,7 +113,7 @@ def run_index(args: argparse.Namespace) -> None:
     index_conf(args)
     out = api.index_map(args.map_dir, args.out, args.preset or DEFAULT_PRESET, factory=args.factory,
                         device=args.device, ray=args.ray, workers=args.workers, memory_budget=args.memory_budget,
-                        **over)
+                        keep_added=args.keep_added, **over)
     print(f"index written to {out}")
 
 
@@ -140,3 +147,18 @@ def run_demo(args: argparse.Namespace) -> None:
     from .. import demo
 
     demo.main(args.out, args.preset, args.device)
+
+
+def run_models(args: argparse.Namespace) -> None:
+    """`vprkit models`: one row per released model (the weights column says where the file comes from)."""
+    from ..models import weights, zoo
+
+    rows = [("preset", "dim", "input", "training data", "license", "cached", "weights")]
+    for name, e in sorted(zoo.entries().items()):
+        size = "x".join(map(str, e.resize)) if e.resize else "as given"
+        rows.append((name, str(e.dim), size, e.training_data, e.license, "yes" if weights.is_cached(e) else "no",
+                     e.weights.url or e.weights.note or e.code))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    print(f"cache: {weights.weights_dir()}; index with one: vprkit index MAP -o IDX --preset NAME [--checkpoint FILE]")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -21,10 +22,10 @@ from ..aggregators import Aggregator, get_aggregator
 from ..config import Presets, require_counts
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride, upright_rgb
 from ..data.safeio import atomic_savez, content_hash
-from ..models import Backbone, get_backbone
+from ..models import Backbone, get_backbone, zoo
 from ..models import checkpoint as trained
 from ..models import precision as precisions
-from . import h5io
+from . import h5io, released
 
 logger = logging.getLogger("vprkit")
 
@@ -102,14 +103,52 @@ def auto_preset(image_dir: str | Path, names: list[str], sample: int = 20) -> tu
                             "(docs/defaults.md)")
 
 
+class AllPresets(Mapping):
+    """vprkit's own presets (CONFS), then the authors' released models (`vprkit models`), built from the zoo on
+    first use so importing vprkit builds no entry."""
+
+    def __getitem__(self, name: str) -> dict:
+        if name in CONFS:
+            return CONFS[name]
+        return zoo_conf(zoo.get(name)) if name in zoo.entries() else CONFS[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from CONFS
+        yield from (name for name in zoo.entries() if name not in CONFS)
+
+    def __len__(self) -> int:
+        return len(CONFS) + len(set(zoo.entries()) - set(CONFS))
+
+
+def zoo_conf(entry: zoo.ZooEntry) -> dict:
+    """A released model as a preset. The zoo name is part of the model (so of the descriptor key: two releases of
+    one architecture never mix); the preprocessing is the authors' fixed test-time resize (None: as given)."""
+    return {"model": {**entry.backbone, "zoo": entry.preset}, "aggregator": dict(entry.aggregator),
+            "preprocessing": {"resize": list(entry.resize) if entry.resize else None,
+                              "interpolation": entry.extra.get("interpolation", "bilinear")}}
+
+
 def check_conf(conf: dict) -> dict:
-    """Refuse settings no run can use (a batch of none, an image side below one pixel, an unknown precision)."""
+    """Refuse settings no run can use (a batch of none, an image side below one pixel, an unknown precision) and,
+    for a released model, settings that would change the authors' descriptor."""
     precisions.check(conf.get("precision", "fp32"))
+    if "zoo" in conf["model"]:
+        check_zoo(conf)
     return require_counts(conf, "batch_size", "preprocessing.resize_max")
 
 
-CONFIG = Presets("index", DEFAULT_RUNTIME, CONFS, DEFAULT_PRESET, open_sections=("model", "aggregator",
-                                                                                "preprocessing"), check=check_conf)
+PRESETS = AllPresets()
+CONFIG = Presets("index", DEFAULT_RUNTIME, PRESETS, DEFAULT_PRESET, open_sections=("model", "aggregator",
+                                                                                  "preprocessing"), check=check_conf)
+
+
+def check_zoo(conf: dict) -> None:
+    """A released model keeps the authors' preprocessing and stores their descriptor as it is (float32)."""
+    if conf["fp16"]:
+        raise ValueError(f"preset {conf['preset']} stores the authors' descriptor as float32; drop --fp16")
+    if conf["preprocessing"] != PRESETS[conf["preset"]]["preprocessing"]:
+        raise ValueError(f"preset {conf['preset']} uses the authors' test-time resize "
+                         f"({conf['preprocessing']['resize'] or 'as given'}); --resize-max does not apply")
 
 
 def model_key(conf: dict) -> str:
@@ -117,9 +156,12 @@ def model_key(conf: dict) -> str:
 
     A reduced precision changes the descriptors, so it is part of the key (with the int8 scheme's version: files
     of an earlier scheme are not extended with other descriptors); fp32 is left out so keys of files written
-    before precisions existed stay valid.
+    before precisions existed stay valid. A released model is keyed by its preset, not by where its file lies
+    (`vprkit query --preset NAME` matches an index built with `--checkpoint`).
     """
     key = {k: conf[k] for k in ("model", "aggregator", "preprocessing")}
+    if "zoo" in key["model"]:  # the preset names the released file wherever it lies; its bytes are in `state_hash`
+        key["model"] = {k: v for k, v in key["model"].items() if k != "checkpoint"}
     if conf.get("precision", "fp32") != "fp32":
         key["precision"] = precisions.KEYS.get(conf["precision"], conf["precision"])
     return json.dumps(key, sort_keys=True)
@@ -133,6 +175,8 @@ def prepare(img: Image.Image, conf: dict, backbone: Backbone,
     exactly as the same image offline. A size-keeping `transform` (training augmentation) acts on the resized
     image before the backbone's preprocessing."""
     pre = conf["preprocessing"]
+    if "resize" in pre:  # a released model: the authors' resize (a transform does not apply: no training here)
+        return authors_input(backbone, img, pre)
     img = resize_to_stride(img, pre.get("resize_max"), backbone.stride, pre.get("resize_min"))
     return backbone.preprocess(transform(img) if transform else img)
 
@@ -176,6 +220,22 @@ def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
     return group(read(), conf["batch_size"])
 
 
+def authors_input(backbone: Backbone, img: Image.Image, pre: dict) -> torch.Tensor:
+    """A released model's input: the authors' resize to (height, width) (None: as given) and normalisation.
+
+    `interpolation` "bilinear" / "bicubic" resizes the PIL image, as torchvision's Resize before ToTensor; with
+    "-tensor" ("bicubic-tensor") the float tensor is resized, antialiased, as Resize after ToTensor (no rounding to
+    8 bits, no clipping). Normalising first changes nothing: the interpolation weights sum to one.
+    """
+    size, mode = pre["resize"], pre["interpolation"]
+    if size is None or (img.height, img.width) == tuple(size):
+        return backbone.preprocess(img)
+    if mode.endswith("-tensor"):
+        x = backbone.preprocess(img)[None]
+        return F.interpolate(x, size=tuple(size), mode=mode.removesuffix("-tensor"), antialias=True)[0]
+    return backbone.preprocess(img.resize((size[1], size[0]), getattr(Image.Resampling, mode.upper())))
+
+
 class Extractor:
     """Backbone + aggregator in eval mode, with the preprocessing and precision of the preset.
 
@@ -189,23 +249,30 @@ class Extractor:
         self.conf = conf
         self.device = torch.device(device)
         model_conf, agg_conf = dict(conf["model"]), dict(conf["aggregator"])
-        ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
-        if ckpt is not None:
-            del model_conf["checkpoint"]
-            agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
-        self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
-        if agg_conf["name"] == "netvlad":
-            agg_conf["dim"] = self.backbone.dim
-        self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
-        if ckpt is not None:
-            trained.load_weights(ckpt, self.backbone, self.aggregator)
+        if "zoo" in model_conf:
+            backbone, aggregator = released.modules(model_conf)
+            self.backbone, self.aggregator = backbone.to(self.device), aggregator.to(self.device)
+        else:
+            ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
+            if ckpt is not None:
+                del model_conf["checkpoint"]
+                agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])
+            self.backbone: Backbone = get_backbone(**model_conf).eval().to(self.device)
+            if agg_conf["name"] == "netvlad":
+                agg_conf["dim"] = self.backbone.dim
+            self.aggregator: Aggregator = get_aggregator(**agg_conf).eval().to(self.device)
+            if ckpt is not None:
+                trained.load_weights(ckpt, self.backbone, self.aggregator)
         if conf.get("precision", "fp32") == "auto":
             conf["precision"] = precisions.probe(self.backbone, conf["model"], self.probe_size())["choice"]
         self.precision = precisions.check(conf.get("precision", "fp32"))
         precisions.prepare(self.backbone, self.precision)
 
     def probe_size(self) -> tuple[int, int]:
-        """Square input the precision probe times: the preset's long side (224 without one), cut to the stride."""
+        """Input the precision probe times: a released model's fixed size, else a square of the preset's long side
+        (224 without one), cut to the stride."""
+        if self.conf["preprocessing"].get("resize"):
+            return tuple(self.conf["preprocessing"]["resize"])
         side = self.conf["preprocessing"].get("resize_max") or 224
         side -= side % self.backbone.stride
         return side, side

