@@ -12,14 +12,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone
+from conftest import TinyBackbone, use_backbone
 from PIL import Image
 from zoo_helpers import ENTRY, reference_descriptor, registry, released_state, with_weights  # noqa: F401 (registry)
 
 from vprkit.cli import main
 from vprkit.features import released
 from vprkit.models import zoo
-from vprkit.rerank import patchnetvlad as pnv
 from vprkit.rerank.base import load_retrieval
 
 
@@ -117,7 +116,7 @@ def _reranked_keeps_candidates_and_finds_self(res, out) -> None:
 
 
 def test_patchnetvlad_speed_on_a_released_model(zoo_results, monkeypatch):
-    monkeypatch.setattr(pnv, "get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
     res, gt, _ = zoo_results
     out = res / "pnv"
     assert main(["rerank", str(res), "--method", "patchnetvlad", "--preset", "speed", "--gt", str(gt), "-o", str(out),
@@ -127,7 +126,7 @@ def test_patchnetvlad_speed_on_a_released_model(zoo_results, monkeypatch):
 
 
 def test_chamfer_on_a_released_model(zoo_results, monkeypatch):
-    monkeypatch.setattr("vprkit.features.local.get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
     res, gt, _ = zoo_results
     out = res / "chamfer"
     assert main(["rerank", str(res), "--method", "chamfer", "-o", str(out), "--gt", str(gt), "--set",
