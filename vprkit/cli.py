@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "index" and args.append:
             added = api.append_map(args.map_dir, args.out, args.device, batch_size=args.batch_size)
             print(f"{len(added)} images appended to {args.out}")
-        elif args.command in ("serve", "keys"):
+        elif args.command in ("serve", "keys", "replay"):
             args.run(args)
         elif args.command == "index":
             out = api.index_map(args.map_dir, args.out, args.preset, args.factory, args.device, ray=args.ray,
