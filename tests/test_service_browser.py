@@ -51,7 +51,7 @@ def test_upload_a_query_and_see_its_match_first(tmp_path):
             assert page.locator("#map circle").count() == len(MAP_FRAMES) + 5 + 1  # map, matches, estimate
             assert map_name(10) in page.inner_text("#estimate")
             shot = Path(os.environ.get("VPRKIT_SCREENSHOT_DIR", tmp_path)) / "service-page.png"
-            page.screenshot(path=str(shot), full_page=True)
+            page.locator("#photo").screenshot(path=str(shot))
             page.fill("#key", "wrong")
             page.dispatch_event("#key", "change")
             page.set_input_files("#file", str(query(20)))
@@ -145,7 +145,7 @@ def test_the_page_follows_a_replayed_robot_stream(tmp_path):
             page.wait_for_function("document.getElementById('live-thumb').naturalWidth === 160")  # its image
             assert page.get_attribute("#live-thumb", "title") == last["estimate"]["name"]
             shot = Path(os.environ.get("VPRKIT_SCREENSHOT_DIR", tmp_path)) / "service-live.png"
-            page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1100, "height": 640})
+            page.locator("#live").screenshot(path=str(shot))
             browser.close()
     finally:
         server.kill()

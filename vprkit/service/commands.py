@@ -1,5 +1,5 @@
-"""`vprkit serve`, `vprkit keys add` and `vprkit replay`: their arguments and what they run (imported by `vprkit.cli`; the
-service's own modules load only when a command runs, so the CLI starts without FastAPI)."""
+"""`vprkit serve`, `vprkit keys add` and `vprkit replay`: their arguments and what they run (imported by
+`vprkit.cli`; the service's own modules load only when a command runs, so the CLI starts without FastAPI)."""
 
 from __future__ import annotations
 
@@ -81,5 +81,5 @@ def _replay(args) -> None:
     finally:
         client.close()
     print(f"{sum(states.values())} frames sent to {args.url} as stream {args.stream!r}: {states['localized']} "
-          f"localized, {states['lost']} lost; {client.retried} waited {client.waited_s:.1f} s in all for the "
-          "server's rate limit (429, Retry-After)")
+          f"localized, {states['lost']} lost; {client.retried} requests waited out the server's rate limit (429, "
+          f"Retry-After: {client.waited_s:.1f} s in all)")
