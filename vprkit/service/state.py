@@ -71,6 +71,7 @@ class Service:
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()  # the lazily built re-ranker and the thumbnail cache
         self.closed = False
+        self.stopping = lambda: self.closed  # whether the server is stopping (`server.run` asks uvicorn)
         self.metrics.map_size.set(len(self.writer.map.ids))
 
     @property

@@ -16,6 +16,7 @@ from ..schemas import StreamEnded, StreamFrame, StreamHistory, StreamList, Strea
 router = APIRouter(tags=["streams"], dependencies=[Reader])
 StreamId = Annotated[str, Path(pattern=STREAM_ID, description="1-64 letters, digits, '_', '-', '.'")]
 KEEP_ALIVE_S = 15.0  # a comment line this often: proxies keep the connection, a gone watcher is noticed
+POLL_S = 0.5  # how soon an event stream ends once the server stops
 SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": (
     "Server-Sent Events: first `event: history` (data: the StreamHistory), then one `event: frame` per frame "
     "(data: a StreamFrame), and a comment line every 15 s")}}
@@ -71,14 +72,19 @@ def _history(svc, stream_id: str, missing_ok: bool) -> StreamHistory:
 
 async def _events(svc, stream_id: str, request: Request) -> AsyncIterator[str]:
     """The SSE body: watch first, then send the history (a frame answered in between may come twice: the
-    `frames` count tells), then each published answer; ends when the watcher leaves or the server closes."""
+    `frames` count tells), then each published answer; ends when the watcher leaves or the server stops."""
     q = svc.feeds.subscribe(stream_id)
     try:
         yield f"retry: 2000\nevent: history\ndata: {_history(svc, stream_id, missing_ok=True).model_dump_json()}\n\n"
-        while not svc.closed and not await request.is_disconnected():
+        quiet = 0.0
+        while not svc.stopping() and not await request.is_disconnected():
             try:
-                yield f"event: frame\ndata: {await asyncio.wait_for(q.get(), KEEP_ALIVE_S)}\n\n"
+                yield f"event: frame\ndata: {await asyncio.wait_for(q.get(), POLL_S)}\n\n"
+                quiet = 0.0
             except TimeoutError:
-                yield ": keep-alive\n\n"
+                quiet += POLL_S
+                if quiet >= KEEP_ALIVE_S:
+                    yield ": keep-alive\n\n"
+                    quiet = 0.0
     finally:
         svc.feeds.unsubscribe(stream_id, q)
