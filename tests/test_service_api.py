@@ -101,10 +101,18 @@ def test_a_streams_history_and_the_list_hold_what_its_frames_answered(svc_client
         svc.s["stream_min_confidence"] = bar
         assert client.post("/v1/streams/bar/frames", files=_img(43)).json()["state"] == state
     svc.s["stream_min_confidence"] = 0.15
+    real = svc.streams.add
+    svc.streams.add = lambda *a, **k: (*real(*a, **k)[:1], float("inf"), 1)  # SeqSLAM: no place to compare with
+    try:
+        alone = client.post("/v1/streams/inf/frames", files=_img(43)).json()
+    finally:
+        svc.streams.add = real
+    assert alone["state"] == "localized" and alone["estimate"]["confidence"] is None  # JSON has no infinity
     assert client.get("/v1/streams/hist").json() == {"stream": "hist", "frames": 3, "history": answers}
     listed = {s["stream"]: s for s in client.get("/v1/streams").json()["streams"]}
     assert listed["hist"]["frames"] == 3 and listed["hist"]["last"] == answers[-1]
-    assert [s["stream"] for s in client.get("/v1/streams").json()["streams"]][:2] == ["bar", "hist"]  # latest first
+    latest_first = [s["stream"] for s in client.get("/v1/streams").json()["streams"]]
+    assert latest_first[:3] == ["inf", "bar", "hist"]
     assert client.get("/v1/streams/nobody").status_code == 404
     assert client.get("/v1/streams/" + "x" * 65).status_code == 422
     assert client.delete("/v1/streams/hist").status_code == 200

@@ -73,7 +73,8 @@ def _replay(args) -> None:
             states[a["state"]] += 1
             est = a["estimate"]
             print(f"{n:5d} {name} -> {est['name'] if est else '-'} {a['state']}"
-                  + (f" (confidence {est['confidence']:.3f})" if est else ""), flush=True)
+                  + (f" (confidence {est['confidence']:.3f})" if est and est["confidence"] is not None else ""),
+                  flush=True)
     except httpx.TransportError as exc:
         raise ValueError(f"cannot reach the service at {args.url}: {exc}") from None
     except ServiceError as exc:

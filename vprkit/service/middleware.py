@@ -28,18 +28,18 @@ class Limits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         s, t0 = self.svc.s, time.perf_counter()
-        seen, status, body_done = 0, [0], [False]
+        seen, status, body_done = 0, [0], False
 
         async def limited():
-            nonlocal seen
-            if body_done[0]:  # only a disconnect can come now: wait for it as long as it takes
+            nonlocal seen, body_done
+            if body_done:  # only a disconnect can come now: wait for it as long as it takes
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), s["body_timeout_s"])
             except TimeoutError:
                 raise Refused(408, f"request body stalled for over {s['body_timeout_s']} s") from None
             seen += len(message.get("body", b""))
-            body_done[0] = not message.get("more_body", False)
+            body_done = not message.get("more_body", False)
             if seen > s["max_body_bytes"]:
                 raise Refused(413, f"request body over the limit of {s['max_body_bytes']} bytes")
             return message

@@ -49,9 +49,12 @@ class Localized(BaseModel):
 class StreamEstimate(BaseModel):
     name: str
     position: Position | None = None
-    confidence: float = Field(description="the sequence matcher's confidence (SeqSLAM: margin of the best route "
-                                          "over the best one elsewhere; the window localizer: mean similarity)")
-    score: float = Field(deprecated="use `confidence` (the field name of /v1/localize); kept for clients of "
+    confidence: float | None = Field(description="the sequence matcher's confidence (SeqSLAM: margin of the best "
+                                                 "route over the best one elsewhere; the window localizer: mean "
+                                                 "similarity); null when the map has no place far enough from the "
+                                                 "estimate to compare with (a map smaller than SeqSLAM's exclusion "
+                                                 "window)")
+    score: float | None = Field(deprecated="use `confidence` (the field name of /v1/localize); kept for clients of "
                                     "version 1, to be removed", description="the same number as `confidence`")
 
 

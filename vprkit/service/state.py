@@ -177,6 +177,7 @@ class Service:
             names, positions = self.candidates(np.array([i]))
             single = self.localize(None, desc, 1, False, None)["matches"]
         localized = bool(names) and confidence >= self.s["stream_min_confidence"]
+        confidence = confidence if np.isfinite(confidence) else None  # no other place to compare with
         answer = {"stream": stream_id, "frames": frames, "time": time.time(),
                   "state": "localized" if localized else "lost",
                   "estimate": {"name": names[0], "position": positions[0], "confidence": confidence,
