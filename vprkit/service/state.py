@@ -33,7 +33,7 @@ DEFAULTS = {
     "top_k": 5, "max_top_k": 100, "max_batch": 16, "batch_wait_ms": 5.0, "max_body_bytes": 20_000_000,
     "max_pixels": 40_000_000, "rate_per_s": 50.0, "rate_burst": 100.0, "timeout_s": 30.0, "body_timeout_s": 10.0,
     "stream_idle_s": 300.0, "max_streams": 1000, "stream_window": 10, "stream_preset": "seqslam-candidates",
-    "stream_history": 200, "stream_min_confidence": 0.15,
+    "stream_history": 100, "stream_min_confidence": 0.15,
     "compact_every": 1000, "estimate_temp": 0.05,
     "estimate_radius": 25.0, "prior_depth": 50, "thumb_px": 160, "thumb_cache": 512, "map_points_max": 20000,
     "rerank": {},

@@ -75,7 +75,7 @@ class Streams:
     history go on."""
 
     def __init__(self, factory: StreamFactory, idle_s: float = 300.0, max_streams: int = 1000,
-                 history: int = 200) -> None:
+                 history: int = 100) -> None:
         self.factory, self.idle_s, self.max_streams, self.history_len = factory, idle_s, max_streams, history
         self._live: OrderedDict[str, _Stream] = OrderedDict()
         self._lock = threading.Lock()
