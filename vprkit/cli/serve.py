@@ -1,4 +1,4 @@
-"""`vprkit serve INDEX` and `vprkit keys add`: the service's own parsers (`service.commands`), with the service
+"""`vprkit serve INDEX`, `vprkit keys add` and `vprkit replay`: the service's own parsers (`service.commands`), with the service
 settings of `--set` checked like every step's (unknown keys, types) before the server starts."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from ..config import parse_overrides, resolve
 
 
 def add(sub) -> None:
-    """Register `vprkit serve` and `vprkit keys` (the service's commands, which set `args.run`)."""
+    """Register `vprkit serve`, `vprkit keys` and `vprkit replay` (the service's commands, which set `args.run`)."""
     from ..service.commands import add_parsers
 
     add_parsers(sub, serve_settings)
     sub.choices["serve"].set_defaults(func=_run, conf=lambda args: serve_settings(args.set))
     sub.choices["keys"].set_defaults(func=_run)
+    sub.choices["replay"].set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
