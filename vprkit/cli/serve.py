@@ -1,5 +1,5 @@
-"""`vprkit serve INDEX`, `vprkit keys add` and `vprkit replay`: the service's own parsers (`service.commands`), with the service
-settings of `--set` checked like every step's (unknown keys, types) before the server starts."""
+"""`vprkit serve INDEX`, `vprkit keys add` and `vprkit replay`: the service's own parsers (`service.commands`),
+with the service settings of `--set` checked like every step's (unknown keys, types) before the server starts."""
 
 from __future__ import annotations
 
