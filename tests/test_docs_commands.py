@@ -88,7 +88,7 @@ def documented_commands() -> list[tuple[str, str]]:
         for number, code in code_lines(text) + inline_commands(text):
             code = re.sub(r"\s+#.*$", "", code)
             for part in code.split("&&"):
-                part = part.strip()
+                part = part.strip().removesuffix("&").strip()  # `vprkit serve IDX &`: started in the background
                 if COMMAND.match(part):
                     found.append((f"{doc.relative_to(ROOT)}:{number}", part.removeprefix("$ ")))
     return found
