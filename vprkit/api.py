@@ -26,7 +26,15 @@ from PIL import Image
 
 from .compare import main as compare
 from .config import Presets, resolve
-from .data.groundtruth import ground_truth_for_kept, load_ground_truth, utm_or_none
+from .data.groundtruth import (
+    MapPositions,
+    latlon_to_utm,
+    load_ground_truth,
+    positions_for,
+    read_positions_csv,
+    restrict,
+    utm_or_none,
+)
 from .data.images import list_images
 from .data.safeio import InputError, locked
 from .evaluation import metrics, outputs
@@ -92,7 +100,8 @@ def conf(step: str, preset: str | None = None, /, **overrides) -> dict:
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *,
               factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
-              workers: int = 2, memory_budget: str | None = None, keep_added: bool = False, **overrides) -> Path:
+              workers: int = 2, memory_budget: str | None = None, keep_added: bool = False,
+              positions: str | Path | None = None, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
 
     Features are extracted into a work folder beside `out_dir` (resumable: rerun after a crash and
@@ -100,10 +109,14 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     'local') extracts in shards on a Ray cluster; `memory_budget` ('2GB') picks the index from the map size
     instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`). Rebuilding an
     index that holds images added through the service or `--append` is refused, unless `keep_added` carries
-    them over (same model only: their stored descriptors are reused).
+    them over (same model only: their stored descriptors are reused). `positions` (a positions CSV: name, then
+    easting/northing in metres or lat/lon in degrees, converted to UTM) gives every map image its position in the
+    manifest; checked before any extraction. Without it, `@east@north@` file names give them when all have one.
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     names = list_images(map_dir)
+    given = map_positions(positions, names) if positions is not None else None
+    by_name = dict(zip(names, given.positions)) if given is not None else {}
     if preset == extract.AUTO:
         preset, why = extract.auto_preset(map_dir, names)
         logger.warning("--preset auto: %s (%s)", preset, why)
@@ -113,6 +126,9 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
         manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,
                     "positions": utm_or_none(names), "versions": faiss_index.versions()}
+        if given is not None:  # unreadable images were dropped from `names`
+            manifest.update(positions=[by_name[n] for n in names], positions_file=str(Path(positions).resolve()),
+                            utm_zone=given.zone)
         extra = {MAP_FEATURES: work / MAP_FEATURES}
         if (work / STATE_FILE).exists():
             extra[STATE_FILE] = work / STATE_FILE
@@ -126,6 +142,17 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         faiss_index.save(out_dir, index, manifest, extra, added)
     logger.info("indexed %d map images into %s", len(names), out_dir)
     return out_dir
+
+
+def map_positions(path: str | Path, names: list[str]) -> MapPositions:
+    """Every map image's position from a positions CSV (refused, naming the file and the row or the images it
+    lacks, before any work), aligned with `names`; lat/lon degrees become UTM metres in the zone of the map's
+    centre."""
+    rows, kind = read_positions_csv(path)
+    pos, zone = positions_for(path, rows, names, "map images"), None
+    if kind == "latlon" and len(pos):
+        pos, zone = latlon_to_utm(pos)
+    return MapPositions(pos.tolist(), zone)
 
 
 def _extract_map(conf: dict, map_dir: Path, work: Path, names: list[str], device: str, ray: str | None,
@@ -237,13 +264,15 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     out_dir = results_folder(out_dir, index_dir, query_dir)
     state = index_dir / STATE_FILE
     q_all = list_images(query_dir)
+    # ground truth is checked before any extraction: a bad file costs nothing
+    truth = load_ground_truth(gt, q_all, mi.names, threshold, MapPositions.of(mi.manifest)) if gt else None
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
         q_feats = query_feature_path(out_dir, Path(tmp), QUERY_FEATURES, mi.manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, state if state.exists() else None, names=q_all,
                                         device=device), query_dir)
         q_desc = h5io.read_global(q_feats, q_names)
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
-    truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
+    truth = restrict(truth, q_all, q_names) if truth is not None else None
     write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
                   gt_record(gt, threshold))
     return out_dir

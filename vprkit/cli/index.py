@@ -22,6 +22,9 @@ def add(sub) -> None:
     add_settings(s, f"global descriptor preset (default {DEFAULT_PRESET}); 'auto' picks one from the map's images "
                  "and says why; with --append: refuse unless the index has this preset", None,
                  [AUTO, *sorted(CONFIG.presets)])
+    s.add_argument("--positions", metavar="FILE.csv",
+                   help="map image positions: a CSV 'name,easting,northing' (metres) or 'name,lat,lon' (degrees, "
+                        "converted to UTM); kept in the index for ground truth, reports, sequences and the service")
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=positive_int, help="long image side before the backbone")
@@ -113,7 +116,7 @@ def run_index(args: argparse.Namespace) -> None:
     index_conf(args)
     out = api.index_map(args.map_dir, args.out, args.preset or DEFAULT_PRESET, factory=args.factory,
                         device=args.device, ray=args.ray, workers=args.workers, memory_budget=args.memory_budget,
-                        keep_added=args.keep_added, **over)
+                        keep_added=args.keep_added, positions=args.positions, **over)
     print(f"index written to {out}")
 
 
