@@ -35,6 +35,14 @@ def number(minimum: float = 0.0):
     return parse
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1] (a precision target)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return value
+
+
 positive_int = at_least(1)
 distance = number(0.0)  # --threshold: metres, or frames for 'sequence'
 

@@ -11,7 +11,7 @@ from ..evaluation import metrics
 from ..features.extract import AUTO, CONFIG, DEFAULT_PRESET
 from ..index.faiss_index import DEFAULT_FACTORY
 from ..models.precision import CHOICES as PRECISION_CHOICES
-from .common import add_gt, add_query, add_settings, distance, overrides, positive_int, print_results
+from .common import add_gt, add_query, add_settings, distance, fraction, overrides, positive_int, print_results
 
 
 def add(sub) -> None:
@@ -60,9 +60,12 @@ def add(sub) -> None:
                    help="check every map image against the index for changes since indexing (default: a sample)")
     s.set_defaults(func=run_query)
 
-    s = sub.add_parser("evaluate", help="metrics of a predictions.txt against ground truth")
-    s.add_argument("predictions")
-    add_gt(s, required=True)
+    s = sub.add_parser("evaluate", help="metrics of a predictions.txt or a results folder against ground truth")
+    s.add_argument("predictions", help="a predictions.txt, or a results folder (its recorded ground truth by default; "
+                                       "a sequence run's confidence)")
+    add_gt(s)
+    s.add_argument("--target-precision", type=fraction, metavar="P",
+                   help="also print the confidence threshold that reaches precision P (e.g. 0.99) and the recall there")
     s.add_argument("--map-dir", help="full map folder (for exact mAP); default: images named in the predictions")
     s.add_argument("--revisited", action="store_true",
                    help="--gt is a revisited Oxford/Paris gnd file (.pkl or .json): easy/medium/hard mAP and mP@k")
@@ -127,7 +130,13 @@ def run_query(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    print(json.dumps(api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited), indent=1))
+    res = api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited, args.target_precision)
+    print(json.dumps(res, indent=1))
+    if args.target_precision is not None:
+        point = res["operating_point"]
+        print(f"precision >= {args.target_precision:g}: " + (
+            f"accept matches with confidence >= {point['confidence_threshold']:.6g}: recall {point['recall']:.3f} "
+            f"(precision {point['precision']:.3f})" if point else "no confidence threshold reaches it"))
 
 
 def run_compare(args: argparse.Namespace) -> None:
