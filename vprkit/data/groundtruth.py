@@ -241,11 +241,13 @@ def _map_metres(path: Path | None, m_names: list[str], known: MapPositions | Non
 
 
 def csv_positions(q_csv: str | Path, q_names: list[str], m_names: list[str], map_csv: str | Path | None = None,
-                  known: MapPositions | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  known: MapPositions | None = None, map_from_index: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Query and map positions in metres: queries from `q_csv` (its `query` set), the map from `map_csv` (default:
-    `q_csv`'s `map` set) or the index's positions; lat/lon go to UTM in one zone (the index's, else the map's)."""
+    `q_csv`'s `map` set; with `map_from_index`, the index's positions `known`) or, for images the file lacks, the
+    index's; lat/lon go to UTM in one zone (the index's, else the map's)."""
     q_csv = Path(q_csv)
-    m, zone = _map_metres(Path(map_csv) if map_csv is not None else q_csv, m_names, known)
+    map_file = None if map_from_index else Path(map_csv) if map_csv is not None else q_csv
+    m, zone = _map_metres(map_file, m_names, known)
     sets, kind = read_positions_sets(q_csv)
     q, _ = _metres(positions_for(q_csv, sets["query"], q_names, "queries"), kind, zone)
     return q, m
@@ -327,7 +329,7 @@ def load_ground_truth(spec: str, q_names: list[str], m_names: list[str], thresho
         return from_positions(frame_index_from_names(q_names), frame_index_from_names(m_names), tol)
     if spec.startswith((QUERY_PREFIX, MAP_PREFIX)):
         q_csv, map_csv = _spec_files(spec)
-        return from_positions(*csv_positions(q_csv, q_names, m_names, map_csv, known),
+        return from_positions(*csv_positions(q_csv, q_names, m_names, map_csv, known, map_from_index=map_csv is None),
                               threshold or DEFAULT_THRESHOLD_M)
     path = Path(spec)
     if not path.is_file():

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data.groundtruth import ground_truth_for_kept, utm_or_none
+from ..data.groundtruth import MapPositions, ground_truth_for_kept, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
 from ..index import faiss_index, freshness
@@ -83,7 +83,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
-    truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold) if gt is not None else None
+    truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold, MapPositions.of(manifest)) if gt else None
     write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
                   {"queries_without_votes": empty, "scoring": scoring})
     return out_dir

@@ -177,8 +177,8 @@ def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, ou
                    frame_errors(ids[:, 0], truth, route, len(mi.names)) if truth is not None else None)
     title = f"vprkit: {q_dir.name} on {index_dir.name}, sequence matching ({conf['preset']})"
     write_results(out_dir, index_dir, q_dir, mi.manifest, q_all, stream, ids, scores, conf["top_k"], truth,
-                  extra=extra, title=title, confidence=confidence, baseline=single, label=f"sequence ({conf['preset']})",
-                  route=route)
+                  extra=extra, title=title, confidence=confidence, baseline=single,
+                  label=f"sequence ({conf['preset']})", route=route)
     return out_dir
 
 
