@@ -65,7 +65,7 @@ def test_index_keeps_csv_positions_and_refuses_bad_rows_before_work(route, capsy
                    + f"{names[3]},east,0\n")
     monkeypatch.setattr(extract, "main", lambda *a, **k: pytest.fail("extracted despite a bad positions file"))
     assert main(["index", str(tmp / "ref"), "-o", str(tmp / "x"), "--preset", "pixels", "--positions", str(bad)]) == 2
-    assert f"{bad}:5: 'east', '0' are not two numbers (easting, northing)" in capsys.readouterr().err
+    assert f"{bad}:5: '{names[3]}': 'east', '0' are not two numbers (easting, northing)" in capsys.readouterr().err
     short = _csv(tmp / "short.csv", names[:-1], _positions(np.arange(N - 1), False))
     assert main(["index", str(tmp / "ref"), "-o", str(tmp / "x"), "--preset", "pixels", "--positions", short]) == 2
     assert f"{short}: no position for 1 map images, e.g. ['{names[-1]}']" in capsys.readouterr().err

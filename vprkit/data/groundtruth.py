@@ -130,7 +130,7 @@ def read_positions_sets(path: str | Path) -> tuple[dict[str, dict[str, np.ndarra
             if name in rows:
                 raise GroundTruthError(f"{where}: '{name}' appears twice{f' in the {part} set' if part else ''}; "
                                        "give each image one position (a `set` column tells map and query apart)")
-            rows[name] = _row_position(row, keys, where)
+            rows[name] = _row_position(row, keys, f"{where}: '{name}'")
             if kind == "latlon":
                 check_latlon(*rows[name], where)
     if "set" not in cols:
@@ -139,14 +139,14 @@ def read_positions_sets(path: str | Path) -> tuple[dict[str, dict[str, np.ndarra
 
 
 def _row_position(row: dict, keys: tuple[str, str], where: str) -> np.ndarray:
-    """A row's two coordinates, refused (naming the line) when missing, not numbers or not finite."""
+    """A row's two coordinates, refused (`where`: the line and name) when missing, not numbers or not finite."""
     try:
         pos = np.array([float(row[keys[0]]), float(row[keys[1]])])
     except (TypeError, ValueError):
         raise GroundTruthError(f"{where}: '{row.get(keys[0])}', '{row.get(keys[1])}' are not two numbers "
                                f"({keys[0]}, {keys[1]})") from None
     if not np.isfinite(pos).all():
-        raise GroundTruthError(f"{where}: no finite position ({row[keys[0]]}, {row[keys[1]]})")
+        raise GroundTruthError(f"{where} has no finite position ({row[keys[0]]}, {row[keys[1]]})")
     return pos
 
 
