@@ -47,9 +47,11 @@ def recall_curves(path: Path, curves: dict[str, np.ndarray]) -> Path:
     return _save(fig, path)
 
 
-def pr_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float, float]]) -> Path:
-    """Precision against recall, each curve labelled with its AUC and its recall at 100 % precision."""
-    fig, ax = _figure("recall", "precision", "Precision-recall (top-1 score as confidence)")
+def pr_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float, float]],
+              what: str = "top-1 score as confidence") -> Path:
+    """Precision against recall, each curve labelled with its AUC and its recall at 100 % precision; `what` names
+    the confidence thresholded."""
+    fig, ax = _figure("recall", "precision", f"Precision-recall ({what})")
     for label, (precision, recall, auc, r100) in curves.items():
         start = precision[:1] if len(precision) else [1.0]  # the curve starts at recall 0, as auc_pr's area does
         ax.plot(np.r_[0.0, recall], np.r_[start, precision], label=f"{label}\nAUC {auc:.3f}, R@100%P {r100:.3f}")
@@ -104,7 +106,7 @@ def position_map(path: Path, m_pos: np.ndarray, q_pos: np.ndarray, pred_pos: np.
         ax.plot(q_pos[:, 0], q_pos[:, 1], "-", c="tab:blue", lw=1.2, label="query track", rasterized=raster)
     ax.scatter(q_pos[:, 0], q_pos[:, 1], s=8, c="tab:blue", label=None if track else "query", rasterized=raster)
     ax.scatter(pred_pos[:, 0], pred_pos[:, 1], s=8, marker="x", c="k", label="top-1", rasterized=raster)
-    ax.set_aspect(1.0 / stretch, adjustable="datalim")
+    ax.set_aspect(stretch, adjustable="datalim")  # a metre north is drawn `stretch` times a metre east
     ax.legend(fontsize=8, loc="best")
     _save(fig, path)
     return stretch

@@ -141,7 +141,8 @@ def _plots(d: ReportData, out: Path) -> tuple[list[dict], dict[str, dict]]:
         gt = M.GroundTruth(d.positives)
         plots.recall_curves(out / "recall_at_n.svg", {r.label: _recall_curve(r.ids, d.positives) for r in rankings})
         pr = {r.label: _pr(r, gt) for r in rankings}
-        plots.pr_curves(out / "precision_recall.svg", pr)
+        plots.pr_curves(out / "precision_recall.svg", pr, "top-1 score as confidence" if d.ranking.confidence is None
+                        else "each method's confidence")
         pr_numbers = {k: {"AUC-PR": v[2], "Rec@100P": v[3]} for k, v in pr.items()}
         correct, has_pos = M.top1_correct(d.ranking.ids, gt)
         top1 = d.ranking.top1_confidence()
