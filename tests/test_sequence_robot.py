@@ -14,8 +14,9 @@ from report_helpers import read_report_data
 from vprkit import api, compare, rerank
 from vprkit.cli import main
 from vprkit.data.groundtruth import MapPositions, load_ground_truth
-from vprkit.features import extract
+from vprkit.features import extract, h5io
 from vprkit.index import faiss_index
+from vprkit.index.layout import MAP_FEATURES
 from vprkit.rerank.base import Reranker
 from vprkit.results import read_results
 from vprkit.sequence.pipeline import SEQUENCE_FILE, read_sequence
@@ -71,9 +72,24 @@ def test_index_keeps_csv_positions_and_refuses_bad_rows_before_work(route, capsy
     assert f"{short}: no position for 1 map images, e.g. ['{names[-1]}']" in capsys.readouterr().err
     assert not (tmp / "x").exists()
     monkeypatch.undo()
-    manifest = faiss_index.read_manifest(_index(tmp, m_csv))
+    idx = _index(tmp, m_csv)
+    manifest = faiss_index.read_manifest(idx)
     np.testing.assert_allclose(manifest["positions"], _positions(np.arange(N), False))
     assert manifest["utm_zone"] is None and manifest["positions_file"] == m_csv
+    # the service reads them: the page's map points, each match's position and the estimate's
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from vprkit.service.state import Service
+
+    svc = Service(idx)
+    try:
+        size, points = svc.live_points()
+        assert size == N and {p["name"]: p["position"] for p in points} == dict(zip(names, manifest["positions"]))
+        desc = h5io.read_global(tmp / "idx" / MAP_FEATURES, [names[7]])
+        found = svc.localize(None, desc, 1, False, None)
+        assert found["matches"][0]["name"] == names[7]  # a map image finds itself, at its CSV position
+        assert found["matches"][0]["position"] == found["estimate"]["position"] == manifest["positions"][7]
+    finally:
+        svc.close()
 
 
 def test_latlon_positions_become_utm_metres_in_one_zone(tmp_path):
@@ -206,3 +222,16 @@ def test_target_precision_threshold_by_hand(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(pred), "--gt", str(gt), "--target-precision", "1.5"])
     assert exc.value.code == 2 and "must be a number in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_append_gives_added_images_their_csv_positions(route):
+    tmp, names, m_csv, _ = route
+    (tmp / "first").mkdir()
+    for n in names[:20]:
+        shutil.copy(tmp / "ref" / n, tmp / "first" / n)
+    idx = str(tmp / "idx")
+    assert main(["index", str(tmp / "first"), "-o", idx, "--preset", "pixels", "--positions", m_csv]) == 0
+    assert main(["index", str(tmp / "ref"), "-o", idx, "--append", "--positions", m_csv]) == 0
+    manifest = faiss_index.read_manifest(idx)
+    got = dict(zip(manifest["names"], manifest["positions"]))
+    assert got == dict(zip(names, _positions(np.arange(N), False).tolist()))

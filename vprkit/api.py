@@ -146,15 +146,15 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     return out_dir
 
 
-def map_positions(path: str | Path, names: list[str]) -> MapPositions:
+def map_positions(path: str | Path, names: list[str], zone: tuple[int, str] | None = None) -> MapPositions:
     """Every map image's position from a positions CSV (refused, naming the file and the row or the images it
-    lacks, before any work), aligned with `names`; lat/lon degrees become UTM metres in the zone of the map's
-    centre."""
+    lacks, before any work), aligned with `names`; lat/lon degrees become UTM metres in `zone` (an index's), else
+    in the zone of the map's centre."""
     rows, kind = read_positions_csv(path)
-    pos, zone = positions_for(path, rows, names, "map images"), None
+    pos = positions_for(path, rows, names, "map images")
     if kind == "latlon" and len(pos):
-        pos, zone = latlon_to_utm(pos)
-    return MapPositions(pos.tolist(), zone)
+        pos, zone = latlon_to_utm(pos, zone)
+    return MapPositions(pos.tolist(), zone if kind == "latlon" else None)
 
 
 def _extract_map(conf: dict, map_dir: Path, work: Path, names: list[str], device: str, ray: str | None,
@@ -198,9 +198,10 @@ def _build_large(work: Path, names: list[str], budget: int, manifest: dict) -> t
 
 
 def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", preset: str | None = None,
-               **overrides) -> list[str]:
+               positions: str | Path | None = None, **overrides) -> list[str]:
     """Add the images of `map_dir` that the index lacks (by name), with the index's own model (refusing another
-    `preset`; `overrides` may change runtime settings only); returns them.
+    `preset`; `overrides` may change runtime settings only); returns them. `positions` (a positions CSV) gives
+    the added images their positions (lat/lon in the index's UTM zone), else `@east@north@` names do.
 
     Each addition is journaled durably (`index.growing`), so a crash keeps what was added and a rerun
     adds the rest; the journal is compacted into the base files at the end.
@@ -212,14 +213,16 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     try:
         conf = _check_same_model(index_dir, writer.map.manifest, preset, overrides)
         names = [check_name(n) for n in list_images(map_dir) if n not in writer.map.ids]
+        zone = MapPositions.of(writer.map.manifest).zone
+        by_name = dict(zip(names, map_positions(positions, names, zone).positions)) if positions is not None else {}
         if names:
             work = index_dir.with_name(f".{index_dir.name}.append")
             work.mkdir(exist_ok=True)
             state = index_dir / STATE_FILE
             names = extract.main(conf, map_dir, work / MAP_FEATURES, state if state.exists() else None, names=names,
                                  device=device)
-            positions = utm_or_none(names) or [None] * len(names)
-            for name, desc, pos in zip(names, h5io.read_global(work / MAP_FEATURES, names), positions):
+            places = [by_name[n] for n in names] if by_name else utm_or_none(names) or [None] * len(names)
+            for name, desc, pos in zip(names, h5io.read_global(work / MAP_FEATURES, names), places):
                 writer.add(name, desc, (map_dir / name).read_bytes(), pos)
             writer.compact()
             shutil.rmtree(work, ignore_errors=True)

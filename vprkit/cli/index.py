@@ -24,7 +24,8 @@ def add(sub) -> None:
                  [AUTO, *sorted(CONFIG.presets)])
     s.add_argument("--positions", metavar="FILE.csv",
                    help="map image positions: a CSV 'name,easting,northing' (metres) or 'name,lat,lon' (degrees, "
-                        "converted to UTM); kept in the index for ground truth, reports, sequences and the service")
+                        "converted to UTM); kept in the index for ground truth, reports, sequences and the service (with "
+                        "--append: the added images')")
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=positive_int, help="long image side before the backbone")
@@ -113,7 +114,7 @@ def run_index(args: argparse.Namespace) -> None:
     over = _index_overrides(args)
     if args.append:
         added = api.append_map(args.map_dir, args.out, args.device, preset=None if args.preset == AUTO else args.preset,
-                               **over)
+                               positions=args.positions, **over)
         print(f"{len(added)} images appended to {args.out}")
         return
     index_conf(args)
