@@ -24,8 +24,8 @@ def add(sub) -> None:
                  [AUTO, *sorted(CONFIG.presets)])
     s.add_argument("--positions", metavar="FILE.csv",
                    help="map image positions: a CSV 'name,easting,northing' (metres) or 'name,lat,lon' (degrees, "
-                        "converted to UTM); kept in the index for ground truth, reports, sequences and the service (with "
-                        "--append: the added images')")
+                        "converted to UTM); kept in the index for ground truth, reports, sequences and the service "
+                        "(with --append: the added images')")
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=positive_int, help="long image side before the backbone")
