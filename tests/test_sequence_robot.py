@@ -19,7 +19,7 @@ from vprkit.index import faiss_index
 from vprkit.index.layout import MAP_FEATURES
 from vprkit.rerank.base import Reranker
 from vprkit.results import read_results
-from vprkit.sequence.pipeline import SEQUENCE_FILE, read_sequence
+from vprkit.sequence.pipeline import SEQUENCE_FILE, map_route, read_sequence
 
 N = 30  # frames of the Corridor route used: map and query frames share names (0000000.jpg, ...)
 EAST0, NORTH0 = 500000.0, 7000000.0
@@ -76,6 +76,8 @@ def test_index_keeps_csv_positions_and_refuses_bad_rows_before_work(route, capsy
     manifest = faiss_index.read_manifest(idx)
     np.testing.assert_allclose(manifest["positions"], _positions(np.arange(N), False))
     assert manifest["utm_zone"] is None and manifest["positions_file"] == m_csv
+    route_ids, route_pos = map_route(faiss_index.load(idx), "folder")  # the HMM's `radius` transitions use them
+    np.testing.assert_allclose(route_pos, np.asarray(manifest["positions"])[route_ids])
     # the service reads them: the page's map points, each match's position and the estimate's
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
     from vprkit.service.state import Service
