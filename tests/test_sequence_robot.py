@@ -199,6 +199,9 @@ def test_sequence_folders_by_settings_gt_recorded_error_columns_and_compare(rout
         q, m = index[row.query], index[row.estimate]
         assert row.error == pytest.approx(np.linalg.norm(_positions([q], True) - _positions([m], False)), abs=1e-3)
         assert row.correct == (abs(q - m) <= 1)
+    # evaluate scores a sequence folder again with its recorded ground truth and its confidence (sequence.txt)
+    scored = json.loads((base / "sequence-seqslam" / "results.json").read_text())["metrics"]
+    assert api.evaluate(base / "sequence-seqslam") == pytest.approx(scored, abs=1e-6)
     # compare scores sequence runs with the ground truth they record
     out = compare.main(base / "sequence-seqslam", base / "sequence-seqslam-ds20-enhance5", tmp / "cmp")
     cmp = json.loads((out / compare.COMPARE_FILE).read_text())
