@@ -3,6 +3,7 @@ and (when Debian's chromium is installed) what a headless browser shows."""
 
 import os
 
+import numpy as np
 import pytest
 from report_helpers import read_report_data, synthetic_report, with_match_figures
 
@@ -124,3 +125,16 @@ def test_match_figure_of_the_first_failure_in_headless_chromium(tmp_path):
     # as the browser shows it: the first failure's figure has its lines, the second (no correspondences) none
     assert _drawn_pixels(figs[0]["png"]) > 150 and _drawn_pixels(figs[1]["png"]) < 10
     assert "first 10 of 120 queries" in seen["match_note"]
+
+
+def test_a_long_straight_route_is_stretched_to_stay_readable(tmp_path):
+    from vprkit.evaluation import plots
+
+    m = np.stack([np.arange(0.0, 201.0, 2.0), np.zeros(101)], axis=1)  # 200 m east, 0 m north
+    q = m + [0.5, 2.0]  # 2 m north of it: equal aspect would draw both as one line
+    # north span 2 m, east span 200.5 m: stretched so east / (stretch * north) = READABLE_RATIO = 4
+    assert plots.readable_stretch(np.r_[m, q]) == pytest.approx(200.5 / (4 * 2.0))
+    assert plots.readable_stretch(np.array([[0, 0], [10, 10]])) == 1.0  # square: true shapes
+    assert plots.readable_stretch(np.array([[0, 0], [1e5, 1.0]])) == plots.MAX_STRETCH
+    stretch = plots.position_map(tmp_path / "map.svg", m, q, m, None, track=True)
+    assert stretch == pytest.approx(25.0625) and "stretched x25.1" in (tmp_path / "map.svg").read_text()

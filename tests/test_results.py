@@ -94,17 +94,19 @@ def test_sequence_txt_is_tab_separated_and_names_with_spaces_round_trip(tiny_bac
     lines = (out / SEQUENCE_FILE).read_text().splitlines()
     assert lines[0] == "# query\testimate\tconfidence"
     rows = read_sequence(out / SEQUENCE_FILE)
-    assert [line.split("\t") for line in lines[1:]] == [[q, m, f"{c:.6f}"] for q, m, c in rows]
+    assert [line.split("\t") for line in lines[1:]] == [[q, m, f"{c:.6f}"] for q, m, c, *_ in rows]
     names = _names(image_folder)
-    assert sorted(q for q, _, _ in rows) == names and sum(" " in q for q, _, _ in rows) == 3
-    assert {m for _, m, _ in rows} <= set(names)
+    assert sorted(r.query for r in rows) == names and sum(" " in r.query for r in rows) == 3
+    assert {r.estimate for r in rows} <= set(names)
     predictions = (out / "predictions.txt").read_text()
-    assert all(f"{q}\t1\t{m}\t" in predictions for q, m, _ in rows)  # the estimate is each frame's rank 1
+    assert all(f"{r.query}\t1\t{r.estimate}\t" in predictions for r in rows)  # each frame's rank 1
 
 
 def test_old_space_separated_sequence_txt_still_reads(tmp_path):
     (tmp_path / "sequence.txt").write_text("# query estimate confidence\nq1.png m3.png 0.500000\nq2.png m4.png 1\n")
-    assert read_sequence(tmp_path / "sequence.txt") == [("q1.png", "m3.png", 0.5), ("q2.png", "m4.png", 1.0)]
+    rows = read_sequence(tmp_path / "sequence.txt")
+    assert [row[:3] for row in rows] == [("q1.png", "m3.png", 0.5), ("q2.png", "m4.png", 1.0)]
+    assert rows[0].correct is None and rows[0].error is None  # written without ground truth columns
 
 
 # ---- output inside its own input ------------------------------------------------------------------------------

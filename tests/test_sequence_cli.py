@@ -42,7 +42,7 @@ def test_sequence_cli_and_stream(tmp_path, capsys):
     # the stream API gives the batch's online estimates, frame by frame, from the images themselves
     loc = SequenceLocalizer(idx, {**out["conf"]})
     names = loc.names
-    for q, est, _ in seq[:8]:
+    for q, est, *_ in seq[:8]:
         assert names[loc.add(Image.open(DEMO / "query" / q))[0]] == est
     # on top of a `vprkit query` results folder
     assert main(["query", str(idx), str(DEMO / "query"), "--gt", "index", "-o", str(tmp_path / "q")]) == 0

@@ -26,7 +26,15 @@ from PIL import Image
 
 from .compare import main as compare
 from .config import Presets, resolve
-from .data.groundtruth import ground_truth_for_kept, load_ground_truth, utm_or_none
+from .data.groundtruth import (
+    MapPositions,
+    latlon_to_utm,
+    load_ground_truth,
+    positions_for,
+    read_positions_csv,
+    restrict,
+    utm_or_none,
+)
 from .data.images import list_images
 from .data.safeio import InputError, locked
 from .evaluation import metrics, outputs
@@ -38,6 +46,7 @@ from .index.work import carried, index_work, readable
 from .registry import Registry
 from .rerank.base import main as rerank
 from .results import (
+    PREDICTIONS_FILE,
     Retrieval,
     check_top_k,
     gt_record,
@@ -50,6 +59,7 @@ from .results import (
 from .segvlad.api import index_map as segvlad_index
 from .segvlad.api import localize as segvlad_localize
 from .sequence.localizer import SequenceLocalizer
+from .sequence.pipeline import SEQUENCE_FILE, read_sequence
 from .sequence.pipeline import main as sequence
 from .train.ames import main as train_ames
 from .train.gcsa import main as train_gcsa
@@ -92,7 +102,8 @@ def conf(step: str, preset: str | None = None, /, **overrides) -> dict:
 
 def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *,
               factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
-              workers: int = 2, memory_budget: str | None = None, keep_added: bool = False, **overrides) -> Path:
+              workers: int = 2, memory_budget: str | None = None, keep_added: bool = False,
+              positions: str | Path | None = None, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
 
     Features are extracted into a work folder beside `out_dir` (resumable: rerun after a crash and
@@ -100,10 +111,14 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
     'local') extracts in shards on a Ray cluster; `memory_budget` ('2GB') picks the index from the map size
     instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`). Rebuilding an
     index that holds images added through the service or `--append` is refused, unless `keep_added` carries
-    them over (same model only: their stored descriptors are reused).
+    them over (same model only: their stored descriptors are reused). `positions` (a positions CSV: name, then
+    easting/northing in metres or lat/lon in degrees, converted to UTM) gives every map image its position in the
+    manifest; checked before any extraction. Without it, `@east@north@` file names give them when all have one.
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     names = list_images(map_dir)
+    given = map_positions(positions, names) if positions is not None else None
+    by_name = dict(zip(names, given.positions)) if given is not None else {}
     if preset == extract.AUTO:
         preset, why = extract.auto_preset(map_dir, names)
         logger.warning("--preset auto: %s (%s)", preset, why)
@@ -113,6 +128,9 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
         manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,
                     "positions": utm_or_none(names), "versions": faiss_index.versions()}
+        if given is not None:  # unreadable images were dropped from `names`
+            manifest.update(positions=[by_name[n] for n in names], positions_file=str(Path(positions).resolve()),
+                            utm_zone=given.zone)
         extra = {MAP_FEATURES: work / MAP_FEATURES}
         if (work / STATE_FILE).exists():
             extra[STATE_FILE] = work / STATE_FILE
@@ -126,6 +144,17 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         faiss_index.save(out_dir, index, manifest, extra, added)
     logger.info("indexed %d map images into %s", len(names), out_dir)
     return out_dir
+
+
+def map_positions(path: str | Path, names: list[str], zone: tuple[int, str] | None = None) -> MapPositions:
+    """Every map image's position from a positions CSV (refused, naming the file and the row or the images it
+    lacks, before any work), aligned with `names`; lat/lon degrees become UTM metres in `zone` (an index's), else
+    in the zone of the map's centre."""
+    rows, kind = read_positions_csv(path)
+    pos = positions_for(path, rows, names, "map images")
+    if kind == "latlon" and len(pos):
+        pos, zone = latlon_to_utm(pos, zone)
+    return MapPositions(pos.tolist(), zone if kind == "latlon" else None)
 
 
 def _extract_map(conf: dict, map_dir: Path, work: Path, names: list[str], device: str, ray: str | None,
@@ -169,9 +198,10 @@ def _build_large(work: Path, names: list[str], budget: int, manifest: dict) -> t
 
 
 def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", preset: str | None = None,
-               **overrides) -> list[str]:
+               positions: str | Path | None = None, **overrides) -> list[str]:
     """Add the images of `map_dir` that the index lacks (by name), with the index's own model (refusing another
-    `preset`; `overrides` may change runtime settings only); returns them.
+    `preset`; `overrides` may change runtime settings only); returns them. `positions` (a positions CSV) gives
+    the added images their positions (lat/lon in the index's UTM zone), else `@east@north@` names do.
 
     Each addition is journaled durably (`index.growing`), so a crash keeps what was added and a rerun
     adds the rest; the journal is compacted into the base files at the end.
@@ -183,14 +213,16 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     try:
         conf = _check_same_model(index_dir, writer.map.manifest, preset, overrides)
         names = [check_name(n) for n in list_images(map_dir) if n not in writer.map.ids]
+        zone = MapPositions.of(writer.map.manifest).zone
+        by_name = dict(zip(names, map_positions(positions, names, zone).positions)) if positions is not None else {}
         if names:
             work = index_dir.with_name(f".{index_dir.name}.append")
             work.mkdir(exist_ok=True)
             state = index_dir / STATE_FILE
             names = extract.main(conf, map_dir, work / MAP_FEATURES, state if state.exists() else None, names=names,
                                  device=device)
-            positions = utm_or_none(names) or [None] * len(names)
-            for name, desc, pos in zip(names, h5io.read_global(work / MAP_FEATURES, names), positions):
+            places = [by_name[n] for n in names] if by_name else utm_or_none(names) or [None] * len(names)
+            for name, desc, pos in zip(names, h5io.read_global(work / MAP_FEATURES, names), places):
                 writer.add(name, desc, (map_dir / name).read_bytes(), pos)
             writer.compact()
             shutil.rmtree(work, ignore_errors=True)
@@ -237,28 +269,55 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     out_dir = results_folder(out_dir, index_dir, query_dir)
     state = index_dir / STATE_FILE
     q_all = list_images(query_dir)
+    # ground truth is checked before any extraction: a bad file costs nothing
+    truth = load_ground_truth(gt, q_all, mi.names, threshold, MapPositions.of(mi.manifest)) if gt else None
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
         q_feats = query_feature_path(out_dir, Path(tmp), QUERY_FEATURES, mi.manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, state if state.exists() else None, names=q_all,
                                         device=device), query_dir)
         q_desc = h5io.read_global(q_feats, q_names)
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
-    truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
+    truth = restrict(truth, q_all, q_names) if truth is not None else None
     write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
                   gt_record(gt, threshold))
     return out_dir
 
 
-def evaluate(predictions: str | Path, gt: str, threshold: float | None = None, map_dir: str | Path | None = None,
-             revisited: bool = False) -> dict:
-    """`vprkit evaluate`: metrics of a predictions.txt against ground truth (`map_dir`: the full map, for exact
-    mAP; `revisited`: `gt` is a revisited Oxford / Paris gnd file)."""
-    q_names, m_names, preds, _ = outputs.read_predictions(predictions, list_images(map_dir) if map_dir else None)
+def evaluate(predictions: str | Path, gt: str | None = None, threshold: float | None = None,
+             map_dir: str | Path | None = None, revisited: bool = False, target_precision: float | None = None) -> dict:
+    """`vprkit evaluate`: metrics of a predictions.txt, or of a results folder (its ground truth by default, the map
+    of its index, a sequence run's confidence), against ground truth (`map_dir`: the full map, for exact mAP;
+    `revisited`: `gt` is a revisited Oxford / Paris gnd file). `target_precision` adds `operating_point`: the
+    confidence threshold that reaches it and the recall there (None when no threshold does)."""
+    folder = Path(predictions) if Path(predictions).is_dir() else None
+    info = read_results(folder) if folder is not None else {}
+    manifest = faiss_index.read_manifest(Path(info["index"])) if folder is not None else None
+    if gt is None:  # the ground truth the folder was scored with
+        gt, threshold = info.get("gt"), threshold if threshold is not None else info.get("threshold")
+    if gt is None:
+        raise InputError(f"{predictions}: no ground truth given (--gt) or recorded in its results.json")
+    m_names = manifest["names"] if manifest else list_images(map_dir) if map_dir else None
+    path = folder / PREDICTIONS_FILE if folder is not None else predictions
+    q_names, m_names, preds, scores = outputs.read_predictions(path, m_names)
     if revisited:
         from .evaluation import revisited as rop
 
         return rop.evaluate(*rop.align(rop.load_gnd(gt), q_names, m_names, preds))
-    return metrics.evaluate(preds, load_ground_truth(gt, q_names, m_names, threshold))
+    truth = load_ground_truth(gt, q_names, m_names, threshold, MapPositions.of(manifest) if manifest else None)
+    confidence = np.nan_to_num(_confidence(folder, q_names, scores), nan=-np.inf)  # NaN: a query without matches
+    result = metrics.evaluate(preds, truth, scores=confidence[:, None])
+    if target_precision is not None:
+        correct, has_pos = metrics.top1_correct(preds, truth)
+        result["operating_point"] = metrics.operating_point(confidence, correct, int(has_pos.sum()), target_precision)
+    return result
+
+
+def _confidence(folder: Path | None, q_names: list[str], scores: np.ndarray) -> np.ndarray:
+    """Each query's confidence: a sequence run's (sequence.txt), else its top-1 score."""
+    if folder is not None and (folder / SEQUENCE_FILE).is_file():
+        by_query = {row.query: row.confidence for row in read_sequence(folder / SEQUENCE_FILE)}
+        return np.array([by_query[q] for q in q_names], dtype=np.float64)
+    return scores[:, 0].astype(np.float64)
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,

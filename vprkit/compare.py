@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.groundtruth import ground_truth_for_kept
+from .data.groundtruth import MapPositions, ground_truth_for_kept
 from .data.images import list_images
 from .data.safeio import check_output
 from .evaluation import metrics, outputs, report
@@ -55,7 +55,8 @@ def main(results_a: str | Path, results_b: str | Path, out_dir: str | Path = "co
     a, b = load_retrieval(results_a), load_retrieval(results_b)
     b_ids, b_scores = _aligned(a, b)
     spec, thr = _gt_spec(a.results_dir, gt, threshold)
-    truth = ground_truth_for_kept(spec, list_images(a.query_dir), a.q_names, a.m_names, thr)
+    truth = ground_truth_for_kept(spec, list_images(a.query_dir), a.q_names, a.m_names, thr,
+                                  MapPositions.of(a.manifest))
     la, lb = _label(a, "A"), _label(b, "B")
     ma, mb = metrics.evaluate(a.ids, truth), metrics.evaluate(b_ids, truth)
     ca, cb = metrics.top1_correct(a.ids, truth)[0], metrics.top1_correct(b_ids, truth)[0]

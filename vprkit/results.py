@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.groundtruth import GroundTruth, GroundTruthError, csv_positions, utm_or_none
+from .data.groundtruth import GroundTruth, utm_or_none
 from .data.safeio import InputError, check_output
 from .evaluation import metrics, outputs, report
 from .features import h5io
@@ -120,17 +120,17 @@ def gt_record(gt: str | None, threshold: float | None) -> dict:
     return {"gt": str(Path(gt).resolve()) if Path(gt).is_file() else gt, "threshold": threshold}
 
 
-def report_positions(manifest: dict, q_names: list[str], gt: str | None
+def report_positions(manifest: dict, q_names: list[str], truth: GroundTruth | None
                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Query and map positions in metres for the report's map: from a positions-CSV ground truth, else from
-    `@east@north@` file names; (None, None) when neither covers every image."""
-    if gt is not None and gt.endswith(".csv"):
-        try:
-            return csv_positions(gt, q_names, manifest["names"])
-        except GroundTruthError:
-            pass
+    """Query and map positions in metres for the report's map: those the ground truth was made from (positions
+    CSVs, the index's positions, `@east@north@` names), else the index's positions with `@east@north@` query names;
+    (None, None) when neither covers every image."""
+    if truth is not None and truth.q_positions is not None and truth.q_positions.shape[1] == 2:
+        return truth.q_positions, truth.m_positions
     q_pos = utm_or_none(q_names) if manifest.get("positions") else None
-    return (None, None) if q_pos is None else (np.array(q_pos), np.array(manifest["positions"]))
+    if q_pos is None or any(p is None for p in manifest["positions"]):
+        return None, None
+    return np.array(q_pos), np.array(manifest["positions"])
 
 
 def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) -> Path:
@@ -148,12 +148,14 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
                   q_names: list[str], ids, scores, top_k: int, truth: GroundTruth | None,
                   report_top: int = 5, extra: dict | None = None, title: str | None = None,
                   confidence=None, baseline: report.Ranking | None = None,
-                  match_figures: dict[int, report.MatchFigure] | None = None, match_limit: int | None = None) -> dict:
+                  match_figures: dict[int, report.MatchFigure] | None = None, match_limit: int | None = None,
+                  label: str | None = None, route: np.ndarray | None = None) -> dict:
     """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking.
 
     Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score;
     `baseline` (the ranking before re-ranking) adds the fixed / broken queries to the report, `match_figures`
-    (drawn for the first `match_limit` queries of the report) its match figures."""
+    (drawn for the first `match_limit` queries of the report) its match figures. `label` names the ranking in the
+    report; `route` (map ids along a route: a sequence run) adds the query-frame vs matched-place plot."""
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / PREDICTIONS_FILE, q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
@@ -165,11 +167,12 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
         result["metrics"] = metrics.evaluate(ids, truth, scores=scores if confidence is None else confidence[:, None])
     outputs.write_json(out_dir / RESULTS_FILE, result)
     title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
-    q_pos, m_pos = report_positions(manifest, q_names, result.get("gt"))
+    q_pos, m_pos = report_positions(manifest, q_names, truth)
     report.write_report(out_dir / REPORT_FILE, report.ReportData(
         title, query_dir, q_names, Path(manifest["map_dir"]), m_names,
-        report.Ranking(conf["preset"] if baseline is None else "re-ranked", ids, scores, result.get("metrics")),
+        report.Ranking(label or (conf["preset"] if baseline is None else "re-ranked"), ids, scores,
+                       result.get("metrics"), confidence),
         truth.positives if truth else None, baseline, q_pos, m_pos, top=report_top, match_figures=match_figures,
-        match_limit=match_limit))
+        match_limit=match_limit, route=route))
     result["out_dir"] = str(out_dir)
     return result

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..config import Presets, parse_overrides
+from ..data.groundtruth import positions_spec
 from ..evaluation import metrics
 from ..results import read_results
 
@@ -34,6 +35,14 @@ def number(minimum: float = 0.0):
     return parse
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1] (a precision target)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return value
+
+
 positive_int = at_least(1)
 distance = number(0.0)  # --threshold: metres, or frames for 'sequence'
 
@@ -47,10 +56,25 @@ def add_settings(s: argparse.ArgumentParser, preset_help: str, default: str | No
                                     "be); unknown keys are refused with the valid ones")
 
 
+class PositionsGt(argparse.Action):
+    """`--gt-query FILE` / `--gt-map FILE`: kept, and `gt` becomes their spec ('query=FILE[;map=FILE]'), so every
+    step reads one ground truth argument."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        setattr(namespace, self.dest, value)
+        query, map_csv = getattr(namespace, "gt_query", None), getattr(namespace, "gt_map", None)
+        namespace.gt = positions_spec(query, map_csv)
+
+
 def add_gt(s: argparse.ArgumentParser, required: bool = False) -> None:
-    """`--gt` and `--threshold` (checked: a finite distance >= 0)."""
-    s.add_argument("--gt", required=required,
-                   help="ground truth: 'utm', 'sequence', 'index', a .npz, a .csv or a positives file")
+    """`--gt` (or `--gt-query` [+ `--gt-map`]) and `--threshold` (checked: a finite distance >= 0)."""
+    group = s.add_mutually_exclusive_group(required=required)
+    group.add_argument("--gt", help="ground truth: 'utm', 'sequence', 'index', a .npz, a .csv (positions; a 'set' "
+                                    "column tells map and query rows apart) or a positives file")
+    group.add_argument("--gt-query", action=PositionsGt, metavar="FILE.csv",
+                       help="ground truth from positions: the queries' positions CSV (the map's: --gt-map, or the "
+                            "index's own from `vprkit index --positions` / @east@north@ names)")
+    s.add_argument("--gt-map", action=PositionsGt, metavar="FILE.csv", help="the map's positions CSV (with --gt-query)")
     s.add_argument("--threshold", type=distance, help="positive distance (m; frames for 'sequence')")
 
 

@@ -11,7 +11,7 @@ from ..evaluation import metrics
 from ..features.extract import AUTO, CONFIG, DEFAULT_PRESET
 from ..index.faiss_index import DEFAULT_FACTORY
 from ..models.precision import CHOICES as PRECISION_CHOICES
-from .common import add_gt, add_query, add_settings, distance, overrides, positive_int, print_results
+from .common import add_gt, add_query, add_settings, distance, fraction, overrides, positive_int, print_results
 
 
 def add(sub) -> None:
@@ -22,6 +22,10 @@ def add(sub) -> None:
     add_settings(s, f"global descriptor preset (default {DEFAULT_PRESET}); 'auto' picks one from the map's images "
                  "and says why; with --append: refuse unless the index has this preset", None,
                  [AUTO, *sorted(CONFIG.presets)])
+    s.add_argument("--positions", metavar="FILE.csv",
+                   help="map image positions: a CSV 'name,easting,northing' (metres) or 'name,lat,lon' (degrees, "
+                        "converted to UTM); kept in the index for ground truth, reports, sequences and the service "
+                        "(with --append: the added images')")
     s.add_argument("--factory", default=DEFAULT_FACTORY, help="FAISS factory string, e.g. 'IVF1024,PQ32'")
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resize-max", type=positive_int, help="long image side before the backbone")
@@ -57,9 +61,12 @@ def add(sub) -> None:
                    help="check every map image against the index for changes since indexing (default: a sample)")
     s.set_defaults(func=run_query)
 
-    s = sub.add_parser("evaluate", help="metrics of a predictions.txt against ground truth")
-    s.add_argument("predictions")
-    add_gt(s, required=True)
+    s = sub.add_parser("evaluate", help="metrics of a predictions.txt or a results folder against ground truth")
+    s.add_argument("predictions", help="a predictions.txt, or a results folder (its recorded ground truth by default; "
+                                       "a sequence run's confidence)")
+    add_gt(s)
+    s.add_argument("--target-precision", type=fraction, metavar="P",
+                   help="also print the confidence threshold that reaches precision P (e.g. 0.99) and the recall there")
     s.add_argument("--map-dir", help="full map folder (for exact mAP); default: images named in the predictions")
     s.add_argument("--revisited", action="store_true",
                    help="--gt is a revisited Oxford/Paris gnd file (.pkl or .json): easy/medium/hard mAP and mP@k")
@@ -107,13 +114,13 @@ def run_index(args: argparse.Namespace) -> None:
     over = _index_overrides(args)
     if args.append:
         added = api.append_map(args.map_dir, args.out, args.device, preset=None if args.preset == AUTO else args.preset,
-                               **over)
+                               positions=args.positions, **over)
         print(f"{len(added)} images appended to {args.out}")
         return
     index_conf(args)
     out = api.index_map(args.map_dir, args.out, args.preset or DEFAULT_PRESET, factory=args.factory,
                         device=args.device, ray=args.ray, workers=args.workers, memory_budget=args.memory_budget,
-                        keep_added=args.keep_added, **over)
+                        keep_added=args.keep_added, positions=args.positions, **over)
     print(f"index written to {out}")
 
 
@@ -124,7 +131,13 @@ def run_query(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    print(json.dumps(api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited), indent=1))
+    res = api.evaluate(args.predictions, args.gt, args.threshold, args.map_dir, args.revisited, args.target_precision)
+    print(json.dumps(res, indent=1))
+    if args.target_precision is not None:
+        point = res["operating_point"]
+        print(f"precision >= {args.target_precision:g}: " + (
+            f"accept matches with confidence >= {point['confidence_threshold']:.6g}: recall {point['recall']:.3f} "
+            f"(precision {point['precision']:.3f})" if point else "no confidence threshold reaches it"))
 
 
 def run_compare(args: argparse.Namespace) -> None:

@@ -113,7 +113,9 @@ def _add_sequence(sub) -> None:
     s.add_argument("--method", default="seqslam", choices=["seqslam", "hmm"])
     add_settings(s, "the method's preset (e.g. seqslam-candidates, hmm-viterbi; see `vprkit presets`)",
                  set_help="override preset values (ds=20); unknown keys are refused with the valid ones")
-    s.add_argument("-o", "--out", help="output folder (default .../sequence-PRESET beside the query results)")
+    s.add_argument("-o", "--out", help="output folder (default .../sequence-PRESET beside the query results, plus "
+                   "each setting that differs from the preset: sequence-seqslam-ds20); one holding a run with other "
+                   "settings is refused")
     add_gt(s)
     s.set_defaults(func=run_sequence, conf=sequence_conf)
 

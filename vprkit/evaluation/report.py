@@ -38,7 +38,11 @@ class Ranking:
     label: str
     ids: np.ndarray
     scores: np.ndarray
-    metrics: dict | None = None
+    metrics: dict | None = None  # as results.json holds them: the page shows these, never recomputed ones
+    confidence: np.ndarray | None = None  # (Q,) what precision-recall thresholds (SeqSLAM's margin); default top-1
+
+    def top1_confidence(self) -> np.ndarray:
+        return self.scores[:, 0] if self.confidence is None else np.asarray(self.confidence, dtype=np.float64)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class ReportData:
     change_labels: tuple[str, str] = ("fixed", "broken")  # names of the two baseline-vs-ranking filters
     match_figures: dict[int, MatchFigure] | None = None  # by query index; None: the method has none
     match_limit: int | None = None  # figures were drawn for the first this many queries in display order
+    route: np.ndarray | None = None  # map ids along the route: a sequence run (queries in stream order)
 
 
 def files_dir(path: Path) -> Path:
@@ -121,8 +126,10 @@ def _recall_curve(ids: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
 
 
 def _pr(r: Ranking, gt: M.GroundTruth) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The P-R curve by the ranking's confidence (the one results.json was scored with), its AUC and R@100P."""
     correct, has_pos = M.top1_correct(r.ids, gt)
-    precision, recall, _ = M.precision_recall(np.nan_to_num(r.scores[:, 0], nan=-np.inf), correct, int(has_pos.sum()))
+    precision, recall, _ = M.precision_recall(np.nan_to_num(r.top1_confidence(), nan=-np.inf), correct,
+                                              int(has_pos.sum()))
     return precision, recall, M.auc_pr(precision, recall), M.recall_at_precision(precision, recall)
 
 
@@ -134,23 +141,49 @@ def _plots(d: ReportData, out: Path) -> tuple[list[dict], dict[str, dict]]:
         gt = M.GroundTruth(d.positives)
         plots.recall_curves(out / "recall_at_n.svg", {r.label: _recall_curve(r.ids, d.positives) for r in rankings})
         pr = {r.label: _pr(r, gt) for r in rankings}
-        plots.pr_curves(out / "precision_recall.svg", pr)
+        plots.pr_curves(out / "precision_recall.svg", pr, "top-1 score as confidence" if d.ranking.confidence is None
+                        else "each method's confidence")
         pr_numbers = {k: {"AUC-PR": v[2], "Rec@100P": v[3]} for k, v in pr.items()}
         correct, has_pos = M.top1_correct(d.ranking.ids, gt)
-        top1 = d.ranking.scores[:, 0]
+        top1 = d.ranking.top1_confidence()
         keep = has_pos & np.isfinite(top1)
-        plots.score_histogram(out / "top1_scores.svg", top1[keep], correct[keep])
+        what = "top-1 score" if d.ranking.confidence is None else "confidence"
+        plots.score_histogram(out / "top1_scores.svg", top1[keep], correct[keep], what)
         figs += [{"src": "recall_at_n.svg", "caption": "Recall@N"},
-                 {"src": "precision_recall.svg", "caption": "Precision-recall over queries by top-1 score"},
-                 {"src": "top1_scores.svg", "caption": f"Top-1 scores, right vs wrong ({d.ranking.label})"}]
+                 {"src": "precision_recall.svg", "caption": f"Precision-recall over queries by {what}"},
+                 {"src": "top1_scores.svg", "caption": f"{what.capitalize()}, right vs wrong ({d.ranking.label})"}]
+        if d.route is not None:
+            plots.route_matches(out / "frames_places.svg", *_frames_places(d, correct, has_pos))
+            figs.append({"src": "frames_places.svg", "caption": "Query frame vs matched place along the route: "
+                                                               "a diagonal is a route followed; wrong frames red"})
     if d.q_positions is not None and d.m_positions is not None and len(d.q_names):
         first = d.ranking.ids[:, 0]
         found = first >= 0
         correct = M.top1_correct(d.ranking.ids, M.GroundTruth(d.positives))[0] if d.positives is not None else None
-        plots.position_map(out / "map.svg", np.asarray(d.m_positions), np.asarray(d.q_positions)[found],
-                           np.asarray(d.m_positions)[first[found]], None if correct is None else correct[found])
-        figs.append({"src": "map.svg", "caption": "Map (grey), queries (blue), top-1 (x), error lines"})
+        stretch = plots.position_map(out / "map.svg", np.asarray(d.m_positions), np.asarray(d.q_positions)[found],
+                                     np.asarray(d.m_positions)[first[found]],
+                                     None if correct is None else correct[found], track=d.route is not None)
+        note = f"; north axis stretched x{stretch:.3g} so a straight route stays readable" if stretch > 1 else ""
+        what = "query track (blue line)" if d.route is not None else "queries (blue)"
+        figs.append({"src": "map.svg", "caption": f"Map (grey), {what}, top-1 (x), error lines{note}"})
     return figs, pr_numbers
+
+
+def _frames_places(d: ReportData, correct: np.ndarray, has_pos: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For the frame-vs-place plot: each frame's matched place and nearest positive place along the route (-1:
+    none), whether the match is right, and which frames have a positive."""
+    place = np.full(len(d.m_names) + 1, -1, dtype=np.int64)  # the extra slot maps -1 (no match) to -1
+    place[d.route] = np.arange(len(d.route))
+    matched = place[d.ranking.ids[:, 0]]
+    positive = np.array([_nearest(place[p], m) for p, m in zip(d.positives, matched)], dtype=np.int64)
+    return matched, positive, correct, has_pos
+
+
+def _nearest(places: np.ndarray, matched: int) -> int:
+    """The positive place nearest the matched one (-1 when the frame has none on the route)."""
+    places = places[places >= 0]
+    return int(places[np.argmin(np.abs(places - matched))]) if len(places) else -1
 
 
 class MapThumb(NamedTuple):
@@ -219,7 +252,7 @@ def _rows(d: ReportData, out: Path) -> tuple[list[QueryRow], list[MapThumb], dic
     ref = MapRefs(d, mdir)
     figures = d.match_figures or {}
     rows = []
-    for qi in _order(status, d.ranking.scores[:, 0]):
+    for qi in _order(status, d.ranking.top1_confidence()):
         valid = ids[qi] >= 0
         pos = set(d.positives[qi].tolist()) if d.positives is not None else set()
         positive = ref(int(d.positives[qi][0])) if status[qi] == "wrong" else -1
@@ -236,8 +269,9 @@ def _rows(d: ReportData, out: Path) -> tuple[list[QueryRow], list[MapThumb], dic
 
 
 def _metrics_table(d: ReportData, pr_numbers: dict[str, dict]) -> dict[str, dict]:
+    """Per ranking, its metrics as results.json holds them; the curve's numbers only fill what they lack."""
     rankings = [r for r in (d.baseline, d.ranking) if r is not None]
-    return {r.label: {**(r.metrics or {}), **pr_numbers.get(r.label, {})} for r in rankings}
+    return {r.label: {**pr_numbers.get(r.label, {}), **(r.metrics or {})} for r in rankings}
 
 
 PAGE = """<!doctype html>

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Presets, require_counts
-from ..data.groundtruth import GroundTruth, ground_truth_for_kept
+from ..data.groundtruth import GroundTruth, MapPositions, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import locked
 from ..evaluation import metrics, report
@@ -74,10 +74,11 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
     cand = retrieval.top(n)
     out_dir = guarded_folder(out_dir or Path(results_dir) / f"rerank-{conf['method']}-{conf.get('preset')}")
     reranker = get_reranker_class(conf["method"])(conf)
+    q_all = list_images(retrieval.query_dir)
+    truth = ground_truth_for_kept(gt, q_all, retrieval.q_names, retrieval.m_names, threshold,
+                                  MapPositions.of(retrieval.manifest)) if gt else None  # checked before the work
     with locked(out_dir):
         ids, scores = reranker.rerank(cand, out_dir / "cache")
-    q_all = list_images(retrieval.query_dir)
-    truth = ground_truth_for_kept(gt, q_all, retrieval.q_names, retrieval.m_names, threshold) if gt else None
     extra: dict = {"conf": conf, "num_rerank": n, **gt_record(gt, threshold)}
     if truth is not None:
         extra["metrics_global"] = metrics.evaluate(cand.ids, truth)

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data.groundtruth import ground_truth_for_kept, utm_or_none
+from ..data.groundtruth import MapPositions, load_ground_truth, restrict, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
 from ..index import faiss_index, freshness
@@ -72,6 +72,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
         raise ValueError(f"unknown scoring {scoring!r}; choose one of {SCORINGS}")
     out_dir = results_folder(out_dir, index_dir, query_dir)
     q_all = list_images(query_dir)
+    truth = load_ground_truth(gt, q_all, m_names, threshold, MapPositions.of(manifest)) if gt else None  # no work lost
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
         q_feats = query_feature_path(out_dir, Path(tmp), QUERY_SEGMENTS, manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all,
@@ -83,7 +84,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
-    truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold) if gt is not None else None
+    truth = restrict(truth, q_all, q_names) if truth is not None else None
     write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
                   {"queries_without_votes": empty, "scoring": scoring})
     return out_dir
