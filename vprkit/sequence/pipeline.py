@@ -22,6 +22,7 @@ from ..features import extract, h5io
 from ..index import faiss_index, freshness
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..results import (
+    Meter,
     guarded_folder,
     load_retrieval,
     query_feature_path,
@@ -121,6 +122,7 @@ def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, ou
     """Sequence-match a query folder against the index `source`, or (no `query_dir`) the queries of the `vprkit
     query` results folder `source` on its own index; write predictions, results.json (+ sequence and single-image
     metrics with `gt`), report.html and sequence.txt into the returned folder."""
+    meter = Meter()
     results_dir = Path(source) if query_dir is None else None
     index_dir = Path(read_results(source)["index"] if results_dir is not None else source)
     mi = faiss_index.load(index_dir)
@@ -144,7 +146,7 @@ def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, ou
         extra["metrics_single"] = metrics.evaluate(s_ids, truth, scores=s_scores)
     title = f"vprkit: {q_dir.name} on {index_dir.name}, sequence matching ({conf['preset']})"
     write_results(out_dir, index_dir, q_dir, mi.manifest, q_all, stream, ids, scores, conf["top_k"], truth,
-                  extra=extra, title=title, confidence=confidence)
+                  extra=extra, title=title, confidence=confidence, meter=meter, upstream=results_dir)
     return out_dir
 
 
