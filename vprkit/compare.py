@@ -51,7 +51,10 @@ def _tag(i: int) -> str:
     return chr(ord("A") + i) if i < 26 else f"M{i + 1}"
 
 
-def _label(r: Retrieval, tag: str) -> str:
+def _label(r: Retrieval, tag: str, name: str | None = None) -> str:
+    """'A: FOLDER (method)', or 'A: NAME' when the caller names the method."""
+    if name is not None:
+        return f"{tag}: {name}"
     info = read_results(r.results_dir)
     method = info.get("conf", {}).get("method") or info.get("preset", "")
     return f"{tag}: {r.results_dir.name} ({method})"
@@ -94,8 +97,8 @@ def win_matrix(correct: list[np.ndarray]) -> np.ndarray:
     return c @ (1 - c).T
 
 
-def _method(tag: str, r: Retrieval, ids: np.ndarray, scores: np.ndarray, truth: GroundTruth) -> Method:
-    return Method(_label(r, tag), r.results_dir, ids, scores, metrics.evaluate(ids, truth, scores=scores),
+def _method(label: str, r: Retrieval, ids: np.ndarray, scores: np.ndarray, truth: GroundTruth) -> Method:
+    return Method(label, r.results_dir, ids, scores, metrics.evaluate(ids, truth, scores=scores),
                   metrics.top1_correct(ids, truth)[0], read_results(r.results_dir).get("cost", {}))
 
 
@@ -153,19 +156,23 @@ def write_tables(out_dir: Path, methods: list[Method], q_names: list[str]) -> di
 
 
 def main(results: list[str | Path], out_dir: str | Path = "compare", *, gt: str | None = None,
-         threshold: float | None = None, top: int = 5) -> Path:
+         threshold: float | None = None, top: int = 5, labels: list[str] | None = None) -> Path:
     """Score every results folder (A first: the reference of the test), write OUT/table.{md,csv,tex},
-    per_query.csv, report.html (A vs B) and compare.json; returns OUT. OUT must be empty or an earlier comparison
-    (refused before any work otherwise)."""
+    per_query.csv, report.html (A vs B) and compare.json; returns OUT. `labels` name the methods (default: each
+    folder's name and method). OUT must be empty or an earlier comparison (refused before any work otherwise)."""
     if len(results) < 2:
         raise ValueError("compare needs at least two results folders")
+    if labels is not None and len(labels) != len(results):
+        raise ValueError(f"{len(labels)} labels for {len(results)} results folders")
     out_dir = Path(out_dir)
     check_output(out_dir, [COMPARE_FILE], "comparison folder")
     first, *rest = [load_retrieval(r) for r in results]
     spec, thr = _gt_spec(first.results_dir, gt, threshold)
     truth = ground_truth_for_kept(spec, list_images(first.query_dir), first.q_names, first.m_names, thr)
-    methods = [_method("A", first, first.ids, first.scores, truth)]
-    methods += [_method(_tag(i + 1), r, *_aligned(first, r), truth) for i, r in enumerate(rest)]
+    names = labels or [None] * len(results)
+    methods = [_method(_label(first, "A", names[0]), first, first.ids, first.scores, truth)]
+    methods += [_method(_label(r, _tag(i), names[i]), r, *_aligned(first, r), truth)
+                for i, r in enumerate(rest, start=1)]
     out_dir.mkdir(parents=True, exist_ok=True)
     table = write_tables(out_dir, methods, first.q_names)
     a, b = methods[:2]
