@@ -161,3 +161,19 @@ def test_patchnetvlad_estimates_its_run_time_from_the_first_query(monkeypatch, c
         estimate.tell(4)
         estimate.tell(4)  # said once
     assert caplog.text.count("about 20 s for the 40 pairs") == 1 and "0.500 s per" in caplog.text
+
+
+def test_patchnetvlad_says_its_estimated_time_before_any_work(retrieval, caplog):
+    from vprkit.rerank.patchnetvlad.reranker import SECONDS_PER_MPIXEL, PatchNetVLAD
+    from vprkit.results import load_retrieval
+
+    res, _ = retrieval
+    cand = load_retrieval(res).top(3)
+    conf = PatchNetVLAD.CONFIG.resolve("speed", {"resize": [200, 100], "fit_max_images": 7})
+    # 12 queries + the distinct candidates (every image here: each is its own neighbour) + 7 fitting images
+    images = 12 + len({int(j) for j in cand.ids.ravel()}) + 7
+    seconds = SECONDS_PER_MPIXEL * images * 200 * 100 / 1e6
+    with caplog.at_level(logging.WARNING, logger="vprkit"):
+        PatchNetVLAD(conf).check(cand)
+    assert f"about {seconds:.0f} s to describe" in caplog.text
+    assert PatchNetVLAD(conf).estimated_seconds(cand) == pytest.approx(seconds)
