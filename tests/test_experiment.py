@@ -74,6 +74,11 @@ def test_corridor_experiment_runs_resumes_and_tabulates(tiny_backbone, tmp_path,
     assert main(["experiment", str(config), "-o", str(out)]) == 0  # rerun: every cell finished, nothing recomputed
     assert [(c / "results.json").stat().st_mtime_ns for c in cells] == stamps
     assert "finished earlier" in caplog.text
+    config.write_text(config.read_text().replace('"num_map_desc" = 16', '"num_map_desc" = 12'))
+    assert main(["experiment", str(config), "-o", str(out)]) == 0  # chamfer's settings changed: only it runs again
+    now = [(c / "results.json").stat().st_mtime_ns for c in cells]
+    assert [a == b for a, b in zip(now, stamps)] == [True, False, True, True]
+    assert json.loads((cells[1] / "results.json").read_text())["conf"]["num_map_desc"] == 12
 
 
 @pytest.mark.parametrize("text,message", [
@@ -86,6 +91,7 @@ def test_corridor_experiment_runs_resumes_and_tabulates(tiny_backbone, tmp_path,
      "'chamfer', set = { nope = 1 } }\n", "nope"),
     ("[datasets.x]\nmap = '.'\nqueries = '.'\ngt = 'utm'\nextra = 1\n[[pipelines]]\nname = 'a'\n", "unknown keys"),
     ("[datasets.x\n", "not a readable config"),
+    ("[datasets.x]\nmap = '.'\nqueries = '.'\ngt = 'utm'\n[[pipelines]]\nname = 'compare'\n", "would be the folders"),
 ])
 def test_bad_configs_are_refused_before_any_work(tmp_path, capsys, text, message):
     config = tmp_path / "bad.toml"

@@ -175,6 +175,9 @@ def parse(config: dict, root: Path, where: str = "config") -> Experiment:
     names = [p.name for p in pipes]
     if len(set(map(slug, names))) != len(names):
         raise InputError(f"{where}: pipeline names must differ (as folder names): {names}")
+    taken = [n for n in names if re.match(r"(compare|index-|retrieval-)", slug(n))]
+    if taken:
+        raise InputError(f"{where}: pipeline names {taken} would be the folders of the indexes, retrievals or tables")
     return Experiment(found, pipes, int(config.get("top_k", 20)))
 
 
@@ -183,15 +186,16 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "pipeline"
 
 
-def _done(results_dir: Path) -> bool:
-    """A cell is finished when its results.json reads back (its index unchanged since)."""
+def _done(results_dir: Path, conf: dict | None = None) -> bool:
+    """A cell is finished when its results.json reads back (its index unchanged since) and, for a second step,
+    records the settings `conf` the config now gives (changed settings run again, into the same folder)."""
     if not (results_dir / RESULTS_FILE).is_file():
         return False
     try:
-        read_results(results_dir)
+        info = read_results(results_dir)
     except (OSError, ValueError):
         return False
-    return True
+    return conf is None or info.get("conf") == conf
 
 
 def run_cell(d: Dataset, p: Pipeline, out: Path, top_k: int, device: str) -> Path:
@@ -205,13 +209,13 @@ def run_cell(d: Dataset, p: Pipeline, out: Path, top_k: int, device: str) -> Pat
     if not (p.rerank or p.sequence):
         return retrieval
     cell = out / slug(p.name)
-    if _done(cell):
+    conf = rerank_conf(p.rerank, device) if p.rerank else sequence_conf(p.sequence)
+    if _done(cell, conf):
         logger.warning("%s / %s: finished earlier (%s), skipped", d.name, p.name, cell / RESULTS_FILE)
     elif p.rerank:
-        rerank_step.main(rerank_conf(p.rerank, device), retrieval, cell, gt=d.gt, threshold=d.threshold)
-    elif p.sequence:
-        sequence_step.main(sequence_conf(p.sequence), retrieval, None, cell, gt=d.gt, threshold=d.threshold,
-                           device=device)
+        rerank_step.main(conf, retrieval, cell, gt=d.gt, threshold=d.threshold)
+    else:
+        sequence_step.main(conf, retrieval, None, cell, gt=d.gt, threshold=d.threshold, device=device)
     return cell
 
 
