@@ -55,8 +55,9 @@ def test_meter_peak_is_the_steps_own():
     block = np.ones(400 * 2**20 // 8)  # 400 MB touched
     big = first.read()["peak_rss_mb"]
     del block
-    small = Meter().read()["peak_rss_mb"]  # a later step does not inherit the earlier peak
-    assert big - small > 350
+    later = Meter().read()  # a later step does not inherit the earlier peak
+    assert big - later["peak_rss_mb"] > 350 and big - first.rss_at_start > 350
+    assert later["rss_at_start_mb"] <= later["peak_rss_mb"]
 
 
 def _broken(res, folder, rows):

@@ -59,6 +59,7 @@ class Meter:
 
     def __init__(self) -> None:
         self.source = PEAK_SINCE_STEP if _reset_peak() else PEAK_OF_PROCESS
+        self.rss_at_start = _status_mb("VmRSS:")  # what earlier work in this process left resident
         self.start = time.perf_counter()
         self.stopped: dict | None = None
 
@@ -67,7 +68,7 @@ class Meter:
         if self.stopped is not None:
             return self.stopped
         return {"wall_s": round(time.perf_counter() - self.start, 3), "peak_rss_mb": round(_peak_mb(self.source), 1),
-                "peak_rss_source": self.source}
+                "peak_rss_source": self.source, "rss_at_start_mb": self.rss_at_start}
 
     def stop(self) -> None:
         """End the measured part here (what follows, such as drawing the report's figures, is not the method's)."""
@@ -84,13 +85,19 @@ def _reset_peak() -> bool:
         return False
 
 
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (`VmHWM:`, `VmRSS:`) in MB; None where there is no /proc."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((round(int(line.split()[1]) / 1024, 1) for line in lines if line.startswith(field)), None)
+
+
 def _peak_mb(source: str) -> float:
     """The peak RSS in MB: VmHWM when it was reset at the step's start, else ru_maxrss (KB on Linux)."""
-    if source == PEAK_SINCE_STEP:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM:") if source == PEAK_SINCE_STEP else None
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def index_bytes(index_dir: str | Path) -> int:
