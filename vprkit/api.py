@@ -46,6 +46,7 @@ from .index.work import carried, index_work, readable
 from .registry import Registry
 from .rerank.base import main as rerank
 from .results import (
+    Meter,
     PREDICTIONS_FILE,
     Retrieval,
     check_top_k,
@@ -261,6 +262,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     back with `vprkit.results`).
 
     Warns when map images changed since indexing: a sample of them is checked, every one with `verify`."""
+    meter = Meter()
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     mi = faiss_index.load(index_dir)
@@ -279,7 +281,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
     truth = restrict(truth, q_all, q_names) if truth is not None else None
     write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
-                  gt_record(gt, threshold))
+                  gt_record(gt, threshold), meter=meter)
     return out_dir
 
 

@@ -11,6 +11,8 @@ that is empty or already a results folder (`guarded_folder`).
 from __future__ import annotations
 
 import json
+import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,12 @@ from .data.safeio import InputError, check_output
 from .evaluation import metrics, outputs, report
 from .features import h5io
 from .index import faiss_index
-from .index.layout import MANIFEST_FILE, QUERY_FEATURES, QUERY_SEGMENTS
+from .index.layout import IMAGES_DIR, MANIFEST_FILE, QUERY_FEATURES, QUERY_SEGMENTS
 
 RESULTS_FILE, PREDICTIONS_FILE, REPORT_FILE = "results.json", "predictions.txt", "report.html"
 RESULTS_MARKERS = (RESULTS_FILE, QUERY_FEATURES, QUERY_SEGMENTS, "cache")
+PEAK_SINCE_STEP = "VmHWM since the step started (Linux /proc; reset through /proc/self/clear_refs)"
+PEAK_OF_PROCESS = "ru_maxrss of the process (the peak since the process started)"
 
 
 @dataclass
@@ -46,6 +50,82 @@ class Retrieval:
         """The same retrieval cut to its first `n` candidates per query."""
         return Retrieval(self.index_dir, self.query_dir, self.map_dir, self.q_names, self.m_names,
                          self.ids[:, :n], self.scores[:, :n], self.manifest, self.results_dir, self.fingerprint)
+
+
+class Meter:
+    """Wall time and peak resident memory (RSS) of one step, from its start to `write_results`: every results.json
+    records what its step cost. The peak is exact for the step on Linux (the kernel's high-water mark is reset when
+    the meter starts); elsewhere it is the process's peak, earlier work in the same process included."""
+
+    def __init__(self) -> None:
+        self.source = PEAK_SINCE_STEP if _reset_peak() else PEAK_OF_PROCESS
+        self.rss_at_start = _status_mb("VmRSS:")  # what earlier work in this process left resident
+        self.start = time.perf_counter()
+        self.stopped: dict | None = None
+
+    def read(self) -> dict:
+        """Seconds since the start (or until `stop`), the peak RSS in MB and how the peak was measured."""
+        if self.stopped is not None:
+            return self.stopped
+        return {"wall_s": round(time.perf_counter() - self.start, 3), "peak_rss_mb": round(_peak_mb(self.source), 1),
+                "peak_rss_source": self.source, "rss_at_start_mb": self.rss_at_start}
+
+    def stop(self) -> None:
+        """End the measured part here (what follows, such as drawing the report's figures, is not the method's)."""
+        self.stopped = self.read()
+
+
+def _reset_peak() -> bool:
+    """Reset this process's RSS high-water mark (Linux >= 4.0); False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (`VmHWM:`, `VmRSS:`) in MB; None where there is no /proc."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((round(int(line.split()[1]) / 1024, 1) for line in lines if line.startswith(field)), None)
+
+
+def _peak_mb(source: str) -> float:
+    """The peak RSS in MB: VmHWM when it was reset at the step's start, else ru_maxrss (KB on Linux)."""
+    peak = _status_mb("VmHWM:") if source == PEAK_SINCE_STEP else None
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def index_bytes(index_dir: str | Path) -> int:
+    """Bytes an index folder stores (FAISS index, map features, fitted state, ...), without the results folders
+    written inside it and without the images a growing map keeps (those are the map itself)."""
+    def size(folder: Path) -> int:
+        if (folder / RESULTS_FILE).exists():
+            return 0
+        return sum(p.stat().st_size if p.is_file() else size(p) for p in folder.iterdir()
+                   if not p.is_symlink() and p.name not in ("results", IMAGES_DIR))
+    return size(Path(index_dir))
+
+
+def cost_record(meter: Meter, num_queries: int, index_dir: Path, num_map: int, extra_bytes: float = 0.0,
+                upstream: Path | None = None) -> dict:
+    """What a step cost, for results.json's `cost`: wall time, ms per query, peak RSS, bytes stored per map image
+    (the index, plus `extra_bytes` per image a re-ranker keeps); `upstream` (the retrieval a re-ranker or a
+    sequence started from) adds its cost to the pipeline's figures."""
+    step = meter.read()
+    ms = 1000 * step["wall_s"] / max(num_queries, 1)
+    before = read_results(upstream).get("cost", {}) if upstream is not None else {}
+    stored = index_bytes(index_dir) / max(num_map, 1) + extra_bytes + before.get("extra_bytes_per_image", 0.0)
+    return {**step, "ms_per_query": round(ms, 3),
+            "pipeline_ms_per_query": round(ms + before.get("pipeline_ms_per_query", 0.0), 3),
+            "pipeline_peak_rss_mb": max(step["peak_rss_mb"], before.get("pipeline_peak_rss_mb", 0.0)),
+            "bytes_per_image": round(stored, 1),
+            "extra_bytes_per_image": round(extra_bytes + before.get("extra_bytes_per_image", 0.0), 1),
+            "upstream": None if upstream is None else str(Path(upstream).resolve())}
 
 
 def read_results(results_dir: str | Path) -> dict:
@@ -149,13 +229,16 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
                   report_top: int = 5, extra: dict | None = None, title: str | None = None,
                   confidence=None, baseline: report.Ranking | None = None,
                   match_figures: dict[int, report.MatchFigure] | None = None, match_limit: int | None = None,
-                  label: str | None = None, route: np.ndarray | None = None) -> dict:
+                  label: str | None = None, route: np.ndarray | None = None, meter: Meter | None = None,
+                  extra_bytes: float = 0.0, upstream: Path | None = None) -> dict:
     """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking.
 
     Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score;
     `baseline` (the ranking before re-ranking) adds the fixed / broken queries to the report, `match_figures`
     (drawn for the first `match_limit` queries of the report) its match figures. `label` names the ranking in the
-    report; `route` (map ids along a route: a sequence run) adds the query-frame vs matched-place plot."""
+    report; `route` (map ids along a route: a sequence run) adds the query-frame vs matched-place plot. `meter`
+    (started with the step) records its cost (`cost_record`: with `extra_bytes` per map image it stores, and its
+    `upstream` retrieval)."""
     m_names, conf = manifest["names"], manifest["conf"]
     outputs.write_predictions(out_dir / PREDICTIONS_FILE, q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
@@ -165,6 +248,8 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
                     "skipped_queries": sorted(set(q_all) - set(q_names)), **(extra or {})}
     if truth is not None:
         result["metrics"] = metrics.evaluate(ids, truth, scores=scores if confidence is None else confidence[:, None])
+    if meter is not None:
+        result["cost"] = cost_record(meter, len(q_names), index_dir, len(m_names), extra_bytes, upstream)
     outputs.write_json(out_dir / RESULTS_FILE, result)
     title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
     q_pos, m_pos = report_positions(manifest, q_names, truth)

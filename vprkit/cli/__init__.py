@@ -1,5 +1,5 @@
 """Command line: `vprkit index | query | rerank | sequence | segvlad | evaluate | compare | export | train | serve |
-match-two | demo | presets`.
+match-two | demo | presets | experiment`.
 
 Each module of this package registers its subcommands in `add(sub)`, with `set_defaults(func=run, conf=build)`:
 `run(args)` runs the step, `build(args)` (where the step has a config) builds and checks its configuration
@@ -13,10 +13,10 @@ import argparse
 import logging
 import sys
 
-from . import index, methods, presets, serve, train
+from . import experiment, index, methods, presets, serve, train
 from .train import modern_argv
 
-COMMANDS = (index, methods, train, serve, presets)
+COMMANDS = (index, methods, train, serve, presets, experiment)
 
 
 def parser() -> argparse.ArgumentParser:

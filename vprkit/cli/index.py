@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from .. import api
-from ..evaluation import metrics
 from ..features.extract import AUTO, CONFIG, DEFAULT_PRESET
 from ..index.faiss_index import DEFAULT_FACTORY
 from ..models.precision import CHOICES as PRECISION_CHOICES
@@ -72,11 +71,13 @@ def add(sub) -> None:
                    help="--gt is a revisited Oxford/Paris gnd file (.pkl or .json): easy/medium/hard mAP and mP@k")
     s.set_defaults(func=run_evaluate)
 
-    s = sub.add_parser("compare", help="two results folders side by side: metrics, per-query wins and losses")
-    s.add_argument("results_a")
-    s.add_argument("results_b")
-    s.add_argument("-o", "--out", default="compare", help="folder for report.html and compare.json")
-    s.add_argument("--gt", help="ground truth (default: the one RESULTS_A's results.json records)")
+    s = sub.add_parser("compare", help="results folders in one table: metrics, cost, per-query wins and losses, "
+                                       "significance against the first")
+    s.add_argument("results", nargs="+", metavar="RESULTS", help="two or more results folders (the first, A, is the "
+                   "reference of the significance test and of the report)")
+    s.add_argument("-o", "--out", default="compare",
+                   help="folder for table.md / .csv / .tex, per_query.csv, report.html and compare.json")
+    s.add_argument("--gt", help="ground truth (default: the one the first folder's results.json records)")
     s.add_argument("--threshold", type=distance)
     s.set_defaults(func=run_compare)
 
@@ -143,9 +144,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def run_compare(args: argparse.Namespace) -> None:
     from .. import compare
 
-    out = compare.main(args.results_a, args.results_b, args.out, gt=args.gt, threshold=args.threshold)
+    out = compare.main(args.results, args.out, gt=args.gt, threshold=args.threshold)
     res = json.loads((out / compare.COMPARE_FILE).read_text(encoding="utf-8"))
-    print(metrics.format_table(res["metrics"]))
+    print((out / f"{compare.TABLE_STEM}.md").read_text(encoding="utf-8"))
     print(f"B right where A wrong: {res['b_wins']}, A right where B wrong: {res['a_wins']} "
           f"(both right {res['both_right']}, both wrong {res['both_wrong']})\nreport: {res['report']}")
 

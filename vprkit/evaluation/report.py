@@ -77,6 +77,7 @@ class ReportData:
     match_figures: dict[int, MatchFigure] | None = None  # by query index; None: the method has none
     match_limit: int | None = None  # figures were drawn for the first this many queries in display order
     route: np.ndarray | None = None  # map ids along the route: a sequence run (queries in stream order)
+    table: dict | None = None  # a comparison's table: {"columns", "rows" (formatted cells), "note"}, shown first
 
 
 def files_dir(path: Path) -> Path:
@@ -278,7 +279,7 @@ PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <link rel="stylesheet" href="{files}/report.css"></head>
 <body><h1>{title}</h1>
-<div id="metrics"></div><div id="plots"></div>
+<div id="table"></div><div id="metrics"></div><div id="plots"></div>
 <div id="controls"></div><table id="queries"></table><div id="pager"></div>
 <script src="{files}/data.js"></script><script src="{files}/report.js"></script>
 </body></html>
@@ -296,7 +297,7 @@ def write_report(path: str | Path, d: ReportData) -> Path:
     data = {"title": d.title, "top": d.top, "metrics": _metrics_table(d, pr_numbers), "plots": figs,
             "labels": {"ranking": d.ranking.label, "baseline": d.baseline.label if d.baseline else None,
                        "fixed": d.change_labels[0], "broken": d.change_labels[1]},
-            "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows,
+            "table": d.table, "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows,
             "matches": None if d.match_figures is None else {"drawn": len(d.match_figures), "limit": d.match_limit,
                                                              "queries": len(d.q_names)}}
     atomic_write(out / "data.js", "window.VPRKIT_REPORT = " + json.dumps(data, separators=(",", ":")) + ";\n")

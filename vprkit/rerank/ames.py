@@ -24,6 +24,8 @@ from ..models.ames import AMES, EMPTY_LOGIT, load_ames, load_authors_checkpoint,
 from ..results import Retrieval
 from .base import Reranker
 
+NO_MODEL = ("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train ames`) "
+            "or authors_checkpoint=PATH (a released model of the AMES authors)")
 MapReader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -38,6 +40,11 @@ class AMESReranker(Reranker):
     default_conf = {"checkpoint": None, "lamb": 0.55, "temp": 0.3, "num_rerank": 100, "num_query_desc": 600,
                     "num_map_desc": 100, "batch_size": 100, "precision": "fp32", "cache_dir": None, "device": "cpu",
                     "authors_checkpoint": None, "features": "dinov2", "resize_max": None, "detector": None}
+
+    def check(self, retrieval: Retrieval) -> None:
+        """No model, no run: refused before the output folder is made."""
+        if not (self.conf["checkpoint"] or self.conf["authors_checkpoint"]):
+            raise ValueError(NO_MODEL)
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         c = self.conf
@@ -70,8 +77,7 @@ class AMESReranker(Reranker):
                                                                 "detector": c["detector"]})
             return load_authors_checkpoint(c["authors_checkpoint"]), fconf
         if not c["checkpoint"]:
-            raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train ames`) "
-                             "or authors_checkpoint=PATH (a released model of the AMES authors)")
+            raise ValueError(NO_MODEL)
         model, meta = load_ames(c["checkpoint"])
         return model, meta["features"]
 

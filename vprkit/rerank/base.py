@@ -18,7 +18,7 @@ from ..data.groundtruth import GroundTruth, MapPositions, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.safeio import locked
 from ..evaluation import metrics, report
-from ..results import REPORT_FILE, Retrieval, gt_record, guarded_folder, load_retrieval, write_results
+from ..results import REPORT_FILE, Meter, Retrieval, gt_record, guarded_folder, load_retrieval, write_results
 
 logger = logging.getLogger("vprkit")
 MATCH_FIGURES = 200  # queries with a match figure in the report (patch-based methods): ~3.5 MB, 4 pages of rows
@@ -48,6 +48,21 @@ class Reranker(ABC):
         `work_dir` is a folder the method may use for resumable caches (features of map images).
         """
 
+    def check(self, retrieval: Retrieval) -> None:
+        """Refuse settings this method cannot run with, and warn of slow or weak ones: called before the output
+        folder is made, so a refused run leaves nothing behind. Default: nothing to check."""
+        return None
+
+    def map_bytes(self, retrieval: Retrieval, work_dir: Path) -> float:
+        """Bytes per map image this method stores beside the index (its cached map features: the files named
+        `map*` under its cache), for results.json's cost; the methods that describe only candidates override it."""
+        return _bytes(self.map_files(work_dir)) / max(len(retrieval.m_names), 1)
+
+    def map_files(self, work_dir: Path) -> list[Path]:
+        """The files of map features this method keeps (under `cache_dir` when set, else `work_dir`)."""
+        folder = Path(self.conf.get("cache_dir") or work_dir)
+        return [p for p in folder.rglob("map*") if p.is_file()] if folder.is_dir() else []
+
     def match_figures(self, folder: Path, retrieval: Retrieval, ids: np.ndarray, queries: np.ndarray,
                       work_dir: Path) -> dict[int, report.MatchFigure] | None:
         """Figures of the verified correspondences of each of `queries` with its top-1 in `ids`, drawn into
@@ -60,25 +75,39 @@ class Reranker(ABC):
         return None
 
 
+def _bytes(files: list[Path]) -> int:
+    return sum(p.stat().st_size for p in files)
+
+
+def default_folder(results_dir: str | Path, conf: dict) -> Path:
+    """RESULTS_DIR/rerank-METHOD-PRESET, or rerank-METHOD when no preset was named (never `-None`)."""
+    preset = conf.get("preset")
+    return Path(results_dir) / (f"rerank-{conf['method']}" + (f"-{preset}" if preset else ""))
+
+
 def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None, *, gt: str | None = None,
          threshold: float | None = None, num_rerank: int | None = None, match_figures: int = MATCH_FIGURES) -> Path:
     """Re-rank the top `num_rerank` of a global retrieval with `conf['method']`; write outputs and metrics into
-    the returned folder (default RESULTS_DIR/rerank-METHOD-PRESET; read it back with `vprkit.results`).
+    the returned folder (default RESULTS_DIR/rerank-METHOD-PRESET; read it back with `vprkit.results`). The method
+    checks its settings (`Reranker.check`) before the folder is made.
 
     The report shows match figures for the first `match_figures` queries in its order (failures first)
     when the method has verified correspondences (Patch-NetVLAD)."""
     from . import get_reranker_class
 
+    meter = Meter()
     retrieval = load_retrieval(results_dir)
     n = num_rerank or conf.get("num_rerank") or retrieval.ids.shape[1]
     cand = retrieval.top(n)
-    out_dir = guarded_folder(out_dir or Path(results_dir) / f"rerank-{conf['method']}-{conf.get('preset')}")
     reranker = get_reranker_class(conf["method"])(conf)
+    reranker.check(cand)
     q_all = list_images(retrieval.query_dir)
     truth = ground_truth_for_kept(gt, q_all, retrieval.q_names, retrieval.m_names, threshold,
                                   MapPositions.of(retrieval.manifest)) if gt else None  # checked before the work
+    out_dir = guarded_folder(out_dir or default_folder(results_dir, conf))
     with locked(out_dir):
         ids, scores = reranker.rerank(cand, out_dir / "cache")
+    meter.stop()
     extra: dict = {"conf": conf, "num_rerank": n, **gt_record(gt, threshold)}
     if truth is not None:
         extra["metrics_global"] = metrics.evaluate(cand.ids, truth)
@@ -89,6 +118,7 @@ def main(conf: dict, results_dir: str | Path, out_dir: str | Path | None = None,
                                      order[:match_figures], out_dir / "cache") if match_figures else None
     result = write_results(out_dir, retrieval.index_dir, retrieval.query_dir, retrieval.manifest, q_all,
                            retrieval.q_names, ids, scores, n, truth, extra=extra, title=title, baseline=baseline,
-                           match_figures=figures, match_limit=match_figures)
+                           match_figures=figures, match_limit=match_figures, meter=meter,
+                           extra_bytes=reranker.map_bytes(cand, out_dir / "cache"), upstream=Path(results_dir))
     reranker.finish(out_dir, cand, ids, scores, result, truth)
     return out_dir

@@ -37,6 +37,10 @@ class ChamferReranker(AMESReranker):
                     "lamb": 0.4, "temp": 0.5, "num_rerank": 100, "num_query_desc": 600, "num_map_desc": 100,
                     "cache_dir": None, "device": "cpu"}
 
+    def check(self, retrieval: Retrieval) -> None:
+        """Training-free: no model to check (AMES's check would ask for one)."""
+        return None
+
     def raw_scores(self, retrieval: Retrieval, work_dir: Path) -> np.ndarray:
         """(Q, N) Chamfer similarities of each query and its candidates (NaN where there is no candidate)."""
         c = self.conf

@@ -15,7 +15,7 @@ from ..data.safeio import locked
 from ..index import faiss_index, freshness
 from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE
 from ..index.work import index_work, readable
-from ..results import check_top_k, query_feature_path, results_folder, write_results
+from ..results import Meter, check_top_k, query_feature_path, results_folder, write_results
 from . import extract
 from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
 
@@ -60,6 +60,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     normalises by the least / greatest similarity retrieved over all these queries (the original's rule).
     Warns when map images changed since indexing (a sample of them checked, every one with `verify`).
     """
+    meter = Meter()
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     manifest = load_manifest(index_dir)
@@ -86,7 +87,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
     truth = restrict(truth, q_all, q_names) if truth is not None else None
     write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
-                  {"queries_without_votes": empty, "scoring": scoring})
+                  {"queries_without_votes": empty, "scoring": scoring}, meter=meter)
     return out_dir
 
 

@@ -23,6 +23,7 @@ from ..features import extract, h5io
 from ..index import faiss_index, freshness
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..results import (
+    Meter,
     RESULTS_FILE,
     gt_record,
     guarded_folder,
@@ -150,6 +151,7 @@ def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, ou
     query` results folder `source` on its own index; write predictions, results.json (+ sequence and single-image
     metrics with `gt`, and the ground truth they were scored with), report.html and sequence.txt into the returned
     folder (default `sequence-PRESET[-changed settings]`). Ground truth is checked before any extraction."""
+    meter = Meter()
     results_dir = Path(source) if query_dir is None else None
     index_dir = Path(read_results(source)["index"] if results_dir is not None else source)
     mi = faiss_index.load(index_dir)
@@ -178,7 +180,7 @@ def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, ou
     title = f"vprkit: {q_dir.name} on {index_dir.name}, sequence matching ({conf['preset']})"
     write_results(out_dir, index_dir, q_dir, mi.manifest, q_all, stream, ids, scores, conf["top_k"], truth,
                   extra=extra, title=title, confidence=confidence, baseline=single,
-                  label=f"sequence ({conf['preset']})", route=route)
+                  label=f"sequence ({conf['preset']})", route=route, meter=meter, upstream=results_dir)
     return out_dir
 
 

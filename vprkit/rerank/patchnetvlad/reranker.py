@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import h5py
@@ -27,11 +28,31 @@ from .model import build_model
 logger = logging.getLogger("vprkit")
 
 ORIGINAL_NS = (1, 5, 10, 20, 50, 100)  # the original's n_values_all
+# Measured: `speed+global` on Corridor (111 queries, 111 candidate and 100 fitting images at 320x240, untrained)
+# took 975 s on the 2-core CPU of docs/benchmarks.md, nearly all of it describing images: 975 / (322 x 0.0768 MP)
+SECONDS_PER_MPIXEL = 39.0
 FIGURE_WIDTH = 200  # px of each image in a report's match figure
 # Settings a cascade's cheap preset takes from the expensive one (everything but the method's own numbers).
 CASCADE_SHARED = ("resize", "num_clusters", "checkpoint", "fit_max_images", "fit_max_patches", "batch_size",
                   "match_batch", "device", "seed", "match_dtype", "backbone_cache", "ransac_threads", "whiten",
                   "map_cache_mb")
+
+
+class RunEstimate:
+    """The matching's run time, estimated from the per-pair cost measured on the first query and said once."""
+
+    def __init__(self, pairs: int) -> None:
+        self.pairs, self.start, self.first = pairs, time.perf_counter(), None
+
+    def tell(self, pairs: int) -> None:
+        """Called before each query's `pairs` candidates: after the first query, log the estimate."""
+        if self.first is None:
+            self.first = pairs
+        elif self.start is not None:
+            per_pair = (time.perf_counter() - self.start) / self.first
+            logger.warning("patchnetvlad: %.3f s per query-candidate pair measured on the first query: about %.0f s "
+                           "for the %d pairs of this run", per_pair, per_pair * self.pairs, self.pairs)
+            self.start = None
 
 
 class PatchNetVLAD(Reranker):
@@ -81,6 +102,33 @@ class PatchNetVLAD(Reranker):
     # vprkit's variants: the same plus the z-scored global similarity (constant patch sizes contribute 0).
     confs.update({f"{name}+global": {**c, "global_weight": 1.0, "skip_constant": True} for name, c in confs.items()})
 
+    def check(self, retrieval: Retrieval | None) -> None:
+        """Before any work: warn that an untrained (k-means) vocabulary usually ranks worse than the retrieval, and
+        say how long the run will take (`estimated_seconds`)."""
+        if retrieval is not None:
+            logger.warning("patchnetvlad: about %.0f s to describe this run's images (estimated from a calibrated "
+                           "%.0f s per megapixel described, see docs/patchnetvlad.md); the matching is estimated "
+                           "once the first query is matched", self.estimated_seconds(retrieval), SECONDS_PER_MPIXEL)
+        if self.conf["checkpoint"]:
+            return
+        fused = "" if self.conf["global_weight"] else " (a `+global` preset fuses the global similarity back in)"
+        logger.warning("patchnetvlad without --set checkpoint=FILE uses an untrained NetVLAD vocabulary (k-means on "
+                       "the map): on untrained features its ranking is usually worse than the global retrieval it "
+                       "re-ranks (Corridor R@1 0.910 -> 0.640; see docs/patchnetvlad.md)%s", fused)
+
+    def estimated_seconds(self, retrieval: Retrieval) -> float:
+        """Seconds to describe the queries, the candidates and (untrained) the images the vocabulary and PCA are
+        fitted on, at `SECONDS_PER_MPIXEL`."""
+        images = len(retrieval.q_names) + len(np.unique(retrieval.ids[retrieval.ids >= 0]))
+        images += 0 if self.conf["checkpoint"] else self.conf["fit_max_images"]
+        width, height = self.conf["resize"]
+        return SECONDS_PER_MPIXEL * images * width * height / 1e6
+
+    def map_bytes(self, retrieval: Retrieval, work_dir: Path) -> float:
+        """Patch features are kept for the candidates only: bytes per candidate map image."""
+        described = len(np.unique(retrieval.ids[retrieval.ids >= 0]))
+        return sum(p.stat().st_size for p in self.map_files(work_dir)) / max(described, 1)
+
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         """With `cascade_from`, that (cheap) preset re-ranks all candidates and this one only its top
         `cascade_top`; the rest keep the cheap order and scores."""
@@ -124,11 +172,13 @@ class PatchNetVLAD(Reranker):
         """This preset's ranking of every candidate of `retrieval`."""
         matcher, cache = self.prepare(retrieval, work_dir)
         new_ids, new_scores = retrieval.ids.copy(), np.full(retrieval.ids.shape, np.nan, dtype=np.float32)
+        estimate = RunEstimate(int((retrieval.ids >= 0).sum()))
         with h5py.File(cache / "map.h5", "r") as fm, h5py.File(cache / "query.h5", "r") as fq:
             for qi, q in enumerate(tqdm(retrieval.q_names, desc="patch matching", unit="query")):
                 valid = np.flatnonzero(retrieval.ids[qi] >= 0)
                 if q not in fq or not len(valid):
                     continue
+                estimate.tell(len(valid))
                 cand = [retrieval.m_names[j] for j in retrieval.ids[qi, valid]]
                 fused = matcher.rank_scores(patches.read_patches(fq, [q], self.conf["patch_sizes"]), fm, cand,
                                             retrieval.scores[qi, valid])
