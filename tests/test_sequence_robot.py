@@ -203,7 +203,7 @@ def test_sequence_folders_by_settings_gt_recorded_error_columns_and_compare(rout
     scored = json.loads((base / "sequence-seqslam" / "results.json").read_text())["metrics"]
     assert api.evaluate(base / "sequence-seqslam") == pytest.approx(scored, abs=1e-6)
     # compare scores sequence runs with the ground truth they record
-    out = compare.main(base / "sequence-seqslam", base / "sequence-seqslam-ds20-enhance5", tmp / "cmp")
+    out = compare.main([base / "sequence-seqslam", base / "sequence-seqslam-ds20-enhance5"], tmp / "cmp")
     cmp = json.loads((out / compare.COMPARE_FILE).read_text())
     assert cmp["a_wins"] + cmp["both_right"] == sum(r.correct for r in read_sequence(base / "sequence-seqslam"
                                                                                         / SEQUENCE_FILE))

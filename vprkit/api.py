@@ -46,8 +46,8 @@ from .index.work import carried, index_work, readable
 from .registry import Registry
 from .rerank.base import main as rerank
 from .results import (
-    Meter,
     PREDICTIONS_FILE,
+    Meter,
     Retrieval,
     check_top_k,
     gt_record,

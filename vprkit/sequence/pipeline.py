@@ -23,8 +23,8 @@ from ..features import extract, h5io
 from ..index import faiss_index, freshness
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..results import (
-    Meter,
     RESULTS_FILE,
+    Meter,
     gt_record,
     guarded_folder,
     load_retrieval,
