@@ -121,16 +121,36 @@ def test_one_writer_at_a_time_and_crash_leftovers_are_ignored(tmp_path, capsys):
     w.close()
 
 
-@pytest.mark.parametrize("name", ["../x.jpg", "/etc/passwd", "a/../b.jpg", ".hidden", "a//b", "a\\b", "", "x" * 201,
-                                  "a/./b", "a b.jpg"])
+@pytest.mark.parametrize("name", ["../x.jpg", "/etc/passwd", "a/../b.jpg", "a//b", "", "x" * 201, "a/./b", "a\tb.jpg",
+                                  "a\nb.jpg", "a\x00b.jpg", "a\u2028b.jpg"])
 def test_client_names_that_could_escape_or_confuse_paths_are_refused(name):
     with pytest.raises(ValueError, match="invalid image name"):
         check_name(name)
 
 
-def test_valid_names_pass():
-    for name in ["a.jpg", "street/0001@5.2@-3@.png", "x_y-z+1,2=3.webp"]:
+def test_names_index_accepts_pass_spaces_and_any_script_included():
+    """A name is a key (the bytes are stored under their hash), so every name `vprkit index` lists is accepted."""
+    for name in ["a.jpg", "street/0001@5.2@-3@.png", "x_y-z+1,2=3.webp", "a b.jpg", "café/東京 1.jpg", ".hidden.jpg",
+                 "a\\b.jpg"]:
         assert check_name(name) == name
+
+
+def test_append_takes_names_with_spaces_and_unicode(tmp_path, tiny_backbone):
+    """`index --append` used to refuse a whole folder for one such name (issue 25): they are indexed and found."""
+    from PIL import Image
+
+    from vprkit import api
+
+    src, more = tmp_path / "map", tmp_path / "more"
+    for folder, names in ((src, ["a.png", "b.png"]), (more, ["a.png", "b.png", "c d.png", "é/東京.png"])):
+        for i, name in enumerate(names):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 24), (40 * i, 255 - 50 * i, 90)).save(folder / name)
+    idx = api.index_map(src, tmp_path / "idx", "dinov2-gem")
+    added = api.append_map(more, idx)
+    assert sorted(added) == ["c d.png", "é/東京.png"]
+    hits = api.search(idx, api.describe([Image.open(more / "é/東京.png").convert("RGB")], api.model(idx)), top_k=1)
+    assert hits.names[0][0] == "é/東京.png"
 
 
 def test_kill_during_writes_keeps_every_acknowledged_addition(tmp_path):

@@ -32,7 +32,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..data.images import EXTENSIONS
+from ..data.images import EXTENSIONS, UNSAFE_NAME
 from ..data.safeio import hold_lock
 from ..features import h5io
 from . import faiss_index, journal, large
@@ -41,15 +41,19 @@ from .layout import CURRENT, GENERATIONS, IMAGES_DIR
 from .layout import MAP_FEATURES as FEATURES_FILE
 
 logger = logging.getLogger("vprkit")
-_NAME = re.compile(r"[A-Za-z0-9@_+-][A-Za-z0-9@_.+,=-]*(/[A-Za-z0-9@_+-][A-Za-z0-9@_.+,=-]*)*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME = 200
 
 
 def check_name(name: str) -> str:
-    """A map image name as stored (a relative posix path of safe characters, no '.' or '..' parts)."""
-    if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME.fullmatch(name):
-        raise ValueError(f"invalid image name {name[:MAX_NAME]!r}: use up to {MAX_NAME} letters, digits and @_+-.,= "
-                         "in '/'-separated parts that do not start with '.'")
+    """A map image name as stored: any name `vprkit index` accepts (spaces and any script included), as a relative
+    posix path without empty, '.' or '..' parts, control characters (tabs and line breaks break the tab-separated
+    outputs) or a file-system-unsafe encoding. A name is only a key: the bytes are stored under their hash."""
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if (len(name) > MAX_NAME or _CONTROL.search(name) or UNSAFE_NAME.search(name)
+            or any(p in ("", ".", "..") for p in parts)):
+        raise ValueError(f"invalid image name {str(name)[:MAX_NAME]!r}: use up to {MAX_NAME} characters, no tab, "
+                         "line break or control character, in '/'-separated parts that are not empty, '.' or '..'")
     return name
 
 
