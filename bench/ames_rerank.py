@@ -26,8 +26,8 @@ from vprkit.data.images import list_images
 from vprkit.rerank import base as rerank_step
 from vprkit.rerank import get_reranker_class
 from vprkit.rerank.ames import AMESReranker, tune_fusion
-from vprkit.rerank.base import load_retrieval
 from vprkit.rerank.chamfer import ChamferReranker
+from vprkit.results import load_retrieval, read_results
 from vprkit.train import ames as train_ames
 
 # set -> (folder, map, queries, ground truth spec, threshold)
@@ -63,7 +63,7 @@ def _retrieval(map_dir: Path, q_dir: Path, work: Path, top_k: int, resize: int, 
     index = work / f"index_{map_dir.name}"
     if not index.exists():
         api.index_map(map_dir, index, preset="dinov2-gem", preprocessing={"resize_max": resize})
-    return Path(api.localize(index, q_dir, top_k, work / f"res_{q_dir.name}", *gt)["out_dir"])
+    return api.localize(index, q_dir, work / f"res_{q_dir.name}", top_k=top_k, gt=gt[0], threshold=gt[1])
 
 
 def main() -> None:
@@ -96,19 +96,20 @@ def main() -> None:
     timings = {}
     t = time.perf_counter()
     common = {"val_fraction": 0.1, "cache_dir": str(work / "train_cache"), "batch_size": 32, "num_neg": 4}
-    conf = train_ames.get_conf(args.preset, epochs=args.epochs, features=args.local, resize_max=args.resize,
+    conf = train_ames.CONFIG.resolve(args.preset, epochs=args.epochs, features=args.local, resize_max=args.resize,
                                lr=5e-4, **common, **budgets)
-    fp = train_ames.main(conf, res["train"], work / "ames_fp", *gt)
+    fp = train_ames.main(conf, res["train"], work / "ames_fp", gt=gt[0], threshold=gt[1])
     timings["train fp"] = time.perf_counter() - t
     t = time.perf_counter()
-    conf = train_ames.get_conf("binary", epochs=args.binary_epochs, teacher=str(fp), **common)
-    binary = train_ames.main(conf, res["train"], work / "ames_binary", *gt)
+    conf = train_ames.CONFIG.resolve("binary", epochs=args.binary_epochs, teacher=str(fp), **common)
+    binary = train_ames.main(conf, res["train"], work / "ames_binary", gt=gt[0], threshold=gt[1])
     timings["train binary"] = time.perf_counter() - t
     rows, tuned = {}, {}
     cache = str(work / "eval_cache")
-    methods = {"AMES fp": AMESReranker.get_conf("fp", checkpoint=str(fp), cache_dir=cache, **budgets),
-               "AMES binary": AMESReranker.get_conf("binary", checkpoint=str(binary), cache_dir=cache, **budgets),
-               "Chamfer (no training)": ChamferReranker.get_conf(args.local, resize_max=args.resize, cache_dir=cache,
+    methods = {"AMES fp": AMESReranker.CONFIG.resolve("fp", checkpoint=str(fp), cache_dir=cache, **budgets),
+               "AMES binary": AMESReranker.CONFIG.resolve("binary", checkpoint=str(binary), cache_dir=cache, **budgets),
+               "Chamfer (no training)": ChamferReranker.CONFIG.resolve(args.local, resize_max=args.resize,
+                                                                               cache_dir=cache,
                                                                  **budgets)}
     val = load_retrieval(res["val"])
     truth = ground_truth_for_kept(gt[0], list_images(val.query_dir), val.q_names, val.m_names, gt[1])
@@ -119,8 +120,8 @@ def main() -> None:
         tuned[name] = best
         timings[f"tune {preset}"] = time.perf_counter() - t
         t = time.perf_counter()
-        out = rerank_step.main({**conf, "lamb": best["lamb"], "temp": best["temp"]}, res["test"],
-                               work / f"rerank_{preset}", *gt)
+        out = read_results(rerank_step.main({**conf, "lamb": best["lamb"], "temp": best["temp"]}, res["test"],
+                                            work / f"rerank_{preset}", gt=gt[0], threshold=gt[1]))
         timings[f"re-rank {preset}"] = time.perf_counter() - t
         rows.setdefault("global", out["metrics_global"])
         rows[f"{name} (lambda {best['lamb']}, temp {best['temp']})"] = out["metrics"]

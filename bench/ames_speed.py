@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=2)
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--checkpoint", help="a trained fp AMES (vprkit train-ames best.pt)")
+    p.add_argument("--checkpoint", help="a trained fp AMES (`vprkit train ames` best.pt)")
     p.add_argument("--queries-file", help="local features of queries (with --checkpoint)")
     p.add_argument("--map-file", help="local features of map images (with --checkpoint)")
     p.add_argument("--threads", type=int, default=1)

@@ -95,7 +95,7 @@ def torch_default_int8(conf: dict) -> extract.Extractor:
 def run(preset: str, data: Path, datasets: list[str], limit: int | None) -> None:
     """Print one table row per data set and precision; presets with a vocabulary get R@1 with each precision's
     own vocabulary and with the fp32 one, from the same backbone outputs."""
-    conf0 = extract.get_conf(preset)
+    conf0 = extract.CONFIG.resolve(preset)
     probe_ext = extract.Extractor(conf0)
     precisions = [p for p in PRECISIONS if supports(probe_ext.backbone, p)]
     vocabularies = ("own", "fp32") if probe_ext.aggregator.needs_fit else ("own",)
@@ -109,9 +109,9 @@ def run(preset: str, data: Path, datasets: list[str], limit: int | None) -> None
         map_dir, q_dir, gt, thr, default_limit = DATASETS[ds]
         n = limit or default_limit
         m_names, q_names = (list_images(data / d)[:n] for d in (map_dir, q_dir))
-        extractors = {p: extract.Extractor(extract.get_conf(preset, precision=p)) for p in precisions}
+        extractors = {p: extract.Extractor(extract.CONFIG.resolve(preset, precision=p)) for p in precisions}
         if "int8" in precisions:
-            extractors[TORCH_INT8] = torch_default_int8(extract.get_conf(preset))
+            extractors[TORCH_INT8] = torch_default_int8(extract.CONFIG.resolve(preset))
         seconds = dict.fromkeys(extractors, 0.0)
         maps = backbone_outputs(extractors, data / map_dir, m_names, seconds)
         queries = backbone_outputs(extractors, data / q_dir, q_names, seconds)

@@ -29,7 +29,7 @@ def main() -> None:
     print("| preset | fit s | images/s (extraction, excl. fit) | speed vs first preset |\n|---|---|---|---|")
     base = None
     for preset in args.presets.split(","):
-        conf = extract.get_conf(preset)
+        conf = extract.CONFIG.resolve(preset)
         ext = extract.Extractor(conf)
         with tempfile.TemporaryDirectory() as tmp:
             first = _timed(conf, images, Path(tmp) / "a.h5", Path(tmp) / "state.npz", ext)  # fit + extract

@@ -24,8 +24,8 @@ from vprkit.data.images import list_images
 from vprkit.data.sideinfo import load_sideinfo, noise_model, simulate_prior
 from vprkit.evaluation import metrics
 from vprkit.rerank import base as rerank_step
-from vprkit.rerank.base import load_retrieval
 from vprkit.rerank.gcsa import GCSAReranker, order
+from vprkit.results import load_retrieval, read_results
 from vprkit.train import gcsa as train_gcsa
 
 THRESHOLD = 2  # a map image is a positive within +-2 places
@@ -49,7 +49,7 @@ def _retrieve(root: Path, work: Path, part: str, lo: int, hi: int, preset: str, 
         api.index_map(m, idx, preset=preset, preprocessing={"resize_max": resize})
     res = work / part / "results"
     if not (res / "results.json").exists():
-        api.localize(idx, q, top_k=top_k, out_dir=res, gt="index", threshold=THRESHOLD)
+        api.localize(idx, q, res, top_k=top_k, gt="index", threshold=THRESHOLD)
     return res
 
 
@@ -85,14 +85,16 @@ def main() -> None:
     rows, times = {}, {}
     for name, preset in (("GCSA visual affinities only", "visual"), ("GCSA visual + position", "position")):
         t = time.perf_counter()
-        conf = train_gcsa.get_conf(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
+        conf = train_gcsa.CONFIG.resolve(preset, query_prior_sigma=args.sigma, num_candidates=args.top_k,
                                    side={"position_scale": args.sigma})  # affinity scale = prior uncertainty
         tag = f"{preset}-sigma{args.sigma:g}"
-        ckpt = train_gcsa.main(conf, train_res, "index", work / f"train-{tag}", "index", "index", THRESHOLD)
+        ckpt = train_gcsa.main(conf, train_res, work / f"train-{tag}", gt="index", map_sideinfo="index",
+                               query_sideinfo="index", threshold=THRESHOLD)
         times[f"train {preset}"] = time.perf_counter() - t
         t = time.perf_counter()
-        rconf = GCSAReranker.get_conf("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
-        out = rerank_step.main(rconf, eval_res, work / f"rerank-{tag}", "index", THRESHOLD, args.top_k)
+        rconf = GCSAReranker.CONFIG.resolve("route", checkpoint=str(ckpt), query_prior_sigma=args.sigma)
+        out = read_results(rerank_step.main(rconf, eval_res, work / f"rerank-{tag}", gt="index", threshold=THRESHOLD,
+                                            num_rerank=args.top_k))
         times[f"rerank {preset}"] = time.perf_counter() - t
         rows.setdefault("visual-only retrieval (" + args.preset + ")", out["metrics_global"])
         rows[name] = out["metrics"]

@@ -79,7 +79,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine()}\n")
-    ext = extract.Extractor(extract.get_conf("dinov2-vlad"))
+    ext = extract.Extractor(extract.CONFIG.resolve("dinov2-vlad"))
     batches = []
     for folder in SETS:
         names = list_images(Path(args.data) / folder)

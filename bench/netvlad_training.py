@@ -57,14 +57,15 @@ def main() -> None:
     map_dir, query_dir = (Path(args.data) / d for d in NORDLAND)
     work = Path(args.work or tempfile.mkdtemp(prefix="vprkit_netvlad_"))
     print(f"runs in {work}")
-    base = netvlad.Session(netvlad.get_conf("mobilenetv2-netvlad", overrides(args.epochs, args.lr)), map_dir, query_dir,
+    conf = netvlad.CONFIG.resolve("mobilenetv2-netvlad", overrides(args.epochs, args.lr))
+    base = netvlad.Session(conf, map_dir, query_dir,
                            work / "untrained")
     results = {"untrained (k-means init)": netvlad.test(base)}
     seconds, skipped = {}, {}
     for method in args.methods:
         for kind, preset in (("reference", METHODS[method]), ("vprkit", f"{METHODS[method]}-vprkit")):
             row = f"{method}: {kind}"
-            s = base.variant(netvlad.get_conf(preset, overrides(args.epochs, args.lr)), work / preset)
+            s = base.variant(netvlad.CONFIG.resolve(preset, overrides(args.epochs, args.lr)), work / preset)
             t0 = time.perf_counter()
             last = netvlad.train(s)
             seconds[row] = time.perf_counter() - t0

@@ -40,8 +40,8 @@ from vprkit import api
 from vprkit.data.images import list_images
 from vprkit.features import patches
 from vprkit.rerank import spatial
-from vprkit.rerank.base import load_retrieval
 from vprkit.rerank.patchnetvlad import CASCADE_SHARED, Matcher, PatchNetVLAD
+from vprkit.results import load_retrieval
 
 SECONDS = {"ransac_inliers": 0.0, "nearest": 0.0}  # time inside these `spatial` functions (reference: 1 thread)
 
@@ -119,7 +119,7 @@ def agreement(order: np.ndarray, ref: np.ndarray) -> tuple[bool, float]:
 
 def prepare(preset: str, over: dict, ret, work: Path) -> tuple[dict, Matcher, Path]:
     """(conf, matcher, cache folder) of a preset, its patch features extracted (not timed)."""
-    conf = PatchNetVLAD.get_conf(preset, **over)
+    conf = PatchNetVLAD.CONFIG.resolve(preset, **over)
     matcher, cache = PatchNetVLAD(conf).prepare(ret, work)
     return conf, matcher, cache
 

@@ -22,6 +22,7 @@ from vprkit import api
 from vprkit.evaluation.metrics import format_table
 from vprkit.rerank import base
 from vprkit.rerank.patchnetvlad import PatchNetVLAD
+from vprkit.results import read_results
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     p.add_argument("--performance-pcs", type=int, default=512)
     p.add_argument("--set", nargs="*", default=["fit_max_images=40"], help="extra KEY=VALUE for every preset")
     args = p.parse_args()
-    from vprkit.cli import parse_overrides
+    from vprkit.config import parse_overrides
 
     root, extra = Path(args.data).resolve(), parse_overrides(args.set)  # absolute: --limit links into it
     print(f"machine: {machine()}\n")
@@ -47,7 +48,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             m, q = (_first(root / d, Path(tmp) / d, limit) for d in (map_dir, q_dir))
             idx = api.index_map(m, Path(tmp) / "idx", preset="vgg19-netvlad")
-            res = api.localize(idx, q, top_k=args.num_rerank, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
+            res = read_results(api.localize(idx, q, Path(tmp) / "res", top_k=args.num_rerank, gt=gt, threshold=thr))
             rows = {"global vgg19-netvlad": res["metrics"]}
             for preset in args.presets.split(","):
                 over = {"resize": resize, "backbone_cache": str(Path(tmp) / "backbone.h5"), **extra}
@@ -55,13 +56,14 @@ def main() -> None:
                     over["num_pcs"] = args.performance_pcs
                     if preset.endswith("-pq"):
                         over["pq_bytes"] = args.performance_pcs // 8
-                conf = PatchNetVLAD.get_conf(preset, **over)
+                conf = PatchNetVLAD.CONFIG.resolve(preset, **over)
                 out_dir = Path(tmp) / "res" / f"rerank-{preset}"
                 shared = Path(tmp) / "res" / f"rerank-{preset.removesuffix('+global')}" / "cache"
                 if preset.endswith("+global") and shared.is_dir():  # same patch features: reuse them
                     out_dir.mkdir(parents=True)
                     (out_dir / "cache").symlink_to(shared)
-                out = base.main(conf, Path(tmp) / "res", out_dir, gt=gt, threshold=thr, num_rerank=args.num_rerank)
+                out = read_results(base.main(conf, Path(tmp) / "res", out_dir, gt=gt, threshold=thr,
+                                             num_rerank=args.num_rerank))
                 rows[f"patchnetvlad {preset}"] = out["metrics"]
                 print(f"  {ds} {preset}: {json.dumps({k: out['metrics'][k] for k in ('R@1', 'R@5', 'R@10')})}",
                       flush=True)

@@ -138,7 +138,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for preset in args.presets.split(","):
         size = args.performance_resize if preset.startswith("performance") else args.resize
-        conf = PatchNetVLAD.get_conf(preset, resize=[int(v) for v in size.split("x")], ransac_threads=1)
+        conf = PatchNetVLAD.CONFIG.resolve(preset, resize=[int(v) for v in size.split("x")], ransac_threads=1)
         grids = [patches.patch_grid(conf["resize"][1] // 16, conf["resize"][0] // 16, s, st, 16)
                  for s, st in zip(conf["patch_sizes"], conf["strides"], strict=True)]
         matchers = {"vprkit fp32": Matcher(conf, grids=grids)}

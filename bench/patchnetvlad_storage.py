@@ -26,7 +26,7 @@ def main(num_images: int = 20) -> None:
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for preset in PatchNetVLAD.confs:
-        conf = PatchNetVLAD.get_conf(preset)
+        conf = PatchNetVLAD.CONFIG.resolve(preset)
         h, w = conf["resize"][1] // 16, conf["resize"][0] // 16
         counts = [len(patches.patch_grid(h, w, s, st, 16)[0]) for s, st in zip(conf["patch_sizes"], conf["strides"])]
         d, pq = conf["num_pcs"], conf["pq_bytes"]

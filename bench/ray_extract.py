@@ -43,7 +43,7 @@ def main() -> None:
 
     print(f"machine: {machine()}\n")
     names = list_images(args.images)
-    conf = extract.get_conf(args.preset, preprocessing={"resize_max": args.resize_max})
+    conf = extract.CONFIG.resolve(args.preset, preprocessing={"resize_max": args.resize_max})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t_plain, _ = timed(lambda: extract.main(conf, args.images, tmp / "plain.h5", tmp / "s.npz", names=names))

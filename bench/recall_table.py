@@ -15,6 +15,7 @@ from vprkit import api
 from vprkit.data.images import list_images
 from vprkit.evaluation.metrics import format_table
 from vprkit.features.extract import CONFS
+from vprkit.results import read_results
 
 KEYS = ("R@1", "R@5", "R@10")
 # name -> (map folder, query folder, ground truth spec, threshold)
@@ -54,7 +55,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 m, q = (_first(root / d, Path(tmp) / d, args.limit) for d in (map_dir, q_dir))
                 idx = api.index_map(m, Path(tmp) / "idx", preset=preset)
-                res = api.localize(idx, q, top_k=10, gt=gt, threshold=thr, out_dir=Path(tmp) / "res")
+                res = read_results(api.localize(idx, q, Path(tmp) / "res", top_k=10, gt=gt, threshold=thr))
             row = format_table({preset: res["metrics"]}, keys=KEYS).splitlines()[-1]
             print(row, flush=True)
         print()

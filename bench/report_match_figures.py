@@ -17,10 +17,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from vprkit import rerank  # noqa: E402
-from vprkit.cli import parse_overrides  # noqa: E402
+from vprkit.config import parse_overrides  # noqa: E402
 from vprkit.evaluation.report import files_dir  # noqa: E402
 from vprkit.rerank import base  # noqa: E402
 from vprkit.rerank.patchnetvlad import PatchNetVLAD  # noqa: E402
+from vprkit.results import read_results
 
 
 class TimedFigures(PatchNetVLAD):
@@ -47,7 +48,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    conf = PatchNetVLAD.get_conf(args.preset, **parse_overrides(args.set))
+    conf = PatchNetVLAD.CONFIG.resolve(args.preset, **parse_overrides(args.set))
     out = args.results_dir / f"rerank-patchnetvlad-{args.preset}"
     print(f"machine: {machine()}")
     print("| run | re-ranking + report, s | of which match figures, s | figures / rest |")
@@ -55,7 +56,7 @@ def main() -> None:
     rerank.REGISTRY["patchnetvlad"] = "__main__:TimedFigures"  # what the step `main` runs for this method
     for run in range(args.repeats):
         t0 = time.perf_counter()
-        res = base.main(conf, args.results_dir, out, args.gt)
+        res = read_results(base.main(conf, args.results_dir, out, gt=args.gt))
         total, fig = time.perf_counter() - t0, TimedFigures.spent[-1]
         print(f"| {run + 1} | {total:.1f} | {fig:.1f} | {fig / (total - fig):.3f} |")
     files = files_dir(out / "report.html")

@@ -3,7 +3,7 @@
     python bench/report_write.py RESULTS_DIR [RESULTS_DIR ...]
 
 RESULTS_DIR is a `vprkit query` folder scored with ground truth (its results.json records the gt). Its
-report_files/ is deleted first, then `api.write_results` rewrites predictions, results.json and the report
+report_files/ is deleted first, then `results.write_results` rewrites predictions, results.json and the report
 twice from the saved ranking.
 """
 
@@ -16,10 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
-from vprkit.api import write_results  # noqa: E402
 from vprkit.data.groundtruth import ground_truth_for_kept  # noqa: E402
 from vprkit.data.images import list_images  # noqa: E402
-from vprkit.rerank.base import load_retrieval  # noqa: E402
+from vprkit.results import load_retrieval, write_results  # noqa: E402
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import torch
 from common import machine
 from netvlad_training import NORDLAND, overrides
 
-from vprkit.cli import parse_overrides
+from vprkit.config import parse_overrides
 from vprkit.evaluation.metrics import format_table
-from vprkit.train import netvlad
+from vprkit.train import netvlad, netvlad_model
 
 PRESET = "mobilenetv2-netvlad-vprkit"  # plain triplet loss, nearest negatives: the best row of docs/training.md
 KEYS = ("R@1", "R@5", "R@10")
@@ -34,7 +34,7 @@ def label_free_conf(epochs: int, lr: float, copies: int, queries: int, resize: i
     positive, beyond 10 negative), `queries` tuples per epoch so every run takes the same number of steps."""
     over = {**overrides(epochs, lr), "resize_max": resize, "data.source": "map", "data.copies": copies,
             "train.max_queries_per_epoch": queries, **extra}
-    return netvlad.get_conf(PRESET, over)
+    return netvlad.CONFIG.resolve(PRESET, over)
 
 
 def linked(names: list[str], src: Path, dst: Path) -> Path:
@@ -52,7 +52,7 @@ def score(ev: netvlad.Session, state: dict | Path) -> dict:
         ev.load(state, restore_rng=False)
     else:
         ev.model.load_state_dict(state)
-    return netvlad.recall(ev.model, *ev.banks["test"], ev.places["test"])
+    return netvlad_model.recall(ev.model, *ev.banks["test"], ev.places["test"])
 
 
 def adapt(ev: netvlad.Session, lf: netvlad.Session, results: dict, seconds: dict, name: str) -> None:
@@ -67,7 +67,7 @@ def adapt(ev: netvlad.Session, lf: netvlad.Session, results: dict, seconds: dict
 
 def nordland(args, work: Path, results: dict, seconds: dict) -> None:
     summer, winter = (Path(args.data) / d for d in NORDLAND)
-    lab = netvlad.Session(netvlad.get_conf(PRESET, overrides(args.labelled_epochs, args.lr)), summer, winter,
+    lab = netvlad.Session(netvlad.CONFIG.resolve(PRESET, overrides(args.labelled_epochs, args.lr)), summer, winter,
                           work / "nordland-labelled")
     stretch = linked(lab.places["test"].m_names, summer, work / "nordland-stretch-map")
     steps = len(lab.places["train"].q_names)
@@ -92,7 +92,7 @@ def nordland(args, work: Path, results: dict, seconds: dict) -> None:
 
 def corridor(args, work: Path, results: dict, seconds: dict) -> None:
     root = Path(args.data) / "corridor"
-    eval_conf = netvlad.get_conf(PRESET, {**overrides(1, args.lr), "resize_max": 160, "data.split": [0, 0, 1],
+    eval_conf = netvlad.CONFIG.resolve(PRESET, {**overrides(1, args.lr), "resize_max": 160, "data.split": [0, 0, 1],
                                           "data.gap": 0.0})
     ev = netvlad.Session(eval_conf, root / "ref", root / "query", work / "corridor-eval", splits=("test",))
     lf_conf = label_free_conf(args.epochs, args.lr, args.copies, None, 160, **args.set)

@@ -270,7 +270,7 @@ def main() -> None:
     from vprkit.features import extract
 
     print(f"machine: {machine()}\n", flush=True)
-    conf = extract.get_conf(args.preset, preprocessing={"resize_max": args.resize_max})
+    conf = extract.CONFIG.resolve(args.preset, preprocessing={"resize_max": args.resize_max})
     data = Path(args.data)
     map_true, queries = (describe(data, f, conf, args.work) for f in NORDLAND)
     others = np.concatenate([describe(data, f, conf, args.work) for f in OTHERS])

@@ -35,7 +35,7 @@ def _extract_speed(root: Path, names: list[str], tmp: Path, preset: str) -> tupl
     from vprkit.features import extract as global_extract
     from vprkit.segvlad import extract
 
-    seg_conf, g_conf = extract.get_conf(preset), global_extract.get_conf("dinov2-vlad")
+    seg_conf, g_conf = extract.CONFIG.resolve(preset), global_extract.CONFIG.resolve("dinov2-vlad")
     seg, g = extract.SegExtractor(seg_conf), global_extract.Extractor(g_conf)
     seg.fit(root, names)
     g.fit(root, names)

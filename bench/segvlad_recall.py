@@ -19,6 +19,7 @@ from recall_table import DATASETS, _first
 
 from vprkit import api
 from vprkit.evaluation.metrics import format_table
+from vprkit.results import read_results
 from vprkit.segvlad import api as seg_api
 
 SETS = {**DATASETS, "essex3in1_thumbs": ("essex3in1_thumbs/ref", "essex3in1_thumbs/query", "index", 0)}
@@ -54,7 +55,7 @@ def main() -> None:
             m, q = (_first(root / d, tmp / d, limit) for d in (map_dir, q_dir))
             if args.global_preset != "none":
                 idx = api.index_map(m, tmp / "global", preset=args.global_preset)
-                res = api.localize(idx, q, top_k=10, gt=gt, threshold=thr, out_dir=tmp / "res-global")
+                res = read_results(api.localize(idx, q, tmp / "res-global", top_k=10, gt=gt, threshold=thr))
                 rows[f"{args.global_preset} (global)"] = res["metrics"]
             for preset in args.presets.split(","):
                 for order in map(int, args.orders.split(",")):
@@ -66,14 +67,14 @@ def main() -> None:
                     t1 = time.perf_counter()
                     # the second scoring reuses the query segments of the first
                     res_dir = tmp / f"res-{preset}-{order}".replace("=", "-")
-                    r = seg_api.localize(seg_idx, q, top_k=10, gt=gt, threshold=thr, out_dir=res_dir)
+                    r = read_results(seg_api.localize(seg_idx, q, res_dir, top_k=10, gt=gt, threshold=thr))
                     t2 = time.perf_counter()
                     man = json.loads((seg_idx / "manifest.json").read_text())
                     name = f"{preset} order {order}"
                     rows[f"{name}, scoring {r['scoring']}"] = r["metrics"]
                     if r["scoring"] == "reference":
-                        r = seg_api.localize(seg_idx, q, top_k=10, gt=gt, threshold=thr, out_dir=res_dir,
-                                             scoring="votes")
+                        r = read_results(seg_api.localize(seg_idx, q, res_dir, top_k=10, gt=gt, threshold=thr,
+                                                          scoring="votes"))
                         rows[f"{name}, scoring votes"] = r["metrics"]
                     notes.append(f"{name} ({man['conf']['segmenter']['name']}): "
                                  f"{man['num_segments'] / len(man['names']):.1f} segments/map image, "

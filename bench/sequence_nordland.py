@@ -41,10 +41,10 @@ def descriptors(conf: dict, data: Path, work: Path, tag: str, first_query: int) 
 
 def presets(netvlad: str | None) -> dict[str, tuple[str, dict]]:
     """Row name -> (cache tag, extraction config)."""
-    confs = {name: (name, extract.get_conf(name)) for name in ("pixels", extract.DEFAULT_PRESET)}
+    confs = {name: (name, extract.CONFIG.resolve(name)) for name in ("pixels", extract.DEFAULT_PRESET)}
     if netvlad:
         model = {"name": "mobilenetv2", "layer": 13, "checkpoint": str(Path(netvlad).resolve())}
-        confs["NetVLAD (vprkit train)"] = ("netvlad-trained", extract.get_conf(
+        confs["NetVLAD (vprkit train)"] = ("netvlad-trained", extract.CONFIG.resolve(
             "mobilenetv2-netvlad", model=model, preprocessing={"resize_max": 128}))
     return confs
 
@@ -73,11 +73,11 @@ def main() -> None:
         top = np.argsort(-sims, axis=1)[:, :20]
         rows[f"{name}, single image"] = metrics.evaluate(top, truth, scores=np.take_along_axis(sims, top, 1))
         for ds in args.ds:
-            seq_conf = pipeline.get_conf("seqslam", ds=ds)
+            seq_conf = pipeline.CONFIG.resolve("seqslam", ds=ds)
             est, confidence, ids, scores = pipeline.match(seq_conf, q_desc, m_desc)
             res = metrics.evaluate(ids, truth, scores=np.c_[confidence, scores[:, 1:]])
             rows[f"{name}, SeqSLAM online ds={ds}"] = res
-        est, confidence, ids, scores = pipeline.match(pipeline.get_conf("hmm"), q_desc, m_desc)
+        est, confidence, ids, scores = pipeline.match(pipeline.CONFIG.resolve("hmm"), q_desc, m_desc)
         rows[f"{name}, HMM online (filter)"] = metrics.evaluate(ids, truth, scores=np.c_[confidence, scores[:, 1:]])
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"Nordland dev: winter frames from {args.first_query} on vs the 2000 summer places, +-2 places")

@@ -62,21 +62,21 @@ def main() -> None:
     print(f"\n{args.frames} frames vs {args.frames} places, dim {args.dim}:")
     print("| method | seconds | peak MiB | R@1 (+-2) |\n|---|---|---|---|")
     for preset in ("seqslam", "seqslam-offline", "seqslam-candidates", "hmm", "hmm-viterbi"):
-        sec, peak, r1 = timed(pipeline.get_conf(preset), q, m, faiss_search(m))
+        sec, peak, r1 = timed(pipeline.CONFIG.resolve(preset), q, m, faiss_search(m))
         print(f"| {preset} | {sec:.1f} | {peak:.0f} | {r1:.3f} |", flush=True)
     small = 20_000
     q, m = route(small, args.big_frames, args.big_dim, seed=1)
     print(f"\npeak memory, {args.big_frames} frames, dim {args.big_dim}:")
     print("| map places | mode | seconds | peak MiB | R@1 (+-2) |\n|---|---|---|---|---|")
     for preset in ("seqslam", "seqslam-candidates"):
-        sec, peak, r1 = timed(pipeline.get_conf(preset), q, m, faiss_search(m))
+        sec, peak, r1 = timed(pipeline.CONFIG.resolve(preset), q, m, faiss_search(m))
         print(f"| {small:,} | {preset} | {sec:.1f} | {peak:.0f} | {r1:.3f} |", flush=True)
         if preset == "seqslam":
             full_peak = peak
     q, m = route(args.big_map, args.big_frames, args.big_dim, seed=2)
     big = {}
     for preset in ("seqslam-candidates", "seqslam"):
-        big[preset] = timed(pipeline.get_conf(preset), q, m, faiss_search(m))
+        big[preset] = timed(pipeline.CONFIG.resolve(preset), q, m, faiss_search(m))
         sec, peak, r1 = big[preset]
         print(f"| {args.big_map:,} | {preset} | {sec:.1f} | {peak:.0f} | {r1:.3f} |", flush=True)
     cand, full = big["seqslam-candidates"], big["seqslam"]

@@ -32,6 +32,7 @@ from common import machine  # noqa: E402
 
 from vprkit import api  # noqa: E402
 from vprkit.data.images import list_images  # noqa: E402
+from vprkit.results import read_results
 
 TOKEN = secrets.token_urlsafe(32)
 
@@ -40,7 +41,7 @@ def offline_rate(index: Path, queries: Path, work: Path) -> float:
     """Images per second of `vprkit query` (model load, extraction, search, outputs) on `queries`."""
     out = work / f"offline-{time.monotonic_ns()}"
     t0 = time.perf_counter()
-    res = api.localize(index, queries, top_k=5, out_dir=out)
+    res = read_results(api.localize(index, queries, out, top_k=5))
     dt = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     return res["num_queries"] / dt

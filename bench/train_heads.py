@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--skip-nordland", action="store_true")
     p.add_argument("--datasets", nargs="+", default=list(LABEL_FREE), help="--label-free: which datasets")
     args = p.parse_args()
-    from vprkit.cli import parse_overrides
+    from vprkit.config import parse_overrides
 
     args.set = parse_overrides(args.set)
     print(machine())

@@ -29,9 +29,18 @@ class TinyBackbone(Backbone):
         return BackboneOutput(torch.relu(self.conv(x)))
 
 
+def use_backbone(monkeypatch, cls: type[Backbone]) -> None:
+    """Every backbone name of the registry builds `cls` for this test (global and local features, training,
+    Patch-NetVLAD alike): the registry is the one place a backbone is chosen."""
+    from vprkit.models import REGISTRY
+
+    for name in list(REGISTRY):
+        monkeypatch.setitem(REGISTRY, name, cls)
+
+
 @pytest.fixture
 def tiny_backbone(monkeypatch):
-    monkeypatch.setattr("vprkit.features.extract.get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
     return TinyBackbone
 
 
@@ -83,7 +92,6 @@ def retrieval(tiny_backbone, image_folder, tmp_path, monkeypatch):
     image's positive is itself."""
     from vprkit.cli import main
 
-    monkeypatch.setattr("vprkit.features.local.get_backbone", lambda name, **kw: tiny_backbone())
     names = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in names))

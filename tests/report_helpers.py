@@ -8,7 +8,12 @@ def read_report_data(page: Path) -> dict:
     text = (page.with_name(f"{page.stem}_files") / "data.js").read_text()
     prefix = "window.VPRKIT_REPORT = "
     assert text.startswith(prefix)
-    return json.loads(text[len(prefix):].rstrip().rstrip(";"))
+    data = json.loads(text[len(prefix):].rstrip().rstrip(";"))
+    from vprkit.evaluation.report import MapThumb, QueryRow
+
+    data["queries"] = [QueryRow(*q) for q in data["queries"]]  # the arrays report.js reads, by field name
+    data["maps"] = [MapThumb(*m) for m in data["maps"]]
+    return data
 
 
 def synthetic_report(folder: Path, num_queries: int = 120, top: int = 3) -> tuple[Path, "ReportData"]:  # noqa: F821

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vprkit.aggregators import get_aggregator
-from vprkit.aggregators.vlad import fit_pca
+from vprkit.models.pca import fit_pca
 from vprkit.segvlad.describe import PCA
 
 

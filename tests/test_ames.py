@@ -377,9 +377,8 @@ def test_files_in_the_authors_format_read_and_write(tmp_path):
 
 
 @pytest.fixture
-def local_conf(monkeypatch, tiny_backbone):
-    monkeypatch.setattr("vprkit.features.local.get_backbone", lambda name, **kw: tiny_backbone())
-    return local.get_conf("dinov2", batch_size=4, preprocessing={"resize_max": 32})
+def local_conf(tiny_backbone):
+    return local.CONFIG.resolve("dinov2", batch_size=4, preprocessing={"resize_max": 32})
 
 
 def test_local_features_dense_file_and_resume(local_conf, image_folder, tmp_path, monkeypatch):
@@ -507,7 +506,7 @@ def test_rerank_fp_and_binary_follow_the_score_formula(retrieval, tmp_path):
 
     from vprkit.cli import main
     from vprkit.models.ames import load_ames
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, gt = retrieval
     fp_dir, bin_dir = tmp_path / "fp", tmp_path / "bin"
@@ -572,14 +571,14 @@ def test_bf16_scores_stay_close_to_fp32_and_unknown_precisions_are_refused():
 @pytest.mark.slow
 def test_rerank_with_an_authors_checkpoint(retrieval, tmp_path):
     from vprkit.rerank.ames import AMESReranker
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, _ = retrieval
     for dim in (8, 16):  # the tiny backbone gives 8-d descriptors
         torch.manual_seed(0)
         torch.save({"state": AMES(input_dim=dim, model_dim=8, num_layers=1, ff_dim=16).state_dict()},
                    tmp_path / f"ames{dim}.pt")
-    conf = AMESReranker.get_conf("fp", authors_checkpoint=str(tmp_path / "ames8.pt"), num_query_desc=10,
+    conf = AMESReranker.CONFIG.resolve("fp", authors_checkpoint=str(tmp_path / "ames8.pt"), num_query_desc=10,
                                  num_map_desc=6, cache_dir=str(tmp_path / "cache"))
     raw = AMESReranker(conf).raw_scores(load_retrieval(res), tmp_path)
     assert raw.shape == (12, 5) and np.isfinite(raw).all()

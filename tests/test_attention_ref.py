@@ -155,7 +155,7 @@ def test_reference_guidance_classes_are_the_originals_train_ids():
 
 
 def test_checkpoints_bring_their_mask_mode_and_old_ones_mean_assignment():
-    from vprkit.train import trained
+    from vprkit.models import checkpoint as trained
 
     model, agg = {"name": "mobilenetv2", "layer": 13}, {"name": "netvlad", "num_clusters": 4}
     new = {"path": "new.pt", "meta": {"arch": trained.arch_record(model, {**agg, "attention": "deattention-ref",

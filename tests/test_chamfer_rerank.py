@@ -53,7 +53,7 @@ def test_whitening_decorrelates_the_normalised_map_sample_and_scores_match_numpy
 
 def test_rerank_follows_the_fusion_formula_and_ranks_each_image_first(retrieval, tmp_path, capsys):
     from vprkit.cli import main
-    from vprkit.rerank.base import load_retrieval
+    from vprkit.results import load_retrieval
 
     res, gt = retrieval
     out = tmp_path / "rr"
@@ -67,4 +67,4 @@ def test_rerank_follows_the_fusion_formula_and_ranks_each_image_first(retrieval,
     assert got.scores[:, 0] == pytest.approx(np.full(len(q_feats), 1 / (1 + np.exp(-1.0))), abs=1e-5)
     assert sorted(got.ids[0].tolist()) == sorted(glob.ids[0].tolist())  # re-ordered, same candidates
     assert main(["rerank", str(res), "--method", "chamfer", "--preset", "nope"]) == 2
-    assert "unknown chamfer preset 'nope'" in capsys.readouterr().err
+    assert "unknown rerank chamfer preset 'nope'" in capsys.readouterr().err

@@ -40,9 +40,8 @@ def test_errors_are_clear(tmp_path, capsys):
     assert "not a vprkit index" in capsys.readouterr().err
 
 
-def test_old_training_forms_run_the_new_one_and_say_so(capsys, monkeypatch):
+def test_old_training_forms_run_the_new_one_and_say_so(capsys):
     from vprkit import cli
-    from vprkit.train import gcsa
 
     assert cli.modern_argv(["--device", "cpu", "train-ames", "R", "--gt", "g", "-o", "o"]) == \
         ["--device", "cpu", "train", "ames", "R", "--gt", "g", "-o", "o"]
@@ -52,8 +51,3 @@ def test_old_training_forms_run_the_new_one_and_say_so(capsys, monkeypatch):
     assert "use: vprkit train netvlad cluster M Q -o r" in capsys.readouterr().err
     new = ["train", "netvlad", "test", "M", "Q", "-o", "r"]
     assert cli.modern_argv(new) == new and capsys.readouterr().err == ""
-    seen = []
-    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
-    assert gcsa._cli(["R", "--gt", "index", "-o", "o"]) == 0
-    assert seen == [["train", "gcsa", "R", "--gt", "index", "-o", "o"]]
-    assert "use: vprkit train gcsa R --gt index -o o" in capsys.readouterr().err

@@ -35,6 +35,6 @@ def test_index_with_auto_records_the_chosen_preset_and_logs_why(tmp_path, caplog
 
 
 def test_default_is_the_mean_rank_winner_of_bench_select_defaults():
-    conf = extract.get_conf(extract.DEFAULT_PRESET)
+    conf = extract.CONFIG.resolve(extract.DEFAULT_PRESET)
     assert conf["model"] == {"name": "dinov2_vits14", "layer": 8, "facet": "value"}
     assert conf["aggregator"]["num_clusters"] == 64 and conf["preprocessing"]["resize_max"] == 322

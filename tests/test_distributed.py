@@ -18,7 +18,7 @@ CORRIDOR = Path(__file__).resolve().parents[1] / "vprkit" / "demo_data" / "corri
 @pytest.fixture(scope="module")
 def setup():
     names = sorted(p.name for p in CORRIDOR.iterdir() if p.suffix in (".jpg", ".png"))[:16]
-    conf = extract.get_conf("mobilenetv2-gem", batch_size=4, preprocessing={"resize_max": 64})
+    conf = extract.CONFIG.resolve("mobilenetv2-gem", batch_size=4, preprocessing={"resize_max": 64})
     return names, conf
 
 
@@ -74,6 +74,7 @@ def test_changed_image_list_redoes_the_shard(tmp_path, setup):
         distributed.shard_lists(names, 0)
 
 
+@pytest.mark.slow  # starts a Ray cluster; still run by the plain `pytest -q` of the README (no marker filter)
 def test_ray_two_workers_one_killed_equals_single_process(tmp_path, setup):
     ray = pytest.importorskip("ray")
     names, conf = setup

@@ -91,3 +91,7 @@ def test_compare_counts_wins_and_losses(retrieval, tmp_path, capsys):
     data = read_report_data(tmp_path / "cmp" / "report.html")
     assert data["counts"]["broken"] == 4 and data["labels"]["broken"] == "A wins"
     assert [r[2] for r in data["queries"][:5]] == ["wrong"] * 4 + ["right"]
+    assert main(["compare", str(res), str(b), "-o", str(tmp_path / "cmp"), "--gt", str(gt)]) == 0  # rerun: replaced
+    assert main(["compare", str(res), str(b), "-o", str(res), "--gt", str(gt)]) == 2  # a results folder is not one
+    assert f"{res}: exists and is not a vprkit comparison folder" in capsys.readouterr().err
+    assert not (res / "compare.json").exists()

@@ -49,8 +49,9 @@ def _same_features(a, b) -> None:
 
 
 def _siblings(path: Path) -> list[str]:
-    """What sits beside `path` besides itself (work folders, half-built folders, locks)."""
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}."))
+    """What sits beside `path` besides itself and its lock file, which stays (work folders, half-built folders)."""
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")
+                  and p.name != f".{path.name}.lock")
 
 
 # ---- kill -9 of a real `vprkit index` --------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_kill_9_then_rerun_equals_clean_run_and_keeps_results(corridor, target, 
     _same_features(out / "map_features.h5", corridor / "clean" / "map_features.h5")
     assert faiss.read_index(str(out / "index.faiss")).ntotal == 3
     assert (out / "results" / "q" / "mine.txt").read_text() == "the user's notes\n"
-    assert _siblings(out) == []  # no work folder, half-built folder, old folder or lock left
+    assert _siblings(out) == []  # no work folder, half-built folder or old folder left
 
 
 def test_kill_9_from_outside_and_a_concurrent_index_is_refused(corridor, capsys):

@@ -227,7 +227,7 @@ def _synthetic(n=60, dim=16, k=10, seed=0):
 
 def test_two_stage_training_starts_stage2_from_stage1(tmp_path, one_thread):
     q_desc, m_desc, ids, m_side, truth = _synthetic()
-    conf = train_gcsa.get_conf("position", model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2},
+    conf = train_gcsa.CONFIG.resolve("position", model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2},
                                num_anchors=5, num_candidates=10, stage1={"epochs": 2}, stage2={"epochs": 2},
                                query_prior_sigma=1.0, batch_size=16)
     ctx = Contexts.build(q_desc, m_desc, ids, 5, m_side, ["position"], conf["side"])
@@ -256,7 +256,7 @@ def test_two_stage_training_starts_stage2_from_stage1(tmp_path, one_thread):
 
 def test_validation_side_affinities_are_computed_once(tmp_path, monkeypatch, one_thread):
     q_desc, m_desc, ids, m_side, truth = _synthetic()
-    conf = train_gcsa.get_conf("position", model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2},
+    conf = train_gcsa.CONFIG.resolve("position", model={"proj_dim": 8, "width": 16, "num_layers": 1, "num_heads": 2},
                                num_anchors=5, query_prior_sigma=1.0)
     ctx = Contexts.build(q_desc, m_desc, ids, 5, m_side, ["position"], conf["side"])
     trainer = train_gcsa.Trainer(conf, ctx, truth, m_side, tmp_path)

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from vprkit.data.groundtruth import GroundTruthError, latlon_to_metres, load_ground_truth
+from vprkit.data.groundtruth import (
+    GroundTruthError,
+    MapPositions,
+    latlon_to_metres,
+    load_ground_truth,
+    positions_spec,
+)
 
 
 def _pos(gt):
@@ -72,3 +78,34 @@ def test_bad_specs(tmp_path):
         load_ground_truth(str(tmp_path / "missing.npz"), ["q"], ["m"])
     with pytest.raises(GroundTruthError, match="no '@utm_east"):
         load_ground_truth("utm", ["plain.jpg"], ["@1@2@.jpg"])
+
+
+def test_map_and_query_sets_let_runs_share_frame_names(tmp_path):
+    # Nordland-style: both runs name their frames alike. Map f1..f3 at 0, 10, 20 m; query f1 at 19 m, f2 at 1 m.
+    sets = tmp_path / "sets.csv"
+    sets.write_text("set,name,easting,northing\nmap,f1,0,0\nmap,f2,10,0\nmap,f3,20,0\nquery,f1,19,1\nquery,f2,1,0\n")
+    truth = load_ground_truth(str(sets), ["f1", "f2"], ["f1", "f2", "f3"], 5.0)
+    assert _pos(truth) == [[2], [0]] and truth.q_positions.tolist() == [[19, 1], [1, 0]]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("name,easting,northing\nf1,0,0\nf1,19,1\n")
+    with pytest.raises(GroundTruthError, match=r"plain.csv:3: 'f1' appears twice; .*a `set` column"):
+        load_ground_truth(str(plain), ["f1"], ["f1"])
+    sets.write_text("set,name,easting,northing\nmap,f1,0,0\nroute,f2,1,1\n")
+    with pytest.raises(GroundTruthError, match=r"sets.csv:3: set 'route' is neither 'map' nor 'query'"):
+        load_ground_truth(str(sets), ["f1"], ["f1"])
+
+
+def test_query_positions_on_the_index_positions(tmp_path):
+    # the map's positions come from the index (vprkit index --positions) unless --gt-map gives a file
+    q = tmp_path / "q.csv"
+    q.write_text("name,easting,northing\na,9,0\nb,31,0\n")
+    known = MapPositions([[0.0, 0.0], [10.0, 0.0], [30.0, 0.0]])
+    truth = load_ground_truth(positions_spec(q), ["a", "b"], ["m0", "m1", "m2"], 2.0, known)
+    assert _pos(truth) == [[1], [2]]
+    m = tmp_path / "m.csv"
+    m.write_text("name,easting,northing\nm0,31,0\nm1,100,0\nm2,9,0\n")
+    assert _pos(load_ground_truth(positions_spec(q, m), ["a", "b"], ["m0", "m1", "m2"], 2.0, known)) == [[2], [0]]
+    with pytest.raises(GroundTruthError, match="no map positions"):
+        load_ground_truth(positions_spec(q), ["a", "b"], ["m0", "m1", "m2"], 2.0, MapPositions(None))
+    with pytest.raises(GroundTruthError, match="give the queries' positions too"):
+        load_ground_truth(positions_spec(None, m), ["a"], ["m0"], 2.0)

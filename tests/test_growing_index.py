@@ -11,6 +11,7 @@ import pytest
 from vprkit.features import h5io
 from vprkit.index import faiss_index, journal
 from vprkit.index.growing import LockedError, MapWriter, check_name
+from vprkit.results import read_results
 
 
 def _unit(x):
@@ -111,24 +112,45 @@ def test_one_writer_at_a_time_and_crash_leftovers_are_ignored(tmp_path, capsys):
         MapWriter(idx)
     assert cli.main(["serve", str(idx)]) == 1 and "being written by another process" in capsys.readouterr().err
     w.close()
-    leftover = tmp_path / ".idx.compact"  # a compaction killed before (or after) its swap
-    leftover.mkdir()
+    leftover = idx / "generations" / ".000001.new"  # a compaction killed before its commit
+    leftover.mkdir(parents=True)
     (leftover / "manifest.json").write_text("{half")
+    (idx / "generations" / "000001").mkdir()  # ... or after it renamed its generation, before the switch
     w = MapWriter(idx)
-    assert not leftover.exists() and sorted(w.map.live_names()) == sorted(live)
+    assert not any((idx / "generations").iterdir()) and sorted(w.map.live_names()) == sorted(live)
     w.close()
 
 
-@pytest.mark.parametrize("name", ["../x.jpg", "/etc/passwd", "a/../b.jpg", ".hidden", "a//b", "a\\b", "", "x" * 201,
-                                  "a/./b", "a b.jpg"])
+@pytest.mark.parametrize("name", ["../x.jpg", "/etc/passwd", "a/../b.jpg", "a//b", "", "x" * 201, "a/./b", "a\tb.jpg",
+                                  "a\nb.jpg", "a\x00b.jpg", "a\u2028b.jpg"])
 def test_client_names_that_could_escape_or_confuse_paths_are_refused(name):
     with pytest.raises(ValueError, match="invalid image name"):
         check_name(name)
 
 
-def test_valid_names_pass():
-    for name in ["a.jpg", "street/0001@5.2@-3@.png", "x_y-z+1,2=3.webp"]:
+def test_names_index_accepts_pass_spaces_and_any_script_included():
+    """A name is a key (the bytes are stored under their hash), so every name `vprkit index` lists is accepted."""
+    for name in ["a.jpg", "street/0001@5.2@-3@.png", "x_y-z+1,2=3.webp", "a b.jpg", "café/東京 1.jpg", ".hidden.jpg",
+                 "a\\b.jpg"]:
         assert check_name(name) == name
+
+
+def test_append_takes_names_with_spaces_and_unicode(tmp_path, tiny_backbone):
+    """`index --append` used to refuse a whole folder for one such name (issue 25): they are indexed and found."""
+    from PIL import Image
+
+    from vprkit import api
+
+    src, more = tmp_path / "map", tmp_path / "more"
+    for folder, names in ((src, ["a.png", "b.png"]), (more, ["a.png", "b.png", "c d.png", "é/東京.png"])):
+        for i, name in enumerate(names):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 24), (40 * i, 255 - 50 * i, 90)).save(folder / name)
+    idx = api.index_map(src, tmp_path / "idx", "dinov2-gem")
+    added = api.append_map(more, idx)
+    assert sorted(added) == ["c d.png", "é/東京.png"]
+    hits = api.search(idx, api.describe([Image.open(more / "é/東京.png").convert("RGB")], api.model(idx)), top_k=1)
+    assert hits.names[0][0] == "é/東京.png"
 
 
 def test_kill_during_writes_keeps_every_acknowledged_addition(tmp_path):
@@ -178,7 +200,7 @@ def test_cli_append_adds_only_new_images_which_then_find_themselves(tiny_backbon
     assert cli.main(["index", str(image_folder), "-o", str(idx), "--append"]) == 0
     mi = faiss_index.load(idx)
     assert sorted(mi.live_names()) == names and journal.read(idx)[0] == []  # compacted at the end
-    res = api.localize(idx, image_folder, top_k=1, out_dir=tmp_path / "res")
+    res = read_results(api.localize(idx, image_folder, tmp_path / "res", top_k=1))
     top1 = [line.split() for line in (tmp_path / "res" / "predictions.txt").read_text().splitlines()[1:]]
     assert res["num_map"] == 12 and all(q == m for q, _, m, _ in top1)
     assert mi.image_path(names[-1]).read_bytes() == (image_folder / names[-1]).read_bytes()

@@ -77,3 +77,36 @@ def test_resize_min_sets_the_short_side():
     # 160x120, short side -> 224: scale 224/120, width 298.7 -> nearest multiple of 14 = 294
     out = resize_to_stride(Image.new("RGB", (160, 120)), 322, 14, resize_min=224)
     assert out.size == (294, 224)
+
+
+def _png(path) -> None:
+    Image.fromarray((np.random.default_rng(len(str(path))).random((24, 32, 3)) * 255).astype(np.uint8)).save(
+        path, format="PNG")
+
+
+@pytest.mark.parametrize("bad", ["a\tb.png", "a\nb.png", "a\rb.png", "a\u2028b.png"])
+def test_names_with_a_tab_or_line_break_are_refused_before_any_work(tiny_backbone, image_folder, tmp_path, capsys,
+                                                                     bad):
+    from vprkit.cli import main
+
+    _png(image_folder / bad)
+    out = tmp_path / "idx"
+    assert main(["index", str(image_folder), "-o", str(out), "--preset", "mobilenetv2-gem"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and repr(str(image_folder / bad)) in err and "rename it" in err
+    assert not out.exists() and not list(tmp_path.glob(".idx*"))  # nothing written, not even the work folder
+
+
+def test_a_non_utf8_name_is_skipped_and_named_not_fatal(tiny_backbone, image_folder, tmp_path, caplog):
+    import os
+
+    from vprkit.cli import main
+    from vprkit.evaluation.outputs import read_predictions
+
+    bad = os.fsencode(image_folder) + b"/caf\xe9.png"
+    _png(bad.decode("utf-8", "surrogateescape"))
+    assert main(["index", str(image_folder), "-o", str(tmp_path / "idx"), "--preset", "mobilenetv2-gem"]) == 0
+    assert "caf\\xe9.png" in caplog.text and "not valid UTF-8" in caplog.text
+    assert main(["query", str(tmp_path / "idx"), str(image_folder), "--top-k", "3", "-o", str(tmp_path / "r")]) == 0
+    q_names, m_names, _, _ = read_predictions(tmp_path / "r" / "predictions.txt")
+    assert sorted(q_names) == list_images(image_folder) and len(q_names) == 12  # the 12 others, both ways

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vprkit.aggregators import VLAD, NetVLAD
+from vprkit.aggregators.netvlad import NetVLAD
+from vprkit.aggregators.vlad import VLAD
 from vprkit.features import patches
 
 
@@ -119,7 +120,7 @@ def test_extract_is_fp16_resumable_and_projected(image_folder, tmp_path):
 
 
 def test_patch_pca_is_the_shared_fit_as_weight_and_bias(image_folder, monkeypatch):
-    from vprkit.aggregators.vlad import fit_pca
+    from vprkit.models.pca import fit_pca
 
     seen = {}
 

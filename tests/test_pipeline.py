@@ -6,13 +6,15 @@ import pytest
 from conftest import assert_top_k
 from report_helpers import read_report_data
 
-from vprkit import api
+from vprkit import api, results
+from vprkit.data.groundtruth import load_ground_truth
 from vprkit.features import extract, h5io
 from vprkit.index import faiss_index
+from vprkit.results import read_results
 
 
 def _conf(**kw):
-    return extract.get_conf("mobilenetv2-gem", batch_size=4, **kw)
+    return extract.CONFIG.resolve("mobilenetv2-gem", batch_size=4, **kw)
 
 
 def _dump(path):
@@ -62,7 +64,7 @@ def test_index_query_and_model_refusal(tiny_backbone, image_folder, tmp_path):
     # Querying the map with itself: each image is its own nearest neighbour.
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in mi.names))
-    res = api.localize(out, image_folder, top_k=3, gt=str(gt), out_dir=tmp_path / "res")
+    res = read_results(api.localize(out, image_folder, tmp_path / "res", top_k=3, gt=str(gt)))
     assert res["metrics"]["R@1"] == 1.0
     data = read_report_data(tmp_path / "res" / "report.html")
     assert len(data["queries"]) == 12 and data["counts"]["right"] == 12
@@ -103,13 +105,15 @@ def test_report_map_from_positions_csv_or_names(tiny_backbone, image_folder, tmp
     names = faiss_index.load(out).names
     csv = tmp_path / "pos.csv"
     csv.write_text("name,easting,northing\n" + "".join(f"{n},{100 * i},{-7 * i}\n" for i, n in enumerate(names)))
-    q_pos, m_pos = api.report_positions({"names": names, "positions": None}, names[:3], str(csv))
+    truth = load_ground_truth(str(csv), names[:3], names)
+    q_pos, m_pos = results.report_positions({"names": names, "positions": None}, names[:3], truth)
     np.testing.assert_array_equal(q_pos, [[0, 0], [100, -7], [200, -14]])
     assert m_pos.shape == (12, 2) and m_pos[11].tolist() == [1100, -77]
     utm = ["@5.5@-2@a.jpg", "@7@8@b.jpg"]
-    q_pos, m_pos = api.report_positions({"names": utm, "positions": [[5.5, -2.0], [7.0, 8.0]]}, utm[::-1], None)
+    q_pos, m_pos = results.report_positions({"names": utm, "positions": [[5.5, -2.0], [7.0, 8.0]]}, utm[::-1], None)
     assert q_pos.tolist() == [[7, 8], [5.5, -2]] and m_pos.tolist() == [[5.5, -2], [7, 8]]
-    assert api.report_positions({"names": names, "positions": None}, names, "sequence") == (None, None)
+    sequence = load_ground_truth("sequence", names, names)  # frame numbers: no map to draw
+    assert results.report_positions({"names": names, "positions": None}, names, sequence) == (None, None)
     api.localize(out, image_folder, top_k=3, gt=str(csv), out_dir=tmp_path / "res")
     data = read_report_data(tmp_path / "res" / "report.html")
     assert "map.svg" in [p["src"] for p in data["plots"]] and (tmp_path / "res" / "report_files" / "map.svg").is_file()

@@ -14,6 +14,7 @@ from vprkit.cli import main as cli_main
 from vprkit.features import extract
 from vprkit.models import precision
 from vprkit.models.base import Backbone, BackboneOutput
+from vprkit.results import read_results
 
 
 class TinyViT(Backbone):
@@ -127,33 +128,35 @@ def test_int8_refused_for_backbones_without_linear_layers():
 
 def test_bad_precision_names_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown precision 'fp8'; choose one of fp32, bf16, int8, auto"):
-        extract.get_conf("dinov2-vlad", precision="fp8")
+        extract.CONFIG.resolve("dinov2-vlad", precision="fp8")
     with pytest.raises(SystemExit) as exc:
         cli_main(["index", str(tmp_path), "-o", str(tmp_path / "idx"), "--precision", "int4"])
     assert exc.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
 
 
 def test_fp32_key_unchanged_and_precision_in_key():
-    conf = extract.get_conf("mobilenetv2-gem")
+    conf = extract.CONFIG.resolve("mobilenetv2-gem")
     legacy = json.dumps({k: conf[k] for k in ("model", "aggregator", "preprocessing")}, sort_keys=True)
     assert extract.model_key(conf) == legacy  # files written before precisions existed stay valid
-    assert json.loads(extract.model_key(extract.get_conf("mobilenetv2-gem", precision="bf16")))["precision"] == "bf16"
+    bf16 = extract.CONFIG.resolve("mobilenetv2-gem", precision="bf16")
+    assert json.loads(extract.model_key(bf16))["precision"] == "bf16"
     # the first int8 scheme's files ("int8") hold other descriptors than the current scheme's
-    assert json.loads(extract.model_key(extract.get_conf("dinov2-vlad", precision="int8")))["precision"] == "int8-v2"
+    int8 = extract.CONFIG.resolve("dinov2-vlad", precision="int8")
+    assert json.loads(extract.model_key(int8))["precision"] == "int8-v2"
 
 
 def test_features_of_another_precision_are_refused(tiny_backbone, image_folder, tmp_path):
     path = tmp_path / "f.h5"
-    extract.main(extract.get_conf("mobilenetv2-gem", batch_size=4), image_folder, path)
+    extract.main(extract.CONFIG.resolve("mobilenetv2-gem", batch_size=4), image_folder, path)
     with pytest.raises(ValueError, match="another model"):
-        extract.main(extract.get_conf("mobilenetv2-gem", batch_size=4, precision="bf16"), image_folder, path)
+        extract.main(extract.CONFIG.resolve("mobilenetv2-gem", batch_size=4, precision="bf16"), image_folder, path)
 
 
 def test_queries_use_the_index_precision(tiny_backbone, image_folder, tmp_path):
     idx = api.index_map(image_folder, tmp_path / "idx", preset="mobilenetv2-gem", batch_size=4, precision="bf16")
     manifest = json.loads((idx / "manifest.json").read_text())
     assert manifest["conf"]["precision"] == "bf16" and '"precision": "bf16"' in manifest["model_key"]
-    res = api.localize(idx, image_folder, top_k=1, out_dir=tmp_path / "res")
+    res = read_results(api.localize(idx, image_folder, tmp_path / "res", top_k=1))
     from vprkit.features import h5io
 
     assert h5io.read_attrs(tmp_path / "res" / "query_features.h5")["model_key"] == manifest["model_key"]
@@ -193,7 +196,7 @@ def test_probe_cache_is_keyed_by_machine_model_and_size_and_reused(fake_measure,
 
 
 def test_auto_is_resolved_into_the_conf_and_key(fake_measure, tiny_backbone):
-    conf = extract.get_conf("mobilenetv2-gem", precision="auto")
+    conf = extract.CONFIG.resolve("mobilenetv2-gem", precision="auto")
     ext = extract.Extractor(conf)
     assert ext.precision == conf["precision"] == "bf16"
     assert fake_measure == [(320, 320)]  # the preset's long side, a multiple of the stride (4)

@@ -19,7 +19,7 @@ from vprkit.features import local
 from vprkit.index import faiss_index
 from vprkit.models.base import load_state_dict
 from vprkit.rerank import base as rerank_step
-from vprkit.rerank.base import load_retrieval
+from vprkit.results import load_retrieval, read_results
 from vprkit.segvlad import api as seg_api
 from vprkit.train import checkpoint, netvlad
 
@@ -55,7 +55,7 @@ def test_index_into_the_map_folder_itself_is_refused_and_touches_nothing(tiny_ba
     before = _tree(image_folder)
     assert main(["index", str(image_folder), "-o", str(image_folder), "--preset", "mobilenetv2-gem"]) == 2
     err = capsys.readouterr().err
-    assert f"{image_folder}: exists and is not a vprkit index (no manifest.json in it)" in err
+    assert f"{image_folder}: exists and is not a vprkit index (no vprkit-index.json in it)" in err
     assert _tree(image_folder) == before
     assert sorted(p.name for p in image_folder.parent.iterdir()) == ["imgs"]  # no work folder, lock or temp
 
@@ -67,13 +67,13 @@ def test_every_folder_writer_refuses_a_plain_file_or_a_folder_of_user_files(tiny
     user.mkdir()
     (user / "thesis.tex").write_text("precious")
     (tmp_path / "notes.txt").write_text("also precious")
-    chamfer = rerank.get_reranker_class("chamfer").get_conf()
+    chamfer = rerank.get_reranker_class("chamfer").CONFIG.resolve()
     writers = {"index": lambda o: _index(image_folder, o),
                "segvlad index": lambda o: seg_api.index_map(image_folder, o, **SEG),
                "query -o": lambda o: api.localize(tmp_path / "idx", image_folder, out_dir=o),
                "rerank -o": lambda o: rerank_step.main(chamfer, res, o),
-               "train -o": lambda o: netvlad.main(netvlad.get_conf("mobilenetv2-netvlad", {}), image_folder,
-                                                  image_folder, o, "cluster")}
+               "train -o": lambda o: netvlad.main(netvlad.CONFIG.resolve("mobilenetv2-netvlad", {}), image_folder,
+                                                  image_folder, o, mode="cluster")}
     for out in (user, tmp_path / "notes.txt"):
         for name, write in writers.items():
             with pytest.raises(safeio.InputError, match=f"{out}: exists and is not a .*refusing"):
@@ -101,9 +101,9 @@ def test_two_query_folders_with_one_name_do_not_share_cached_features(tiny_backb
     idx = _index(image_folder, tmp_path / "idx")
     qa, qb = _split(image_folder, tmp_path)
     api.localize(idx, qa, top_k=3)
-    res = api.localize(idx, qb, top_k=3)  # same default folder idx/results/query, same image names
+    res = read_results(api.localize(idx, qb, top_k=3))  # same default folder idx/results/query, same image names
     assert "6 images changed since their features were computed" in caplog.text
-    fresh = api.localize(idx, qb, top_k=3, out_dir=tmp_path / "fresh")
+    fresh = read_results(api.localize(idx, qb, tmp_path / "fresh", top_k=3))
     shared = outputs.read_predictions(idx / "results" / "query" / "predictions.txt")
     clean = outputs.read_predictions(tmp_path / "fresh" / "predictions.txt")
     np.testing.assert_array_equal(shared[2][:, 0], clean[2][:, 0])
@@ -127,7 +127,7 @@ def test_segvlad_query_into_one_folder_uses_each_index_own_vocabulary(tiny_backb
 
 def test_local_feature_cache_changes_when_an_image_file_changes(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(local, "main", lambda conf, image_dir, path, *a, **kw: path)
-    names, conf = ["001.png", "002.png"], local.get_conf()
+    names, conf = ["001.png", "002.png"], local.CONFIG.resolve()
     first = local.cached(conf, image_folder, names, tmp_path, "map", 4)
     assert local.cached(conf, image_folder, names, tmp_path, "map", 4) == first
     shutil.copy(image_folder / "004.png", image_folder / "002.png")  # same name, another picture
@@ -211,7 +211,7 @@ def test_a_folder_of_broken_images_is_one_clear_error(tmp_path, capsys):
         (tmp_path / "map" / name).write_bytes(b"not an image")
     _fails_cleanly(["index", str(tmp_path / "map"), "-o", str(tmp_path / "idx"), "--preset", "mobilenetv2-gem"],
                    capsys, "map: none of its images could be read")
-    assert sorted(os.listdir(tmp_path)) == ["map"]  # no index, no work folder, no lock
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "map"]  # no index, no work folder (the lock file stays)
 
 
 def test_ground_truth_files(tmp_path):

@@ -3,6 +3,7 @@ and (when Debian's chromium is installed) what a headless browser shows."""
 
 import os
 
+import numpy as np
 import pytest
 from report_helpers import read_report_data, synthetic_report, with_match_figures
 
@@ -15,15 +16,16 @@ def test_rows_failures_first_and_counts(tmp_path):
     # 119 queries have a positive; every third (0, 3, .., 117) is wrong: 40 wrong, 79 right, query 119 has none.
     # Baseline wrong on multiples of 4: fixed = multiples of 4 not of 3 (30 - 10), broken = of 3 not of 4 (40 - 10).
     assert data["counts"] == {"wrong": 40, "nopos": 1, "nogt": 0, "right": 79, "fixed": 20, "broken": 30, "all": 120}
-    status = [q[2] for q in data["queries"]]
+    status = [q.status for q in data["queries"]]
     assert status == ["wrong"] * 40 + ["nopos"] + ["right"] * 79
     # wrong ones most confident first: scores fall with the query index, so query order
-    assert [q[0][-9:-4] for q in data["queries"][:3]] == ["00000", "00003", "00006"]
+    assert [q.name[-9:-4] for q in data["queries"][:3]] == ["00000", "00003", "00006"]
     first = data["queries"][0]
-    assert data["maps"][first[3][0]][0].endswith("m00005.jpg") and first[5] == [0, 0, 0]
-    assert data["maps"][first[6]][0].endswith("m00000.jpg")  # the positive shown beside a failure
-    q4 = next(q for q in data["queries"] if q[0].endswith("q00004.jpg"))
-    assert q4[7] == 1 and data["maps"][q4[8]][0].endswith("m00009.jpg")  # fixed; baseline's top-1 was 4 + 5
+    assert data["maps"][first.top[0]].name.endswith("m00005.jpg") and first.correct == [0, 0, 0]
+    assert data["maps"][first.positive].name.endswith("m00000.jpg")  # the positive shown beside a failure
+    q4 = next(q for q in data["queries"] if q.name.endswith("q00004.jpg"))
+    # fixed; the baseline's top-1 was 4 + 5
+    assert q4.change == 1 and data["maps"][q4.baseline_top1].name.endswith("m00009.jpg")
 
 
 def test_files_beside_the_page_and_thumbnails_reused(tmp_path):
@@ -74,8 +76,8 @@ def test_without_ground_truth_rows_keep_query_order_and_no_curves(tmp_path):
     _, d = synthetic_report(tmp_path / "a", num_queries=6)
     page = write_report(tmp_path / "b" / "report.html", replace(d, positives=None, baseline=None))
     data = read_report_data(page)
-    assert [q[2] for q in data["queries"]] == ["nogt"] * 6 and data["counts"]["all"] == 6
-    assert [q[0][-9:-4] for q in data["queries"]] == [f"{i:05d}" for i in range(6)]
+    assert [q.status for q in data["queries"]] == ["nogt"] * 6 and data["counts"]["all"] == 6
+    assert [q.name[-9:-4] for q in data["queries"]] == [f"{i:05d}" for i in range(6)]
     assert [p["src"] for p in data["plots"]] == ["map.svg"]  # positions are known, correctness is not
 
 
@@ -85,9 +87,9 @@ def test_match_figures_for_the_first_queries_in_display_order(tmp_path):
     assert data["matches"] == {"drawn": 45, "limit": 45, "queries": 120}
     rows = data["queries"]
     # the 40 wrong queries (0, 3, .., 117), the one without a positive (119), the first right ones (1, 2, 4, 5)
-    assert [q[0][-9:-4] for q in rows if q[9]] == [f"{i:05d}" for i in [*range(0, 120, 3), 119, 1, 2, 4, 5]]
-    assert all(q[9] == 0 for q in rows[45:])
-    first, second = rows[0][9], rows[1][9]  # queries 0 (6 correspondences) and 3 (none)
+    assert [q.name[-9:-4] for q in rows if q.figure] == [f"{i:05d}" for i in [*range(0, 120, 3), 119, 1, 2, 4, 5]]
+    assert all(q.figure == 0 for q in rows[45:])
+    first, second = rows[0].figure, rows[1].figure  # queries 0 (6 correspondences) and 3 (none)
     assert first == ["q0.jpg", {"2": 3, "5": 3}] and second == ["q3.jpg", {"2": 0, "5": 0}]
     from PIL import Image
 
@@ -123,3 +125,16 @@ def test_match_figure_of_the_first_failure_in_headless_chromium(tmp_path):
     # as the browser shows it: the first failure's figure has its lines, the second (no correspondences) none
     assert _drawn_pixels(figs[0]["png"]) > 150 and _drawn_pixels(figs[1]["png"]) < 10
     assert "first 10 of 120 queries" in seen["match_note"]
+
+
+def test_a_long_straight_route_is_stretched_to_stay_readable(tmp_path):
+    from vprkit.evaluation import plots
+
+    m = np.stack([np.arange(0.0, 201.0, 2.0), np.zeros(101)], axis=1)  # 200 m east, 0 m north
+    q = m + [0.5, 2.0]  # 2 m north of it: equal aspect would draw both as one line
+    # north span 2 m, east span 200.5 m: stretched so east / (stretch * north) = READABLE_RATIO = 4
+    assert plots.readable_stretch(np.r_[m, q]) == pytest.approx(200.5 / (4 * 2.0))
+    assert plots.readable_stretch(np.array([[0, 0], [10, 10]])) == 1.0  # square: true shapes
+    assert plots.readable_stretch(np.array([[0, 0], [1e5, 1.0]])) == plots.MAX_STRETCH
+    stretch = plots.position_map(tmp_path / "map.svg", m, q, m, None, track=True)
+    assert stretch == pytest.approx(25.0625) and "stretched x25.1" in (tmp_path / "map.svg").read_text()

@@ -7,8 +7,10 @@ import pytest
 from report_helpers import read_report_data
 
 from vprkit import rerank
-from vprkit.cli import main, parse_overrides
-from vprkit.rerank.base import Reranker, load_retrieval
+from vprkit.cli import main
+from vprkit.config import parse_overrides
+from vprkit.rerank.base import Reranker
+from vprkit.results import load_retrieval
 
 
 class Reverse(Reranker):
@@ -63,7 +65,7 @@ def test_rerank_cli_writes_and_evaluates(results, capsys):
 
 def test_overrides_and_unknown_method(results, capsys):
     assert parse_overrides(["a=3", "b=[1,2]", "c=ransac", "d=0.5"]) == {"a": 3, "b": [1, 2], "c": "ransac", "d": 0.5}
-    assert Reverse.get_conf("all", num_rerank=2)["num_rerank"] == 2
+    assert Reverse.CONFIG.resolve("all", num_rerank=2)["num_rerank"] == 2
     assert main(["rerank", str(results[0]), "--method", "nope"]) == 2
     assert "unknown re-ranking method 'nope'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="KEY=VALUE"):

@@ -9,6 +9,7 @@ import pytest
 
 from vprkit import rerank
 from vprkit.cli import main
+from vprkit.results import read_results
 from vprkit.segment import get_segmenter
 from vprkit.segment.masks import decode
 from vprkit.segvlad import api, extract
@@ -37,12 +38,12 @@ def test_index_and_query_find_each_image_itself(tiny_backbone, image_folder, tmp
         assert labels.shape == (24, 32) and labels.max() + 1 == len(f[f"{name}/segments"])
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in manifest["names"]))
-    res = api.localize(idx, image_folder, top_k=3, gt=str(gt))
+    res = read_results(api.localize(idx, image_folder, top_k=3, gt=str(gt)))
     assert res["metrics"]["R@1"] == 1.0  # identical images: every segment retrieves itself first
 
 
 def test_extraction_resumes_and_refuses_another_model(tiny_backbone, image_folder, tmp_path, monkeypatch):
-    conf = extract.get_conf(**SMALL)
+    conf = extract.CONFIG.resolve(**SMALL)
     feats, state = tmp_path / "f.h5", tmp_path / "s.npz"
     names = extract.main(conf, image_folder, feats, state)
     assert len(names) == 12 and state.exists()
@@ -50,14 +51,14 @@ def test_extraction_resumes_and_refuses_another_model(tiny_backbone, image_folde
     monkeypatch.setattr(extract.SegExtractor, "describe", lambda self, images: calls.append(1) or [])
     extract.main(conf, image_folder, feats, state)  # everything done: nothing recomputed
     assert calls == []
-    other = extract.get_conf(**{**SMALL, "order": 1})
+    other = extract.CONFIG.resolve(**{**SMALL, "order": 1})
     with pytest.raises(ValueError, match="another model"):
         extract.main(other, image_folder, feats, state)
 
 
 def test_degenerate_segmentations_give_defined_descriptors(tiny_backbone, image_folder, tmp_path, monkeypatch):
     """One segment, hundreds of segments, and no segment at all (every pixel unassigned)."""
-    conf = extract.get_conf(**SMALL)
+    conf = extract.CONFIG.resolve(**SMALL)
     ext = extract.SegExtractor(conf)
     ext.fit(image_folder, sorted(p.name for p in image_folder.glob("*.png")))
     _, images, _ = next(ext.ext.batches(image_folder, ["001.png"]))
@@ -74,7 +75,7 @@ def test_degenerate_segmentations_give_defined_descriptors(tiny_backbone, image_
 def test_query_without_segments_gets_no_ranking(tiny_backbone, image_folder, tmp_path, monkeypatch):
     idx = api.index_map(image_folder, tmp_path / "idx", **SMALL)
     monkeypatch.setattr("vprkit.segment.slic.SLIC.segment", lambda self, im, tok=None: np.full(im.shape[:2], -1))
-    res = api.localize(idx, image_folder, top_k=3)
+    res = read_results(api.localize(idx, image_folder, top_k=3))
     assert len(res["queries_without_votes"]) == 12
     assert (tmp_path / "idx" / "results" / image_folder.name / "predictions.txt").read_text().count("\n") == 1
 

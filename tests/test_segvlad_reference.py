@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vprkit.aggregators.vlad import VLAD
+from vprkit.results import read_results
 from vprkit.segment import get_segmenter
 from vprkit.segment.masks import (
     decode_stack,
@@ -207,18 +208,18 @@ def test_pt_vocabulary_loads_with_weights_only(tmp_path):
 
 
 def test_reference_preset_conf():
-    ref = extract.get_conf("segvlad-ref")
+    ref = extract.CONFIG.resolve("segvlad-ref")
     assert (ref["masks"], ref["graph"], ref["token_weights"], ref["assignment"], ref["scoring"]) == \
         ("overlapping", "delaunay", "any_pixel", "cosine", "reference")
     assert (ref["pca_dim"], ref["pca_whiten"], ref["pca_eps"], ref["pca_max_segments"]) == (1024, True, 0.0, 50000)
     assert ref["aggregator"]["unit_centroids"] is False and ref["order"] == 3
     assert ref["segmenter"]["name"] == "slic_scales"  # the stand-in without a SAM checkpoint
-    sam = extract.get_conf("segvlad-ref", **{"segmenter.checkpoint": "sam_vit_h.pth"})
+    sam = extract.CONFIG.resolve("segvlad-ref", **{"segmenter.checkpoint": "sam_vit_h.pth"})
     assert sam["segmenter"] == {"name": "sam", "model_type": "vit_h", "checkpoint": "sam_vit_h.pth"}
-    vprkit = extract.get_conf("segvote-slic")
+    vprkit = extract.CONFIG.resolve("segvote-slic")
     assert (vprkit["masks"], vprkit["graph"], vprkit["scoring"]) == ("labels", "touching", "votes")
     with pytest.raises(ValueError, match="graph='knn'"):
-        extract.get_conf("segvlad-ref", graph="knn")
+        extract.CONFIG.resolve("segvlad-ref", graph="knn")
 
 
 SMALL = {"preprocessing": {"resize_max": 32}, "aggregator": {"name": "vlad", "num_clusters": 4,
@@ -237,14 +238,14 @@ def test_reference_preset_end_to_end(tiny_backbone, image_folder, tmp_path):
         assert len(masks) == len(group["segments"])
     gt = tmp_path / "pos.txt"
     gt.write_text("".join(f"{n} {n}\n" for n in manifest["names"]))
-    res = api.localize(idx, image_folder, top_k=3, gt=str(gt))
+    res = read_results(api.localize(idx, image_folder, top_k=3, gt=str(gt)))
     assert res["scoring"] == "reference" and res["metrics"]["R@1"] == 1.0
-    res = api.localize(idx, image_folder, top_k=3, gt=str(gt), scoring="votes", out_dir=tmp_path / "votes")
+    res = read_results(api.localize(idx, image_folder, tmp_path / "votes", top_k=3, gt=str(gt), scoring="votes"))
     assert res["scoring"] == "votes" and res["metrics"]["R@1"] == 1.0
 
 
 def test_randomized_pca_beyond_the_exact_limit_agrees_with_the_exact_one():
-    from vprkit.aggregators.vlad import fit_pca
+    from vprkit.models.pca import fit_pca
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(400, 60)) * (0.7 ** np.arange(60))  # well separated variances
@@ -256,8 +257,8 @@ def test_randomized_pca_beyond_the_exact_limit_agrees_with_the_exact_one():
 
 def test_reranker_reference_scoring_normalises_over_the_run(tmp_path, monkeypatch):
     """Two queries, three candidates each; unit segment descriptors in 2-D so the cosines are hand-made."""
-    from vprkit.rerank.base import Retrieval
     from vprkit.rerank.segvlad import SegVLADReranker
+    from vprkit.results import Retrieval
 
     def unit(deg):
         return np.array([[np.cos(np.radians(d)), np.sin(np.radians(d))] for d in deg], np.float32)

@@ -63,7 +63,7 @@ def test_velocity_set_is_openseqslams():
 def test_seqslam_matches_plain_loop(mode):
     rng = np.random.default_rng(2)
     q, m = unit(rng.normal(size=(9, 8))), unit(rng.normal(size=(15, 8)))
-    conf = pipeline.get_conf("seqslam", ds=4, mode=mode, enhance=6, exclude=4, top_k=15)
+    conf = pipeline.CONFIG.resolve("seqslam", ds=4, mode=mode, enhance=6, exclude=4, top_k=15)
     est, _, ids, scores = pipeline.match(conf, q, m)
     ref_est, ref_costs = loop_seqslam(q, m, 4, mode, seqslam.velocities(0.8, 1.2, 4), 6)
     assert est.tolist() == ref_est.tolist()
@@ -89,7 +89,7 @@ def test_known_path_velocity_and_jump_recovered():
     q, m = smooth_route(x)
     truth = np.rint(x).astype(int)
     for mode, ds in (("online", 5), ("offline", 6), ("online", 10)):
-        est = pipeline.match(pipeline.get_conf("seqslam", ds=ds, mode=mode), q, m)[0]
+        est = pipeline.match(pipeline.CONFIG.resolve("seqslam", ds=ds, mode=mode), q, m)[0]
         offs = seqslam.frame_offsets(ds, mode)
         straddle = [t for t in range(len(x)) if t + offs.min() < 25 <= t + offs.max()]
         clean = np.setdiff1d(np.arange(len(x)), straddle)
@@ -104,7 +104,7 @@ def test_hmm_recovers_stop_speed_change_and_jump():
     path = np.r_[10 + np.arange(8), [18, 18, 18, 18], 19 + 2 * np.arange(6), 150 + np.arange(8)]
     q, m = stream_on(path, noise=0.5)
     for preset in ("hmm", "hmm-viterbi"):
-        est = pipeline.match(pipeline.get_conf(preset, temperature=0.05), q, m)[0]
+        est = pipeline.match(pipeline.CONFIG.resolve(preset, temperature=0.05), q, m)[0]
         assert est.tolist() == path.tolist()
 
 
@@ -148,7 +148,7 @@ def test_position_transitions_are_distributions():
 def test_candidates_equal_full_search_costs():
     path = np.floor(1.1 * np.arange(30)).astype(int)  # starts at the map's first place: clamped lines
     q, m = stream_on(path, noise=1.0, seed=5)
-    full = pipeline.get_conf("seqslam", ds=6, top_k=200)
+    full = pipeline.CONFIG.resolve("seqslam", ds=6, top_k=200)
     _, _, ids, scores = pipeline.match(full, q, m)
     full_cost = np.empty((len(q), len(m)))
     np.put_along_axis(full_cost, ids, -scores, 1)
@@ -169,7 +169,7 @@ def test_candidates_equal_full_search_costs():
 def test_streaming_equals_batch_online(preset, search):
     path = np.floor(5 + 1.1 * np.arange(40)).astype(int)
     q, m = stream_on(path, num_places=80, dim=32, noise=2.0, seed=6)
-    conf = pipeline.get_conf(preset, search=search)
+    conf = pipeline.CONFIG.resolve(preset, search=search)
     est, confidence, _, _ = pipeline.match(conf, q, m)
     mi = faiss_index.MapIndex(faiss_index.build(m), {"names": [f"{i:03d}.png" for i in range(len(m))]})
     loc = SequenceLocalizer(mi, conf, map_desc=m)
@@ -198,7 +198,7 @@ def test_removed_images_are_not_places_of_the_route(preset, search):
         mi.remove(names[i])
     live = [i for i in range(len(m)) if i not in gone]
     ref = faiss_index.MapIndex(faiss_index.build(m[live]), {"names": [names[i] for i in live]})
-    conf = pipeline.get_conf(preset, search=search)
+    conf = pipeline.CONFIG.resolve(preset, search=search)
     loc, want_loc = SequenceLocalizer(mi, conf, map_desc=m), SequenceLocalizer(ref, conf, map_desc=m[live])
     got = [loc.add(x) for x in q]
     want = [want_loc.add(x) for x in q]
@@ -230,5 +230,5 @@ def test_hmm_on_a_map_that_is_not_a_route():
     walk = [(2, 2), (3, 2), (4, 2), (4, 3), (4, 4), (3, 4), (3, 5), (3, 6), (4, 6), (5, 6)]
     path = np.array([int(np.flatnonzero((pos == w).all(axis=1))[0]) for w in walk])
     q, m = stream_on(path, num_places=100, dim=64, noise=3.0, seed=8)
-    conf = pipeline.get_conf("hmm-viterbi", radius=1.5, step=1.0, sigma=0.5, temperature=0.05)
+    conf = pipeline.CONFIG.resolve("hmm-viterbi", radius=1.5, step=1.0, sigma=0.5, temperature=0.05)
     assert pipeline.match(conf, q, m, positions=pos)[0].tolist() == path.tolist()

@@ -10,6 +10,7 @@ from PIL import Image
 from vprkit.cli import main
 from vprkit.models.pixels import Pixels, patch_normalise
 from vprkit.sequence.localizer import SequenceLocalizer
+from vprkit.sequence.pipeline import read_sequence
 
 
 def test_patch_normalise_hand_case():
@@ -36,18 +37,18 @@ def test_sequence_cli_and_stream(tmp_path, capsys):
     for key in ("R@1", "AUC-PR", "Rec@100P", "Rec@99P"):
         assert 0 <= out["metrics"][key] <= 1 and 0 <= out["metrics_single"][key] <= 1
     assert (res / "report.html").is_file() and (res / "predictions.txt").is_file()
-    seq = [line.split() for line in (res / "sequence.txt").read_text().splitlines()[1:]]
+    seq = read_sequence(res / "sequence.txt")
     assert len(seq) == out["num_queries"] == 111
     # the stream API gives the batch's online estimates, frame by frame, from the images themselves
     loc = SequenceLocalizer(idx, {**out["conf"]})
     names = loc.names
-    for q, est, _ in seq[:8]:
+    for q, est, *_ in seq[:8]:
         assert names[loc.add(Image.open(DEMO / "query" / q))[0]] == est
     # on top of a `vprkit query` results folder
     assert main(["query", str(idx), str(DEMO / "query"), "--gt", "index", "-o", str(tmp_path / "q")]) == 0
     assert main(["sequence", str(tmp_path / "q"), "--method", "hmm", "--gt", "index"]) == 0
     assert (tmp_path / "q" / "sequence-hmm" / "results.json").is_file()
     assert main(["sequence", str(idx), str(DEMO / "query"), "--set", "ds=0"]) == 2
-    assert "ds must be >= 1" in capsys.readouterr().err
+    assert "setting 'ds' must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["sequence", str(tmp_path)]) == 2
     assert "results.json not found" in capsys.readouterr().err

@@ -4,8 +4,10 @@ and kill -9 during a burst of map additions followed by a restart."""
 import io
 import json
 import os
+import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from service_server import MAP_FRAMES, Server, build_index, map_name, query  # noqa: E402
+from service_server import DEMO, MAP_FRAMES, Server, build_index, map_name, query  # noqa: E402
 
 from vprkit.client import Client, ServiceError  # noqa: E402
 from vprkit.features import extract, h5io  # noqa: E402
@@ -24,6 +26,7 @@ from vprkit.service.auth import add_key  # noqa: E402
 
 MAX_BODY, MAX_PIXELS = 2_000_000, 1_000_000
 RERANK = {"resize_max": 112, "whiten_images": 12, "dim": 32}
+DEMO_QUERY = DEMO / "query"
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +237,7 @@ def test_chamfer_rerank_gives_the_offline_rerank_step_scores(setup):
     qdir.mkdir()
     shutil.copy(query(100), qdir / "q.jpg")
     api.localize(idx, qdir, top_k=4, out_dir=root / "res")
-    conf = ChamferReranker.get_conf(**RERANK)
+    conf = ChamferReranker.CONFIG.resolve(**RERANK)
     base.main(conf, root / "res", root / "res-chamfer", num_rerank=4)
     _, m_names, ids, scores = read_predictions(root / "res-chamfer" / "predictions.txt",
                                                faiss_index.load(idx).names)
@@ -289,3 +292,70 @@ def test_kill_9_during_a_burst_of_additions_then_restart(tmp_path):
     finally:
         server.kill()
     assert faiss_index.load(idx).index.ntotal == len(faiss_index.load(idx).live_names())  # compacted on exit
+
+
+def test_replay_through_a_throttling_server_gets_every_frame_in_and_a_watcher_gets_each_pushed(tmp_path):
+    """A server that allows 4 requests/s (burst 2) and answers within 2 s: `replay` as fast as it can would be
+    refused (429) most of the time; the client waits each `Retry-After` and every frame gets in, in order. A
+    watcher of the stream's events, open for longer than the 2 s time limit, receives the history and then
+    each frame's answer exactly as the robot got it."""
+    from vprkit.client import replay, retry_after
+
+    idx = build_index(tmp_path)
+    server = Server(idx, settings={"rate_per_s": 4, "rate_burst": 2, "timeout_s": 2})
+    events, ready = [], threading.Event()
+
+    def watch():
+        with httpx.stream("GET", server.url + "/v1/streams/robot-9/events", timeout=60) as r:
+            if r.status_code == 429:  # the bucket is shared with the replay (one client address)
+                time.sleep(retry_after(r.headers["Retry-After"]))
+                return watch()
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            for block in _sse_blocks(r.iter_lines()):
+                events.append(block)
+                ready.set()
+                if sum(e[0] == "frame" for e in events) == 12:
+                    return
+
+    try:
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        assert ready.wait(60)  # the history came first (empty: the stream does not exist yet)
+        c = Client(server.url)
+        answers = [a for _, a in replay(c, DEMO_QUERY, "robot-9", fps=0, start=30, limit=12)]
+        watcher.join(60)
+        assert [a["frames"] for a in answers] == list(range(1, 13))
+        assert c.retried >= 5  # 12 requests at once against 4/s, burst 2
+        metrics = httpx.get(server.url + "/metrics")
+        while metrics.status_code == 429:  # this reader shares the bucket the replay drained
+            time.sleep(retry_after(metrics.headers["Retry-After"]))
+            metrics = httpx.get(server.url + "/metrics")
+        refused = re.search(r'vprkit_requests_total\{route="/v1/streams/\{stream_id\}/frames",status="429"\} (\S+)',
+                            metrics.text)
+        assert float(refused.group(1)) == c.retried  # the server refused exactly the requests the client retried
+        assert events[0] == ("history", {"stream": "robot-9", "frames": 0, "history": []})
+        assert [data for kind, data in events[1:]] == answers  # pushed as answered, past the 2 s time limit
+        assert answers[-1]["time"] - answers[0]["time"] > 2  # 12 at 4/s after a burst of 2 take >= 2.5 s
+        events.clear()
+        ready.clear()
+        watcher = threading.Thread(target=watch, daemon=True)  # a watcher still open when the server stops
+        watcher.start()
+        assert ready.wait(60)
+        assert server.stop() == 0  # a clean stop ends the event stream instead of waiting for it
+        watcher.join(60)
+        assert not watcher.is_alive() and "graceful shutdown exceeded" not in server.log.read_text()
+    finally:
+        server.kill()
+
+
+def _sse_blocks(lines):
+    """(event, data as JSON) per Server-Sent Events block; comments skipped."""
+    kind, data = None, []
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif not line and kind:
+            yield kind, json.loads("\n".join(data))
+            kind, data = None, []

@@ -70,6 +70,55 @@ def test_openapi_documents_every_body_response_and_the_security_scheme(svc_clien
                                                                                "map_size"}
 
 
+def test_openapi_documents_the_streams_list_history_events_and_one_confidence_field(svc_client):
+    svc, client, _ = svc_client
+    spec = client.get("/openapi.json").json()
+    schemas, paths = spec["components"]["schemas"], spec["paths"]
+    ok = {path: paths[path]["get"]["responses"]["200"]["content"] for path in
+          ("/v1/streams", "/v1/streams/{stream_id}", "/v1/streams/{stream_id}/events")}
+    assert ok["/v1/streams"]["application/json"]["schema"]["$ref"].endswith("/StreamList")
+    assert ok["/v1/streams/{stream_id}"]["application/json"]["schema"]["$ref"].endswith("/StreamHistory")
+    assert set(ok["/v1/streams/{stream_id}/events"]) == {"text/event-stream"}
+    for path in ok:
+        assert paths[path]["get"]["security"] == [{"HTTPBearer": ["read"]}, {"APIKeyHeader": ["read"]}]
+    assert schemas["StreamHistory"]["properties"]["history"]["items"]["$ref"].endswith("/StreamFrame")
+    assert schemas["StreamFrame"]["properties"]["state"]["enum"] == ["localized", "lost"]
+    stream_est, est = schemas["StreamEstimate"]["properties"], schemas["Estimate"]["properties"]
+    assert "confidence" in stream_est and "confidence" in est  # one name in /v1/localize and the streams
+    assert stream_est["score"]["deprecated"] is True and "deprecated" not in stream_est["confidence"]
+
+
+def test_a_streams_history_and_the_list_hold_what_its_frames_answered(svc_client):
+    svc, client, _ = svc_client
+    answers = [client.post("/v1/streams/hist/frames", files=_img(i)).json() for i in (40, 41, 42)]
+    assert [a["frames"] for a in answers] == [1, 2, 3]
+    for a in answers:
+        est = a["estimate"]
+        assert est["score"] == est["confidence"]  # the deprecated alias
+        want = "localized" if est["confidence"] >= svc.s["stream_min_confidence"] else "lost"
+        assert a["state"] == want
+    for bar, state in ((float("inf"), "lost"), (-float("inf"), "localized")):  # the setting decides the state
+        svc.s["stream_min_confidence"] = bar
+        assert client.post("/v1/streams/bar/frames", files=_img(43)).json()["state"] == state
+    svc.s["stream_min_confidence"] = 0.15
+    real = svc.streams.add
+    svc.streams.add = lambda *a, **k: (*real(*a, **k)[:1], float("inf"), 1)  # SeqSLAM: no place to compare with
+    try:
+        alone = client.post("/v1/streams/inf/frames", files=_img(43)).json()
+    finally:
+        svc.streams.add = real
+    assert alone["state"] == "localized" and alone["estimate"]["confidence"] is None  # JSON has no infinity
+    assert client.get("/v1/streams/hist").json() == {"stream": "hist", "frames": 3, "history": answers}
+    listed = {s["stream"]: s for s in client.get("/v1/streams").json()["streams"]}
+    assert listed["hist"]["frames"] == 3 and listed["hist"]["last"] == answers[-1]
+    latest_first = [s["stream"] for s in client.get("/v1/streams").json()["streams"]]
+    assert latest_first[:3] == ["inf", "bar", "hist"]
+    assert client.get("/v1/streams/nobody").status_code == 404
+    assert client.get("/v1/streams/" + "x" * 65).status_code == 422
+    assert client.delete("/v1/streams/hist").status_code == 200
+    assert client.get("/v1/streams/hist").status_code == 404
+
+
 def test_docs_are_hidden_with_keys_unless_the_setting_says_public(svc_client, tmp_path):
     svc, *_ = svc_client
     keys, plain = tmp_path / "keys.json", svc.keys
@@ -234,6 +283,15 @@ def test_cli_refuses_a_port_out_of_range_and_adds_keys(tmp_path, capsys):
         assert cli.main(["serve", str(tmp_path), "--keys", str(keys)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"vprkit: error: {keys}") and len(err.strip().splitlines()) == 1
+
+
+def test_replay_refuses_a_missing_folder_and_an_unreachable_server_in_one_line(tmp_path, capsys):
+    assert cli.main(["replay", str(tmp_path / "nothing"), "--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"vprkit: error: image folder not found: {tmp_path / 'nothing'}\n"
+    assert cli.main(["replay", str(DEMO / "query"), "--url", "http://127.0.0.1:9", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vprkit: error: cannot reach the service at http://127.0.0.1:9") and err.count("\n") == 1
 
 
 def test_a_stream_spanning_a_compaction_answers_names_of_the_new_map(svc_client):

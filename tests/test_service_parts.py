@@ -167,6 +167,39 @@ def test_the_outer_layer_answers_504_past_the_time_limit_and_counts_it():
     assert sent[0]["status"] == 413
 
 
+def test_the_deadlines_end_once_the_body_is_in_and_the_answer_has_begun():
+    """An event stream (the page's live view) outlives `timeout_s`, and waiting for its watcher's disconnect is no
+    stalled body."""
+    from types import SimpleNamespace
+
+    from vprkit.service.metrics import Metrics
+    from vprkit.service.middleware import Limits
+
+    async def events(scope, receive, send):
+        assert (await receive())["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.2)  # 4 x timeout_s
+        assert (await receive())["type"] == "http.disconnect"  # came after 0.2 s > body_timeout_s
+        await send({"type": "http.response.body", "body": b"late", "more_body": False})
+
+    svc = SimpleNamespace(s={"timeout_s": 0.05, "body_timeout_s": 0.05, "max_body_bytes": 100}, metrics=Metrics())
+    calls, sent = [], []
+
+    async def receive():
+        calls.append(1)
+        if len(calls) > 1:
+            await asyncio.sleep(0.2)
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(Limits(events, svc)({"type": "http", "headers": []}, receive, send))
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"late" and len(sent) == 2
+    assert b'vprkit_requests_total{route="other",status="200"} 1.0' in svc.metrics.text()
+
+
 def test_serve_refuses_a_public_address_without_keys_and_a_folder_that_is_no_index(tmp_path):
     from vprkit import cli
     from vprkit.service.server import run
@@ -175,3 +208,101 @@ def test_serve_refuses_a_public_address_without_keys_and_a_folder_that_is_no_ind
         run(tmp_path, host="0.0.0.0")
     assert cli.main(["serve", str(tmp_path / "nothing")]) == 2
     assert not any(tmp_path.iterdir())  # no lock file or anything else left beside it
+
+
+def test_a_streams_history_is_bounded_and_the_list_is_most_recent_first():
+    class Const:
+        def __init__(self, search):
+            pass
+
+        def add(self, frame):
+            return 7, 0.5
+
+    s = Streams(Const, idle_s=10, history=3)
+    for t in range(5):
+        s.add("a", None, None, now=t)
+        s.remember("a", {"frames": t + 1})
+    assert s.history("a") == [{"frames": 3}, {"frames": 4}, {"frames": 5}]  # the last 3, oldest first
+    s.add("b", None, None, now=6)
+    s.remember("gone", {"frames": 1})  # no such stream: nothing kept
+    assert s.history("gone") is None and s.history("b") == []
+    assert [(x["stream"], x["frames"], x["idle_s"], x["last"]) for x in s.summary(now=8)] == [
+        ("b", 1, 2, None), ("a", 5, 4, {"frames": 5})]
+    assert [x["stream"] for x in s.summary(now=14.5)] == ["b"]  # a: idle 10.5 s > 10, expired
+
+
+def test_a_watcher_that_falls_behind_loses_its_oldest_answers_only():
+    from vprkit.service.streams import Feeds
+
+    async def run():
+        f = Feeds(depth=2)
+        slow, other = f.subscribe("a"), f.subscribe("b")
+        for i in range(4):
+            f.publish("a", i)
+        assert [slow.get_nowait() for _ in range(slow.qsize())] == [2, 3] and other.empty()
+        f.unsubscribe("a", slow)
+        f.publish("a", 9)  # nobody watches a: nothing kept
+        assert len(f) == 1 and slow.empty()
+
+    asyncio.run(run())
+
+
+def test_retry_after_header_as_seconds_or_an_http_date():
+    import time
+    from email.utils import formatdate
+
+    from vprkit.client import retry_after
+
+    assert retry_after("3") == 3.0 and retry_after("0.5") == 0.5 and retry_after("-4") == 0.0
+    assert retry_after(None) == 1.0 and retry_after("soon", default=2.0) == 2.0
+    assert 8.0 < retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10.0
+    assert retry_after(formatdate(time.time() - 100, usegmt=True)) == 0.0
+
+
+def test_the_client_waits_retry_after_on_429_then_gives_up_with_the_error():
+    import httpx
+
+    from vprkit.client import Client, ServiceError
+
+    answers = iter([(429, "2"), (429, "1"), (200, None)] + [(429, "1")] * 10)
+    seen = []
+
+    def handler(request):
+        status, wait = next(answers)
+        seen.append(request.url.path)
+        if status == 429:
+            return httpx.Response(429, json={"detail": "rate limit exceeded"}, headers={"Retry-After": wait})
+        return httpx.Response(200, json={"frames": 1})
+
+    slept = []
+    c = Client("http://test", retries=3, sleep=slept.append)
+    c.http = httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler))
+    assert c.frame("r", b"jpeg") == {"frames": 1}
+    assert slept == [2.0, 1.0] and c.retried == 2 and c.waited_s == 3.0 and len(seen) == 3
+    with pytest.raises(ServiceError) as e:  # 4 refusals in a row: retries (3) spent
+        c.frame("r", b"jpeg")
+    assert e.value.status == 429 and len(seen) == 7 and slept[2:] == [1.0, 1.0, 1.0]
+
+
+def test_replay_sends_frames_in_name_order_at_the_given_rate(tmp_path):
+    from vprkit.client import replay
+
+    for name in ("b.jpg", "a.jpg", "c.png", "notes.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+    now, slept, sent = [100.0], [], []
+
+    class Fake:
+        def sleep(self, s):
+            slept.append(round(s, 6))
+            now[0] += s
+
+        def frame(self, stream, image):
+            sent.append((stream, image.read_bytes()))
+            now[0] += 0.03 if len(sent) != 2 else 0.25  # the second answer is slow (a 429's wait, say)
+            return {"frames": len(sent)}
+
+    out = list(replay(Fake(), tmp_path, "r1", fps=10, clock=lambda: now[0]))
+    assert [n for n, _ in out] == ["a.jpg", "b.jpg", "c.png"]
+    assert sent == [("r1", b"a.jpg"), ("r1", b"b.jpg"), ("r1", b"c.png")]
+    assert slept == [0.0, 0.07, 0.0]  # 1/10 s apart; after the slow answer at once, no catch-up burst
+    assert [n for n, _ in replay(Fake(), tmp_path, "r1", fps=0, start=1, limit=1)] == ["b.jpg"]

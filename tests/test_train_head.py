@@ -13,7 +13,8 @@ from PIL import Image
 from vprkit import api
 from vprkit.cli import main as cli_main
 from vprkit.features import extract, head_presets
-from vprkit.train import head, token_cache, trained_head
+from vprkit.models import head_checkpoint as trained_head
+from vprkit.train import head, token_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 route = test_train_netvlad.route  # the fixture: 24 places, map and query images of one pattern with noise
@@ -142,5 +143,5 @@ def test_recipes_schedules_by_hand():
     assert head.lr_factor(head.get_conf("dinov2s-salad")["train"], 123, 4) == 1.0
     with pytest.raises(KeyError, match="unknown recipe"):
         head.get_conf("dinov2s-salad", {"recipe": "nope"})
-    with pytest.raises(KeyError, match="unknown config key"):
+    with pytest.raises(ValueError, match="unknown setting .train.nope"):
         head.get_conf("dinov2s-salad", {"train.nope": 1})

@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone
+from conftest import TinyBackbone, use_backbone
 from PIL import Image
 
 from vprkit import api
-from vprkit.train import netvlad
+from vprkit.train import netvlad, netvlad_model
 from vprkit.train.checkpoint import load_checkpoint
 
 N = 24  # places
@@ -34,8 +34,7 @@ def route(tmp_path):
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(netvlad, "get_backbone", lambda name, **kw: TinyBackbone())
-    monkeypatch.setattr("vprkit.features.extract.get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
 
 
 def _conf(preset="mobilenetv2-netvlad", **over):
@@ -43,11 +42,11 @@ def _conf(preset="mobilenetv2-netvlad", **over):
             "data.split": [0.5, 0.25, 0.25], "data.gap": 2.0, "train.batch_size": 2, "train.num_negs": 3,
             "train.neg_samples": 6, "train.cache_refresh": 2, "train.max_queries_per_epoch": 6,
             "train.lr": 1e-2, "train.lr_step": 1}
-    return netvlad.get_conf(preset, {**base, **over})
+    return netvlad.CONFIG.resolve(preset, {**base, **over})
 
 
 def _run(route, out, conf, mode="train", **kw):
-    return netvlad.main(conf, route / "map", route / "query", out, mode, **kw)
+    return netvlad.main(conf, route / "map", route / "query", out, mode=mode, **kw)
 
 
 def _log(path):
@@ -70,7 +69,7 @@ def test_resume_equals_uninterrupted_run(route, tiny, tmp_path):
     assert [r["epoch"] for r in _log(tmp_path / "a" / "log.csv")] == ["0", "1", "2"]  # epochs count from 0
     assert float(_log(tmp_path / "a" / "log.csv")[0]["loss"]) > 0
     # training moved the attention and NetVLAD weights (the frozen backbone did not)
-    first = netvlad.build_model(conf)[0].state_dict()
+    first = netvlad_model.build_model(conf)[0].state_dict()
     assert not torch.equal(first["aggregator.attention.fuse.weight"], a["model"]["aggregator.attention.fuse.weight"])
     assert torch.equal(first["backbone.conv.weight"], a["model"]["backbone.conv.weight"])
 
@@ -96,7 +95,7 @@ def test_training_improves_loss_and_checkpoint_plugs_into_index(route, tiny, tmp
     out = api.index_map(route / "map", tmp_path / "idx", "mobilenetv2-netvlad",
                         preprocessing={"resize_max": 16},
                         model={"name": "mobilenetv2", "layer": 13, "checkpoint": str(tmp_path / "t" / "best.pt")})
-    model, fconf = netvlad.build_model(conf)
+    model, fconf = netvlad_model.build_model(conf)
     load_checkpoint(tmp_path / "t" / "best.pt", model, restore_rng=False)
     model.eval()
     img = TinyBackbone().preprocess(Image.open(route / "map" / "005.png").convert("RGB"))
@@ -121,9 +120,9 @@ def test_deattention_with_hand_made_masks(route, tiny, tmp_path):
     s = netvlad.Session(conf, route / "map", route / "query", tmp_path / "d", splits=("train", "val"))
     q_bank = s.banks["train"][0]
     assert q_bank.guidance[0].shape == (1, 16, 16) and q_bank.guidance[0][0, 0, 0] == 0
-    _, w0 = netvlad.run(s.model, q_bank.feats[:4])
+    _, w0 = netvlad_model.run(s.model, q_bank.feats[:4])
     netvlad.train(s)
-    _, w1 = netvlad.run(s.model, q_bank.feats[:4])
+    _, w1 = netvlad_model.run(s.model, q_bank.feats[:4])
     left = lambda ws: float(torch.stack(ws).detach()[..., :2].mean())  # noqa: E731 (4x4 map: columns 0-1)
     right = lambda ws: float(torch.stack(ws).detach()[..., 2:].mean())  # noqa: E731
     assert right(w1) - left(w1) > right(w0) - left(w0) + 0.05  # the mask learned to drop the "distractor"
@@ -150,12 +149,12 @@ def test_bad_checkpoints_give_clear_errors(route, tiny, tmp_path):
 
 
 def test_conf_errors():
-    with pytest.raises(KeyError, match="unknown config key 'train.epoch'"):
-        netvlad.get_conf("mobilenetv2-netvlad", {"train.epoch": 3})
-    with pytest.raises(KeyError, match="unknown training preset"):
-        netvlad.get_conf("resnet-netvlad")
+    with pytest.raises(ValueError, match="unknown setting 'train.epoch'.*train.epochs"):
+        netvlad.CONFIG.resolve("mobilenetv2-netvlad", {"train.epoch": 3})
+    with pytest.raises(ValueError, match="unknown train netvlad preset"):
+        netvlad.CONFIG.resolve("resnet-netvlad")
     with pytest.raises(ValueError, match="does not use NetVLAD"):
-        netvlad.feature_conf({**netvlad.get_conf(), "features": "dinov2-gem"})
+        netvlad_model.feature_conf({**netvlad.CONFIG.resolve(), "features": "dinov2-gem"})
 
 
 def test_cli_counts_queries_without_positive_and_few_negatives(route, tiny, tmp_path, capsys):
@@ -189,19 +188,19 @@ def test_partial_backbone_training_leaves_cached_features_intact():
             super().__init__()
             self.features = torch.nn.Sequential(self.conv, torch.nn.ReLU(inplace=True))
 
-    model = netvlad.TrainModel(SeqBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=1)
+    model = netvlad_model.TrainModel(SeqBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=1)
     # the tail is the ReLU alone (no weights): only NetVLAD trains, the conv stays frozen
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         "aggregator.conv.weight", "aggregator.conv.bias", "aggregator.centroids"}
     frozen = model.frozen(torch.randn(1, 3, 8, 8))
     assert (frozen < 0).any()  # the conv output before the (trainable, in-place) ReLU
     cached = frozen[0].clone()
-    netvlad.run(model, [frozen[0], torch.randn(8, 3, 3)])  # mixed shapes: one image at a time
+    netvlad_model.run(model, [frozen[0], torch.randn(8, 3, 3)])  # mixed shapes: one image at a time
     assert torch.equal(frozen[0], cached)
     with pytest.raises(ValueError, match="train_layers must be in 0..2"):
-        netvlad.TrainModel(SeqBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=3)
+        netvlad_model.TrainModel(SeqBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=3)
     with pytest.raises(ValueError, match="needs a backbone with a `features` sequence"):
-        netvlad.TrainModel(TinyBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=1)
+        netvlad_model.TrainModel(TinyBackbone(), NetVLAD(num_clusters=2, dim=8), train_layers=1)
 
 
 def test_early_stopping_ends_training_without_val_improvement(route, tiny, tmp_path):
@@ -214,14 +213,14 @@ def test_early_stopping_ends_training_without_val_improvement(route, tiny, tmp_p
 
 def test_bank_batches_like_the_extractor(route, tiny):
     """Frozen features come from the extractor's batching: its batch size and pixel limit, bad files skipped."""
-    model, fconf = netvlad.build_model(_conf())
+    model, fconf = netvlad_model.build_model(_conf())
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(route / "map" / "big.png")
     (route / "map" / "broken.png").write_bytes(b"not an image")
     names = ["000.png", "broken.png", "001.png", "002.png", "big.png", "003.png"]
     calls = []
     frozen = model.frozen
     model.frozen = lambda x: calls.append(len(x)) or frozen(x)
-    bank = netvlad.Bank(model, {**fconf, "batch_size": 2, "max_pixels": 32 * 32}, route / "map", names, "map")
+    bank = netvlad_model.Bank(model, {**fconf, "batch_size": 2, "max_pixels": 32 * 32}, route / "map", names, "map")
     assert bank.failed == [1, 4] and calls == [2, 2]  # big.png is over the pixel limit
     for name, feat in zip(["000.png", "001.png", "002.png", "003.png"], bank.feats):
         img = TinyBackbone().preprocess(Image.open(route / "map" / name).convert("RGB"))

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone
+from conftest import TinyBackbone, use_backbone
 from PIL import Image
 
 from vprkit import cli
 from vprkit.data.groundtruth import GroundTruthError
-from vprkit.train import netvlad, route
+from vprkit.train import netvlad, netvlad_loop, netvlad_model, route
 from vprkit.train.losses import get_loss
 from vprkit.train.mining import Miner
 
@@ -73,8 +73,7 @@ def test_augmentation_keeps_size_is_seeded_and_identity_without_strength():
 @pytest.fixture
 def smooth_route(tmp_path, monkeypatch):
     """A map of 20 places along a route whose appearance drifts slowly (neighbours look alike); no queries."""
-    monkeypatch.setattr(netvlad, "get_backbone", lambda name, **kw: TinyBackbone())
-    monkeypatch.setattr("vprkit.features.extract.get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
     rng = np.random.default_rng(0)
     keys = rng.random((5, 16, 16, 3)) * 255
     (tmp_path / "map").mkdir()
@@ -91,7 +90,7 @@ def _conf(**over):
             "data.neg_thr": 4.0, "data.copies": 2, "train.batch_size": 4, "train.num_negs": 3,
             "train.neg_samples": 8, "train.cache_refresh": 5, "train.lr": 1e-2, "train.lr_step": 1,
             "train.mining": "nearest", "guidance.source": None}
-    return netvlad.get_conf("mobilenetv2-netvlad", {**base, **over})
+    return netvlad.CONFIG.resolve("mobilenetv2-netvlad", {**base, **over})
 
 
 def test_a_few_steps_lower_the_loss_of_fixed_route_tuples(smooth_route, tmp_path):
@@ -102,20 +101,20 @@ def test_a_few_steps_lower_the_loss_of_fixed_route_tuples(smooth_route, tmp_path
     assert len(s.banks["train"][0]) == 40 and len(s.banks["train"][1]) == 20  # 2 augmented copies of 20 images
     miner = Miner(places.positives, places.non_negatives, len(places.m_names), num_negs=3, neg_samples=8)
     q_bank, m_bank = s.banks["train"]
-    miner.refresh(netvlad.describe(s.model, q_bank), netvlad.describe(s.model, m_bank))
+    miner.refresh(netvlad_model.describe(s.model, q_bank), netvlad_model.describe(s.model, m_bank))
     tuples = miner.mine(list(range(0, 40, 3)), np.random.default_rng(0))
     for t in tuples:  # mined from the route: the positive is a neighbour, negatives more than 4 frames away
         src = t.query % 20
         assert abs(t.positive - src) == 1 and np.all(np.abs(t.negatives - src) > 4)
     loss_fn = get_loss("triplet", margin=0.1)
     s.model.train()
-    before = netvlad.tuples_loss(s, tuples, loss_fn)
+    before = netvlad_loop.tuples_loss(s, tuples, loss_fn)
     opt = torch.optim.Adam([p for p in s.model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(5):
         opt.zero_grad()
-        netvlad.tuples_loss(s, tuples, loss_fn).backward()
+        netvlad_loop.tuples_loss(s, tuples, loss_fn).backward()
         opt.step()
-    after = netvlad.tuples_loss(s, tuples, loss_fn)
+    after = netvlad_loop.tuples_loss(s, tuples, loss_fn)
     assert before.item() > 0 and after.item() < 0.8 * before.item()
 
 

@@ -12,12 +12,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone
+from conftest import TinyBackbone, use_backbone
 from PIL import Image
 from zoo_helpers import ENTRY, reference_descriptor, registry, released_state, with_weights  # noqa: F401 (registry)
 
 from vprkit.cli import main
-from vprkit.rerank import patchnetvlad as pnv
+from vprkit.features import released
+from vprkit.models import zoo
 from vprkit.rerank.base import load_retrieval
 
 
@@ -115,7 +116,7 @@ def _reranked_keeps_candidates_and_finds_self(res, out) -> None:
 
 
 def test_patchnetvlad_speed_on_a_released_model(zoo_results, monkeypatch):
-    monkeypatch.setattr(pnv, "get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
     res, gt, _ = zoo_results
     out = res / "pnv"
     assert main(["rerank", str(res), "--method", "patchnetvlad", "--preset", "speed", "--gt", str(gt), "-o", str(out),
@@ -125,7 +126,7 @@ def test_patchnetvlad_speed_on_a_released_model(zoo_results, monkeypatch):
 
 
 def test_chamfer_on_a_released_model(zoo_results, monkeypatch):
-    monkeypatch.setattr("vprkit.features.local.get_backbone", lambda name, **kw: TinyBackbone())
+    use_backbone(monkeypatch, TinyBackbone)
     res, gt, _ = zoo_results
     out = res / "chamfer"
     assert main(["rerank", str(res), "--method", "chamfer", "-o", str(out), "--gt", str(gt), "--set",
@@ -160,3 +161,57 @@ def test_tensor_resize_is_torchvisions_resize_after_to_tensor(image_folder):
     assert resized.min() < 0 or resized.max() > 1  # bicubic overshoot kept: not a PIL (uint8) resize
     pil = authors_input(backbone, img, {"resize": [40, 52], "interpolation": "bicubic"})
     assert not torch.allclose(pil, got, atol=1e-3)
+
+
+def _cosplace_release(path) -> None:
+    """A random-weight CosPlace ResNet-18 / 512 file in the authors' format: a bare state dict of their
+    `GeoLocalizationNet` (`backbone.N` torchvision children, `aggregation.1.p` GeM, `aggregation.3` fc), with
+    random BatchNorm statistics."""
+    from vprkit.aggregators import get_aggregator
+    from vprkit.models import get_backbone
+
+    entry = zoo.get("cosplace-r18-512")
+    gen = torch.Generator().manual_seed(3)
+    ours = {f"backbone.{k}": v for k, v in get_backbone(**entry.backbone).state_dict().items()}
+    ours |= {f"aggregator.{k}": v for k, v in get_aggregator(**entry.aggregator).state_dict().items()}
+    renames = [("backbone.conv1.", "backbone.0."), ("backbone.bn1.", "backbone.1."),
+               ("backbone.layer1.", "backbone.4."), ("backbone.layer2.", "backbone.5."),
+               ("backbone.layer3.", "backbone.6."), ("backbone.layer4.", "backbone.7."),
+               ("aggregator.p", "aggregation.1.p"), ("aggregator.fc.", "aggregation.3.")]
+    authors = {}
+    for key, value in ours.items():
+        old, new = next((o, n) for o, n in renames if key.startswith(o))
+        if value.is_floating_point():
+            value = torch.rand(value.shape, generator=gen) + 0.5 if "running_var" in key else \
+                torch.randn(value.shape, generator=gen) * 0.1
+        authors[new + key[len(old):]] = value
+    authors["aggregation.1.p"] = torch.tensor([3.0])
+    torch.save(authors, path)
+
+
+def test_a_cnn_preset_from_its_authors_file(image_folder, tmp_path, monkeypatch):
+    """`cosplace-r18-512` from a CosPlace-format file: the stored descriptors are the built model's on the image as
+    given, ImageNet-normalised (CosPlace's test transform), and queries find each image itself."""
+    monkeypatch.setenv("VPRKIT_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "ResNet18_512_cosplace.pth"
+    _cosplace_release(ckpt)
+    idx = tmp_path / "idx"
+    assert main(["index", str(image_folder), "-o", str(idx), "--preset", "cosplace-r18-512", "--checkpoint",
+                 str(ckpt)]) == 0
+    backbone, aggregator = released.build(zoo.get("cosplace-r18-512"), ckpt)
+    names = ["001.png", "sub/003.png"]
+    x = torch.stack([torch.from_numpy((np.asarray(Image.open(image_folder / n).convert("RGB"), dtype=np.float32)
+                                       / 255 - np.array([0.485, 0.456, 0.406], dtype=np.float32))
+                                      / np.array([0.229, 0.224, 0.225], dtype=np.float32)).permute(2, 0, 1)
+                     for n in names])
+    with torch.no_grad():
+        out = backbone(x)
+        ref = aggregator(out.local, out.global_token).numpy()
+    assert np.linalg.norm(ref, axis=1) == pytest.approx(1.0, abs=1e-5)  # CosPlace's final L2
+    assert _stored(idx, names) == pytest.approx(ref, abs=1e-5)
+    res = tmp_path / "res"
+    assert main(["query", str(idx), str(image_folder), "--top-k", "3", "-o", str(res), "--preset",
+                 "cosplace-r18-512"]) == 0
+    with h5py.File(res / "query_features.h5") as f:  # queries described by the index's model: each its map twin
+        assert np.stack([f[n]["global"][()] for n in names]) == pytest.approx(ref, abs=1e-5)
+    assert load_retrieval(res).scores[:, 0] == pytest.approx(1.0, abs=1e-5)

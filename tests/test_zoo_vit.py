@@ -21,6 +21,7 @@ from zoo_vit_fixture import ZOO_DATA, random_state, read_keys, save_released, st
 
 from vprkit.aggregators.salad import SALAD
 from vprkit.cli import main
+from vprkit.features import released as released_models
 from vprkit.models import zoo
 
 PRESETS = ["salad-dinov2b", "boq-dinov2b", "megaloc"]
@@ -42,7 +43,7 @@ def released(request, tmp_path_factory):
 
 
 def _forward(entry: zoo.ZooEntry, path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    backbone, aggregator = zoo.build(entry, path)
+    backbone, aggregator = released_models.build(entry, path)
     with torch.no_grad():
         out = backbone(x)
         return aggregator(out.local, out.global_token), out.global_token

@@ -34,7 +34,9 @@ def released_state(seed: int = 1) -> dict[str, torch.Tensor]:
 def registry(monkeypatch):
     """Register entries (default: ENTRY) as zoo presets, the tiny conv as their backbone; returns the function."""
     original = zoo.entries
-    monkeypatch.setattr("vprkit.models.get_backbone", lambda name, **kw: TinyBackbone())
+    from vprkit.models import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "tiny", TinyBackbone)
 
     def add(*entries: zoo.ZooEntry) -> None:
         added = {e.preset: e for e in (entries or (ENTRY,))}

@@ -1,4 +1,16 @@
-"""Python API: the same steps as the CLI (`vprkit index`, `vprkit query`)."""
+"""Python API: every step the CLI runs, and an in-memory path for live images.
+
+Steps (each writes a folder a user can inspect, as its `vprkit` command does): `index_map` (`vprkit index`),
+`append_map` (`index --append`), `localize` (`query`), `rerank`, `sequence`, `evaluate`, `compare`, `export`,
+`segvlad_index` / `segvlad_localize`, `train_netvlad` / `train_ames` / `train_gcsa` (`vprkit train ...`) and `serve`,
+each `step(conf, inputs, out, *, options) -> Path` (the output folder; `read_results` / `load_retrieval` read a
+results folder back, `conf(step, preset, **overrides)` gives any step's config).
+
+In memory: `model(index)` is an index's descriptor model, `describe(images, model)` gives descriptors of decoded
+images equal to those `vprkit index` / `query` compute for the same image files (one preprocessing and batching
+path, `features.extract.prepare` / `group`), and `search(index, descriptors)` ranks map images by them. The service
+and the streaming localizer (`SequenceLocalizer`) describe images the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +18,120 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from .data.groundtruth import GroundTruth, GroundTruthError, csv_positions, ground_truth_for_kept, utm_from_names
+from .compare import main as compare
+from .config import Presets, resolve
+from .data.groundtruth import (
+    MapPositions,
+    latlon_to_utm,
+    load_ground_truth,
+    positions_for,
+    read_positions_csv,
+    restrict,
+    utm_or_none,
+)
 from .data.images import list_images
-from .data.safeio import InputError, check_output, locked
-from .evaluation import metrics, outputs, report
+from .data.safeio import InputError, locked
+from .evaluation import metrics, outputs
+from .export import main as export
 from .features import extract, h5io
-from .index import faiss_index, large
+from .index import faiss_index, freshness, large
+from .index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
+from .index.work import carried, index_work, readable
+from .registry import Registry
+from .rerank.base import main as rerank
+from .results import (
+    PREDICTIONS_FILE,
+    Meter,
+    Retrieval,
+    check_top_k,
+    gt_record,
+    load_retrieval,
+    query_feature_path,
+    read_results,
+    results_folder,
+    write_results,
+)
+from .segvlad.api import index_map as segvlad_index
+from .segvlad.api import localize as segvlad_localize
+from .sequence.localizer import SequenceLocalizer
+from .sequence.pipeline import SEQUENCE_FILE, read_sequence
+from .sequence.pipeline import main as sequence
+from .train.ames import main as train_ames
+from .train.gcsa import main as train_gcsa
+from .train.netvlad import main as train_netvlad
+
+__all__ = ["Matches", "Retrieval", "SequenceLocalizer", "append_map", "compare", "conf", "describe", "evaluate",
+           "export", "index_map", "load_retrieval", "localize", "model", "read_results", "rerank", "search",
+           "segvlad_index", "segvlad_localize", "sequence", "serve", "train_ames", "train_gcsa", "train_netvlad"]
 
 logger = logging.getLogger("vprkit")
-STATE_FILE, MAP_FEATURES = "aggregator.npz", "map_features.h5"
-RESULTS_MARKERS = ("results.json", "query_features.h5", "query_segments.h5", "cache")
+# step -> "module:CONFIG" (lazy: listing them imports each step); the re-rankers come from their own registry
+STEPS = Registry("step config", "vprkit", {
+    "index": ".features.extract:CONFIG",
+    "local features": ".features.local:CONFIG",
+    "segvlad index": ".segvlad.extract:CONFIG",
+    "sequence": ".sequence.pipeline:CONFIG",
+    "train netvlad": ".train.netvlad:CONFIG",
+    "train ames": ".train.ames:CONFIG",
+    "train gcsa": ".train.gcsa:CONFIG",
+})
 
 
-def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET,
+def step_configs() -> Iterator[Presets]:
+    """Every step's presets (what `vprkit presets` lists): the steps above, then each registered re-ranker."""
+    from . import rerank as rerankers
+
+    yield from (STEPS.load(name) for name in STEPS)
+    yield from (rerankers.get_reranker_class(method).CONFIG for method in sorted(rerankers.REGISTRY))
+
+
+def conf(step: str, preset: str | None = None, /, **overrides) -> dict:
+    """A step's config, as `--preset` and `--set` give it on the command line: `step` named as `vprkit presets`
+    lists it ('index', 'sequence', 'rerank ames', 'train gcsa', ...), its `preset` (the step's default when None),
+    then `overrides` (nested sections as dicts; unknown keys refused with the valid ones)."""
+    configs = {c.step: c for c in step_configs()}
+    if step not in configs:
+        raise ValueError(f"unknown step '{step}'; choose one of {sorted(configs)}")
+    return configs[step].resolve(preset, overrides)
+
+
+def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *,
               factory: str = faiss_index.DEFAULT_FACTORY, device: str = "cpu", ray: str | None = None,
-              workers: int = 2, memory_budget: str | None = None, **overrides) -> Path:
+              workers: int = 2, memory_budget: str | None = None, keep_added: bool = False,
+              positions: str | Path | None = None, **overrides) -> Path:
     """Extract map descriptors and save a searchable index in `out_dir`.
 
     Features are extracted into a work folder beside `out_dir` (resumable: rerun after a crash and
     finished images are skipped); the index folder appears only when complete. `ray` (an address, 'auto' or
     'local') extracts in shards on a Ray cluster; `memory_budget` ('2GB') picks the index from the map size
-    instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`).
+    instead of `factory` (compressed, on disk when needed, re-scored exactly; see `index.large`). Rebuilding an
+    index that holds images added through the service or `--append` is refused, unless `keep_added` carries
+    them over (same model only: their stored descriptors are reused). `positions` (a positions CSV: name, then
+    easting/northing in metres or lat/lon in degrees, converted to UTM) gives every map image its position in the
+    manifest; checked before any extraction. Without it, `@east@north@` file names give them when all have one.
     """
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
     names = list_images(map_dir)
+    given = map_positions(positions, names) if positions is not None else None
+    by_name = dict(zip(names, given.positions)) if given is not None else {}
     if preset == extract.AUTO:
         preset, why = extract.auto_preset(map_dir, names)
         logger.warning("--preset auto: %s (%s)", preset, why)
-    conf = extract.get_conf(preset, **overrides)
-    with index_work(out_dir) as work:
+    conf = extract.CONFIG.resolve(preset, overrides)
+    with index_work(out_dir, keep_added) as work:
+        added = carried(out_dir, extract.model_key(conf)) if keep_added else []
         names = readable(_extract_map(conf, map_dir, work, names, device, ray, workers), map_dir, work)
         manifest = {"conf": conf, "model_key": extract.model_key(conf), "map_dir": str(map_dir), "names": names,
-                    "positions": _utm_or_none(names), "versions": faiss_index.versions()}
+                    "positions": utm_or_none(names), "versions": faiss_index.versions()}
+        if given is not None:  # unreadable images were dropped from `names`
+            manifest.update(positions=[by_name[n] for n in names], positions_file=str(Path(positions).resolve()),
+                            utm_zone=given.zone)
         extra = {MAP_FEATURES: work / MAP_FEATURES}
         if (work / STATE_FILE).exists():
             extra[STATE_FILE] = work / STATE_FILE
@@ -53,9 +142,20 @@ def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DE
         else:
             index, files = _build_large(work, names, large.parse_bytes(memory_budget), manifest)
             extra.update(files)
-        faiss_index.save(out_dir, index, manifest, extra)
+        faiss_index.save(out_dir, index, manifest, extra, added)
     logger.info("indexed %d map images into %s", len(names), out_dir)
     return out_dir
+
+
+def map_positions(path: str | Path, names: list[str], zone: tuple[int, str] | None = None) -> MapPositions:
+    """Every map image's position from a positions CSV (refused, naming the file and the row or the images it
+    lacks, before any work), aligned with `names`; lat/lon degrees become UTM metres in `zone` (an index's), else
+    in the zone of the map's centre."""
+    rows, kind = read_positions_csv(path)
+    pos = positions_for(path, rows, names, "map images")
+    if kind == "latlon" and len(pos):
+        pos, zone = latlon_to_utm(pos, zone)
+    return MapPositions(pos.tolist(), zone if kind == "latlon" else None)
 
 
 def _extract_map(conf: dict, map_dir: Path, work: Path, names: list[str], device: str, ray: str | None,
@@ -98,44 +198,11 @@ def _build_large(work: Path, names: list[str], budget: int, manifest: dict) -> t
     return index, files
 
 
-@contextmanager
-def index_work(out_dir: Path) -> Iterator[Path]:
-    """Lock OUT for the whole build, refuse it before any work when it is not an index, and give the resumable
-    work folder beside it (`.OUT.work`, removed once the index is saved; kept after a crash for the rerun)."""
-    with locked(out_dir):
-        check_output(out_dir, [faiss_index.MANIFEST_FILE], "index")
-        work = out_dir.with_name(f".{out_dir.name}.work")
-        work.mkdir(parents=True, exist_ok=True)
-        yield work
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def readable(names: list[str], folder: Path, work: Path | None = None) -> list[str]:
-    """`names` when some images could be read; else a clear error (and the useless work folder removed)."""
-    if names:
-        return names
-    if work is not None:
-        shutil.rmtree(work, ignore_errors=True)
-    raise InputError(f"{folder}: none of its images could be read (each is named in the warnings above)")
-
-
-def results_folder(out_dir: str | Path | None, index_dir: Path, query_dir: Path) -> Path:
-    """The results folder (default INDEX/results/QUERY_NAME), refused when it holds something else."""
-    out_dir = Path(out_dir) if out_dir is not None else index_dir / "results" / query_dir.name
-    check_output(out_dir, RESULTS_MARKERS, "results folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
-def check_top_k(top_k: int) -> int:
-    """A ranking needs at least one entry per query (0 used to end in an AssertionError inside FAISS)."""
-    if top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {top_k}")
-    return top_k
-
-
-def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", **overrides) -> list[str]:
-    """Add the images of `map_dir` that the index lacks (by name), with the index's own model; returns them.
+def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", preset: str | None = None,
+               positions: str | Path | None = None, **overrides) -> list[str]:
+    """Add the images of `map_dir` that the index lacks (by name), with the index's own model (refusing another
+    `preset`; `overrides` may change runtime settings only); returns them. `positions` (a positions CSV) gives
+    the added images their positions (lat/lon in the index's UTM zone), else `@east@north@` names do.
 
     Each addition is journaled durably (`index.growing`), so a crash keeps what was added and a rerun
     adds the rest; the journal is compacted into the base files at the end.
@@ -145,16 +212,18 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     map_dir, index_dir = Path(map_dir).resolve(), Path(index_dir)
     writer = MapWriter(index_dir, compact_every=0)
     try:
-        conf = {**writer.map.manifest["conf"], **{k: v for k, v in overrides.items() if v is not None}}
+        conf = _check_same_model(index_dir, writer.map.manifest, preset, overrides)
         names = [check_name(n) for n in list_images(map_dir) if n not in writer.map.ids]
+        zone = MapPositions.of(writer.map.manifest).zone
+        by_name = dict(zip(names, map_positions(positions, names, zone).positions)) if positions is not None else {}
         if names:
             work = index_dir.with_name(f".{index_dir.name}.append")
             work.mkdir(exist_ok=True)
             state = index_dir / STATE_FILE
             names = extract.main(conf, map_dir, work / MAP_FEATURES, state if state.exists() else None, names=names,
                                  device=device)
-            positions = _utm_or_none(names) or [None] * len(names)
-            for name, desc, pos in zip(names, h5io.read_global(work / MAP_FEATURES, names), positions):
+            places = [by_name[n] for n in names] if by_name else utm_or_none(names) or [None] * len(names)
+            for name, desc, pos in zip(names, h5io.read_global(work / MAP_FEATURES, names), places):
                 writer.add(name, desc, (map_dir / name).read_bytes(), pos)
             writer.compact()
             shutil.rmtree(work, ignore_errors=True)
@@ -164,105 +233,130 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     return names
 
 
-def _utm_or_none(names: list[str]) -> list[list[float]] | None:
-    """Map positions when the file names carry them (`@east@north@`), for re-rankers and reports."""
-    try:
-        return utm_from_names(names).tolist()
-    except GroundTruthError:
-        return None
-
-
-def _check_same_model(index_dir: Path, manifest: dict, preset: str | None) -> dict:
-    """The config to describe queries with: the map's own, refusing a conflicting preset."""
+def _check_same_model(index_dir: Path, manifest: dict, preset: str | None, overrides: dict | None = None) -> dict:
+    """The config to describe queries (or added map images) with: the map's own, refusing a conflicting preset;
+    `overrides` may change its runtime settings (batch size, ...), never its descriptors."""
     conf = manifest["conf"]
     # the precision is the index's (queries follow it), so --preset only checks the preset's own settings
-    wanted = extract.get_conf(preset, precision=conf.get("precision")) if preset is not None else None
+    wanted = extract.CONFIG.resolve(preset, precision=conf.get("precision")) if preset is not None else None
     if wanted is not None and extract.model_key(wanted) != manifest["model_key"]:
         raise ValueError(f"{index_dir} was built with preset '{conf['preset']}' "
                          f"({conf['model']['name']} + {conf['aggregator']['name']}); "
                          f"querying it with '{preset}' would compare different descriptor spaces")
-    return conf
+    if not overrides:
+        return conf
+    changed = {**resolve(conf, {}, None, overrides, what=f"index {index_dir}",
+                         open_sections=extract.CONFIG.open_sections), "preset": conf["preset"]}
+    if extract.model_key(changed) != extract.model_key(conf):
+        raise InputError(f"{index_dir}: {sorted(overrides)} would change the index's descriptors; only runtime "
+                         "settings may change here (build another index for other descriptors)")
+    return extract.check_conf(changed)
 
 
-def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
+def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, preset: str | None = None,
-             device: str = "cpu", report_top: int = 5, nprobe: int | None = None) -> dict:
-    """Describe queries with the map's model, search the index, write predictions (+ metrics with `gt`)."""
+             device: str = "cpu", report_top: int = 5, nprobe: int | None = None, verify: bool = False,
+             **overrides) -> Path:
+    """Describe queries with the map's model (`overrides`: its runtime settings), search the index, write
+    predictions (+ metrics with `gt`) into the returned results folder (default INDEX/results/QUERY_NAME; read it
+    back with `vprkit.results`).
+
+    Warns when map images changed since indexing: a sample of them is checked, every one with `verify`."""
+    meter = Meter()
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     mi = faiss_index.load(index_dir)
-    conf = _check_same_model(index_dir, mi.manifest, preset)
+    freshness.warn_if_changed(mi, index_dir, verify)
+    conf = _check_same_model(index_dir, mi.manifest, preset, overrides)
     out_dir = results_folder(out_dir, index_dir, query_dir)
     state = index_dir / STATE_FILE
     q_all = list_images(query_dir)
+    # ground truth is checked before any extraction: a bad file costs nothing
+    truth = load_ground_truth(gt, q_all, mi.names, threshold, MapPositions.of(mi.manifest)) if gt else None
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
-        q_feats = query_feature_path(out_dir, Path(tmp), "query_features.h5", mi.manifest["model_key"])
+        q_feats = query_feature_path(out_dir, Path(tmp), QUERY_FEATURES, mi.manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, state if state.exists() else None, names=q_all,
                                         device=device), query_dir)
         q_desc = h5io.read_global(q_feats, q_names)
     scores, ids = mi.search(q_desc, top_k, nprobe=nprobe)
-    truth = ground_truth_for_kept(gt, q_all, q_names, mi.names, threshold) if gt is not None else None
-    return write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top, gt_record(gt, threshold))
+    truth = restrict(truth, q_all, q_names) if truth is not None else None
+    write_results(out_dir, index_dir, query_dir, mi.manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
+                  gt_record(gt, threshold), meter=meter)
+    return out_dir
 
 
-def gt_record(gt: str | None, threshold: float | None) -> dict:
-    """The ground truth a results.json was scored with, so `vprkit compare` can score it again."""
+def evaluate(predictions: str | Path, gt: str | None = None, threshold: float | None = None,
+             map_dir: str | Path | None = None, revisited: bool = False, target_precision: float | None = None) -> dict:
+    """`vprkit evaluate`: metrics of a predictions.txt, or of a results folder (its ground truth by default, the map
+    of its index, a sequence run's confidence), against ground truth (`map_dir`: the full map, for exact mAP;
+    `revisited`: `gt` is a revisited Oxford / Paris gnd file). `target_precision` adds `operating_point`: the
+    confidence threshold that reaches it and the recall there (None when no threshold does)."""
+    folder = Path(predictions) if Path(predictions).is_dir() else None
+    info = read_results(folder) if folder is not None else {}
+    manifest = faiss_index.read_manifest(Path(info["index"])) if folder is not None else None
+    if gt is None:  # the ground truth the folder was scored with
+        gt, threshold = info.get("gt"), threshold if threshold is not None else info.get("threshold")
     if gt is None:
-        return {}
-    return {"gt": str(Path(gt).resolve()) if Path(gt).is_file() else gt, "threshold": threshold}
+        raise InputError(f"{predictions}: no ground truth given (--gt) or recorded in its results.json")
+    m_names = manifest["names"] if manifest else list_images(map_dir) if map_dir else None
+    path = folder / PREDICTIONS_FILE if folder is not None else predictions
+    q_names, m_names, preds, scores = outputs.read_predictions(path, m_names)
+    if revisited:
+        from .evaluation import revisited as rop
 
-
-def report_positions(manifest: dict, q_names: list[str], gt: str | None
-                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Query and map positions in metres for the report's map: from a positions-CSV ground truth, else from
-    `@east@north@` file names; (None, None) when neither covers every image."""
-    if gt is not None and gt.endswith(".csv"):
-        try:
-            return csv_positions(gt, q_names, manifest["names"])
-        except GroundTruthError:
-            pass
-    q_pos = _utm_or_none(q_names) if manifest.get("positions") else None
-    return (None, None) if q_pos is None else (np.array(q_pos), np.array(manifest["positions"]))
-
-
-def query_feature_path(out_dir: Path, tmp_dir: Path, filename: str, key: str) -> Path:
-    """Where to keep query features: in the results folder (reused by reruns and re-rankers), unless a file
-    there holds another model's features, which is kept and a temporary file is used instead. A damaged file
-    there is salvaged first (see `h5io.salvage`)."""
-    path = out_dir / filename
-    h5io.salvage(path)
-    if path.exists() and h5io.read_attrs(path).get("model_key") != key:
-        return tmp_dir / filename
-    return path
-
-
-def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dict, q_all: list[str],
-                  q_names: list[str], ids, scores, top_k: int, truth: GroundTruth | None,
-                  report_top: int = 5, extra: dict | None = None, title: str | None = None,
-                  confidence=None, baseline: report.Ranking | None = None,
-                  match_figures: dict[int, report.MatchFigure] | None = None, match_limit: int | None = None) -> dict:
-    """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking.
-
-    Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score;
-    `baseline` (the ranking before re-ranking) adds the fixed / broken queries to the report, `match_figures`
-    (drawn for the first `match_limit` queries of the report) its match figures."""
-    m_names, conf = manifest["names"], manifest["conf"]
-    outputs.write_predictions(out_dir / "predictions.txt", q_names, m_names, ids, scores)
-    outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
-    result: dict = {"index": str(Path(index_dir).resolve()), "index_fingerprint": faiss_index.fingerprint(index_dir),
-                    "queries": str(query_dir), "preset": conf["preset"],
-                    "num_queries": len(q_names), "num_map": len(m_names), "top_k": top_k,
-                    "skipped_queries": sorted(set(q_all) - set(q_names)), **(extra or {})}
-    if truth is not None:
-        result["metrics"] = metrics.evaluate(ids, truth, scores=scores if confidence is None else confidence[:, None])
-    outputs.write_json(out_dir / "results.json", result)
-    title = title or f"vprkit: {query_dir.name} on {index_dir.name} ({conf['preset']})"
-    q_pos, m_pos = report_positions(manifest, q_names, result.get("gt"))
-    report.write_report(out_dir / "report.html", report.ReportData(
-        title, query_dir, q_names, Path(manifest["map_dir"]), m_names,
-        report.Ranking(conf["preset"] if baseline is None else "re-ranked", ids, scores, result.get("metrics")),
-        truth.positives if truth else None, baseline, q_pos, m_pos, top=report_top, match_figures=match_figures,
-        match_limit=match_limit))
-    result["out_dir"] = str(out_dir)
+        return rop.evaluate(*rop.align(rop.load_gnd(gt), q_names, m_names, preds))
+    truth = load_ground_truth(gt, q_names, m_names, threshold, MapPositions.of(manifest) if manifest else None)
+    confidence = np.nan_to_num(_confidence(folder, q_names, scores), nan=-np.inf)  # NaN: a query without matches
+    result = metrics.evaluate(preds, truth, scores=confidence[:, None])
+    if target_precision is not None:
+        correct, has_pos = metrics.top1_correct(preds, truth)
+        result["operating_point"] = metrics.operating_point(confidence, correct, int(has_pos.sum()), target_precision)
     return result
+
+
+def _confidence(folder: Path | None, q_names: list[str], scores: np.ndarray) -> np.ndarray:
+    """Each query's confidence: a sequence run's (sequence.txt), else its top-1 score."""
+    if folder is not None and (folder / SEQUENCE_FILE).is_file():
+        by_query = {row.query: row.confidence for row in read_sequence(folder / SEQUENCE_FILE)}
+        return np.array([by_query[q] for q in q_names], dtype=np.float64)
+    return scores[:, 0].astype(np.float64)
+
+
+def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,
+          settings: dict | None = None, device: str = "cpu") -> None:
+    """`vprkit serve`: the HTTP localization service on an index, until stopped (needs the `serve` extra)."""
+    from .service.server import run
+
+    run(index_dir, host, port, keys, settings, device)
+
+
+def model(index: str | Path, device: str = "cpu") -> extract.Extractor:
+    """The descriptor model of an index (its preset, precision and fitted vocabulary / PCA), built once for many
+    `describe` calls."""
+    return extract.Extractor.with_state(faiss_index.read_manifest(index)["conf"], Path(index) / STATE_FILE, device)
+
+
+def describe(images: list[Image.Image], index: str | Path | extract.Extractor, device: str = "cpu") -> np.ndarray:
+    """Global descriptors (N, D) float32 of decoded images with an index's model (a folder, or `model(folder)` to
+    build it once). They equal what `vprkit index` / `vprkit query` store for the same image files (float32
+    storage): resizing (`resize_max` / `resize_min`), preprocessing and batching are the same code."""
+    ext = index if isinstance(index, extract.Extractor) else model(index, device)
+    return ext.describe_images(images)
+
+
+@dataclass
+class Matches:
+    """A search's result: per query the top map image names, their scores and index ids (best first)."""
+
+    names: list[list[str]]
+    scores: np.ndarray  # (Q, k) similarities
+    ids: np.ndarray  # (Q, k) map image numbers, -1 where the map has fewer than k images
+
+
+def search(index: str | Path | faiss_index.MapIndex, descriptors: np.ndarray, top_k: int = 20,
+           nprobe: int | None = None) -> Matches:
+    """The `top_k` map images of each descriptor (rows of `describe`) in an index (a folder, or one loaded with
+    `vprkit.index.faiss_index.load` to search many times)."""
+    mi = index if isinstance(index, faiss_index.MapIndex) else faiss_index.load(index)
+    scores, ids = mi.search(np.atleast_2d(descriptors), check_top_k(top_k), nprobe=nprobe)
+    return Matches([[mi.names[j] for j in row if j >= 0] for row in ids], scores, ids)

@@ -16,9 +16,9 @@ import numpy as np
 
 from .evaluation.outputs import atomic_write, replacing
 from .features import h5io
-from .rerank.base import Retrieval, load_retrieval
+from .index.layout import MAP_FEATURES, QUERY_FEATURES
+from .results import Retrieval, load_retrieval, stored_query_descriptors
 
-QUERY_FEATURES, MAP_FEATURES = "query_features.h5", "map_features.h5"
 KAPTURE_HEADER = "# kapture format: 1.1"
 FORMATS = ("hloc", "kapture")
 
@@ -30,13 +30,10 @@ def prefixes(r: Retrieval) -> tuple[str, str]:
 
 
 def query_descriptors(r: Retrieval) -> np.ndarray:
-    """The queries' global descriptors that `vprkit query` kept (in the results folder or, for a re-ranked
-    folder, the one above it), refusing features of another model."""
-    key = r.manifest["model_key"]
-    for folder in (r.results_dir, r.results_dir.parent):
-        path = folder / QUERY_FEATURES
-        if path.is_file() and h5io.read_attrs(path).get("model_key") == key:
-            return h5io.read_global(path, r.q_names)
+    """The queries' global descriptors that `vprkit query` kept, refusing features of another model."""
+    desc = stored_query_descriptors(r)
+    if desc is not None:
+        return desc
     raise FileNotFoundError(f"{r.results_dir}: no {QUERY_FEATURES} of this index's model beside the results; "
                             "rerun `vprkit query` into this folder")
 
@@ -84,11 +81,12 @@ def export_kapture(r: Retrieval, out: Path) -> list[Path]:
     return [config, pairs_path]
 
 
-def main(results_dir: str | Path, fmt: str, out_dir: str | Path) -> list[Path]:
-    """Export the retrieval in `results_dir` as `fmt` into `out_dir`; returns the main files written."""
+def main(results_dir: str | Path, out_dir: str | Path, *, fmt: str) -> Path:
+    """Export the retrieval in `results_dir` as `fmt` (hloc, kapture) into `out_dir`, which is returned."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     r = load_retrieval(results_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return export_hloc(r, out) if fmt == "hloc" else export_kapture(r, out)
+    (export_hloc if fmt == "hloc" else export_kapture)(r, out)
+    return out

@@ -1,38 +1,28 @@
 """Aggregators turn dense local features (B, C, h, w) into one global descriptor per image.
 
-Each lives in its own file; `get_aggregator(name, **conf)` picks one by name. Aggregators that
-need fitting on the map (VLAD vocabulary, PCA, NetVLAD centroids) expose `fit(local_features)`
+Each lives in its own file; `get_aggregator(name, **conf)` picks one by name (`REGISTRY.register` adds one).
+Aggregators that need fitting on the map (VLAD vocabulary, PCA, NetVLAD centroids) expose `fit(local_features)`
 and `state()` / `load_state()` as plain numpy arrays so they can be saved without pickle.
 """
 
 from __future__ import annotations
 
+from ..registry import Registry
 from .base import Aggregator
-from .boq import BoQ
-from .cls import ClsToken
-from .convap import ConvAP
-from .cosplace import CosPlace
-from .flatten import Flatten
-from .gem import GeM
-from .megaloc import MegaLoc
-from .mixvpr import MixVPR
-from .netvlad import NetVLAD
-from .netvlad_wpca import NetVLADWPCA
-from .salad import SALAD
-from .token_head import TokenHead
-from .vlad import VLAD
 
-REGISTRY: dict[str, type[Aggregator]] = {"cls": ClsToken, "gem": GeM, "vlad": VLAD, "netvlad": NetVLAD,
-                                          "flatten": Flatten, "boq": BoQ, "cosplace": CosPlace, "mixvpr": MixVPR,
-                                          "convap": ConvAP, "netvlad_wpca": NetVLADWPCA, "salad": SALAD,
-                                          "megaloc": MegaLoc, "token_head": TokenHead}
+REGISTRY = Registry("aggregator", __name__, {
+    "cls": ".cls:ClsToken", "gem": ".gem:GeM", "vlad": ".vlad:VLAD", "netvlad": ".netvlad:NetVLAD",
+    "flatten": ".flatten:Flatten",
+    # the heads of released models (vprkit.models.zoo), with their authors' parameter names
+    "boq": ".boq:BoQ", "cosplace": ".cosplace:CosPlace", "mixvpr": ".mixvpr:MixVPR", "convap": ".convap:ConvAP",
+    "netvlad_wpca": ".netvlad_wpca:NetVLADWPCA", "salad": ".salad:SALAD", "megaloc": ".megaloc:MegaLoc",
+    "token_head": ".token_head:TokenHead",  # a head on frozen tokens, trained by `vprkit train head`
+})
 
 
 def get_aggregator(name: str, **conf) -> Aggregator:
     """Instantiate an aggregator by registry name."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown aggregator '{name}'; choose one of {sorted(REGISTRY)}")
-    return REGISTRY[name](**conf)
+    return REGISTRY.create(name, **conf)
 
 
 __all__ = ["Aggregator", "REGISTRY", "get_aggregator"]

@@ -6,7 +6,10 @@ fingerprints of inputs.
 - `replacing` / `atomic_write` / `atomic_savez`: a file is replaced whole or not at all.
 - `check_output` + `output_folder`: a command that writes a folder (`-o OUT`) never writes over, or deletes,
   something that is not its own kind of folder; it builds the new folder beside OUT and swaps it in only when
-  complete, keeping the old folder's `results/`; a lock refuses a second writer.
+  complete, carrying over every entry of the old folder that vprkit did not write (`results/`, a user's notes);
+  a symlinked OUT stays a symlink (its target is rebuilt).
+- `hold_lock` / `locked`: an advisory lock (flock) on `.OUT.lock` beside OUT, a file that is never deleted (deleting
+  it let a second writer lock a new file while the first still held the old one).
 - `file_identity` / `inputs_fingerprint` / `content_hash`: what a cache entry was computed from, so a cache is
   reused only for the same input files and the same fitted state.
 """
@@ -20,7 +23,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,10 +101,12 @@ def read_text(path: str | Path) -> str:
         raise InputError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
 
 
-def check_output(path: str | Path, markers: Iterable[str], what: str) -> None:
-    """Refuse an output folder path that holds something else than a vprkit `what` (a folder with an entry
-    matching one of the glob patterns `markers`) or nothing: the user's files are never written over or deleted."""
-    path = Path(path)
+def check_output(path: str | Path, markers: Iterable[str], what: str,
+                 is_own: Callable[[Path], bool] | None = None) -> None:
+    """Refuse an output folder path that holds something else than a vprkit `what` or nothing: a `what` is a
+    folder for which `is_own` holds, or (without `is_own`) one with an entry matching a glob pattern of `markers`.
+    The user's files are never written over or deleted. A symlink is judged by its target."""
+    path = Path(path).resolve()
     _recover(path)
     if not path.exists() and not path.is_symlink():
         return
@@ -109,7 +114,8 @@ def check_output(path: str | Path, markers: Iterable[str], what: str) -> None:
     if not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder; refusing to replace it with a vprkit {what} "
                          "(choose another -o)")
-    if any(next(path.glob(m), None) is not None for m in markers) or not any(path.iterdir()):
+    own = is_own(path) if is_own is not None else any(next(path.glob(m), None) is not None for m in markers)
+    if own or not any(path.iterdir()):
         return
     raise InputError(f"{path}: exists and is not a vprkit {what} (no {' or '.join(markers)} in it); refusing to "
                      "write into it (choose another -o, or empty it yourself)")
@@ -131,33 +137,44 @@ def _umask_mode() -> int:
     return 0o777 & ~mask
 
 
+def hold_lock(path: str | Path) -> int | None:
+    """An open descriptor holding the exclusive flock on `.NAME.lock` beside `path` (symlinks resolved, so every
+    spelling of a folder shares one lock), or None when another process holds it. Closing it releases the lock;
+    the file stays, so every writer locks the same file."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextmanager
 def locked(path: str | Path) -> Iterator[None]:
-    """Hold a lock beside `path` (`.NAME.lock`) while writing it; a second writer is refused at once."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as fd:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{path}: another vprkit process is writing it (lock {lock}); wait for it to "
-                             "finish") from None
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)  # while still holding it, so no waiting writer sees a stale lock
+    """Hold the lock of `path` (`hold_lock`) while writing it; a second writer is refused at once."""
+    fd = hold_lock(path)
+    if fd is None:
+        raise InputError(f"{path}: another vprkit process is writing it (lock .{Path(path).resolve().name}.lock "
+                         "beside it); wait for it to finish")
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager
-def output_folder(path: str | Path, markers: Iterable[str], what: str, keep: tuple[str, ...] = ("results",)
-                  ) -> Iterator[Path]:
-    """A new, empty folder beside `path` to build the output in; swapped in for `path` when the block succeeds
-    (the old folder's `keep` entries move into the new one), removed when it fails. Refuses paths that are not
-    a vprkit `what` (see `check_output`). Created with the user's umask. Callers hold `locked(path)` around
-    the whole run (extraction included), so two writers never share a work file."""
-    path = Path(path)
-    check_output(path, markers, what)
+def output_folder(path: str | Path, markers: Iterable[str], what: str, is_own: Callable[[Path], bool] | None = None,
+                  owned: Callable[[Path], set[str]] = lambda old: set()) -> Iterator[Path]:
+    """A new, empty folder beside `path` to build the output in; swapped in for `path` when the block succeeds,
+    removed when it fails. Every entry of the old folder that vprkit did not write (not in `owned(old)`, not
+    rebuilt) is carried into the new one. A symlinked `path` stays a symlink: its target is the folder rebuilt.
+    Refuses paths that are not a vprkit `what` (see `check_output`). Created with the user's umask. Callers hold
+    `locked(path)` around the whole run (extraction included), so two writers never share a work file."""
+    path = Path(path).resolve()
+    check_output(path, markers, what, is_own)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.new"):  # left by a killed run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
@@ -165,22 +182,26 @@ def output_folder(path: str | Path, markers: Iterable[str], what: str, keep: tup
     try:
         tmp.chmod(_umask_mode())
         yield tmp
-        _swap_in(tmp, path, keep)
+        _swap_in(tmp, path, owned)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _swap_in(new: Path, path: Path, keep: tuple[str, ...]) -> None:
-    """Rename `new` to `path`; an existing `path` is moved aside first and its `keep` entries carried over."""
+def _swap_in(new: Path, path: Path, owned: Callable[[Path], set[str]]) -> None:
+    """Rename `new` to `path`. An existing `path`'s entries that vprkit did not write are first hard-linked into
+    `new` (so a crash at any step loses none of them), then `path` is moved aside and removed."""
     if not path.exists():
         os.replace(new, path)
         return
+    mine = owned(path)
+    for entry in path.iterdir():
+        if entry.name not in mine and not (new / entry.name).exists() and not entry.is_symlink() and entry.is_dir():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=os.link)
+        elif entry.name not in mine and not (new / entry.name).exists():
+            os.link(entry, new / entry.name, follow_symlinks=False)
     old = _old(path)
     shutil.rmtree(old, ignore_errors=True)
     os.replace(path, old)
-    for name in keep:
-        if (old / name).exists() and not (new / name).exists():
-            os.replace(old / name, new / name)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)
 

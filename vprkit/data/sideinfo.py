@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .groundtruth import frame_index_from_names, latlon_to_metres, utm_from_names
+from .groundtruth import check_latlon, frame_index_from_names, latlon_to_metres, utm_from_names
 
 logger = logging.getLogger("vprkit")
 Radio = dict[str, float]
@@ -136,8 +136,11 @@ def read_metadata_csv(path: str | Path, names: list[str], origin: tuple[float, f
         for i, row in enumerate(reader, start=2):
             row = {k.strip().lower(): v for k, v in row.items() if k is not None}
             where = f"{path}:{i}"
-            rows[row["name"].strip()] = ([_float(row.get(c), where) for c in pos_cols],
-                                         _float(row.get("heading"), where), parse_radio(row.get("radio") or "", where))
+            pos = [_float(row.get(c), where) for c in pos_cols]
+            if pos_cols == ("lat", "lon") and np.isfinite(pos).all():
+                check_latlon(*pos, where)
+            rows[row["name"].strip()] = (pos, _float(row.get("heading"), where),
+                                         parse_radio(row.get("radio") or "", where))
     info = unknown(names, max(len(pos_cols), 1), str(path))
     missing = [n for n in names if n not in rows]
     if missing:

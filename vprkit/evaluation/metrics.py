@@ -92,6 +92,20 @@ def recall_at_precision(precision: np.ndarray, recall: np.ndarray, min_precision
     return float(recall[ok].max()) if ok.any() else 0.0
 
 
+def operating_point(scores: np.ndarray, correct: np.ndarray, num_positive: int | None, min_precision: float
+                    ) -> dict | None:
+    """The confidence threshold to accept matches at (>=) for the highest recall at precision >= `min_precision`
+    (the highest such threshold when several give that recall), with its precision and recall; None when no
+    threshold reaches the precision."""
+    p, r, thr = precision_recall(scores, correct, num_positive)
+    ok = np.flatnonzero(p >= min_precision - 1e-12)
+    if not len(ok):
+        return None
+    best = ok[np.argmax(r[ok])]
+    return {"target_precision": min_precision, "confidence_threshold": float(thr[best]),
+            "precision": float(p[best]), "recall": float(r[best])}
+
+
 def score_metrics(scores: np.ndarray, correct: np.ndarray, num_positive: int | None = None) -> dict:
     """AUC-PR and recall at 100 % and 99 % precision, JSON-ready."""
     p, r, _ = precision_recall(scores, correct, num_positive)

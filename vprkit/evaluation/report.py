@@ -17,6 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,7 +38,11 @@ class Ranking:
     label: str
     ids: np.ndarray
     scores: np.ndarray
-    metrics: dict | None = None
+    metrics: dict | None = None  # as results.json holds them: the page shows these, never recomputed ones
+    confidence: np.ndarray | None = None  # (Q,) what precision-recall thresholds (SeqSLAM's margin); default top-1
+
+    def top1_confidence(self) -> np.ndarray:
+        return self.scores[:, 0] if self.confidence is None else np.asarray(self.confidence, dtype=np.float64)
 
 
 @dataclass
@@ -71,6 +76,8 @@ class ReportData:
     change_labels: tuple[str, str] = ("fixed", "broken")  # names of the two baseline-vs-ranking filters
     match_figures: dict[int, MatchFigure] | None = None  # by query index; None: the method has none
     match_limit: int | None = None  # figures were drawn for the first this many queries in display order
+    route: np.ndarray | None = None  # map ids along the route: a sequence run (queries in stream order)
+    table: dict | None = None  # a comparison's table: {"columns", "rows" (formatted cells), "note"}, shown first
 
 
 def files_dir(path: Path) -> Path:
@@ -120,8 +127,10 @@ def _recall_curve(ids: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
 
 
 def _pr(r: Ranking, gt: M.GroundTruth) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The P-R curve by the ranking's confidence (the one results.json was scored with), its AUC and R@100P."""
     correct, has_pos = M.top1_correct(r.ids, gt)
-    precision, recall, _ = M.precision_recall(np.nan_to_num(r.scores[:, 0], nan=-np.inf), correct, int(has_pos.sum()))
+    precision, recall, _ = M.precision_recall(np.nan_to_num(r.top1_confidence(), nan=-np.inf), correct,
+                                              int(has_pos.sum()))
     return precision, recall, M.auc_pr(precision, recall), M.recall_at_precision(precision, recall)
 
 
@@ -133,33 +142,106 @@ def _plots(d: ReportData, out: Path) -> tuple[list[dict], dict[str, dict]]:
         gt = M.GroundTruth(d.positives)
         plots.recall_curves(out / "recall_at_n.svg", {r.label: _recall_curve(r.ids, d.positives) for r in rankings})
         pr = {r.label: _pr(r, gt) for r in rankings}
-        plots.pr_curves(out / "precision_recall.svg", pr)
+        plots.pr_curves(out / "precision_recall.svg", pr, "top-1 score as confidence" if d.ranking.confidence is None
+                        else "each method's confidence")
         pr_numbers = {k: {"AUC-PR": v[2], "Rec@100P": v[3]} for k, v in pr.items()}
         correct, has_pos = M.top1_correct(d.ranking.ids, gt)
-        top1 = d.ranking.scores[:, 0]
+        top1 = d.ranking.top1_confidence()
         keep = has_pos & np.isfinite(top1)
-        plots.score_histogram(out / "top1_scores.svg", top1[keep], correct[keep])
+        what = "top-1 score" if d.ranking.confidence is None else "confidence"
+        plots.score_histogram(out / "top1_scores.svg", top1[keep], correct[keep], what)
         figs += [{"src": "recall_at_n.svg", "caption": "Recall@N"},
-                 {"src": "precision_recall.svg", "caption": "Precision-recall over queries by top-1 score"},
-                 {"src": "top1_scores.svg", "caption": f"Top-1 scores, right vs wrong ({d.ranking.label})"}]
+                 {"src": "precision_recall.svg", "caption": f"Precision-recall over queries by {what}"},
+                 {"src": "top1_scores.svg", "caption": f"{what.capitalize()}, right vs wrong ({d.ranking.label})"}]
+        if d.route is not None:
+            plots.route_matches(out / "frames_places.svg", *_frames_places(d, correct, has_pos))
+            figs.append({"src": "frames_places.svg", "caption": "Query frame vs matched place along the route: "
+                                                               "a diagonal is a route followed; wrong frames red"})
     if d.q_positions is not None and d.m_positions is not None and len(d.q_names):
         first = d.ranking.ids[:, 0]
         found = first >= 0
         correct = M.top1_correct(d.ranking.ids, M.GroundTruth(d.positives))[0] if d.positives is not None else None
-        plots.position_map(out / "map.svg", np.asarray(d.m_positions), np.asarray(d.q_positions)[found],
-                           np.asarray(d.m_positions)[first[found]], None if correct is None else correct[found])
-        figs.append({"src": "map.svg", "caption": "Map (grey), queries (blue), top-1 (x), error lines"})
+        stretch = plots.position_map(out / "map.svg", np.asarray(d.m_positions), np.asarray(d.q_positions)[found],
+                                     np.asarray(d.m_positions)[first[found]],
+                                     None if correct is None else correct[found], track=d.route is not None)
+        note = f"; north axis stretched x{stretch:.3g} so a straight route stays readable" if stretch > 1 else ""
+        what = "query track (blue line)" if d.route is not None else "queries (blue)"
+        figs.append({"src": "map.svg", "caption": f"Map (grey), {what}, top-1 (x), error lines{note}"})
     return figs, pr_numbers
 
 
-def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
-    """Per-query rows in display order, the referenced map images ([name, thumbnail]), and counts per filter.
+def _frames_places(d: ReportData, correct: np.ndarray, has_pos: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For the frame-vs-place plot: each frame's matched place and nearest positive place along the route (-1:
+    none), whether the match is right, and which frames have a positive."""
+    place = np.full(len(d.m_names) + 1, -1, dtype=np.int64)  # the extra slot maps -1 (no match) to -1
+    place[d.route] = np.arange(len(d.route))
+    matched = place[d.ranking.ids[:, 0]]
+    positive = np.array([_nearest(place[p], m) for p, m in zip(d.positives, matched)], dtype=np.int64)
+    return matched, positive, correct, has_pos
 
-    A row (read by report.js by position, to keep data.js small): [query name, thumbnail, status, top map refs,
-    their scores, their correctness (0/1), a positive's map ref for wrong rows (-1 otherwise), change against the
-    baseline (1 fixed, -1 broken, 0), the baseline's top-1 map ref when changed (-1 otherwise), the match
-    figure [file under matches/, inliers per patch size] (0 when the query has none)].
-    """
+
+def _nearest(places: np.ndarray, matched: int) -> int:
+    """The positive place nearest the matched one (-1 when the frame has none on the route)."""
+    places = places[places >= 0]
+    return int(places[np.argmin(np.abs(places - matched))]) if len(places) else -1
+
+
+class MapThumb(NamedTuple):
+    """A map image the page shows: its name and thumbnail file (rows refer to it by its number in `maps`)."""
+
+    name: str
+    thumb: str
+
+
+class FigureRef(NamedTuple):
+    """A row's match figure: its file under matches/ and the inliers per patch size."""
+
+    src: str
+    inliers: dict[str, int]
+
+
+class QueryRow(NamedTuple):
+    """One query as the page shows it. Written to data.js as a JSON array (a NamedTuple serialises as one, which
+    keeps data.js small for 100k queries); report.js reads the fields in this order."""
+
+    name: str
+    thumb: str
+    status: str  # right / wrong / nopos / nogt
+    top: list[int]  # map refs (numbers in `maps`) of the top predictions
+    scores: list[float]
+    correct: list[int]  # 0/1 per top prediction
+    positive: int  # a positive's map ref for a wrong query, else -1
+    change: int  # against the baseline: 1 fixed, -1 broken, 0
+    baseline_top1: int  # the baseline's top-1 map ref when changed, else -1
+    figure: FigureRef | int  # 0 when the query has none
+
+
+class MapRefs:
+    """The map images the rows refer to, numbered in first-use order, each with its thumbnail made once."""
+
+    def __init__(self, d: ReportData, folder: Path) -> None:
+        self.d, self.folder = d, folder
+        self.number: dict[int, int] = {}
+        self.thumbs: list[MapThumb] = []
+
+    def __call__(self, j: int) -> int:
+        if j not in self.number:
+            self.number[j] = len(self.thumbs)
+            name = self.d.m_names[j]
+            self.thumbs.append(MapThumb(name, thumbnail(self.d.m_root / name, self.folder)))
+        return self.number[j]
+
+
+def _changes(d: ReportData, gt: M.GroundTruth | None, correct: np.ndarray | None) -> np.ndarray:
+    """Per query, against the baseline's top-1: 1 fixed, -1 broken, 0 (also without a baseline or ground truth)."""
+    if gt is None or d.baseline is None:
+        return np.zeros(len(d.q_names), dtype=int)
+    return correct.astype(int) - M.top1_correct(d.baseline.ids, gt)[0].astype(int)
+
+
+def _rows(d: ReportData, out: Path) -> tuple[list[QueryRow], list[MapThumb], dict]:
+    """Per-query rows in display order, the map images they refer to, and the number of queries per filter."""
     qdir, mdir = out / "thumbs" / "q", out / "thumbs" / "m"
     qdir.mkdir(parents=True, exist_ok=True)
     mdir.mkdir(parents=True, exist_ok=True)
@@ -167,45 +249,37 @@ def _rows(d: ReportData, out: Path) -> tuple[list, list, dict]:
     gt = M.GroundTruth(d.positives) if d.positives is not None else None
     correct, has_pos = M.top1_correct(d.ranking.ids, gt) if gt else (None, None)
     status = _status(correct, has_pos, len(d.q_names))
-    change = np.zeros(len(d.q_names), dtype=int)
-    if gt is not None and d.baseline is not None:
-        before = M.top1_correct(d.baseline.ids, gt)[0]
-        change = correct.astype(int) - before.astype(int)  # 1 fixed, -1 broken
-    m_ref: dict[int, int] = {}
-    maps: list[list[str]] = []
-
-    def ref(j: int) -> int:
-        if j not in m_ref:
-            m_ref[j] = len(maps)
-            maps.append([d.m_names[j], thumbnail(d.m_root / d.m_names[j], mdir)])
-        return m_ref[j]
-
+    change = _changes(d, gt, correct)
+    ref = MapRefs(d, mdir)
     figures = d.match_figures or {}
     rows = []
-    for qi in _order(status, d.ranking.scores[:, 0]):
+    for qi in _order(status, d.ranking.top1_confidence()):
         valid = ids[qi] >= 0
         pos = set(d.positives[qi].tolist()) if d.positives is not None else set()
-        first_pos = ref(int(d.positives[qi][0])) if status[qi] == "wrong" else -1
+        positive = ref(int(d.positives[qi][0])) if status[qi] == "wrong" else -1
         was = ref(int(d.baseline.ids[qi, 0])) if change[qi] and d.baseline.ids[qi, 0] >= 0 else -1
-        rows.append([d.q_names[qi], thumbnail(d.q_root / d.q_names[qi], qdir), status[qi],
-                     [ref(int(j)) for j in ids[qi][valid]], [round(float(s), 4) for s in scores[qi][valid]],
-                     [int(int(j) in pos) for j in ids[qi][valid]], first_pos, int(change[qi]), was,
-                     [figures[qi].src, figures[qi].inliers()] if qi in figures else 0])
+        top = [int(j) for j in ids[qi][valid]]
+        rows.append(QueryRow(
+            name=d.q_names[qi], thumb=thumbnail(d.q_root / d.q_names[qi], qdir), status=status[qi],
+            top=[ref(j) for j in top], scores=[round(float(s), 4) for s in scores[qi][valid]],
+            correct=[int(j in pos) for j in top], positive=positive, change=int(change[qi]), baseline_top1=was,
+            figure=FigureRef(figures[qi].src, figures[qi].inliers()) if qi in figures else 0))
     counts = {s: status.count(s) for s in STATUS_ORDER}
     counts.update(fixed=int((change > 0).sum()), broken=int((change < 0).sum()), all=len(status))
-    return rows, maps, counts
+    return rows, ref.thumbs, counts
 
 
 def _metrics_table(d: ReportData, pr_numbers: dict[str, dict]) -> dict[str, dict]:
+    """Per ranking, its metrics as results.json holds them; the curve's numbers only fill what they lack."""
     rankings = [r for r in (d.baseline, d.ranking) if r is not None]
-    return {r.label: {**(r.metrics or {}), **pr_numbers.get(r.label, {})} for r in rankings}
+    return {r.label: {**pr_numbers.get(r.label, {}), **(r.metrics or {})} for r in rankings}
 
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <link rel="stylesheet" href="{files}/report.css"></head>
 <body><h1>{title}</h1>
-<div id="metrics"></div><div id="plots"></div>
+<div id="table"></div><div id="metrics"></div><div id="plots"></div>
 <div id="controls"></div><table id="queries"></table><div id="pager"></div>
 <script src="{files}/data.js"></script><script src="{files}/report.js"></script>
 </body></html>
@@ -223,7 +297,7 @@ def write_report(path: str | Path, d: ReportData) -> Path:
     data = {"title": d.title, "top": d.top, "metrics": _metrics_table(d, pr_numbers), "plots": figs,
             "labels": {"ranking": d.ranking.label, "baseline": d.baseline.label if d.baseline else None,
                        "fixed": d.change_labels[0], "broken": d.change_labels[1]},
-            "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows,
+            "table": d.table, "has_gt": d.positives is not None, "counts": counts, "maps": maps, "queries": rows,
             "matches": None if d.match_figures is None else {"drawn": len(d.match_figures), "limit": d.match_limit,
                                                              "queries": len(d.q_names)}}
     atomic_write(out / "data.js", "window.VPRKIT_REPORT = " + json.dumps(data, separators=(",", ":")) + ";\n")

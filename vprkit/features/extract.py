@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..aggregators import Aggregator, get_aggregator
-from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride
+from ..config import Presets, require_counts
+from ..data.images import DEFAULT_MAX_PIXELS, ImageError, list_images, load_image, resize_to_stride, upright_rgb
 from ..data.safeio import atomic_savez, content_hash
 from ..models import Backbone, get_backbone, zoo
+from ..models import checkpoint as trained
+from ..models import head_checkpoint as trained_head
 from ..models import precision as precisions
-from ..models import weights as released
-from ..train import trained, trained_head
-from . import h5io, head_presets
+from . import h5io, head_presets, released
 
 logger = logging.getLogger("vprkit")
 
@@ -104,9 +105,21 @@ def auto_preset(image_dir: str | Path, names: list[str], sample: int = 20) -> tu
                             "(docs/defaults.md)")
 
 
-def preset_names() -> list[str]:
-    """Every extraction preset: vprkit's own, then the authors' released models (`vprkit models`)."""
-    return sorted(CONFS) + sorted(zoo.entries())
+class AllPresets(Mapping):
+    """vprkit's own presets (CONFS), then the authors' released models (`vprkit models`), built from the zoo on
+    first use so importing vprkit builds no entry."""
+
+    def __getitem__(self, name: str) -> dict:
+        if name in CONFS:
+            return CONFS[name]
+        return zoo_conf(zoo.get(name)) if name in zoo.entries() else CONFS[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from CONFS
+        yield from (name for name in zoo.entries() if name not in CONFS)
+
+    def __len__(self) -> int:
+        return len(CONFS) + len(set(zoo.entries()) - set(CONFS))
 
 
 def zoo_conf(entry: zoo.ZooEntry) -> dict:
@@ -117,33 +130,25 @@ def zoo_conf(entry: zoo.ZooEntry) -> dict:
                               "interpolation": entry.extra.get("interpolation", "bilinear")}}
 
 
-def base_conf(preset: str) -> dict:
-    """The preset's own sections (model, aggregator, preprocessing), before runtime settings."""
-    if preset in CONFS:
-        return CONFS[preset]
-    table = zoo.entries()
-    if preset in table:
-        return zoo_conf(table[preset])
-    raise KeyError(f"unknown preset '{preset}'; choose one of {preset_names()}")
-
-
-def get_conf(preset: str, **overrides) -> dict:
-    """A deep copy of a preset with runtime defaults filled in and `overrides` applied on top."""
-    conf = json.loads(json.dumps(base_conf(preset)))
-    conf["preset"] = preset
-    conf.update({k: v for k, v in DEFAULT_RUNTIME.items() if k not in conf})
-    conf.update({k: v for k, v in overrides.items() if v is not None})
-    precisions.check(conf["precision"])
+def check_conf(conf: dict) -> dict:
+    """Refuse settings no run can use (a batch of none, an image side below one pixel, an unknown precision) and,
+    for a released model, settings that would change the authors' descriptor."""
+    precisions.check(conf.get("precision", "fp32"))
     if "zoo" in conf["model"]:
         check_zoo(conf)
-    return conf
+    return require_counts(conf, "batch_size", "preprocessing.resize_max")
+
+
+PRESETS = AllPresets()
+CONFIG = Presets("index", DEFAULT_RUNTIME, PRESETS, DEFAULT_PRESET, open_sections=("model", "aggregator",
+                                                                                  "preprocessing"), check=check_conf)
 
 
 def check_zoo(conf: dict) -> None:
     """A released model keeps the authors' preprocessing and stores their descriptor as it is (float32)."""
     if conf["fp16"]:
         raise ValueError(f"preset {conf['preset']} stores the authors' descriptor as float32; drop --fp16")
-    if conf["preprocessing"] != base_conf(conf["preset"])["preprocessing"]:
+    if conf["preprocessing"] != PRESETS[conf["preset"]]["preprocessing"]:
         raise ValueError(f"preset {conf['preset']} uses the authors' test-time resize "
                          f"({conf['preprocessing']['resize'] or 'as given'}); --resize-max does not apply")
 
@@ -164,34 +169,57 @@ def model_key(conf: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
-            transform: Callable[[Image.Image], Image.Image] | None = None
-            ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
-    """Yield (names, images, failures) batches of up to conf['batch_size'] equal-sized images, preprocessed
-    for `backbone` as the preset says; unreadable files are logged and go to failures. A size-keeping
-    `transform` (training augmentation) acts on each resized image before the backbone's preprocessing."""
-    stride, pre = backbone.stride, conf["preprocessing"]
+def prepare(img: Image.Image, conf: dict, backbone: Backbone,
+            transform: Callable[[Image.Image], Image.Image] | None = None) -> torch.Tensor:
+    """The backbone input (C, H, W) of one decoded RGB image, resized as the preset says (`resize_max`, or
+    `resize_min` when given) to a multiple of the stride. Every caller (offline extraction, the Python API, the
+    service, the streaming localizer, the service re-ranker) goes through here, so a live image is described
+    exactly as the same image offline. A size-keeping `transform` (training augmentation) acts on the resized
+    image before the backbone's preprocessing."""
+    pre = conf["preprocessing"]
+    if "resize" in pre:  # a released model: the authors' resize (a transform does not apply: no training here)
+        return authors_input(backbone, img, pre)
+    img = resize_to_stride(img, pre.get("resize_max"), backbone.stride, pre.get("resize_min"))
+    return backbone.preprocess(transform(img) if transform else img)
+
+
+def group(prepared: Iterable[tuple[str, torch.Tensor | None]], batch_size: int
+          ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+    """(names, stacked tensors, failures) batches of up to `batch_size` consecutive equal-sized inputs; an input
+    given as None failed and goes to failures. The one batching rule of offline and in-memory description (the
+    batch a descriptor was computed in must not differ between the two)."""
     batch_names: list[str] = []
     tensors: list[torch.Tensor] = []
     failed: list[str] = []
-    for name in names:
-        try:
-            img = load_image(root / name, conf["max_pixels"])
-            if "resize" not in pre:
-                img = resize_to_stride(img, pre.get("resize_max"), stride, pre.get("resize_min"))
-        except ImageError as exc:
-            logger.warning("skipping %s", exc)
+    for name, x in prepared:
+        if x is None:
             failed.append(name)
             continue
-        x = authors_input(backbone, img, pre) if "resize" in pre else backbone.preprocess(
-            transform(img) if transform else img)
-        if tensors and (x.shape != tensors[0].shape or len(tensors) == conf["batch_size"]):
+        if tensors and (x.shape != tensors[0].shape or len(tensors) == batch_size):
             yield batch_names, torch.stack(tensors), failed
             batch_names, tensors, failed = [], [], []
         batch_names.append(name)
         tensors.append(x)
     if tensors or failed:
         yield batch_names, torch.stack(tensors) if tensors else torch.empty(0), failed
+
+
+def batches(backbone: Backbone, conf: dict, root: Path, names: list[str],
+            transform: Callable[[Image.Image], Image.Image] | None = None
+            ) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+    """Yield (names, images, failures) batches of the image files `names` under `root` (see `prepare` and
+    `group`); unreadable files are logged and go to failures."""
+    def read() -> Iterator[tuple[str, torch.Tensor | None]]:
+        for name in names:
+            try:
+                img = load_image(root / name, conf["max_pixels"])
+            except ImageError as exc:
+                logger.warning("skipping %s", exc)
+                yield name, None
+                continue
+            yield name, prepare(img, conf, backbone, transform)
+
+    return group(read(), conf["batch_size"])
 
 
 def authors_input(backbone: Backbone, img: Image.Image, pre: dict) -> torch.Tensor:
@@ -210,12 +238,6 @@ def authors_input(backbone: Backbone, img: Image.Image, pre: dict) -> torch.Tens
     return backbone.preprocess(img.resize((size[1], size[0]), getattr(Image.Resampling, mode.upper())))
 
 
-def zoo_modules(model_conf: dict) -> tuple[Backbone, Aggregator]:
-    """A released model with its weights: `checkpoint` when given, else the authors' file (cached or downloaded)."""
-    entry = zoo.get(model_conf["zoo"])
-    return zoo.build(entry, model_conf.get("checkpoint") or released.fetch(entry))
-
-
 class Extractor:
     """Backbone + aggregator in eval mode, with the preprocessing and precision of the preset.
 
@@ -230,10 +252,10 @@ class Extractor:
         self.device = torch.device(device)
         model_conf, agg_conf = dict(conf["model"]), dict(conf["aggregator"])
         if "zoo" in model_conf:
-            backbone, aggregator = zoo_modules(model_conf)
+            backbone, aggregator = released.modules(model_conf)
             self.backbone, self.aggregator = backbone.to(self.device), aggregator.to(self.device)
         else:
-            ckpt = trained.read(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
+            ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
             head = trained_head.read(model_conf.get("checkpoint")) if ckpt is None else None
             if ckpt is not None:
                 del model_conf["checkpoint"]
@@ -264,9 +286,34 @@ class Extractor:
         side -= side % self.backbone.stride
         return side, side
 
+    @classmethod
+    def with_state(cls, conf: dict, state_path: str | Path | None, device: str = "cpu") -> Extractor:
+        """The extractor of an existing index: `conf` from its manifest, its fitted vocabulary / PCA loaded from
+        `state_path` (presets with nothing fitted have none)."""
+        ext = cls(conf, device)
+        if ext.aggregator.needs_fit:
+            if state_path is None or not Path(state_path).is_file():
+                raise FileNotFoundError(f"{state_path}: the fitted aggregator of this index is missing")
+            ext.load_state(Path(state_path))
+        return ext
+
     def batches(self, root: Path, names: list[str]) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
         """Yield (names, images, failures) batches of equal-sized images; bad files go to failures."""
         return batches(self.backbone, self.conf, root, names)
+
+    def prepare(self, img: Image.Image) -> torch.Tensor:
+        """The backbone input of one decoded image (see `prepare`)."""
+        return prepare(img, self.conf, self.backbone)
+
+    def describe_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Global descriptors (N, D) float32 of images in memory (any mode, EXIF orientation applied: as a file is
+        decoded), batched as offline extraction batches them, so they equal the descriptors `main` writes for the
+        same image files (at fp32 storage)."""
+        prepared = ((str(i), self.prepare(upright_rgb(img))) for i, img in enumerate(images))
+        out = [self.describe(x)[0] for _, x, _ in group(prepared, self.conf["batch_size"])]
+        if not out:
+            return np.zeros((0, self.aggregator.output_dim(self.backbone.dim)), np.float32)
+        return np.concatenate(out).astype(np.float32)
 
     @torch.no_grad()
     def local(self, images: torch.Tensor):

@@ -132,7 +132,9 @@ def _copy_if_readable(src: h5py.File, dst: h5py.File, name: str) -> bool:
 
 
 def read_global(path: str | Path, names: list[str]) -> np.ndarray:
-    """Stack the global descriptors of `names` (float32), in that order."""
+    """Stack the global descriptors of `names` (float32), in that order; an empty (0, 0) array for no names."""
+    if not names:
+        return np.empty((0, 0), np.float32)
     with h5py.File(path, "r") as f:
         missing = [n for n in names if f"{_key(n)}/global" not in f]
         if missing:

@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..config import Presets
 from ..data.images import DEFAULT_MAX_PIXELS, list_images
 from ..data.safeio import inputs_fingerprint
 from ..models import get_backbone
 from ..models.base import load_state_dict, load_strict
-from .extract import Extractor
+from .extract import Extractor, check_conf
 
 logger = logging.getLogger("vprkit")
 
@@ -46,19 +47,10 @@ CONFS: dict[str, dict] = {
                      "preprocessing": {"resize_max": 224}},
     "vgg19": {"model": {"name": "vgg19"}, "preprocessing": {"resize_max": 320}},
 }
-DEFAULT_RUNTIME = {"batch_size": 16, "max_pixels": DEFAULT_MAX_PIXELS}
-
-
-def get_conf(preset: str = "dinov2", resize_max: int | None = None, **overrides) -> dict:
-    """A copy of a local-feature preset with runtime defaults and `overrides`; `resize_max` (when given)
-    replaces only the preset's resize, keeping the rest of its preprocessing."""
-    if preset not in CONFS:
-        raise KeyError(f"unknown local-feature preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = {**json.loads(json.dumps(CONFS[preset])), "preset": preset, **DEFAULT_RUNTIME}
-    conf.update({k: v for k, v in overrides.items() if v is not None})
-    if resize_max:
-        conf["preprocessing"] = {**conf["preprocessing"], "resize_max": resize_max}
-    return conf
+DEFAULT_RUNTIME = {"batch_size": 16, "max_pixels": DEFAULT_MAX_PIXELS, "detector": None}
+# `preprocessing.resize_max` replaces only the preset's resize, keeping the rest of its preprocessing
+CONFIG = Presets("local features", DEFAULT_RUNTIME, CONFS, "dinov2",
+                 open_sections=("model", "preprocessing"), check=check_conf)
 
 
 def conf_key(conf: dict, num_features: int) -> str:
@@ -165,7 +157,9 @@ def main(conf: dict, image_dir: str | Path, feature_path: str | Path, num_featur
     """
     root, feature_path = Path(image_dir), Path(feature_path)
     names = names if names is not None else list_images(root)
-    conf_json = json.dumps({**conf, "num_features": num_features}, sort_keys=True)
+    # unset (None) settings are left out, so files written before they existed keep matching
+    conf_json = json.dumps({**{k: v for k, v in conf.items() if v is not None}, "num_features": num_features},
+                           sort_keys=True)
     if feature_path.exists():
         if _matches(feature_path, conf_json, names):
             return feature_path

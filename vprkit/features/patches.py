@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from ..aggregators.base import l2n
 from ..aggregators.netvlad import NetVLAD
-from ..aggregators.vlad import VLAD, fit_pca
+from ..aggregators.vlad import VLAD
 from ..data.images import ImageError, load_image
 from ..models import Backbone
+from ..models.pca import fit_pca
 from . import h5io
 from .extract import pending, succeeded
 

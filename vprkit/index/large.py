@@ -31,7 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-DESCRIPTORS_FILE, IVFDATA_FILE = "descriptors.npy", "index.ivfdata"
+from .layout import DESCRIPTORS_FILE, INDEX_FILE, IVFDATA_FILE
+
 FLAT_LIMIT = 1_000_000  # past this many vectors the coarse quantizer is an HNSW graph
 SHORTLIST = 1000  # compressed candidates re-scored exactly per query
 CHUNK = 100_000  # vectors added per step while building
@@ -87,8 +88,9 @@ def choose(n: int, dim: int, budget: int) -> IndexChoice:
                        "shortlist re-scored with exact descriptors")
 
 
-def _train(choice: IndexChoice, sample: np.ndarray) -> faiss.Index:
-    index = faiss.index_factory(sample.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
+def _train(choice: IndexChoice, dim: int, sample: np.ndarray) -> faiss.Index:
+    """The empty index of `choice`, trained on `sample` when it needs training (an exact one needs no sample)."""
+    index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
@@ -103,7 +105,7 @@ def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexC
     own block file, and the blocks are merged list by list into `index.ivfdata` (`merge_blocks`).
     """
     out_dir = Path(out_dir)
-    trained = _train(choice, sample)
+    trained = _train(choice, dim, sample)
     del sample  # freed here when the caller passed it without keeping a reference (api, bench/scale.py)
     start = 0
     with BoundedWriter(out_dir / DESCRIPTORS_FILE) as full, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -123,7 +125,7 @@ def build_chunked(chunks: Iterable[np.ndarray], n: int, dim: int, choice: IndexC
         if not choice.on_disk:
             return trained
         merge_blocks(trained, blocks, out_dir / IVFDATA_FILE)
-    faiss.write_index(trained, str(out_dir / "index.faiss"))
+    faiss.write_index(trained, str(out_dir / INDEX_FILE))
     return None
 
 

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..aggregators.vlad import fit_pca
 from .base import load_state_dict, load_strict
 from .binarize import Binarizer
+from .checkpoint import load_trained_model
+from .pca import fit_pca
 
 # vprkit's training start (the authors released no training code): cross-attention begins as sharp
 # nearest-neighbour matching (queries = keys = MATCH_INIT * identity); from a random start a model trained on a few
@@ -232,6 +233,4 @@ def rerank_score(global_sim: torch.Tensor, raw: torch.Tensor, lamb: float = 0.55
 
 def load_ames(path: str | Path) -> tuple[AMES, dict]:
     """A trained AMES model (eval mode) and its checkpoint meta (local-feature settings, budgets, conf)."""
-    from ..train.checkpoint import load_trained_model
-
-    return load_trained_model(path, AMES, "model_conf", "train an AMES model with `vprkit train-ames`")
+    return load_trained_model(path, AMES, "model_conf", "train an AMES model with `vprkit train ames`")

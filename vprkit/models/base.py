@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,18 +66,29 @@ def _numpy_scalars() -> list:
     return [scalar, np.dtype, *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_))]
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a corrupt file, or one that would run code (pickled
+    globals), is refused in one line naming the file and torch's reason (not its advice to disable the check)."""
+    try:
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith(_TORCH_ADVICE)]
+        reason = lines[0] if lines else type(exc).__name__
+        raise InputError(f"{path}: not a readable {what} ({reason}); vprkit loads only plain tensors and values "
+                         "(weights_only=True)") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint, read safely (weights_only) and unwrapped from the usual containers,
     with its keys as saved."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weights file not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_numpy_scalars()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise InputError(f"{path}: not a readable checkpoint with weights_only=True ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'})") from None
+    state = torch_load(path)
     for key in ("state_dict", "model", "teacher", "state"):  # "state": the AMES authors' checkpoints
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -88,7 +100,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint safely (no pickle code execution), unwrap common containers and drop the `module.` /
     `backbone.` prefixes (a backbone's weights saved inside a bigger model)."""
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in read_checkpoint(path).items()}
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in read_state_dict(path).items()}
 
 
 def load_strict(model: nn.Module, state: dict, path: str | Path) -> None:

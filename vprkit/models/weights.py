@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.safeio import InputError, atomic_write, locked
-from .base import cache_dir, load_strict, read_checkpoint
+from .base import cache_dir, load_strict, read_state_dict
 
 if TYPE_CHECKING:
     from .zoo import ZooEntry
@@ -62,7 +62,7 @@ def read_released(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as exc:
             raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
     else:
-        state = read_checkpoint(path)
+        state = read_state_dict(path)
     return strip_wrappers(state)
 
 

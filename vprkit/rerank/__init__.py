@@ -7,26 +7,23 @@ dependencies only matter when it is used. `base.main(conf, results_dir, ...)` is
 
 from __future__ import annotations
 
-import importlib
+from ..registry import Registry
+from ..results import Retrieval, load_retrieval
+from .base import Reranker
 
-from .base import Reranker, Retrieval, load_retrieval
-
-# method name -> "module:class"; ".module" is relative to this package
-REGISTRY: dict[str, str] = {
+# method name -> class or "module:class" (".module" is relative to this package); REGISTRY.register adds one
+REGISTRY = Registry("re-ranking method", __name__, {
     "patchnetvlad": ".patchnetvlad:PatchNetVLAD",
     "gcsa": ".gcsa:GCSAReranker",
     "ames": ".ames:AMESReranker",
     "chamfer": ".chamfer:ChamferReranker",
     "segvlad": ".segvlad:SegVLADReranker",
-}
+}, group="vprkit.rerankers")
 
 
 def get_reranker_class(method: str) -> type[Reranker]:
     """The Reranker class registered under `method`."""
-    if method not in REGISTRY:
-        raise KeyError(f"unknown re-ranking method '{method}'; choose one of {sorted(REGISTRY)}")
-    module_name, cls_name = REGISTRY[method].split(":")
-    return getattr(importlib.import_module(module_name, package=__name__), cls_name)
+    return REGISTRY.load(method)
 
 
 __all__ = ["REGISTRY", "Reranker", "Retrieval", "get_reranker_class", "load_retrieval"]

@@ -21,13 +21,16 @@ from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics
 from ..features import local
 from ..models.ames import AMES, EMPTY_LOGIT, load_ames, load_authors_checkpoint, rerank_score
-from .base import Reranker, Retrieval
+from ..results import Retrieval
+from .base import Reranker
 
+NO_MODEL = ("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train ames`) "
+            "or authors_checkpoint=PATH (a released model of the AMES authors)")
 MapReader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 class AMESReranker(Reranker):
-    """Re-rank with an AMES checkpoint from `vprkit train-ames` (fp or binary), or with one the authors released
+    """Re-rank with an AMES checkpoint from `vprkit train ames` (fp or binary), or with one the authors released
     (`authors_checkpoint`; its local features are `features` / `resize_max` / `detector`, which must give the
     descriptor size it was trained on: 768 for their DINOv2 ViT-B/14-reg models)."""
 
@@ -37,6 +40,11 @@ class AMESReranker(Reranker):
     default_conf = {"checkpoint": None, "lamb": 0.55, "temp": 0.3, "num_rerank": 100, "num_query_desc": 600,
                     "num_map_desc": 100, "batch_size": 100, "precision": "fp32", "cache_dir": None, "device": "cpu",
                     "authors_checkpoint": None, "features": "dinov2", "resize_max": None, "detector": None}
+
+    def check(self, retrieval: Retrieval) -> None:
+        """No model, no run: refused before the output folder is made."""
+        if not (self.conf["checkpoint"] or self.conf["authors_checkpoint"]):
+            raise ValueError(NO_MODEL)
 
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         c = self.conf
@@ -65,11 +73,11 @@ class AMESReranker(Reranker):
         """(AMES model in eval mode, the local-feature settings it reads)."""
         c = self.conf
         if c["authors_checkpoint"]:
-            fconf = local.get_conf(c["features"], c["resize_max"], detector=c["detector"])
+            fconf = local.CONFIG.resolve(c["features"], {"preprocessing.resize_max": c["resize_max"],
+                                                                "detector": c["detector"]})
             return load_authors_checkpoint(c["authors_checkpoint"]), fconf
         if not c["checkpoint"]:
-            raise ValueError("ames needs a trained model: --set checkpoint=PATH (train one with `vprkit train-ames`) "
-                             "or authors_checkpoint=PATH (a released model of the AMES authors)")
+            raise ValueError(NO_MODEL)
         model, meta = load_ames(c["checkpoint"])
         return model, meta["features"]
 

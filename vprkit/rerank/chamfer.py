@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..aggregators.vlad import fit_pca
 from ..features import local
 from ..models.ames import ChamferTeacher, chamfer_similarity
+from ..models.pca import fit_pca
+from ..results import Retrieval
 from .ames import AMESReranker
-from .base import Retrieval
 
 
 class ChamferReranker(AMESReranker):
@@ -37,10 +37,15 @@ class ChamferReranker(AMESReranker):
                     "lamb": 0.4, "temp": 0.5, "num_rerank": 100, "num_query_desc": 600, "num_map_desc": 100,
                     "cache_dir": None, "device": "cpu"}
 
+    def check(self, retrieval: Retrieval) -> None:
+        """Training-free: no model to check (AMES's check would ask for one)."""
+        return None
+
     def raw_scores(self, retrieval: Retrieval, work_dir: Path) -> np.ndarray:
         """(Q, N) Chamfer similarities of each query and its candidates (NaN where there is no candidate)."""
         c = self.conf
-        q_path, m_path = self.local_features(local.get_conf(c["features"], c["resize_max"]), retrieval, work_dir)
+        fconf = local.CONFIG.resolve(c["features"], {"preprocessing.resize_max": c["resize_max"]})
+        q_path, m_path = self.local_features(fconf, retrieval, work_dir)
         sample = np.unique(np.linspace(0, len(retrieval.m_names) - 1, c["whiten_images"]).round().astype(int))
         sim = whitening(*local.split(local.read_rows(m_path, sample)), c["dim"])
         q_desc, q_valid = local.split(local.read_rows(q_path))

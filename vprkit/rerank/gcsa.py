@@ -2,7 +2,7 @@
 
 The query and each of its top-K candidates are described by their affinities to the same anchors
 (the query and the top-L of the global retrieval), one channel per modality; the trained network
-(`vprkit.models.gcsa`, trained with `python -m vprkit.train.gcsa`) turns those contexts into a new
+(`vprkit.models.gcsa`, trained with `vprkit train gcsa`) turns those contexts into a new
 similarity. Map side information comes from `map_sideinfo`, the query's from `query_sideinfo`;
 with `query_prior_sigma` the query positions read there are treated as ground truth and replaced
 by simulated noisy priors (the noise model is logged and stored in the results).
@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..api import MAP_FEATURES, STATE_FILE
 from ..data.groundtruth import GroundTruth
 from ..data.sideinfo import SideInfo, load_sideinfo, noise_model, simulate_prior
 from ..evaluation.msls import write_msls_csv
 from ..features import extract, h5io
+from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
+from ..models.checkpoint import load_trained_model
 from ..models.gcsa import GCSA
-from ..train.checkpoint import load_trained_model
+from ..results import Retrieval, stored_query_descriptors
 from . import affinity
-from .base import Reranker, Retrieval
+from .base import Reranker
 
 logger = logging.getLogger("vprkit")
 SIDE_DEFAULTS = {"position_scale": 5.0, "fov_deg": 90.0, "fov_range": 50.0, "radio_scale_db": 10.0}
@@ -164,21 +165,18 @@ def order(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def load_model(path: str | Path) -> tuple[GCSA, dict]:
     """A trained GCSA network and the training conf stored with it."""
-    model, meta = load_trained_model(path, GCSA, "model_config", "train one with python -m vprkit.train.gcsa")
+    model, meta = load_trained_model(path, GCSA, "model_config", "train one with `vprkit train gcsa`")
     return model, meta.get("conf", {})
 
 
 def query_descriptors(retrieval: Retrieval, cache_dir: Path) -> np.ndarray:
     """Global descriptors of the retrieval's queries: those `vprkit query` stored, else extracted (cached)."""
+    stored = stored_query_descriptors(retrieval)
+    if stored is not None:
+        return stored
     conf, state = retrieval.manifest["conf"], retrieval.index_dir / STATE_FILE
-    stored = retrieval.results_dir / "query_features.h5" if retrieval.results_dir else None
-    if stored is not None and stored.exists() and h5io.read_attrs(stored).get("model_key") == extract.model_key(conf):
-        try:
-            return h5io.read_global(stored, retrieval.q_names)
-        except KeyError:
-            pass
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / "query_features.h5"
+    path = cache_dir / QUERY_FEATURES
     extract.main(conf, retrieval.query_dir, path, state if state.exists() else None, names=retrieval.q_names)
     return h5io.read_global(path, retrieval.q_names)
 
@@ -202,7 +200,7 @@ def load_sides(retrieval: Retrieval, map_spec: str | None, query_spec: str | Non
 
 
 class GCSAReranker(Reranker):
-    """Registered as 'gcsa'. Needs a checkpoint from `python -m vprkit.train.gcsa`."""
+    """Registered as 'gcsa'. Needs a checkpoint from `vprkit train gcsa`."""
 
     name = "gcsa"
     default_conf = {"checkpoint": None, "num_rerank": 100, "map_sideinfo": None, "query_sideinfo": None,
@@ -216,7 +214,7 @@ class GCSAReranker(Reranker):
     def rerank(self, retrieval: Retrieval, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         c = self.conf
         if not c["checkpoint"]:
-            raise ValueError("GCSA needs a trained model: --set checkpoint=PATH (python -m vprkit.train.gcsa)")
+            raise ValueError("GCSA needs a trained model: --set checkpoint=PATH (`vprkit train gcsa`)")
         model, train_conf = load_model(c["checkpoint"])
         m_side, q_side = load_sides(retrieval, c["map_sideinfo"], c["query_sideinfo"], model.modalities,
                                     c["query_prior_sigma"], c["seed"])

@@ -11,12 +11,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES
+from ..results import Retrieval
 from ..segvlad import extract
 from ..segvlad.api import read_segments
 from ..segvlad.index import bin_count, knn_chunked, owners, vote_weights
-from .base import Reranker, Retrieval
+from .base import Reranker
 
-_RERANK = {"num_rerank": 20}
+_RERANK = {"num_rerank": 20, "device": "cpu"}
 
 
 class SegVLADReranker(Reranker):
@@ -25,16 +27,17 @@ class SegVLADReranker(Reranker):
     With `scoring=reference` (preset `ref`) the votes are min-max normalised over every query of the run."""
 
     name = "segvlad"
-    # short names: ref (the original's choices), slic / dino / sam (vprkit's segvote variants)
-    confs = {name.split("-", 1)[1]: {**conf, **_RERANK} for name, conf in extract.CONFS.items()}
+    # short names: ref (the original's choices), slic / dino / sam (vprkit's segvote variants); each holds a whole
+    # extraction preset
+    confs = {name.split("-", 1)[1]: {k: v for k, v in conf.items() if k != "preset"} | _RERANK
+             for name, conf in extract.CONFIG.listing()}
     default_conf = confs["slic"]
+    open_sections = extract.CONFIG.open_sections
 
     def _features(self, retrieval: Retrieval, work_dir: Path) -> tuple[Path, Path]:
-        # the reranker's conf holds a whole extraction preset (plus dotted --set overrides, applied last)
-        conf = extract.get_conf(extract.DEFAULT_PRESET,
-                                **{k: v for k, v in self.conf.items() if k not in ("method", "preset")})
+        conf = extract.check_conf(dict(self.conf))
         work_dir.mkdir(parents=True, exist_ok=True)
-        ext = extract.SegExtractor(conf)
+        ext = extract.SegExtractor(conf, conf["device"])
         state = work_dir / f"segvlad_state-{retrieval.fingerprint}.npz"  # fitted on this index's map
         if state.exists():
             ext.load_state(state)
@@ -42,7 +45,7 @@ class SegVLADReranker(Reranker):
             ext.fit(retrieval.map_dir, retrieval.m_names)
             ext.save_state(state)
         used = np.unique(retrieval.ids[retrieval.ids >= 0])
-        m_feats, q_feats = work_dir / "map_segments.h5", work_dir / "query_segments.h5"
+        m_feats, q_feats = work_dir / SEGMENT_FEATURES, work_dir / QUERY_SEGMENTS
         extract.main(conf, retrieval.map_dir, m_feats, state, names=[retrieval.m_names[i] for i in used], extractor=ext)
         extract.main(conf, retrieval.query_dir, q_feats, state, names=retrieval.q_names, extractor=ext)
         return m_feats, q_feats

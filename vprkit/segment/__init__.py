@@ -8,20 +8,16 @@ for the segmenter that needs it.
 
 from __future__ import annotations
 
-import importlib
-
+from ..registry import Registry
 from .base import Segmenter
 
-REGISTRY: dict[str, str] = {"slic": "slic:SLIC", "slic_scales": "slic:SLICScales",
-                            "dino_kmeans": "dino_kmeans:DinoKMeans", "sam": "sam:SAM"}
+REGISTRY = Registry("segmenter", __name__, {"slic": ".slic:SLIC", "slic_scales": ".slic:SLICScales",
+                                            "dino_kmeans": ".dino_kmeans:DinoKMeans", "sam": ".sam:SAM"})
 
 
 def get_segmenter(name: str, **conf) -> Segmenter:
     """Instantiate a segmenter by registry name with its config keywords."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown segmenter '{name}'; choose one of {sorted(REGISTRY)}")
-    module_name, cls_name = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module_name}"), cls_name)(**conf)
+    return REGISTRY.create(name, **conf)
 
 
 __all__ = ["REGISTRY", "Segmenter", "get_segmenter"]

@@ -9,30 +9,32 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..api import _utm_or_none, check_top_k, index_work, query_feature_path, readable, results_folder, write_results
-from ..data.groundtruth import ground_truth_for_kept
+from ..data.groundtruth import MapPositions, load_ground_truth, restrict, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
-from ..index import faiss_index
+from ..index import faiss_index, freshness
+from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE
+from ..index.work import index_work, readable
+from ..results import Meter, check_top_k, query_feature_path, results_folder, write_results
 from . import extract
 from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
 
 logger = logging.getLogger("vprkit")
-STATE_FILE, MAP_FEATURES = "segvlad_state.npz", "map_segments.h5"
+STATE_FILE, MAP_FEATURES = SEGMENT_STATE, SEGMENT_FEATURES
 
 
-def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, device: str = "cpu",
+def index_map(map_dir: str | Path, out_dir: str | Path, preset: str = extract.DEFAULT_PRESET, *, device: str = "cpu",
               **overrides) -> Path:
     """Segment and describe the map, store all segments; resumable, the folder appears only when complete."""
     map_dir, out_dir = Path(map_dir).resolve(), Path(out_dir)
-    conf = extract.get_conf(preset, **overrides)
+    conf = extract.CONFIG.resolve(preset, overrides)
     with index_work(out_dir) as work:
         names = readable(extract.main(conf, map_dir, work / MAP_FEATURES, work / STATE_FILE,
                                       names=list_images(map_dir), device=device), map_dir, work)
         total, dim = write_store(work / MAP_FEATURES, names, work)
         manifest = {"method": "segvlad", "conf": conf, "model_key": extract.model_key(conf), "dim": dim,
                     "num_segments": total, "map_dir": str(map_dir), "names": names,
-                    "positions": _utm_or_none(names), "versions": faiss_index.versions()}
+                    "positions": utm_or_none(names), "versions": faiss_index.versions()}
         extra = {f: work / f for f in (MAP_FEATURES, STATE_FILE, SEGMENTS_FILE, OWNER_FILE)}
         faiss_index.save(out_dir, None, manifest, extra)
     logger.info("indexed %d segments of %d map images into %s", total, len(names), out_dir)
@@ -48,17 +50,21 @@ def load_manifest(index_dir: Path) -> dict:
     return manifest
 
 
-def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_dir: str | Path | None = None,
+def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, device: str = "cpu", report_top: int = 5,
-             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None) -> dict:
+             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None,
+             verify: bool = False) -> Path:
     """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`).
 
     `scoring` (default: the index's preset): `votes` scores each query on its own (serving); `reference`
     normalises by the least / greatest similarity retrieved over all these queries (the original's rule).
+    Warns when map images changed since indexing (a sample of them checked, every one with `verify`).
     """
+    meter = Meter()
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     manifest = load_manifest(index_dir)
+    freshness.warn_if_segments_changed(manifest, index_dir, verify)
     conf, m_names = manifest["conf"], manifest["names"]
     seg_index = SegmentIndex.load(index_dir, len(m_names))
     k_seg = top_k_segments or conf["top_k_segments"]
@@ -67,8 +73,9 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
         raise ValueError(f"unknown scoring {scoring!r}; choose one of {SCORINGS}")
     out_dir = results_folder(out_dir, index_dir, query_dir)
     q_all = list_images(query_dir)
+    truth = load_ground_truth(gt, q_all, m_names, threshold, MapPositions.of(manifest)) if gt else None  # no work lost
     with locked(out_dir), tempfile.TemporaryDirectory() as tmp:
-        q_feats = query_feature_path(out_dir, Path(tmp), "query_segments.h5", manifest["model_key"])
+        q_feats = query_feature_path(out_dir, Path(tmp), QUERY_SEGMENTS, manifest["model_key"])
         q_names = readable(extract.main(conf, query_dir, q_feats, index_dir / STATE_FILE, names=q_all,
                                         device=device), query_dir)
         hits = []
@@ -78,9 +85,10 @@ def localize(index_dir: str | Path, query_dir: str | Path, top_k: int = 20, out_
     empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
-    truth = ground_truth_for_kept(gt, q_all, q_names, m_names, threshold) if gt is not None else None
-    return write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth,
-                         report_top, {"queries_without_votes": empty, "scoring": scoring})
+    truth = restrict(truth, q_all, q_names) if truth is not None else None
+    write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
+                  {"queries_without_votes": empty, "scoring": scoring}, meter=meter)
+    return out_dir
 
 
 def read_segments(features: str | Path | h5py.File, names: list[str]) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..aggregators.vlad import fit_pca
+from ..models.pca import fit_pca
 
 EXACT_MAX = 4096  # segments up to which PCA is an exact eigen-decomposition
 

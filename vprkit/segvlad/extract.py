@@ -17,10 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import ConfigError, Presets
 from ..data.images import list_images
 from ..evaluation.outputs import atomic_savez
 from ..features import h5io
 from ..features.extract import DEFAULT_RUNTIME, Extractor, batch_attrs, pending, state_hash, succeeded
+from ..features.extract import check_conf as features_check
+from ..models.base import torch_load
 from ..segment import get_segmenter
 from ..segment.masks import disjoint, labels_to_masks, mask_record, masks_to_labels
 from .describe import PCA, patch_weights, supersegment_vlad
@@ -73,31 +76,20 @@ SAM_KEYS = ("checkpoint", "model_type", "points_per_side", "pred_iou_thresh", "s
             "min_mask_region_area", "points_per_batch")
 
 
-def get_conf(preset: str = DEFAULT_PRESET, **overrides) -> dict:
-    """A copy of a preset with runtime defaults; override keys may be dotted (`segmenter.n_segments=64`)."""
-    if preset in RENAMED:
-        raise KeyError(f"preset '{preset}' is now '{RENAMED[preset]}' (vprkit's variant); 'segvlad-ref' computes "
-                       "the original SegVLAD")
-    if preset not in CONFS:
-        raise KeyError(f"unknown SegVLAD preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = json.loads(json.dumps(CONFS[preset]))
-    conf["preset"] = preset
-    conf.update({k: v for k, v in DEFAULT_RUNTIME.items() if k not in conf})
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        *parents, leaf = key.split(".")
-        node = conf
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+def check_conf(conf: dict) -> dict:
+    """A SAM checkpoint selects SAM (ViT-H, as the original); every choice must be one of its known values."""
     seg = conf["segmenter"]
-    if seg.get("checkpoint") and seg["name"] != "sam":  # a SAM checkpoint selects SAM (ViT-H as the original)
+    if seg.get("checkpoint") and seg["name"] != "sam":
         conf["segmenter"] = {"name": "sam", "model_type": "vit_h", **{k: seg[k] for k in SAM_KEYS if k in seg}}
     for key, allowed in CHOICES.items():
         if conf[key] not in allowed:
-            raise ValueError(f"{key}={conf[key]!r} is not one of {allowed}")
-    return conf
+            raise ConfigError(f"{key}={conf[key]!r} is not one of {allowed}")
+    return features_check(conf)
+
+
+# the SegVLAD-specific keys of every preset are the same, so `_BASE` holds them beside the runtime defaults
+CONFIG = Presets("segvlad index", {**DEFAULT_RUNTIME, **_BASE}, CONFS, DEFAULT_PRESET, check=check_conf,
+                 open_sections=("model", "aggregator", "preprocessing", "segmenter"), renamed=RENAMED)
 
 
 def model_key(conf: dict) -> str:
@@ -209,10 +201,7 @@ def load_vocabulary(path: str | Path, dim: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file not found: {path} (use vocabulary='map' to fit one)")
     if path.suffix in (".pt", ".pth"):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
-            raise ValueError(f"{path}: not a readable torch vocabulary ({type(e).__name__})") from e
+        data = torch_load(path, "torch vocabulary")
         if not isinstance(data, torch.Tensor):
             raise ValueError(f"{path}: holds a {type(data).__name__}, expected a (K, C) tensor of centroids")
         arr = data.float().numpy()

@@ -13,7 +13,8 @@ import faiss
 import h5py
 import numpy as np
 
-SEGMENTS_FILE, OWNER_FILE = "segments.npy", "segment_image.npy"
+from ..index.layout import OWNER_FILE, SEGMENTS_FILE
+
 SCORINGS = ("votes", "reference")
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import api
-from ..data.images import resize_to_stride
 from ..features import extract, h5io
 from ..index import faiss_index
+from ..index.layout import MAP_FEATURES, STATE_FILE
 from . import matcher, pipeline
 
 
@@ -24,7 +23,7 @@ class SequenceLocalizer:
 
     `index`: an index folder (`vprkit index`) or a loaded `MapIndex` whose map descriptors are given as
     `map_desc` (one row per index id, removed images included: they are left out of the route); `conf`: a
-    sequence preset name or a config from `pipeline.get_conf`.
+    sequence preset name or a config from `pipeline.CONFIG.resolve`.
     `add(frame)`: `frame` is an image (PIL image or H x W (x 3) uint8 array) or its global descriptor (a vector of
     the index's dimension); returns (estimate, score): the index's map image number (`self.names[estimate]`) and
     the confidence (SeqSLAM: margin of the best line over the best one elsewhere; HMM: posterior probability).
@@ -32,7 +31,7 @@ class SequenceLocalizer:
 
     def __init__(self, index: str | Path | faiss_index.MapIndex, conf: str | dict = "seqslam", device: str = "cpu",
                  map_desc: np.ndarray | None = None):
-        self.conf = pipeline.get_conf(conf) if isinstance(conf, str) else conf
+        self.conf = pipeline.CONFIG.resolve(conf) if isinstance(conf, str) else conf
         if self.conf["mode"] != "online":
             raise ValueError("a stream is localized online: use a preset with mode=online")
         self.index_dir = None if isinstance(index, faiss_index.MapIndex) else Path(index)
@@ -41,7 +40,7 @@ class SequenceLocalizer:
         if map_desc is None:
             if self.index_dir is None:
                 raise ValueError("give map_desc with a loaded MapIndex (or pass the index folder)")
-            map_desc = h5io.read_global(self.index_dir / api.MAP_FEATURES, self.names)
+            map_desc = h5io.read_global(self.index_dir / MAP_FEATURES, self.names)
         self.order, pos = pipeline.map_route(self.index, self.conf["map_order"])
         route = np.ascontiguousarray(np.asarray(map_desc, dtype=np.float32)[self.order])
         search = pipeline.index_search(self.index, self.order)
@@ -61,18 +60,14 @@ class SequenceLocalizer:
         return other
 
     def describe(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        """Global descriptor of one image with the index's model."""
+        """Global descriptor of one image with the index's model, computed as offline extraction computes it."""
         if self._extractor is None:
             if self.index_dir is None:
                 raise ValueError("images need the index folder (its model); pass descriptors to a loaded MapIndex")
-            self._extractor = extract.Extractor(self.index.manifest["conf"], self.device)
-            state = self.index_dir / api.STATE_FILE
-            if self._extractor.aggregator.needs_fit:
-                self._extractor.load_state(state)
-        ext = self._extractor
+            self._extractor = extract.Extractor.with_state(self.index.manifest["conf"],
+                                                           self.index_dir / STATE_FILE, self.device)
         img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-        img = resize_to_stride(img.convert("RGB"), ext.conf["preprocessing"].get("resize_max"), ext.backbone.stride)
-        return ext.describe(ext.backbone.preprocess(img)[None])[0][0]
+        return self._extractor.describe_images([img])[0]
 
     def add(self, frame: Image.Image | np.ndarray) -> tuple[int, float]:
         """Localize the next frame of the stream: (map image number, confidence)."""

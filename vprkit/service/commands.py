@@ -1,5 +1,5 @@
-"""`vprkit serve` and `vprkit keys add`: their arguments and what they run (imported by `vprkit.cli`; the
-service's own modules load only when a command runs, so the CLI starts without FastAPI)."""
+"""`vprkit serve` and `vprkit keys add`: their arguments and what they run (imported by
+`vprkit.cli`; the service's own modules load only when a command runs, so the CLI starts without FastAPI)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,9 @@ WILDCARD = {"0.0.0.0", "::", ""}
 
 class Limits:
     """Outermost layer: refuses bodies over `max_body_bytes` (413, from Content-Length or while streaming)
-    or stalled for `body_timeout_s` (408), answers 504 past `timeout_s`, and records every request's metrics."""
+    or stalled for `body_timeout_s` (408), answers 504 when no answer has begun within `timeout_s`, and records
+    every request's metrics. Both deadlines end where they no longer apply: the stall one once the body is in, the
+    answer one once the answer has begun (a live view's event stream goes on as long as its watcher stays)."""
 
     def __init__(self, app, svc) -> None:
         self.app, self.svc = app, svc
@@ -26,35 +28,43 @@ class Limits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         s, t0 = self.svc.s, time.perf_counter()
-        seen, status = 0, [0]
+        seen, status, body_done = 0, [0], False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, body_done
+            if body_done:  # only a disconnect can come now: wait for it as long as it takes
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), s["body_timeout_s"])
             except TimeoutError:
                 raise Refused(408, f"request body stalled for over {s['body_timeout_s']} s") from None
             seen += len(message.get("body", b""))
+            body_done = not message.get("more_body", False)
             if seen > s["max_body_bytes"]:
                 raise Refused(413, f"request body over the limit of {s['max_body_bytes']} bytes")
             return message
 
-        async def tracking_send(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
         length = dict(scope["headers"]).get(b"content-length")
         try:
-            if length is not None and (not length.isdigit() or int(length) > s["max_body_bytes"]):
-                raise Refused(413, f"request body over the limit of {s['max_body_bytes']} bytes")
-            await asyncio.wait_for(self.app(scope, limited, tracking_send), s["timeout_s"])
+            async with asyncio.timeout(s["timeout_s"]) as deadline:
+
+                async def tracking_send(message):
+                    if message["type"] == "http.response.start":
+                        status[0] = message["status"]
+                        deadline.reschedule(None)
+                    await send(message)
+
+                if length is not None and (not length.isdigit() or int(length) > s["max_body_bytes"]):
+                    raise Refused(413, f"request body over the limit of {s['max_body_bytes']} bytes")
+                await self.app(scope, limited, tracking_send)
         except Refused as exc:
             if not status[0]:
-                await send_json(tracking_send, exc.status, exc.detail)
+                await send_json(send, exc.status, exc.detail)
+                status[0] = exc.status
         except TimeoutError:
             if not status[0]:
-                await send_json(tracking_send, 504, f"request took over {s['timeout_s']} s")
+                await send_json(send, 504, f"request took over {s['timeout_s']} s")
+                status[0] = 504
         finally:
             route = getattr(scope.get("route"), "path", "other")
             self.svc.metrics.observe(route, status[0] or 500, time.perf_counter() - t0)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.images import load_image, resize_to_stride
+from ..data.images import load_image
 from ..features import local
 from ..rerank.ames import fuse
 from ..rerank.chamfer import ChamferReranker, score_candidates, whitening
@@ -26,8 +26,8 @@ class OnlineChamfer:
 
     def __init__(self, image_path: Callable[[str], Path], overrides: dict | None = None, cache_images: int = 2000,
                  device: str = "cpu") -> None:
-        self.conf = ChamferReranker.get_conf(**(overrides or {}))
-        self.fconf = local.get_conf(self.conf["features"], self.conf["resize_max"])
+        self.conf = ChamferReranker.CONFIG.resolve(None, overrides)
+        self.fconf = local.CONFIG.resolve(self.conf["features"], {"preprocessing.resize_max": self.conf["resize_max"]})
         self.image_path, self.cache_images = image_path, cache_images
         self.ext = local.LocalExtractor(self.fconf, device)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -36,8 +36,7 @@ class OnlineChamfer:
 
     def rows(self, img: Image.Image, k: int) -> np.ndarray:
         """The top-k local rows (K, 5 + D) of one decoded image."""
-        x = self.ext.backbone.preprocess(resize_to_stride(img, self.fconf["preprocessing"]["resize_max"],
-                                                          self.ext.backbone.stride))
+        x = self.ext.prepare(img)
         return local.select_top(*(t.cpu() for t in self.ext.salient(x[None])), k)[0]
 
     def _map_rows(self, name: str) -> np.ndarray:

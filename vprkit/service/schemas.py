@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 Position = list[float]
@@ -47,14 +49,40 @@ class Localized(BaseModel):
 class StreamEstimate(BaseModel):
     name: str
     position: Position | None = None
-    score: float
+    confidence: float | None = Field(description="the sequence matcher's confidence (SeqSLAM: margin of the best "
+                                                 "route over the best one elsewhere; the window localizer: mean "
+                                                 "similarity); null when the map has no place far enough from the "
+                                                 "estimate to compare with (a map smaller than SeqSLAM's exclusion "
+                                                 "window)")
+    score: float | None = Field(deprecated="use `confidence` (the field name of /v1/localize); kept for clients of "
+                                    "version 1, to be removed", description="the same number as `confidence`")
 
 
 class StreamFrame(BaseModel):
     stream: str
     frames: int = Field(description="frames this stream has seen")
+    time: float = Field(description="when the server answered this frame (Unix time, seconds)")
+    state: Literal["localized", "lost"] = Field(
+        description="localized when the estimate's confidence reaches the `stream_min_confidence` setting")
     estimate: StreamEstimate | None = Field(description="the sequence-consistent place so far")
     frame_best: Match | None = Field(description="this frame's own best match")
+
+
+class StreamSummary(BaseModel):
+    stream: str
+    frames: int = Field(description="frames this stream has seen")
+    idle_s: float = Field(description="seconds since its last frame (it ends after `stream_idle_s`)")
+    last: StreamFrame | None = Field(description="its last frame's answer")
+
+
+class StreamList(BaseModel):
+    streams: list[StreamSummary] = Field(description="live streams, most recently fed first")
+
+
+class StreamHistory(BaseModel):
+    stream: str
+    frames: int = Field(description="frames this stream has seen")
+    history: list[StreamFrame] = Field(description="its last `stream_history` answers, oldest first")
 
 
 class StreamEnded(BaseModel):

@@ -87,12 +87,18 @@ def run(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: 
               f"    {url}#token={svc.keys.token}", file=sys.stderr, flush=True)
     # uvicorn re-raises the SIGTERM it handled once it has shut down: exit cleanly (0) through `finally` then
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                          timeout_graceful_shutdown=10, timeout_keep_alive=s["keep_alive_s"],
+                                          http=guarded_protocol(s["max_connections"], s["header_timeout_s"])))
+    svc.stopping = lambda: server.should_exit  # open event streams end at once, not after the graceful 10 s
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10,
-                    http=guarded_protocol(s["max_connections"], s["header_timeout_s"]),
-                    timeout_keep_alive=s["keep_alive_s"])
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         svc.close()
+    if not server.started:  # as uvicorn.run: the port was taken, say
+        sys.exit(3)
 
 
 def _raise_fd_limit() -> None:

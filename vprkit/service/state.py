@@ -11,27 +11,30 @@ import asyncio
 import io
 import re
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..data.images import ImageError, PixelLimitError, decode_image, load_image, resize_to_stride
+from ..data.images import ImageError, PixelLimitError, decode_image, load_image
 from ..features.extract import Extractor
 from ..index.growing import MapWriter
+from ..index.layout import STATE_FILE
 from ..sequence.localizer import SequenceLocalizer
 from .auth import KeyStore, RateLimiter
 from .batching import Batcher
 from .estimate import estimate, posterior
 from .metrics import Metrics
 from .middleware import Refused
-from .streams import StreamLocalizer, Streams, WindowLocalizer
+from .streams import Feeds, StreamLocalizer, Streams, WindowLocalizer
 
 DEFAULTS = {
     "top_k": 5, "max_top_k": 100, "max_batch": 16, "batch_wait_ms": 5.0, "max_body_bytes": 20_000_000,
     "max_pixels": 40_000_000, "rate_per_s": 50.0, "rate_burst": 100.0, "timeout_s": 30.0, "body_timeout_s": 10.0,
     "stream_idle_s": 300.0, "max_streams": 1000, "stream_window": 10, "stream_preset": "seqslam-candidates",
+    "stream_history": 100, "stream_min_confidence": 0.15,
     "compact_every": 1000, "estimate_temp": 0.05,
     "estimate_radius": 25.0, "prior_depth": 50, "thumb_px": 160, "thumb_cache": 512, "map_points_max": 20000,
     "rerank": {},
@@ -54,19 +57,20 @@ class Service:
         self.s = {**DEFAULTS, **(settings or {})}
         self.keys = KeyStore(keys, token)  # first: a bad keys file is refused before the model loads
         self.writer = MapWriter(index_dir, self.s["compact_every"])
-        self.ext = Extractor(self.writer.map.manifest["conf"], device)
-        if self.ext.aggregator.needs_fit:
-            self.ext.load_state(Path(index_dir) / "aggregator.npz")
+        self.ext = Extractor.with_state(self.writer.map.manifest["conf"], Path(index_dir) / STATE_FILE, device)
         self.metrics = Metrics()
         self.batcher = Batcher(lambda x: self.ext.describe(x)[0].astype(np.float32), self.s["max_batch"],
                                self.s["batch_wait_ms"] / 1000, self.metrics.batch.observe)
         self.limiter = RateLimiter(self.s["rate_per_s"], self.s["rate_burst"])
-        self.streams = Streams(self.stream_factory, self.s["stream_idle_s"], self.s["max_streams"])
+        self.streams = Streams(self.stream_factory, self.s["stream_idle_s"], self.s["max_streams"],
+                               self.s["stream_history"])
+        self.feeds = Feeds()
         self._rerank = None
         self._sequence: tuple | None = None  # (map, its size, SequenceLocalizer the streams fork from)
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()  # the lazily built re-ranker and the thumbnail cache
         self.closed = False
+        self.stopping = lambda: self.closed  # whether the server is stopping (`server.run` asks uvicorn)
         self.metrics.map_size.set(len(self.writer.map.ids))
 
     @property
@@ -121,8 +125,7 @@ class Service:
     def prepare(self, data: bytes):
         """Uploaded bytes -> (decoded image, the model's input tensor): the service's one preprocessing call."""
         img = self.decode(data)
-        resized = resize_to_stride(img, self.ext.conf["preprocessing"].get("resize_max"), self.ext.backbone.stride)
-        return img, self.ext.backbone.preprocess(resized)
+        return img, self.ext.prepare(img)  # as offline extraction prepares the same file (resize_max / resize_min)
 
     async def describe(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess in a worker thread, then the batched forward pass."""
@@ -164,14 +167,22 @@ class Service:
     def stream_frame(self, stream_id: str, desc: np.ndarray) -> dict:
         """Feed one frame to its stream (under the writer lock: the localizer searches the live map, which an
         addition must not change mid-search; a compaction makes a new map object, so streams begun before it get
-        a localizer of the new numbering); the sequence estimate and the frame's own best match."""
+        a localizer of the new numbering); the sequence estimate, the frame's own best match and the stream's
+        state: localized when the estimate's confidence reaches `stream_min_confidence`, else lost. The answer
+        is kept in the stream's history."""
         with self.writer.lock:
-            i, score, frames = self.streams.add(stream_id, desc, self.search, generation=id(self.map))
+            i, confidence, frames = self.streams.add(stream_id, desc, self.search, generation=id(self.map))
             names, positions = self.candidates(np.array([i]))
             single = self.localize(None, desc, 1, False, None)["matches"]
-        return {"stream": stream_id, "frames": frames,
-                "estimate": {"name": names[0], "position": positions[0], "score": score} if names else None,
-                "frame_best": single[0] if single else None}
+        localized = bool(names) and confidence >= self.s["stream_min_confidence"]
+        confidence = confidence if np.isfinite(confidence) else None  # no other place to compare with
+        answer = {"stream": stream_id, "frames": frames, "time": time.time(),
+                  "state": "localized" if localized else "lost",
+                  "estimate": {"name": names[0], "position": positions[0], "confidence": confidence,
+                               "score": confidence} if names else None,
+                  "frame_best": single[0] if single else None}
+        self.streams.remember(stream_id, answer)
+        return answer
 
     def _live_names(self) -> list[str]:
         with self.writer.lock:

@@ -8,10 +8,12 @@ consistent estimate. The factory is swappable (`Streams(factory)`, chosen in `se
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -56,15 +58,26 @@ class WindowLocalizer:
 StreamFactory = Callable[[Search], StreamLocalizer]
 
 
+@dataclass
+class _Stream:
+    localizer: StreamLocalizer
+    seen: float  # time.monotonic() of its last frame
+    frames: int
+    generation: object  # the map its localizer was made for
+    history: deque = field(default_factory=deque)  # its last answers (dicts), for the page and GET /v1/streams/{id}
+
+
 class Streams:
     """Live streams by id: created on first frame, dropped after `idle_s` without frames; at most `max_streams`
-    (the least recently used goes first), so memory is bounded by max_streams * one localizer. A stream fed with
-    another map `generation` than its localizer's (a compaction renumbered the map) gets a new localizer: its
-    window restarts, its frame count goes on."""
+    (the least recently used goes first), each keeping its last `history` answers, so memory is bounded by
+    max_streams * (one localizer + history answers). A stream fed with another map `generation` than its
+    localizer's (a compaction renumbered the map) gets a new localizer: its window restarts, its frame count and
+    history go on."""
 
-    def __init__(self, factory: StreamFactory, idle_s: float = 300.0, max_streams: int = 1000) -> None:
-        self.factory, self.idle_s, self.max_streams = factory, idle_s, max_streams
-        self._live: OrderedDict[str, tuple[StreamLocalizer, float, int, object]] = OrderedDict()
+    def __init__(self, factory: StreamFactory, idle_s: float = 300.0, max_streams: int = 1000,
+                 history: int = 100) -> None:
+        self.factory, self.idle_s, self.max_streams, self.history_len = factory, idle_s, max_streams, history
+        self._live: OrderedDict[str, _Stream] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, stream_id: str, frame: np.ndarray, search: Search, now: float | None = None,
@@ -73,13 +86,36 @@ class Streams:
         now = time.monotonic() if now is None else now
         with self._lock:
             self._expire(now)
-            loc, _, count, made_for = self._live.pop(stream_id, (None, 0.0, 0, None))
-            if loc is None or made_for != generation:
-                loc = self.factory(search)
+            st = self._live.pop(stream_id, None)
+            if st is None:
+                st = _Stream(None, now, 0, None, deque(maxlen=self.history_len))
+            if st.localizer is None or st.generation != generation:
+                st.localizer, st.generation = self.factory(search), generation
                 while len(self._live) >= self.max_streams:
                     self._live.popitem(last=False)
-            self._live[stream_id] = (loc, now, count + 1, generation)
-        return (*loc.add(frame), count + 1)
+            st.seen, st.frames = now, st.frames + 1
+            self._live[stream_id] = st
+        return (*st.localizer.add(frame), st.frames)
+
+    def remember(self, stream_id: str, answer: dict) -> None:
+        """Keep `answer` (one frame's) in the stream's history, when the stream is still live."""
+        with self._lock:
+            if stream_id in self._live:
+                self._live[stream_id].history.append(answer)
+
+    def history(self, stream_id: str) -> list[dict] | None:
+        """The stream's last answers, oldest first; None for no live stream of that id."""
+        with self._lock:
+            st = self._live.get(stream_id)
+            return None if st is None else list(st.history)
+
+    def summary(self, now: float | None = None) -> list[dict]:
+        """Every live stream, most recently fed first: id, frames, seconds since its last frame, last answer."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._expire(now)
+            return [{"stream": sid, "frames": st.frames, "idle_s": now - st.seen,
+                     "last": st.history[-1] if st.history else None} for sid, st in reversed(self._live.items())]
 
     def drop(self, stream_id: str) -> bool:
         with self._lock:
@@ -90,7 +126,37 @@ class Streams:
 
     def _expire(self, now: float) -> None:
         while self._live:
-            sid, (_, seen, _, _) = next(iter(self._live.items()))
-            if now - seen <= self.idle_s:
+            sid, st = next(iter(self._live.items()))
+            if now - st.seen <= self.idle_s:
                 break
             del self._live[sid]
+
+
+class Feeds:
+    """Who watches which stream (the page's live view): one bounded asyncio queue per watcher, filled by
+    `publish` on the event loop. A watcher that falls behind loses its oldest answers: a robot's frames never wait
+    for a page."""
+
+    def __init__(self, depth: int = 64) -> None:
+        self.depth = depth
+        self._watchers: dict[str, set[asyncio.Queue]] = {}
+
+    def subscribe(self, stream_id: str) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(self.depth)
+        self._watchers.setdefault(stream_id, set()).add(q)
+        return q
+
+    def unsubscribe(self, stream_id: str, q: asyncio.Queue) -> None:
+        qs = self._watchers.get(stream_id, set())
+        qs.discard(q)
+        if not qs:
+            self._watchers.pop(stream_id, None)
+
+    def publish(self, stream_id: str, answer: dict) -> None:
+        for q in self._watchers.get(stream_id, ()):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(answer)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._watchers.values()))

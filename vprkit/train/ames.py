@@ -15,7 +15,6 @@ and training stops early when it no longer improves.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -24,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..config import Presets
 from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..evaluation.metrics import average_precision
 from ..features import local
 from ..models.ames import AMES, AUTHORS_CONF, ChamferTeacher, load_ames
-from ..rerank.base import Retrieval, load_retrieval
+from ..results import Retrieval, load_retrieval
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 
@@ -50,13 +50,7 @@ CONFS: dict[str, dict] = {
 }
 
 
-def get_conf(preset: str = "fp", **overrides) -> dict:
-    """Defaults, then the preset, then `overrides` (None ignored)."""
-    if preset not in CONFS:
-        raise KeyError(f"unknown AMES training preset '{preset}'; choose one of {sorted(CONFS)}")
-    conf = json.loads(json.dumps({**DEFAULT_CONF, **CONFS[preset], "preset": preset}))
-    conf.update({k: v for k, v in overrides.items() if v is not None})
-    return conf
+CONFIG = Presets("train ames", DEFAULT_CONF, CONFS, "fp")
 
 
 def mine_pairs(cand: np.ndarray, truth: GroundTruth, queries: np.ndarray, top_k: int, num_pos: int, num_neg: int,
@@ -119,7 +113,7 @@ def _build_model(conf: dict, dim: int, q_feats: torch.Tensor, m_feats: torch.Ten
         chamfer = conf["teacher"] == "chamfer"
         return model, _chamfer_teacher(model, q_feats, m_feats, cand, conf) if chamfer else None
     if not conf["teacher"]:
-        raise ValueError("binary AMES training distils an fp model: set teacher=PATH (a `vprkit train-ames` best.pt)")
+        raise ValueError("binary AMES training distils an fp model: set teacher=PATH (a `vprkit train ames` best.pt)")
     teacher, _ = load_ames(conf["teacher"])
     student = AMES(**{**teacher.conf, "bits": conf["bits"]})
     transformer = {k: v for k, v in teacher.state_dict().items() if not k.startswith("remap_local.")}
@@ -152,7 +146,8 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
         fconf, conf["num_query_desc"], conf["num_map_desc"] = meta["features"], meta["num_query_desc"], \
             meta["num_map_desc"]
     else:
-        fconf = local.get_conf(conf["features"], conf["resize_max"], detector=conf["detector"])
+        fconf = local.CONFIG.resolve(conf["features"], {"preprocessing.resize_max": conf["resize_max"],
+                                                                   "detector": conf["detector"]})
     cache = Path(conf["cache_dir"]) if conf["cache_dir"] else out_dir / "features"
     q_path = local.cached(fconf, retrieval.query_dir, retrieval.q_names, cache, "query", conf["num_query_desc"],
                           conf["device"])
@@ -161,7 +156,7 @@ def _features(conf: dict, retrieval: Retrieval, out_dir: Path) -> tuple[dict, to
     return fconf, torch.from_numpy(local.read_rows(q_path)), torch.from_numpy(local.read_rows(m_path))
 
 
-def main(conf: dict, results_dir: str | Path, out_dir: str | Path, gt: str, threshold: float | None = None,
+def main(conf: dict, results_dir: str | Path, out_dir: str | Path, *, gt: str, threshold: float | None = None,
          resume: bool = True) -> Path:
     """Train on the retrieval in `results_dir` with ground truth `gt`; returns the best checkpoint's path."""
     out_dir = run_folder(out_dir)

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.safeio import InputError, check_output
-from ..evaluation.outputs import replacing
+from ..data.safeio import check_output
+from ..evaluation.outputs import atomic_savez, replacing
+from ..models.checkpoint import read_vprkit_checkpoint
 
 logger = logging.getLogger("vprkit")
 RUN_MARKERS = ("*.pt", "log.csv", "stage*.csv", "centroids.npz", "test-*.json", "cache", "features", "tensorboard")
@@ -77,30 +78,11 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         torch.save(ckpt, tmp)
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """`torch.load` with `weights_only=True`, and clear errors for a missing, corrupt or unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt / unsafe files
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-
-
-def _read_vprkit_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, refusing files that are not vprkit checkpoints."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
-        raise ValueError(f"{path}: not a vprkit checkpoint (no 'model'/'meta' entries)")
-    return ckpt
-
-
 def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     restore_rng: bool = True) -> dict[str, Any]:
     """Restore what was saved into the given objects; returns `meta`. Refuses files that are not checkpoints."""
-    ckpt = _read_vprkit_checkpoint(path)
+    ckpt = read_vprkit_checkpoint(path)
     if model is not None:
         model.load_state_dict(ckpt["model"])
     if optimizer is not None and "optimizer" in ckpt:
@@ -112,22 +94,18 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
     return ckpt["meta"]
 
 
-def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], key: str,
-                       hint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A model rebuilt from the constructor arguments saved under meta[`key`], weights loaded, in eval mode.
+def save_centroids(path: Path, centroids: np.ndarray, arch: dict) -> None:
+    """A NetVLAD run's k-means centroids (centroids.npz) with the architecture they were clustered for."""
+    atomic_savez(path, {"centroids": centroids, "arch": json.dumps(arch, sort_keys=True)})
 
-    Lets a checkpoint be used without knowing how it was configured; `hint` says how to make a right one.
-    """
-    ckpt = _read_vprkit_checkpoint(path)
-    meta = ckpt["meta"]
-    if key not in meta:
-        raise ValueError(f"{path}: not a checkpoint of this kind (no '{key}'); {hint}")
-    try:
-        model = build(**meta[key])
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # settings or weights this code cannot use
-        raise InputError(f"{path}: unexpected model settings or weights for this model ({exc}); {hint}") from None
-    return model.eval(), meta
+
+def load_centroids(path: Path, arch: dict) -> np.ndarray:
+    """The centroids `save_centroids` wrote, refused when clustered for another architecture than `arch`."""
+    with np.load(path, allow_pickle=False) as data:
+        if str(data["arch"]) != json.dumps(arch, sort_keys=True):
+            raise ValueError(f"{path} was clustered for another architecture ({data['arch']}); delete it or use "
+                             "another output folder")
+        return data["centroids"]
 
 
 def _dotted(conf: dict, prefix: str = "") -> dict[str, Any]:

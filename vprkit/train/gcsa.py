@@ -8,13 +8,12 @@ ground truth) plus side information. Query position priors are re-simulated ever
 noise draw is free data augmentation); validation uses one fixed draw. Every epoch is checkpointed
 (exact resume), the best epoch of each stage is kept and logged to CSV.
 
-    python -m vprkit.train.gcsa RESULTS_DIR --gt index -o OUT --map-sideinfo index --query-sideinfo index \
+    vprkit train gcsa RESULTS_DIR --gt index -o OUT --map-sideinfo index --query-sideinfo index \
         --preset position --set query_prior_sigma=3
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import cached_property
 from pathlib import Path
@@ -23,13 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import Presets
 from ..data.groundtruth import GroundTruth, ground_truth_for_kept
 from ..data.images import list_images
 from ..data.sideinfo import SideInfo, noise_model, simulate_prior
 from ..evaluation import metrics
 from ..features import h5io
 from ..models.gcsa import GCSA
-from ..rerank.base import Retrieval, load_retrieval
 from ..rerank.gcsa import (
     MAP_FEATURES,
     SIDE_DEFAULTS,
@@ -41,6 +40,7 @@ from ..rerank.gcsa import (
     refined_scores,
     side_batches,
 )
+from ..results import Retrieval, load_retrieval
 from .checkpoint import load_checkpoint, resume, run_folder, save_checkpoint, seed_everything
 
 logger = logging.getLogger("vprkit")
@@ -67,18 +67,7 @@ confs = {
 }
 
 
-def get_conf(preset: str | None = None, **overrides) -> dict:
-    """Defaults, then the preset, then overrides (top-level keys; dicts merged one level deep)."""
-    if preset is not None and preset not in confs:
-        raise KeyError(f"unknown GCSA training preset '{preset}'; choose one of {sorted(confs)}")
-    conf = json.loads(json.dumps(default_conf))
-    for src in (confs.get(preset, {}), overrides):
-        for k, v in src.items():
-            if v is None:
-                continue
-            conf[k] = {**conf[k], **v} if isinstance(conf.get(k), dict) and isinstance(v, dict) else v
-    conf["preset"] = preset
-    return conf
+CONFIG = Presets("train gcsa", default_conf, confs, "position")
 
 
 def ap_loss(scores: torch.Tensor, labels: torch.Tensor, num_bins: int = 25) -> torch.Tensor:
@@ -197,8 +186,8 @@ def train(conf: dict, ctx: Contexts, truth: GroundTruth, q_true: SideInfo, out_d
     return final
 
 
-def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_sideinfo: str | None,
-         query_sideinfo: str | None, threshold: float | None = None, resume: bool = True) -> Path:
+def main(conf: dict, results_dir: str | Path, out_dir: str | Path, *, gt: str, map_sideinfo: str | None = None,
+         query_sideinfo: str | None = None, threshold: float | None = None, resume: bool = True) -> Path:
     """Train GCSA on a `vprkit query` results folder of training queries; returns the checkpoint path.
     A run found in `out_dir` is continued (same settings, more epochs allowed) when `resume`."""
     out_dir = run_folder(out_dir)
@@ -215,18 +204,3 @@ def main(conf: dict, results_dir: str | Path, gt: str, out_dir: str | Path, map_
     ctx = Contexts.build(q_desc, m_desc, retrieval.ids[:, :n], conf["num_anchors"], m_side, conf["modalities"],
                          conf["side"])
     return train(conf, ctx, truth, q_true, out_dir, resume)
-
-
-def _cli(argv: list[str] | None = None) -> int:
-    """The old `python -m vprkit.train.gcsa ...` form: runs `vprkit train gcsa ...` and says so."""
-    import sys
-
-    from ..cli import main as cli_main
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    print(f"vprkit: this form is deprecated; use: vprkit train gcsa {' '.join(argv)}", file=sys.stderr)
-    return cli_main(["train", "gcsa", *argv])
-
-
-if __name__ == "__main__":
-    raise SystemExit(_cli())

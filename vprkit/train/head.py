@@ -23,11 +23,13 @@ import torch
 from tqdm import tqdm
 
 from ..aggregators import get_aggregator
+from ..config import resolve
 from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics, outputs
 from ..features import extract, head_presets
 from ..models import get_backbone
-from . import multisim, route, token_cache, trained_head
+from ..models import head_checkpoint as trained_head
+from . import multisim, route, token_cache
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 from .data import PlaceSet, load_splits
@@ -46,7 +48,7 @@ DEFAULT_CONF: dict = {
     "cache": {"dir": None, "batch_size": 32},  # dir: token cache folder (default RUN/cache; share it across runs)
     "train": {"epochs": 6, "places": 32, "per_place": 4, "hard": 0.5, "neighbours": 20, "optimizer": "adamw",
               "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9, "warmup": 0, "milestones": [], "lr_gamma": 0.3,
-              "lr_end": 1.0, "lr_end_steps": 0, "patience": 3, "seed": 123, "batch_size": 256},
+              "lr_end": 1.0, "lr_end_steps": 0, "patience": 3, "seed": 123},
 }
 LOSSES = ("ms", "triplet", "stml")
 # The authors' GSV-Cities recipes (docs/training.md cites the files): loss, miner, batch layout, optimiser, schedule.
@@ -79,18 +81,8 @@ def get_conf(preset: str, overrides: dict | None = None) -> dict:
     recipe = overrides.pop("recipe", DEFAULT_CONF["recipe"])
     if recipe not in RECIPES:
         raise KeyError(f"unknown recipe '{recipe}'; choose one of {sorted(RECIPES)}")
-    conf = _merge(DEFAULT_CONF, RECIPES[recipe])
-    conf.update(preset=preset, recipe=recipe)
-    for key, value in overrides.items():
-        *path, last = key.split(".")
-        node = conf
-        for p in path:
-            if not isinstance(node.get(p), dict):
-                raise KeyError(f"unknown config section '{key}'")
-            node = node[p]
-        if last not in node:
-            raise KeyError(f"unknown config key '{key}'; known here: {sorted(node)}")
-        node[last] = value
+    conf = resolve(_merge(DEFAULT_CONF, RECIPES[recipe]), {preset: {}}, preset, overrides, what="head preset")
+    conf["recipe"] = recipe
     if conf["loss"]["name"] not in LOSSES:
         raise KeyError(f"unknown loss '{conf['loss']['name']}'; choose one of {LOSSES}")
     return conf
@@ -98,7 +90,7 @@ def get_conf(preset: str, overrides: dict | None = None) -> dict:
 
 def feature_conf(conf: dict) -> dict:
     """The extraction config of the trained model: the preset, with the head resized for a PCA projection."""
-    fconf = extract.get_conf(conf["preset"], batch_size=conf["cache"]["batch_size"])
+    fconf = extract.CONFIG.resolve(conf["preset"], batch_size=conf["cache"]["batch_size"])
     agg = fconf["aggregator"]
     if conf["pca"]:
         agg.update(proj_dim=conf["pca"], head=head_presets.with_channels(agg["head"], conf["pca"]))

@@ -14,6 +14,7 @@ the test regenerates), run on their own test-time transform of the images, and i
 from __future__ import annotations
 
 import configparser
+import functools
 import json
 import subprocess
 import sys
@@ -27,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests"))
 from zoo_fixtures import ZOO_DATA, random_state, state_spec  # noqa: E402
 
-SEEDS = {"eigenplaces-r50-2048": 1}  # else 0; EigenPlaces has CosPlace's keys, so a seed of its own
 IMAGES = ["vprkit/demo_data/corridor/query/0000000.jpg", "vprkit/demo_data/corridor/query/0000055.jpg",
           "vprkit/demo_data/corridor/ref/0000090.jpg"]
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -70,8 +70,11 @@ def _images(transform) -> torch.Tensor:
     return torch.stack([transform(Image.open(ROOT / p).convert("RGB")) for p in IMAGES])
 
 
-def _gem_family(repo: Path, tv, hub_module: str, backbone: str, dim: int, eigen: bool, seed: int = 0) -> dict:
-    """CosPlace / EigenPlaces via their hubconf.get_trained_model; test transform = ToTensor + Normalize."""
+def _gem_family(repo: Path, tv, hub_module: str, backbone: str, dim: int) -> dict:
+    """CosPlace / EigenPlaces via their hubconf.get_trained_model; test transform = ToTensor + Normalize.
+    EigenPlaces has CosPlace's keys, so it takes seed 1 (different weights)."""
+    eigen = hub_module == "eigenplaces"
+    seed = int(eigen)
     sys.path.insert(0, str(repo))
     network = __import__(f"{hub_module}_model.{hub_module}_network", fromlist=["x"])
     if eigen:  # their backbone init loads CosPlace weights through torch.hub (overwritten below anyway)
@@ -89,19 +92,7 @@ def _gem_family(repo: Path, tv, hub_module: str, backbone: str, dim: int, eigen:
     T = tv.transforms
     x = _images(T.Compose([T.ToTensor(), T.Normalize(*IMAGENET)]))
     return {"model": model, "x": x, "spec": spec, "container": "bare", "filename": Path(urls[0]).name,
-            "url": urls[0], "entry": "hubconf.get_trained_model" + f"({backbone!r}, {dim})"}
-
-
-def cosplace_r18_512(repo: Path, tv) -> dict:
-    return _gem_family(repo, tv, "cosplace", "ResNet18", 512, eigen=False)
-
-
-def cosplace_r50_2048(repo: Path, tv) -> dict:
-    return _gem_family(repo, tv, "cosplace", "ResNet50", 2048, eigen=False)
-
-
-def eigenplaces_r50_2048(repo: Path, tv) -> dict:
-    return _gem_family(repo, tv, "eigenplaces", "ResNet50", 2048, eigen=True, seed=SEEDS["eigenplaces-r50-2048"])
+            "url": urls[0], "seed": seed, "entry": f"hubconf.get_trained_model({backbone!r}, {dim})"}
 
 
 def boq_r50(repo: Path, tv) -> dict:
@@ -205,8 +196,11 @@ def netvlad(repo: Path, tv) -> dict:
             "entry": f"feature_extract.py (performance.ini, num_pcs={NETVLAD_PCS})"}
 
 
-BUILDERS = {f.__name__.replace("_", "-"): f for f in (cosplace_r18_512, cosplace_r50_2048, eigenplaces_r50_2048,
-                                                      boq_r50, mixvpr_r50_4096, convap_r50_4096, netvlad)}
+BUILDERS = {f.__name__.replace("_", "-"): f for f in (boq_r50, mixvpr_r50_4096, convap_r50_4096, netvlad)}
+for _module in ("cosplace", "eigenplaces"):
+    for _depth, _dim in ((18, 512), (50, 2048), (101, 2048)):
+        BUILDERS[f"{_module}-r{_depth}-{_dim}"] = functools.partial(_gem_family, hub_module=_module,
+                                                                     backbone=f"ResNet{_depth}", dim=_dim)
 
 
 def main(name: str, repo: Path) -> None:
@@ -222,7 +216,7 @@ def main(name: str, repo: Path) -> None:
     folder = ZOO_DATA / name
     folder.mkdir(parents=True, exist_ok=True)
     extra = {k: made[k] for k in ("url", "num_pcs") if made.get(k) is not None}
-    seed = SEEDS.get(name, 0)
+    seed = made.get("seed", 0)
     spec = {"fixture": name, "seed": seed, "filename": made["filename"], "container": made["container"],
             "authors_commit": commit, "authors_entry": made["entry"], "images": IMAGES, **extra, "keys": made["spec"]}
     (folder / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
@@ -235,7 +229,8 @@ def main(name: str, repo: Path) -> None:
         f"Weights: seeded random (tests/zoo_fixtures.py, seed {seed}), keys and shapes as in their model "
         f"(spec.json), saved by the test as `{made['filename']}` ({made['container']} state dict). "
         f"inputs.npz: their test-time transform of {', '.join(IMAGES)}; outputs.npy: their descriptors "
-        f"{tuple(out.shape)}.\n")
+        f"{tuple(out.shape)}. Their downloads (ImageNet init, released weights) are replaced as the docstrings of "
+        f"make_fixtures.py say; nothing else of their code is changed.\n")
     print(name, out.shape, float(np.abs(out).max()), np.linalg.norm(out, axis=1))
 
 

@@ -34,6 +34,16 @@
     document.getElementById("metrics").appendChild(el("table", {}, [head].concat(rows)));
   }
 
+  function table() {  // a comparison's table, cells as table.csv holds them
+    if (!D.table) return;
+    var T = D.table, box = document.getElementById("table");
+    var head = el("tr", {}, T.columns.map(function (c) { return el("th", {}, [c]); }));
+    var rows = T.rows.map(function (r) {
+      return el("tr", {}, r.map(function (c, i) { return el(i ? "td" : "th", {}, [c]); })); });
+    box.appendChild(el("table", {}, [head].concat(rows)));
+    box.appendChild(el("p", {}, [T.note]));
+  }
+
   function plots() {
     var box = document.getElementById("plots");
     D.plots.forEach(function (p) {
@@ -141,6 +151,7 @@
     if (D.matches) box.appendChild(matchNote());
   }
 
+  table();
   metrics();
   plots();
   controls();

@@ -13,31 +13,27 @@ and training moves it from there instead of from a random reweighting.
 
 from __future__ import annotations
 
-import importlib
-
 from torch import nn
 
-REGISTRY: dict[str, str] = {
-    "crn": "crn:CRN",
-    "bam": "bam:BAM",
-    "cbam": "cbam:CBAM",
-    "se": "se:SE",
-    "deattention": "deattention:DeAttention",
+from ...registry import Registry
+
+REGISTRY = Registry("attention module", __name__, {
+    "crn": ".crn:CRN",
+    "bam": ".bam:BAM",
+    "cbam": ".cbam:CBAM",
+    "se": ".se:SE",
+    "deattention": ".deattention:DeAttention",
     # the de-attention paper's code (deepguider/deattention_with_stml_for_vpr), for its reference presets
-    "crn-ref": "deattention_ref:DeAttentionRef",
-    "bam-ref": "bam_ref:BAMRef",
-    "deattention-ref": "deattention_ref:DeAttentionRef",
-    "se-ref": "se_ref:SERef",
-}
+    "crn-ref": ".deattention_ref:DeAttentionRef",
+    "bam-ref": ".bam_ref:BAMRef",
+    "deattention-ref": ".deattention_ref:DeAttentionRef",
+    "se-ref": ".se_ref:SERef",
+}, group="vprkit.attention")
 
 
 def get_attention(name: str, dim: int, **conf) -> nn.Module:
     """Instantiate an attention module by registry name for `dim`-channel features."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown attention module '{name}'; choose one of {sorted(REGISTRY)}")
-    module_name, cls_name = REGISTRY[name].split(":")
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, cls_name)(dim, **conf)
+    return REGISTRY.create(name, dim, **conf)
 
 
 def zero_init(layer: nn.Module) -> nn.Module:

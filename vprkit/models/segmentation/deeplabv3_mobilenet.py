@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..base import IMAGENET_MEAN, IMAGENET_STD, MissingWeightsError, load_state_dict
+from ..base import IMAGENET_MEAN, IMAGENET_STD, MissingWeightsError, load_state_dict, torch_load
 from ..mobilenetv2 import SETTINGS, _build_features, default_checkpoint
 
 
@@ -93,10 +93,7 @@ class DeepLabV3MobileNetV2(nn.Module):
     def _load(self, path: Path) -> None:
         if not path.is_file():
             raise MissingWeightsError(f"segmentation checkpoint not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt or unsafe file
-            raise ValueError(f"{path}: not a readable segmentation checkpoint ({exc})") from exc
+        state = torch_load(path, "segmentation checkpoint")
         for key in ("model_state", "state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

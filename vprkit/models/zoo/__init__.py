@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ...aggregators import Aggregator
-    from ..base import Backbone
 
 FAMILIES = ("cnn", "vit")
 
@@ -78,20 +72,6 @@ def get(preset: str) -> ZooEntry:
     if preset not in table:
         raise KeyError(f"unknown released model '{preset}'; choose one of {sorted(table)}")
     return table[preset]
-
-
-def build(entry: ZooEntry, checkpoint_path: str | Path) -> tuple[Backbone, Aggregator]:
-    """The authors' inference in eval mode: backbone + aggregator with the released weights loaded strictly and the
-    backbone normalising as the authors do. The aggregator needs no fitting: its trained state is in the file."""
-    from ...aggregators import get_aggregator  # the entry names its head in the aggregator registry
-    from .. import get_backbone
-    from ..weights import load_weights
-
-    backbone, aggregator = get_backbone(**entry.backbone), get_aggregator(**entry.aggregator)
-    backbone.mean, backbone.std = entry.mean, entry.std
-    load_weights(entry, backbone, aggregator, checkpoint_path)
-    aggregator.needs_fit = False
-    return backbone.eval(), aggregator.eval()
 
 
 def rename(state: dict, prefixes: list[tuple[str, str]]) -> dict:

@@ -18,7 +18,7 @@ MIXVPR_PAPER = "Ali-bey et al., MixVPR: Feature Mixing for Visual Place Recognit
 CONVAP_PAPER = "Ali-bey et al., GSV-Cities: Toward Appropriate Supervised VPR, Neurocomputing 2022"
 BOQ_PAPER = "Ali-bey et al., BoQ: A Place is Worth a Bag of Learnable Queries, CVPR 2024"
 SFXL = "SF-XL (San Francisco eXtra Large)"
-NO_LICENSE = "none stated (the repository has no LICENSE file)"
+NO_LICENSE = "none stated (no LICENSE file)"
 # The authors' ResNets are torchvision's children: CosPlace / EigenPlaces keep them as Sequential(children()[:-2]).
 TORCHVISION_CHILDREN = [("0.", "conv1."), ("1.", "bn1."), ("4.", "layer1."), ("5.", "layer2."), ("6.", "layer3."),
                         ("7.", "layer4.")]
@@ -76,33 +76,20 @@ def _netvlad(preset: str, released: str, hf_name: str, data: str) -> ZooEntry:
     )
 
 
-def _cosplace(depth: int, dim: int) -> ZooEntry:
-    in_dim = 512 if depth == 18 else 2048
+def _gem_fc(method: str, depth: int, dim: int) -> ZooEntry:
+    """CosPlace or EigenPlaces (one network, GeM + fc; EigenPlaces trains it differently) on ResNet-`depth`."""
+    repo = {"cosplace": "CosPlace", "eigenplaces": "EigenPlaces"}[method]
+    released = f"ResNet{depth}_{dim}_{method}.pth"
     return ZooEntry(
-        preset=f"cosplace-r{depth}-{dim}",
+        preset=f"{method}-r{depth}-{dim}",
         backbone={"name": "resnet", "depth": depth, "last_layer": 4, "frozen_stages": 2},
-        aggregator={"name": "cosplace", "in_dim": in_dim, "out_dim": dim},
+        aggregator={"name": "cosplace", "in_dim": 512 if depth == 18 else 2048, "out_dim": dim},
         resize=None, dim=dim,
-        weights=Weights(f"ResNet{depth}_{dim}_cosplace.pth",
-                        f"https://github.com/gmberton/CosPlace/releases/download/v1.0/ResNet{depth}_{dim}_cosplace.pth"),
-        training_data=SFXL, license="MIT", code="gmberton/CosPlace", paper=COSPLACE_PAPER,
+        weights=Weights(released, f"https://github.com/gmberton/{repo}/releases/download/v1.0/{released}"),
+        training_data=SFXL, license="MIT", code=f"gmberton/{repo}",
+        paper=COSPLACE_PAPER if method == "cosplace" else EIGENPLACES_PAPER,
         convert="zoo.cnn:from_cosplace",
-        notes="full-resolution test images (their --resize_test_imgs is off by default)",
-    )
-
-
-def _eigenplaces(depth: int, dim: int) -> ZooEntry:
-    in_dim = 512 if depth == 18 else 2048
-    return ZooEntry(
-        preset=f"eigenplaces-r{depth}-{dim}",
-        backbone={"name": "resnet", "depth": depth, "last_layer": 4, "frozen_stages": 2},
-        aggregator={"name": "cosplace", "in_dim": in_dim, "out_dim": dim},
-        resize=None, dim=dim,
-        weights=Weights(f"ResNet{depth}_{dim}_eigenplaces.pth", "https://github.com/gmberton/EigenPlaces/releases/"
-                                                                f"download/v1.0/ResNet{depth}_{dim}_eigenplaces.pth"),
-        training_data=SFXL, license="MIT", code="gmberton/EigenPlaces", paper=EIGENPLACES_PAPER,
-        convert="zoo.cnn:from_cosplace",
-        notes="the CosPlace network (GeM + fc) trained with EigenPlaces; full-resolution test images",
+        notes="full-resolution test images (CosPlace's --resize_test_imgs is off by default; EigenPlaces has none)",
     )
 
 
@@ -154,7 +141,7 @@ ENTRIES: list[ZooEntry] = [
     _netvlad("netvlad-pitts30k", "pittsburgh_WPCA4096.pth.tar", "pitts_WPCA4096.pth.tar", "Pittsburgh 30k"),
     _netvlad("netvlad-msls", "mapillary_WPCA4096.pth.tar", "mapillary_WPCA4096.pth.tar",
              "Mapillary Street-Level Sequences"),
-    _cosplace(50, 2048), _cosplace(18, 512), _cosplace(101, 2048),
-    _eigenplaces(50, 2048), _eigenplaces(18, 512), _eigenplaces(101, 2048),
+    *(_gem_fc(method, depth, dim) for method in ("cosplace", "eigenplaces")
+      for depth, dim in ((18, 512), (50, 2048), (101, 2048))),
     MIXVPR, CONVAP, BOQ_R50,
 ]

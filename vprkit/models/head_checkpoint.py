@@ -1,4 +1,5 @@
-"""Checkpoints of `vprkit train head` as extraction models (`vprkit index --preset NAME --checkpoint RUN/best.pt`).
+"""Checkpoints of `vprkit train head` as extraction models (`vprkit index --preset NAME --checkpoint RUN/best.pt`);
+below the features layer, as the NetVLAD checkpoints (models/checkpoint.py).
 
 The checkpoint holds the head's weights (`TokenHead` state dict) and an `arch` record: the backbone settings, the
 head's full configuration (it may differ from the preset's, e.g. a PCA size chosen in training: the checkpoint

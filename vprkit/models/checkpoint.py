@@ -1,19 +1,23 @@
-"""Trained NetVLAD checkpoints as models for extraction (`vprkit index --checkpoint PATH`).
+"""Loading vprkit training checkpoints as models: safe reading, trained models rebuilt from their saved settings,
+and trained NetVLAD weights for extraction (`vprkit index --checkpoint PATH`).
 
-A training checkpoint (vprkit.train.checkpoint format) carries the backbone, attention and NetVLAD
-weights plus an `arch` record (backbone config, aggregator config with its attention module). The
-extractor builds the preset's backbone, checks the record against the preset and loads the weights.
+Here, below every step, so extraction and re-rankers load trained models without importing training; writing
+checkpoints and resuming runs stay in `vprkit.train.checkpoint`. A NetVLAD training checkpoint carries the
+backbone, attention and NetVLAD weights plus an `arch` record (backbone config, aggregator config with its attention
+module); the extractor builds the preset's backbone, checks the record against the preset and loads the weights.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import read_checkpoint
+from ..data.safeio import InputError
+from .base import torch_load
 
 logger = logging.getLogger("vprkit")
 
@@ -22,6 +26,40 @@ KIND = "vprkit-netvlad"
 _WEIGHT_SOURCES = ("checkpoint",)
 # aggregator settings a checkpoint brings (defaults for checkpoints written before they existed)
 _FROM_CHECKPOINT = {"attention": None, "mask_mode": "assignment"}
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """`torch.load` with `weights_only=True`, and clear errors for a missing, corrupt or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    return torch_load(path)
+
+
+def read_vprkit_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, refusing files that are not vprkit checkpoints."""
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise ValueError(f"{path}: not a vprkit checkpoint (no 'model'/'meta' entries)")
+    return ckpt
+
+
+def load_trained_model(path: str | Path, build: Callable[..., torch.nn.Module], key: str,
+                       hint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A model rebuilt from the constructor arguments saved under meta[`key`], weights loaded, in eval mode.
+
+    Lets a checkpoint be used without knowing how it was configured; `hint` says how to make a right one.
+    """
+    ckpt = read_vprkit_checkpoint(path)
+    meta = ckpt["meta"]
+    if key not in meta:
+        raise ValueError(f"{path}: not a checkpoint of this kind (no '{key}'); {hint}")
+    try:
+        model = build(**meta[key])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # settings or weights this code cannot use
+        raise InputError(f"{path}: unexpected model settings or weights for this model ({exc}); {hint}") from None
+    return model.eval(), meta
 
 
 def arch_record(model_conf: dict, agg_conf: dict, preprocessing: dict | None = None) -> dict:
@@ -44,7 +82,7 @@ def arch_mismatch(expected: dict, found: dict) -> list[str]:
     return out
 
 
-def read(path: str | Path | None) -> dict[str, Any] | None:
+def read_netvlad(path: str | Path | None) -> dict[str, Any] | None:
     """The checkpoint dict if `path` is a vprkit NetVLAD training checkpoint; None for other weight files."""
     if path is None:
         return None

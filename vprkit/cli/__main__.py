@@ -1,0 +1,7 @@
+"""`python -m vprkit.cli ...`: the same as `vprkit ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
