@@ -28,12 +28,13 @@ make_golden = _golden_module()
 
 
 @pytest.fixture(scope="module")
-def corridor(tmp_path_factory) -> Path:
-    """The subset indexed and queried with the current code (re-rankers and sequence start from it)."""
+def corridor(tmp_path_factory) -> tuple[Path, dict]:
+    """The subset indexed (dinov2-vlad) and queried with the current code, and the query's outputs; the re-rankers
+    and sequence matching start from this retrieval."""
     root = tmp_path_factory.mktemp("golden")
     make_golden.make_subset(root)
     make_golden.run_step("index", root)
-    return root
+    return root, make_golden.run_step("query", root)
 
 
 def assert_same_ranking(got: dict, old: dict) -> None:
@@ -49,8 +50,8 @@ def assert_same_ranking(got: dict, old: dict) -> None:
                 assert abs(old_score.get(name, float("-inf")) - want) <= ATOL, (query, name, old_name)
 
 
-def _check(step: str, root: Path) -> None:
-    got = make_golden.run_step(step, root)
+def assert_same_outputs(step: str, got: dict) -> None:
+    """A step's outputs equal to its golden file: rankings, and for sequence matching the per-frame estimates."""
     old = json.loads((GOLDEN / f"{step}.json").read_text())
     assert_same_ranking(got["ranking"], old["ranking"])
     if "estimates" in old:
@@ -60,22 +61,16 @@ def _check(step: str, root: Path) -> None:
             assert got["estimates"][query][1] == pytest.approx(confidence, abs=ATOL), query
 
 
-@pytest.fixture(scope="module")
-def queried(corridor: Path) -> Path:
-    _check("query", corridor)
-    return corridor
+def test_global_retrieval_same_as_before(corridor):
+    assert_same_outputs("query", corridor[1])
 
 
-def test_global_retrieval_same_as_before(queried):
-    """dinov2-vlad index + query: same top-k and scores (the check runs in the fixture the others share)."""
-
-
-@pytest.mark.parametrize("step", ["chamfer", "seqslam"])
-def test_step_same_as_before(queried, step):
-    _check(step, queried)
+@pytest.mark.parametrize("step", ["chamfer", "ames", "seqslam"])
+def test_step_same_as_before(corridor, step):
+    assert_same_outputs(step, make_golden.run_step(step, corridor[0]))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ["patchnetvlad", "segvlad"])
-def test_slow_reranker_same_as_before(queried, step):
-    _check(step, queried)
+def test_slow_reranker_same_as_before(corridor, step):
+    assert_same_outputs(step, make_golden.run_step(step, corridor[0]))

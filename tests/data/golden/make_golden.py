@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+AMES_CHECKPOINT = HERE / "ames-tiny.pt"  # a tiny random AMES in the authors' layout (no trained weights needed)
 CORRIDOR = Path(__file__).resolve().parents[3] / "vprkit" / "demo_data" / "corridor"
 MAP_NAMES = [f"{i:07d}.jpg" for i in range(16)]
 QUERY_NAMES = [f"{i:07d}.jpg" for i in range(0, 16, 3)]
@@ -29,9 +31,23 @@ STEPS = [
                       "fit_max_patches=1000", "num_pcs=64", "-o", "{root}/patchnetvlad"]),
     ("segvlad", ["rerank", "{root}/query-results", "--method", "segvlad", "--preset", "slic", "--num-rerank", "3",
                  "--match-figures", "0", "--set", "pca_fit_images=8", "-o", "{root}/segvlad"]),
+    ("ames", ["rerank", "{root}/query-results", "--method", "ames", "--preset", "fp", "--num-rerank", "3",
+              "--match-figures", "0", "--set", f"authors_checkpoint={AMES_CHECKPOINT}", "num_query_desc=50",
+              "num_map_desc=50", "-o", "{root}/ames"]),
     ("seqslam", ["sequence", "{root}/query-results", "--method", "seqslam", "--set", "ds=4", "-o",
                  "{root}/seqslam"]),
 ]
+
+
+def make_ames_checkpoint(input_dim: int = 384) -> None:
+    """A seeded tiny AMES (DINOv2 ViT-S local descriptors are 384-d) saved as the authors save theirs."""
+    import torch
+
+    from vprkit.models.ames import AMES
+
+    torch.manual_seed(0)
+    model = AMES(input_dim=input_dim, model_dim=8, num_layers=1, ff_dim=16)
+    torch.save({"state": model.state_dict()}, AMES_CHECKPOINT)
 
 
 def make_subset(root: Path) -> None:
@@ -83,6 +99,7 @@ def run_step(name: str, root: Path) -> dict:
 def main(out_dir: str) -> None:
     import tempfile
 
+    make_ames_checkpoint()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_subset(root)
