@@ -36,6 +36,7 @@ STEPS = [
               "num_map_desc=50", "-o", "{root}/ames"]),
     ("seqslam", ["sequence", "{root}/query-results", "--method", "seqslam", "--set", "ds=4", "-o",
                  "{root}/seqslam"]),
+    ("hmm", ["sequence", "{root}/query-results", "--method", "hmm", "-o", "{root}/hmm"]),
 ]
 
 
@@ -91,7 +92,7 @@ def run_step(name: str, root: Path) -> dict:
     if name == "index":
         return {}
     out = {"ranking": read_ranking(root / name if name != "query" else root / "query-results")}
-    if name == "seqslam":
+    if name in ("seqslam", "hmm"):
         out["estimates"] = read_estimates(root / name)
     return out
 
