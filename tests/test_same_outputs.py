@@ -65,7 +65,7 @@ def test_global_retrieval_same_as_before(corridor):
     assert_same_outputs("query", corridor[1])
 
 
-@pytest.mark.parametrize("step", ["chamfer", "patchnetvlad", "ames", "seqslam", "hmm"])
+@pytest.mark.parametrize("step", ["chamfer", "patchnetvlad", "ames", "gcsa", "seqslam", "hmm"])
 def test_step_same_as_before(corridor, step):
     assert_same_outputs(step, make_golden.run_step(step, corridor[0]))
 

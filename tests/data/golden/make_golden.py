@@ -14,6 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 AMES_CHECKPOINT = HERE / "ames-tiny.pt"  # a tiny random AMES in the authors' layout (no trained weights needed)
+GCSA_CHECKPOINT = HERE / "gcsa-tiny.pt"  # a tiny random GCSA (no side information) in vprkit's checkpoint layout
 CORRIDOR = Path(__file__).resolve().parents[3] / "vprkit" / "demo_data" / "corridor"
 MAP_NAMES = [f"{i:07d}.jpg" for i in range(16)]
 QUERY_NAMES = [f"{i:07d}.jpg" for i in range(0, 16, 3)]
@@ -34,6 +35,8 @@ STEPS = [
     ("ames", ["rerank", "{root}/query-results", "--method", "ames", "--preset", "fp", "--num-rerank", "3",
               "--match-figures", "0", "--set", f"authors_checkpoint={AMES_CHECKPOINT}", "num_query_desc=50",
               "num_map_desc=50", "-o", "{root}/ames"]),
+    ("gcsa", ["rerank", "{root}/query-results", "--method", "gcsa", "--num-rerank", "3", "--match-figures", "0",
+              "--set", f"checkpoint={GCSA_CHECKPOINT}", "-o", "{root}/gcsa"]),
     ("seqslam", ["sequence", "{root}/query-results", "--method", "seqslam", "--set", "ds=4", "-o",
                  "{root}/seqslam"]),
     ("hmm", ["sequence", "{root}/query-results", "--method", "hmm", "-o", "{root}/hmm"]),
@@ -49,6 +52,18 @@ def make_ames_checkpoint(input_dim: int = 384) -> None:
     torch.manual_seed(0)
     model = AMES(input_dim=input_dim, model_dim=8, num_layers=1, ff_dim=16)
     torch.save({"state": model.state_dict()}, AMES_CHECKPOINT)
+
+
+def make_gcsa_checkpoint(desc_dim: int = 64 * 384) -> None:
+    """A seeded tiny GCSA on dinov2-vlad descriptors (64 clusters x 384), saved as `vprkit train gcsa` saves one."""
+    import torch
+
+    from vprkit.models.gcsa import GCSA
+    from vprkit.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = GCSA(desc_dim, 3, [], proj_dim=8, width=16, num_layers=1, num_heads=2)
+    save_checkpoint(GCSA_CHECKPOINT, model, model_config=model.config(), conf={})
 
 
 def make_subset(root: Path) -> None:
@@ -101,6 +116,7 @@ def main(out_dir: str) -> None:
     import tempfile
 
     make_ames_checkpoint()
+    make_gcsa_checkpoint()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_subset(root)
