@@ -160,6 +160,27 @@ def test_a_compaction_between_storing_the_image_and_journaling_it_keeps_the_imag
     assert mi.names[mi.search(d[None], 1)[1][0, 0]] == "racing.jpg"
 
 
+def test_a_compaction_while_the_image_is_being_written_keeps_its_temporary_file(tmp_path, monkeypatch):
+    """The interleaving CI hit: the addition has written its temporary image file, a compaction runs before the
+    rename (it used to delete `images/.*.tmp`, so the rename failed and the addition got a 503)."""
+    idx, _ = make_index(tmp_path)
+    w = MapWriter(idx, compact_every=0)
+    w.add("first.jpg", _unit(np.ones((1, 8)))[0], b"first")
+    real_replace, armed = os.replace, [True]
+
+    def compact_before_the_rename(src, dst):
+        if armed[0] and str(src).endswith(".tmp") and os.path.basename(os.path.dirname(dst)) == "images":
+            armed[0] = False
+            w.compact()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", compact_before_the_rename)
+    d = _unit(np.random.default_rng(6).normal(size=(1, 8)))[0]
+    w.add("in flight.jpg", d, b"in-flight bytes")
+    assert not armed[0] and w.map.image_path("in flight.jpg").read_bytes() == b"in-flight bytes"
+    w.close()
+
+
 def test_concurrent_additions_removals_and_compactions_lose_nothing(tmp_path, caplog):
     """6 threads add and remove their own images while a compaction runs every 5 changes."""
     idx, live = make_index(tmp_path)

@@ -69,7 +69,7 @@ class MapWriter:
         self.compact_every = compact_every
         self.lock = threading.RLock()
         self._lock_fd = _take_lock(self.index_dir)
-        _finish_compaction(self.index_dir)
+        _finish_compaction(self.index_dir, opening=True)
         self.map = faiss_index.load(self.index_dir)
         self._journal = journal.Journal(faiss_index.base_dir(self.index_dir))
         self.pending = len(journal.read(faiss_index.base_dir(self.index_dir))[0])
@@ -231,10 +231,12 @@ def _point_current(index_dir: Path, generation: Path) -> None:
     journal.fsync_dir(index_dir)
 
 
-def _finish_compaction(index_dir: Path) -> None:
+def _finish_compaction(index_dir: Path, opening: bool = False) -> None:
     """Complete whatever a compaction (possibly killed) left after its commit: the top-level base files become
     links through `current`; generations that are not current (old, or never committed) and temporary files are
-    deleted. Only the writer calls this (it holds the lock)."""
+    deleted. Only the writer calls this (it holds the lock). Image files being stored are written outside the lock,
+    so their temporary files are left by a killed writer only, and deleted only when a writer opens (`opening`):
+    deleting them after a compaction failed the additions in flight."""
     (index_dir / f".{CURRENT}.tmp").unlink(missing_ok=True)
     base = faiss_index.base_dir(index_dir)
     if base != index_dir:
@@ -250,7 +252,8 @@ def _finish_compaction(index_dir: Path) -> None:
     for entry in gens.iterdir() if gens.is_dir() else []:
         if entry != base:
             shutil.rmtree(entry, ignore_errors=True)
-    for tmp in list(base.glob(f".{journal.JOURNAL_FILE}.*.tmp")) + list((index_dir / IMAGES_DIR).glob(".*.tmp")):
+    images_tmp = list((index_dir / IMAGES_DIR).glob(".*.tmp")) if opening else []
+    for tmp in list(base.glob(f".{journal.JOURNAL_FILE}.*.tmp")) + images_tmp:
         tmp.unlink(missing_ok=True)
 
 
