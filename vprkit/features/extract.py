@@ -110,9 +110,7 @@ class AllPresets(Mapping):
     first use so importing vprkit builds no entry."""
 
     def __getitem__(self, name: str) -> dict:
-        if name in CONFS:
-            return CONFS[name]
-        return zoo_conf(zoo.get(name)) if name in zoo.entries() else CONFS[name]
+        return CONFS[name] if name in CONFS else zoo_conf(zoo.get(name))  # KeyError for an unknown name
 
     def __iter__(self) -> Iterator[str]:
         yield from CONFS
@@ -255,8 +253,10 @@ class Extractor:
             backbone, aggregator = released.modules(model_conf)
             self.backbone, self.aggregator = backbone.to(self.device), aggregator.to(self.device)
         else:
-            ckpt = trained.read_netvlad(model_conf.get("checkpoint"))  # a `vprkit train` checkpoint, else None
-            head = trained_head.read(model_conf.get("checkpoint")) if ckpt is None else None
+            # a `vprkit train netvlad` or `vprkit train head` checkpoint (the file read once), else None
+            found = trained.read_trained(model_conf.get("checkpoint"), (trained.KIND, trained_head.KIND))
+            kind = found["meta"]["kind"] if found is not None else None
+            ckpt, head = (found if kind == trained.KIND else None), (found if kind == trained_head.KIND else None)
             if ckpt is not None:
                 del model_conf["checkpoint"]
                 agg_conf = trained.aggregator_conf(ckpt, model_conf, agg_conf, conf["preprocessing"])

@@ -82,16 +82,21 @@ def arch_mismatch(expected: dict, found: dict) -> list[str]:
     return out
 
 
-def read_netvlad(path: str | Path | None) -> dict[str, Any] | None:
-    """The checkpoint dict if `path` is a vprkit NetVLAD training checkpoint; None for other weight files."""
+def read_trained(path: str | Path | None, kinds: tuple[str, ...]) -> dict[str, Any] | None:
+    """The checkpoint dict (with its `path`) if `path` is a vprkit training checkpoint of one of `kinds` (its `meta`
+    names the kind); None for other weight files. One read serves every kind a caller accepts."""
     if path is None:
         return None
     ckpt = read_checkpoint(path)
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-    if isinstance(meta, dict) and meta.get("kind") == KIND:
-        ckpt["path"] = str(path)
-        return ckpt
+    if isinstance(meta, dict) and meta.get("kind") in kinds:
+        return {**ckpt, "path": str(path)}
     return None
+
+
+def read_netvlad(path: str | Path | None) -> dict[str, Any] | None:
+    """The checkpoint dict if `path` is a vprkit NetVLAD training checkpoint; None for other weight files."""
+    return read_trained(path, (KIND,))
 
 
 def aggregator_conf(ckpt: dict, model_conf: dict, agg_conf: dict, preprocessing: dict | None = None) -> dict:

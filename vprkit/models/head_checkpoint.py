@@ -13,20 +13,14 @@ from typing import Any
 
 import torch
 
-from .checkpoint import read_checkpoint
+from .checkpoint import read_trained
 
 KIND = "vprkit-head"
 
 
 def read(path: str | Path | None) -> dict[str, Any] | None:
     """The checkpoint dict if `path` is a head-training checkpoint; None for other weight files."""
-    if path is None:
-        return None
-    ckpt = read_checkpoint(path)
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-    if isinstance(meta, dict) and meta.get("kind") == KIND:
-        return {**ckpt, "path": str(path)}
-    return None
+    return read_trained(path, (KIND,))
 
 
 def aggregator_conf(ckpt: dict, model_conf: dict, agg_conf: dict, preprocessing: dict) -> dict:
