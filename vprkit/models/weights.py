@@ -184,11 +184,8 @@ def transfer(entry: ZooEntry, part: Path, progress: bool) -> None:
 
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify(entry: ZooEntry, path: Path, dest: Path) -> None:
