@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
@@ -58,10 +59,16 @@ def write_batch(path: str | Path, items: dict[str, dict[str, np.ndarray]], attrs
                 grp.attrs[SOURCE] = file_identity(Path(root) / name)
 
 
+def recorded_sources(path: str | Path, names: Iterable[str]) -> dict[str, str | None]:
+    """The file identity each stored image recorded when it was described (None: recorded none); names not stored
+    are left out."""
+    with h5py.File(path, "r") as f:
+        return {n: f[_key(n)].attrs.get(SOURCE) for n in names if _key(n) in f}
+
+
 def changed_sources(path: str | Path, root: str | Path, names: list[str]) -> set[str]:
     """Names whose stored features were computed from another file than `root/name` is now (or record none)."""
-    with h5py.File(path, "r") as f:
-        return {n for n in names if _key(n) in f and f[_key(n)].attrs.get(SOURCE) != file_identity(Path(root) / n)}
+    return {n for n, src in recorded_sources(path, names).items() if src != file_identity(Path(root) / n)}
 
 
 def salvage(path: str | Path) -> None:

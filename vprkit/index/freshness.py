@@ -14,11 +14,10 @@ import logging
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..data.safeio import file_identity
-from ..features.h5io import SOURCE
+from ..features.h5io import recorded_sources
 from .faiss_index import MapIndex
 from .layout import MAP_FEATURES, SEGMENT_FEATURES
 
@@ -36,16 +35,9 @@ def changed_map_images(features: Path, names: list[str], path_of: Callable[[str]
     if not verify and len(names) > SAMPLE:
         rng = rng if rng is not None else np.random.default_rng()
         rows = np.sort(rng.choice(len(names), SAMPLE, replace=False))
-    changed, checked = [], 0
-    with h5py.File(features, "r") as f:
-        for name in (names[i] for i in rows if i not in removed):
-            recorded = f[name].attrs.get(SOURCE) if name in f else None
-            if recorded is None:
-                continue
-            checked += 1
-            if recorded != file_identity(path_of(name)):
-                changed.append(name)
-    return changed, checked
+    recorded = {n: src for n, src in recorded_sources(features, (names[i] for i in rows if i not in removed)).items()
+                if src is not None}
+    return [n for n, src in recorded.items() if src != file_identity(path_of(n))], len(recorded)
 
 
 def warn_if_changed(mi: MapIndex, index_dir: Path, verify: bool = False) -> list[str]:
