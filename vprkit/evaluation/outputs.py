@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.images import UNSAFE_NAME
 from ..data.safeio import InputError, atomic_savez, atomic_write, read_text, replacing
 
 __all__ = ["atomic_savez", "atomic_write", "replacing", "write_predictions", "write_pairs", "write_json",
@@ -31,7 +32,7 @@ def write_predictions(path: str | Path, q_names: list[str], m_names: list[str], 
 
 def _check_names(path: str | Path, names: list[str]) -> None:
     """Names the line formats cannot hold (a tab or a line break inside) are refused before anything is written."""
-    bad = [n for n in names if "\t" in n or "\n" in n or "\r" in n]
+    bad = [n for n in names if UNSAFE_NAME.search(n)]
     if bad:
         raise InputError(f"{path}: cannot write image names holding a tab or line break, e.g. {bad[0]!r}")
 
