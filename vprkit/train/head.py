@@ -12,7 +12,6 @@ scored at the end. The run's `best.pt` plugs into `vprkit index MAP -o IDX --pre
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..aggregators import get_aggregator
-from ..config import resolve
+from ..config import merge, resolve
 from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics, outputs
 from ..features import extract, head_presets
@@ -66,13 +65,6 @@ RECIPES: dict[str, dict] = {
 PRESETS = sorted(head_presets.CONFS)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def get_conf(preset: str, overrides: dict | None = None) -> dict:
     """The defaults, the recipe (`recipe=NAME` among the overrides picks another) and dotted `overrides`."""
     if preset not in head_presets.CONFS:
@@ -81,7 +73,7 @@ def get_conf(preset: str, overrides: dict | None = None) -> dict:
     recipe = overrides.pop("recipe", DEFAULT_CONF["recipe"])
     if recipe not in RECIPES:
         raise KeyError(f"unknown recipe '{recipe}'; choose one of {sorted(RECIPES)}")
-    conf = resolve(_merge(DEFAULT_CONF, RECIPES[recipe]), {preset: {}}, preset, overrides, what="head preset")
+    conf = resolve(merge(DEFAULT_CONF, RECIPES[recipe]), {preset: {}}, preset, overrides, what="head preset")
     conf["recipe"] = recipe
     if conf["loss"]["name"] not in LOSSES:
         raise KeyError(f"unknown loss '{conf['loss']['name']}'; choose one of {LOSSES}")
