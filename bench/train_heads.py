@@ -38,7 +38,7 @@ LABEL_FREE = {  # dataset -> (map, queries, overrides): Corridor is a route (+-2
 def seqslam_r1(s: head.Session, split: str = "test", ds: int = 10) -> float:
     """R@1 of online SeqSLAM over the split's query stream with the session's head (route order)."""
     q, m = (head.describe(s.head.eval(), t).numpy() for t in s.banks[split])
-    _, confidence, ids, scores = pipeline.match(pipeline.get_conf("seqslam", ds=ds), q, m)
+    _, confidence, ids, scores = pipeline.match(pipeline.CONFIG.resolve("seqslam", ds=ds), q, m)
     return metrics.evaluate(ids, GroundTruth(s.places[split].positives))["R@1"]
 
 
@@ -46,7 +46,7 @@ def nordland(args, work: Path, rows: dict) -> None:
     data = Path(args.data) / "nordland_64x32_dev"
     for preset in args.presets:
         over = {**NORDLAND, "cache.dir": args.cache, "train.epochs": args.epochs, **args.set}
-        conf = head.get_conf(preset, over)
+        conf = head.CONFIG.resolve(preset, over)
         t0 = time.perf_counter()
         s = head.Session(conf, data / "summer", data / "winter", work / f"{preset}-untrained")
         base = head.test(s)
@@ -67,10 +67,10 @@ def label_free(args, work: Path, rows: dict) -> None:
             continue
         for preset in args.presets:
             data = Path(args.data)
-            conf = head.get_conf(preset, {**over, "data.source": "map", "cache.dir": args.cache,
-                                          "train.epochs": args.epochs, **args.set})
-            tconf = head.get_conf(preset, {**over, "data.split": [0.0, 0.0, 1.0], "data.gap": 0.0,
-                                           "cache.dir": args.cache})
+            conf = head.CONFIG.resolve(preset, {**over, "data.source": "map", "cache.dir": args.cache,
+                                                "train.epochs": args.epochs, **args.set})
+            tconf = head.CONFIG.resolve(preset, {**over, "data.split": [0.0, 0.0, 1.0], "data.gap": 0.0,
+                                                 "cache.dir": args.cache})
             s = head.Session(tconf, data / map_dir, data / query_dir, work / f"{name}-{preset}-test", splits=("test",))
             rows[f"{name} {preset} untrained"] = head.test(s)
             best = head.main(conf, data / map_dir, None, work / f"{name}-{preset}")
@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--work", help="run folders and token caches (default: a new temporary folder)")
     p.add_argument("--cache", help="token cache folder (default WORK/cache)")
-    p.add_argument("--presets", nargs="+", default=head.PRESETS)
+    p.add_argument("--presets", nargs="+", default=sorted(head.CONFIG.presets))
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--set", nargs="*", default=[], help="training overrides KEY=VALUE (JSON values)")
     p.add_argument("--label-free", action="store_true", help="also Corridor and ESSEX3IN1, label-free")

@@ -84,6 +84,23 @@ def test_presets_object_checks_and_records_extras():
     assert [name for name, _ in step.listing()] == ["short"]
 
 
+def test_a_selector_names_a_block_between_the_defaults_and_the_preset():
+    blocks = {"plain": {}, "fast": {"lr": 0.1, "epochs": 5, "data": {"pos_thr": 2.0}}}
+    step = Presets("train demo", {**DEFAULTS, "recipe": "plain"}, {**PRESETS, "fast-run": {"recipe": "fast"}},
+                   selectors={"recipe": blocks})
+    plain = step.resolve("short")
+    assert (plain["recipe"], plain["lr"], plain["epochs"]) == ("plain", 1e-4, 2)
+    fast = step.resolve("short", {"recipe": "fast"})  # the block's lr and pos_thr; the preset's epochs
+    assert (fast["recipe"], fast["lr"], fast["epochs"], fast["data"]) == ("fast", 0.1, 2, {"pos_thr": 2.0,
+                                                                                          "neg_thr": 5.0})
+    assert step.resolve("short", {"recipe": "fast", "lr": 0.5})["lr"] == 0.5  # the overrides win
+    assert step.resolve("fast-run")["lr"] == 0.1 and step.resolve("fast-run", recipe="plain")["lr"] == 1e-4
+    with pytest.raises(ConfigError, match=r"unknown recipe 'slow' for train demo; choose one of \['fast', 'plain"):
+        step.resolve("short", recipe="slow")
+    assert [name for name, _ in step.listing()] == ["short", "fast-run", "recipe=plain", "recipe=fast"]
+    assert dict(step.listing())["recipe=fast"] == blocks["fast"]
+
+
 def test_parse_overrides_reads_json_values_else_strings():
     assert parse_overrides(["a=1", "b=2.5", "c=[1, 2]", "d=true", "e=null", "f=dinov2", "g.h={\"x\": 1}"]) == \
         {"a": 1, "b": 2.5, "c": [1, 2], "d": True, "e": None, "f": "dinov2", "g.h": {"x": 1}}

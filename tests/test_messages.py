@@ -128,8 +128,8 @@ def test_the_global_device_reaches_rerank(capsys):
 def test_presets_lists_every_step(capsys):
     assert main(["presets"]) == 0
     steps = {line.split("  ")[0].strip() for line in capsys.readouterr().out.splitlines()}
-    assert {"index", "segvlad index", "sequence", "train netvlad", "train ames", "train gcsa", "rerank patchnetvlad",
-            "rerank ames", "rerank chamfer", "rerank gcsa", "rerank segvlad"} <= steps
+    assert {"index", "segvlad index", "sequence", "train netvlad", "train ames", "train gcsa", "train head",
+            "rerank patchnetvlad", "rerank ames", "rerank chamfer", "rerank gcsa", "rerank segvlad"} <= steps
 
 
 def test_ground_truth_with_nan_or_impossible_positions_is_named(tmp_path):

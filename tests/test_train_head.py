@@ -12,6 +12,7 @@ from PIL import Image
 
 from vprkit import api
 from vprkit.cli import main as cli_main
+from vprkit.config import ConfigError
 from vprkit.features import extract, head_presets
 from vprkit.models import head_checkpoint as trained_head
 from vprkit.train import head, token_cache
@@ -35,7 +36,7 @@ def tiny(monkeypatch):
 def _conf(preset="tiny-gem-fc", **over):
     base = {"data.positions": "index", "data.pos_thr": 1.0, "data.neg_thr": 2.0, "data.split": [0.5, 0.25, 0.25],
             "data.gap": 2.0, "train.places": 4, "train.per_place": 2, "train.epochs": 4, "train.lr": 1e-2}
-    return head.get_conf(preset, {**base, **over})
+    return head.CONFIG.resolve(preset, {**base, **over})
 
 
 def _tokens(path):
@@ -125,23 +126,88 @@ def test_label_free_cli_run_and_errors(route, tiny, tmp_path, capsys):
     rows = (tmp_path / "sep" / "log.csv").read_text().splitlines()
     assert len(rows) == 3 and "nan" in rows[1] and (tmp_path / "sep" / "best.pt").is_file()
     assert cli_main(["train", "head", str(route / "map"), "-o", str(tmp_path / "x"), "--preset", "nope"]) == 2
-    assert "unknown head preset" in capsys.readouterr().err
+    assert "unknown train head preset 'nope'" in capsys.readouterr().err
+    assert cli_main(["train", "head", str(route / "map"), "-o", str(tmp_path / "x"), "--set", "data.source=map"]) == 2
+    assert "train head needs a preset (--preset)" in capsys.readouterr().err
     assert cli_main(["train", "head", str(route / "map"), "-o", str(tmp_path / "x"), "--preset", "tiny-gem-fc"]) == 2
     assert "query folder is needed" in capsys.readouterr().err
 
 
 def test_recipes_schedules_by_hand():
-    mix = head.get_conf("dinov2s-mixvpr", {"recipe": "mixvpr-gsv"})["train"]
+    mix = head.CONFIG.resolve("dinov2s-mixvpr", {"recipe": "mixvpr-gsv"})["train"]
     assert (mix["places"], mix["per_place"], mix["optimizer"], mix["lr"]) == (120, 4, "sgd", 0.05)
-    assert head.lr_factor(mix, 0, 0) == pytest.approx(1 / 650)
-    assert head.lr_factor(mix, 649, 0) == pytest.approx(1.0)
-    assert head.lr_factor(mix, 5000, 5) == pytest.approx(0.3)
-    assert head.lr_factor(mix, 9000, 26) == pytest.approx(0.3 ** 4)
-    salad = head.get_conf("dinov2s-salad", {"recipe": "salad-gsv"})["train"]
-    assert head.lr_factor(salad, 2000, 1) == pytest.approx(0.6)
-    assert head.lr_factor(salad, 9000, 3) == pytest.approx(0.2)
-    assert head.lr_factor(head.get_conf("dinov2s-salad")["train"], 123, 4) == 1.0
-    with pytest.raises(KeyError, match="unknown recipe"):
-        head.get_conf("dinov2s-salad", {"recipe": "nope"})
-    with pytest.raises(ValueError, match="unknown setting .train.nope"):
-        head.get_conf("dinov2s-salad", {"train.nope": 1})
+    assert head.lr_factor(mix, 0, 0, 100) == pytest.approx(1 / 650)  # warm-up in steps: the epoch length is moot
+    assert head.lr_factor(mix, 649, 0, 100) == pytest.approx(1.0)
+    assert head.lr_factor(mix, 5000, 5, 100) == pytest.approx(0.3)
+    assert head.lr_factor(mix, 9000, 26, 100) == pytest.approx(0.3 ** 4)
+    salad = head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv"})["train"]
+    assert head.lr_factor(salad, 2000, 1, 100) == pytest.approx(0.6)
+    assert head.lr_factor(salad, 9000, 3, 100) == pytest.approx(0.2)
+    assert head.lr_factor(head.CONFIG.resolve("dinov2s-salad")["train"], 123, 4, 100) == 1.0
+    # the preset's and the user's settings win over the recipe's
+    assert head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv", "train.epochs": 2})["train"]["epochs"] == 2
+    with pytest.raises(ConfigError, match="unknown recipe 'nope' for train head"):
+        head.CONFIG.resolve("dinov2s-salad", {"recipe": "nope"})
+    with pytest.raises(ConfigError, match="unknown setting .train.nope"):
+        head.CONFIG.resolve("dinov2s-salad", {"train.nope": 1})
+    with pytest.raises(ConfigError, match="unknown loss 'arcface'"):
+        head.CONFIG.resolve("dinov2s-salad", {"loss.name": "arcface"})
+    with pytest.raises(ConfigError, match="train head needs a preset"):
+        head.CONFIG.resolve(None)
+
+
+def test_boq_recipe_is_bag_of_queries_train_py():
+    """boq-gsv against amaralibey/Bag-of-Queries at 1a4965e (docs/training.md cites the lines): 128 places x 4,
+    MS loss (1, 50, 0) + miner 0.1, AdamW lr 1e-4 and weight decay 1e-4, 40 epochs, linear warm-up over the first
+    10 epochs' steps, x0.1 at epochs 10 and 20."""
+    conf = head.CONFIG.resolve("dinov2s-boq", {"recipe": "boq-gsv"})
+    t = conf["train"]
+    assert conf["recipe"] == "boq-gsv"
+    assert conf["loss"] == {**head.DEFAULT_CONF["loss"], "name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0,
+                            "epsilon": 0.1}
+    assert (t["places"], t["per_place"], t["optimizer"], t["lr"], t["weight_decay"], t["epochs"]) == \
+        (128, 4, "adamw", 1e-4, 1e-4, 40)
+    assert (t["warmup"], t["warmup_epochs"], t["milestones"], t["lr_gamma"], t["lr_end_steps"]) == \
+        (0, 10, [10, 20], 0.1, 0)
+    # by hand, 100 steps an epoch: the warm-up spans 1000 steps
+    assert head.lr_factor(t, 0, 0, 100) == pytest.approx(1 / 1000)
+    assert head.lr_factor(t, 499, 4, 100) == pytest.approx(0.5)
+    assert head.lr_factor(t, 999, 9, 100) == pytest.approx(1.0)
+    assert head.lr_factor(t, 1000, 10, 100) == pytest.approx(0.1)
+    assert head.lr_factor(t, 2000, 20, 100) == pytest.approx(0.01)
+    assert head.lr_factor(t, 3999, 39, 100) == pytest.approx(0.01)
+    # every step against BoQ's mechanism run on torch's own scheduler: MultiStepLR([10, 20], 0.1) stepped per epoch,
+    # and during the first 10 epochs each step's lr set to min(1, (step + 1) / (10 x steps an epoch)) x initial lr
+    per_epoch, step = 3, 0
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10, 20], gamma=0.1)
+    group = opt.param_groups[0]
+    for epoch in range(40):
+        for _ in range(per_epoch):
+            if epoch < 10:
+                group["lr"] = min(1.0, (step + 1) / (10 * per_epoch)) * group["initial_lr"]
+            assert t["lr"] * head.lr_factor(t, step, epoch, per_epoch) == pytest.approx(group["lr"], rel=1e-9)
+            opt.step()
+            step += 1
+        sched.step()
+
+
+def test_epoch_steps_counts_places_with_a_positive():
+    positives = [np.array([0]), np.array([], int), np.array([1, 2]), np.array([3]), np.array([4]), np.array([5])]
+    assert head.epoch_steps(positives, 2) == 3  # 5 places, 2 a batch: ceil(5 / 2)
+    assert head.epoch_steps(positives, 5) == 1
+
+
+def test_presets_lists_the_head_presets_and_recipes(capsys):
+    assert cli_main(["presets", "train head"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        step, rest = line[:20].strip(), line[21:]
+        name, conf = rest.split(" ", 1)
+        rows[name] = json.loads(conf.strip())
+        assert step == "train head"
+    assert {n for n in rows if not n.startswith("recipe=")} == set(head_presets.CONFS)
+    assert rows["dinov2s-boq"] == {**head.DEFAULT_CONF, "preset": "dinov2s-boq"}
+    assert {n: c for n, c in rows.items() if n.startswith("recipe=")} == \
+        {f"recipe={r}": block for r, block in head.RECIPES.items()}
+    assert rows["recipe=boq-gsv"]["train"]["warmup_epochs"] == 10

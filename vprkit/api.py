@@ -80,6 +80,7 @@ STEPS = Registry("step config", "vprkit", {
     "train netvlad": ".train.netvlad:CONFIG",
     "train ames": ".train.ames:CONFIG",
     "train gcsa": ".train.gcsa:CONFIG",
+    "train head": ".train.head:CONFIG",
 })
 
 

@@ -160,14 +160,27 @@ class Presets:
     check: Callable[[dict], dict] | None = None  # validates (and may complete) a resolved config
     extra: dict = field(default_factory=dict)  # recorded in every config (e.g. {"method": "ames"})
     renamed: dict[str, str] = field(default_factory=dict)  # old preset name -> its new name
+    # key -> named blocks of settings (train head's `recipe`: a loss + schedule chosen apart from the preset)
+    selectors: dict[str, Mapping[str, dict]] = field(default_factory=dict)
 
     def resolve(self, name: str | None = None, overrides: dict | None = None, /, **more: Any) -> dict:
-        """The config of preset `name` (the step's default when None) with `overrides` and then `more`."""
+        """The config of preset `name` (the step's default when None) with `overrides` and then `more`.
+
+        A selector key's value (the overrides', else the preset's, else the default) names a block merged between
+        the defaults and the preset, so the preset and the overrides still win over the block."""
         name = self.default if name is None else name
         if name in self.renamed:
             raise ConfigError(f"{self.step} preset '{name}' is now called '{self.renamed[name]}'")
-        conf = resolve(self.defaults, self.presets, name, {**(overrides or {}), **more},
-                       what=f"{self.step} preset", open_sections=self.open_sections)
+        over = {**(overrides or {}), **more}
+        defaults = self.defaults
+        for key, blocks in self.selectors.items():
+            choice = next(v for v in (over.get(key), self.presets.get(name, {}).get(key), defaults[key])
+                          if v is not None)
+            if not isinstance(choice, str) or choice not in blocks:
+                raise ConfigError(f"unknown {key} '{choice}' for {self.step}; choose one of {sorted(blocks)}")
+            defaults = merge(defaults, blocks[choice])
+        conf = resolve(defaults, self.presets, name, over, what=f"{self.step} preset",
+                       open_sections=self.open_sections)
         conf = {**self.extra, **conf}
         return self.check(conf) if self.check else conf
 
@@ -176,6 +189,9 @@ class Presets:
         return valid_keys(self.resolve(name))
 
     def listing(self) -> Iterable[tuple[str, dict]]:
-        """(name, full config) of every preset, the default first."""
+        """(name, full config) of every preset, the default first; then ('KEY=NAME', the settings it sets) of every
+        selector block."""
         names = sorted(self.presets, key=lambda n: n != self.default)
-        return [(n, self.resolve(n)) for n in names] if names else [("(defaults)", self.resolve(None))]
+        rows = [(n, self.resolve(n)) for n in names] if names else [("(defaults)", self.resolve(None))]
+        return rows + [(f"{key}={choice}", block) for key, blocks in self.selectors.items()
+                       for choice, block in blocks.items()]

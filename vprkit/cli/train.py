@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..evaluation import metrics
-from .common import add_gt, add_settings, parse_overrides, step_conf
+from .common import add_gt, add_settings, step_conf
 
 LEGACY_TRAIN = {"train-ames": ["train", "ames"]}  # old command -> new words
 NETVLAD_MODES = ("cluster", "train", "test")
@@ -44,7 +44,8 @@ def add(sub) -> None:
     s.add_argument("map_dir")
     s.add_argument("query_dir", nargs="?", help="query images (not with --set data.source=map: label-free)")
     s.add_argument("-o", "--out", required=True, help="run folder (best.pt, last.pt, log.csv, test.json, cache/)")
-    add_settings(s, "head preset, also the index preset: dinov2s-salad, dinov2s-mixvpr, ...", None,
+    add_settings(s, "head preset, also the index preset: dinov2s-salad, dinov2s-mixvpr, ... (`vprkit presets` lists "
+                 "them and the recipes)", None,
                  set_help="override settings, e.g. recipe=salad-gsv pca=128 data.positions=index train.epochs=5")
     s.add_argument("--restart", action="store_true", help="start over instead of continuing the run in OUT")
     s.set_defaults(func=run_head, conf=head_conf)
@@ -80,9 +81,7 @@ def run_netvlad(args: argparse.Namespace) -> None:
 def head_conf(args: argparse.Namespace) -> dict:
     from ..train import head
 
-    if args.preset is None:
-        raise ValueError(f"vprkit train head needs --preset, one of {head.PRESETS}")
-    return head.get_conf(args.preset, parse_overrides(args.set))
+    return step_conf(head.CONFIG, args)
 
 
 def run_head(args: argparse.Namespace) -> None:

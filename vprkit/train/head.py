@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..aggregators import get_aggregator
-from ..config import merge, resolve
+from ..config import ConfigError, Presets
 from ..data.groundtruth import GroundTruth
 from ..evaluation import metrics, outputs
 from ..features import extract, head_presets
@@ -46,8 +47,8 @@ DEFAULT_CONF: dict = {
     "augment": {"crop": 0.9, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "grey": 0.0},
     "cache": {"dir": None, "batch_size": 32},  # dir: token cache folder (default RUN/cache; share it across runs)
     "train": {"epochs": 6, "places": 32, "per_place": 4, "hard": 0.5, "neighbours": 20, "optimizer": "adamw",
-              "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9, "warmup": 0, "milestones": [], "lr_gamma": 0.3,
-              "lr_end": 1.0, "lr_end_steps": 0, "patience": 3, "seed": 123},
+              "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9, "warmup": 0, "warmup_epochs": 0, "milestones": [],
+              "lr_gamma": 0.3, "lr_end": 1.0, "lr_end_steps": 0, "patience": 3, "seed": 123},
 }
 LOSSES = ("ms", "triplet", "stml")
 # The authors' GSV-Cities recipes (docs/training.md cites the files): loss, miner, batch layout, optimiser, schedule.
@@ -61,23 +62,40 @@ RECIPES: dict[str, dict] = {
                    "train": {"places": 120, "per_place": 4, "hard": 0.0, "optimizer": "sgd", "lr": 0.05,
                              "momentum": 0.9, "weight_decay": 1e-3, "warmup": 650, "milestones": [5, 10, 15, 25, 45],
                              "lr_gamma": 0.3, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 80, "patience": 0}},
+    "boq-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
+                "train": {"places": 128, "per_place": 4, "hard": 0.0, "optimizer": "adamw", "lr": 1e-4,
+                          "weight_decay": 1e-4, "warmup": 0, "warmup_epochs": 10, "milestones": [10, 20],
+                          "lr_gamma": 0.1, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 40, "patience": 0}},
 }
-PRESETS = sorted(head_presets.CONFS)
 
 
-def get_conf(preset: str, overrides: dict | None = None) -> dict:
-    """The defaults, the recipe (`recipe=NAME` among the overrides picks another) and dotted `overrides`."""
-    if preset not in head_presets.CONFS:
-        raise KeyError(f"unknown head preset '{preset}'; choose one of {PRESETS}")
-    overrides = dict(overrides or {})
-    recipe = overrides.pop("recipe", DEFAULT_CONF["recipe"])
-    if recipe not in RECIPES:
-        raise KeyError(f"unknown recipe '{recipe}'; choose one of {sorted(RECIPES)}")
-    conf = resolve(merge(DEFAULT_CONF, RECIPES[recipe]), {preset: {}}, preset, overrides, what="head preset")
-    conf["recipe"] = recipe
+class HeadPresets(Mapping):
+    """The extraction presets of head_presets.CONFS as training presets, read live (a head preset added there
+    trains too); each takes the defaults, since the architecture comes from the extraction preset of its name."""
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in head_presets.CONFS:
+            raise KeyError(name)
+        return {}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(head_presets.CONFS)
+
+    def __len__(self) -> int:
+        return len(head_presets.CONFS)
+
+
+def check_conf(conf: dict) -> dict:
+    """Refuse a config without a preset (it names the backbone and head) and losses the training lacks."""
+    if conf["preset"] is None:
+        raise ConfigError(f"train head needs a preset (--preset), one of {sorted(head_presets.CONFS)}")
     if conf["loss"]["name"] not in LOSSES:
-        raise KeyError(f"unknown loss '{conf['loss']['name']}'; choose one of {LOSSES}")
+        raise ConfigError(f"unknown loss '{conf['loss']['name']}'; choose one of {LOSSES}")
     return conf
+
+
+# defaults <- the recipe (`recipe=NAME` picks it) <- the preset <- the overrides
+CONFIG = Presets("train head", DEFAULT_CONF, HeadPresets(), check=check_conf, selectors={"recipe": RECIPES})
 
 
 def feature_conf(conf: dict) -> dict:
@@ -254,14 +272,21 @@ def _optimizer(t: dict, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer '{t['optimizer']}'; choose 'adamw' or 'sgd'")
 
 
-def lr_factor(t: dict, step: int, epoch: int) -> float:
-    """Linear warm-up over `warmup` steps, x `lr_gamma` at each epoch in `milestones`, linear decay to `lr_end`
-    over the first `lr_end_steps` steps (the authors' schedules)."""
-    f = min(1.0, (step + 1) / t["warmup"]) if t["warmup"] else 1.0
+def lr_factor(t: dict, step: int, epoch: int, epoch_steps: int) -> float:
+    """Linear warm-up over `warmup` steps plus `warmup_epochs` epochs of `epoch_steps` steps, x `lr_gamma` at each
+    epoch in `milestones`, linear decay to `lr_end` over the first `lr_end_steps` steps (the authors' schedules)."""
+    warmup = t["warmup"] + t["warmup_epochs"] * epoch_steps
+    f = min(1.0, (step + 1) / warmup) if warmup else 1.0
     f *= t["lr_gamma"] ** sum(epoch >= m for m in t["milestones"])
     if t["lr_end_steps"]:
         f *= 1.0 + (t["lr_end"] - 1.0) * min(step, t["lr_end_steps"]) / t["lr_end_steps"]
     return f
+
+
+def epoch_steps(positives: list[np.ndarray], places: int) -> int:
+    """An epoch's steps as `warmup_epochs` counts them: ceil(places with a positive / places per batch), the length
+    of the authors' place loader (an epoch here may have a few more batches where places of a route conflict)."""
+    return -(-sum(len(p) > 0 for p in positives) // places)
 
 
 def _neighbours(s: Session, count: int) -> np.ndarray:
@@ -297,7 +322,8 @@ def train(s: Session, resume: bool = True) -> dict:
     init_head(s)
     opt = _optimizer(t, [p for p in s.head.parameters() if p.requires_grad])
     state = {"step": 0, "epoch": 0}
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: lr_factor(t, state["step"], state["epoch"]))
+    steps = epoch_steps(s.places["train"].positives, t["places"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: lr_factor(t, state["step"], state["epoch"], steps))
     rng = np.random.default_rng(t["seed"])
     progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"],
                                lambda path: load_checkpoint(path, s.head, opt, sched), resume, s.conf,
