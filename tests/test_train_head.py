@@ -211,3 +211,64 @@ def test_presets_lists_the_head_presets_and_recipes(capsys):
     assert {n: c for n, c in rows.items() if n.startswith("recipe=")} == \
         {f"recipe={r}": block for r, block in head.RECIPES.items()}
     assert rows["recipe=boq-gsv"]["train"]["warmup_epochs"] == 10
+
+
+@pytest.mark.parametrize("conf,trainable", [({"name": "mobilenetv2", "layer": 13}, 3),
+                                            ({"name": "dinov2_vits14", "layer": 2, "facet": "value",
+                                              "weights": False}, 2),
+                                            ({"name": "dinov2_vits14", "layer": 1, "weights": False}, 1)])
+def test_backbone_split_runs_the_same_model_with_its_own_names(conf, trainable):
+    torch.manual_seed(0)
+    backbone = head.get_backbone(**conf).eval()
+    for p in backbone.parameters():  # DINOv2 without weights: nonzero CLS and positions too
+        p.data.add_(0.02 * torch.randn_like(p))
+    stem, tail = backbone.split(trainable)
+    x = torch.randn(2, 3, 56, 84)
+    with torch.no_grad():
+        ref, got = backbone(x), tail(stem(x))
+    torch.testing.assert_close(got.local, ref.local, rtol=0, atol=0)
+    names = dict(backbone.state_dict())
+    assert all(torch.equal(v, names[k]) for k, v in tail.state_dict().items())  # the backbone's own names
+    assert not set(stem.state_dict()) & set(tail.state_dict())
+    with pytest.raises(ValueError, match="give 1"):
+        backbone.split(99)
+
+
+def test_finetuned_blocks_train_and_come_back_through_index(route, tmp_path, monkeypatch):
+    """train.finetune=3 on MobileNetV2 block 13: the checkpoint holds blocks 11-13 (changed) and the head; `vprkit
+    index --checkpoint` gives what a backbone with those blocks copied in by hand and the head give."""
+    preset = head_presets._preset({"name": "mobilenetv2", "layer": 13}, 96, "gem-fc", 64)
+    for table in (extract.CONFS, head_presets.CONFS):
+        monkeypatch.setitem(table, "mb-gem", preset)
+    conf = _conf("mb-gem", **{"train.finetune": 3, "train.epochs": 2, "train.lr": 1e-3, "train.queries": 4,
+                              "train.negatives": 3})
+    best = head.main(conf, route / "map", route / "query", tmp_path / "run")
+    state = trained_head.read(best)["model"]
+    fresh = head.get_backbone(name="mobilenetv2", layer=13).state_dict()
+    tuned = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    assert {k.split(".")[1] for k in tuned} == {"11", "12", "13"}
+    assert any(not torch.equal(v, fresh[k]) for k, v in tuned.items() if v.is_floating_point())
+    out = api.index_map(route / "map", tmp_path / "idx", "mb-gem", model={**preset["model"], "checkpoint": str(best)})
+    backbone = head.get_backbone(name="mobilenetv2", layer=13).eval()
+    with torch.no_grad():
+        for k, v in tuned.items():
+            backbone.state_dict()[k].copy_(v)
+    agg = head.get_aggregator(**preset["aggregator"]).eval()
+    agg.load_state_dict({k.removeprefix("aggregator."): v for k, v in state.items() if k.startswith("aggregator.")})
+    x = extract.prepare(Image.open(route / "map" / "005.png"), extract.CONFIG.resolve("mb-gem"), backbone)
+    with torch.no_grad():
+        ref = agg(backbone(x[None]).local)[0].numpy()
+    with h5py.File(out / "map_features.h5") as f:
+        np.testing.assert_allclose(f["005.png"]["global"][()], ref, atol=1e-5)
+
+
+def test_finetune_and_mining_settings_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match="pca .* cannot be combined with train.finetune"):
+        head.CONFIG.resolve("mobilenetv2-mixvpr", {"pca": 32})
+    with pytest.raises(ConfigError, match="loss.name=ms needs train.mining=places"):
+        head.CONFIG.resolve("dinov2s-salad", {"loss.name": "ms"})
+    assert head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv"})["train"]["mining"] == "places"
+    assert head.CONFIG.resolve("mobilenetv2-mixvpr")["train"]["finetune"] == 7
+    assert head.CONFIG.resolve("dinov2s-mixvpr")["train"]["finetune"] == 0
+    with pytest.raises(ValueError, match="not supported for TinyBackbone"):
+        TinyBackbone().split(1)

@@ -271,7 +271,7 @@ class Extractor:
             if ckpt is not None:
                 trained.load_weights(ckpt, self.backbone, self.aggregator)
             if head is not None:
-                trained_head.load_weights(head, self.aggregator)
+                trained_head.load_weights(head, self.aggregator, self.backbone)
         if conf.get("precision", "fp32") == "auto":
             conf["precision"] = precisions.probe(self.backbone, conf["model"], self.probe_size())["choice"]
         self.precision = precisions.check(conf.get("precision", "fp32"))

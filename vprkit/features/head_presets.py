@@ -16,6 +16,10 @@ DINOV2S_DIM = 384
 MOBILENETV2_LAST = {"name": "mobilenetv2"}  # 1280-d, stride 32
 MOBILENETV2_MID = {"name": "mobilenetv2", "layer": 13}  # 96-d, stride 16 (MixVPR cuts ResNet mid-way too)
 
+# MixVPR's fixed token grid (h, w): a landscape image's own grid at these presets' sizes (MobileNetV2 block 13 of
+# 256 x 128, DINOv2-S of 224 x 112), so such frames keep every token; other shapes are pooled to it
+MIXVPR_GRID = (8, 16)
+
 
 def head_conf(head: str, dim: int) -> dict:
     """The head's own settings for `dim` input channels (vprkit's sizes)."""
@@ -24,8 +28,8 @@ def head_conf(head: str, dim: int) -> dict:
                   "mlp_dim": 512, "dropout": 0.3},
         "boq": {"name": "boq", "in_channels": dim, "proj_channels": 256, "num_queries": 32, "num_layers": 2,
                 "row_dim": 16},
-        "mixvpr": {"name": "mixvpr", "in_channels": dim, "in_h": 8, "in_w": 8, "out_channels": 256,
-                   "mix_depth": 2, "mlp_ratio": 1, "out_rows": 4},
+        "mixvpr": {"name": "mixvpr", "in_channels": dim, "in_h": MIXVPR_GRID[0], "in_w": MIXVPR_GRID[1], "out_channels": 256,
+                   "mix_depth": 2, "mlp_ratio": 1, "out_rows": 16},
         "netvlad": {"name": "netvlad", "num_clusters": 32, "dim": dim},
         "gem-fc": {"name": "cosplace", "in_dim": dim, "out_dim": 512},
     }
@@ -42,7 +46,7 @@ def with_channels(head: dict, dim: int) -> dict:
 
 def _preset(model: dict, dim: int, head: str, resize_max: int) -> dict:
     agg = {"name": "token_head", "head": head_conf(head, dim), "in_dim": dim, "proj_dim": None,
-           "grid": [8, 8] if head == "mixvpr" else None, "seed": 0}
+           "grid": list(MIXVPR_GRID) if head == "mixvpr" else None, "seed": 0}
     return {"model": dict(model), "aggregator": agg, "preprocessing": {"resize_max": resize_max}}
 
 
@@ -51,3 +55,7 @@ CONFS: dict[str, dict] = {
     "mobilenetv2-mixvpr": _preset(MOBILENETV2_MID, 96, "mixvpr", 256),
     "mobilenetv2-gem-fc": _preset(MOBILENETV2_LAST, 1280, "gem-fc", 256),
 }
+
+# Training defaults of a preset (over `vprkit train head`'s defaults and recipe): MobileNetV2 trains its last
+# blocks on a CPU in minutes; DINOv2's blocks cost ~50x more, so they stay frozen unless asked (train.finetune=N).
+TRAIN: dict[str, dict] = {name: {"train": {"finetune": 7}} for name in ("mobilenetv2-mixvpr", "mobilenetv2-gem-fc")}

@@ -48,10 +48,24 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> BackboneOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def split(self, trainable: int) -> tuple[nn.Module, nn.Module]:
+        """(stem, tail) with tail(stem(x)) == forward(x): the stem is the frozen part whose output training caches
+        (a BackboneOutput), the tail the last `trainable` blocks, fine-tuned. The tail's parameter names are the
+        backbone's own, so its trained weights load back into a fresh backbone (`load_state_dict(strict=False)`)."""
+        raise ValueError(f"fine-tuning backbone blocks (train.finetune) is not supported for "
+                         f"{type(self).__name__}; it is for mobilenetv2 and dinov2 backbones")
+
     def int8_exempt(self) -> set[str]:
         """Names of Linear layers that int8 quantization leaves in fp32: layers the forward never runs, or reads
         only as weights (quantizing them costs accuracy or time and gains nothing)."""
         return set()
+
+
+def check_trainable(trainable: int, available: int, what: str) -> None:
+    """A clear error for a fine-tuning depth the backbone cannot give."""
+    if not 1 <= trainable <= available:
+        raise ValueError(f"train.finetune={trainable}: {what} has {available} blocks up to its output; "
+                         f"give 1..{available} (0 keeps the backbone frozen)")
 
 
 class MissingWeightsError(RuntimeError):

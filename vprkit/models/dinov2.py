@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, BackboneOutput, MissingWeightsError, cache_dir, load_state_dict, package_file
+from .base import (
+    Backbone,
+    BackboneOutput,
+    MissingWeightsError,
+    cache_dir,
+    check_trainable,
+    load_state_dict,
+    package_file,
+)
 
 # name -> (dim, depth, heads, ffn); the 37x37 position grid is shared by all released models (518 / 14).
 ARCHS: dict[str, tuple[int, int, int, str]] = {
@@ -228,14 +236,7 @@ class DinoV2(Backbone):
         (i, "token") is block i's output (pre-norm), (i, "value") the value projection inside block i, and
         (None, "token") the last block after the final norm.
         """
-        x = self.fit_patches(x)
-        b, _, height, width = x.shape
-        h, w = height // PATCH, width // PATCH
-
-        tokens = self.patch_embed(x)
-        tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        tokens = tokens + self.interpolate_pos_encoding(h, w).to(tokens.dtype)
-
+        tokens, _, _ = self.embed(x)
         depth = len(self.blocks)
         last = max(depth - 1 if i is None else i for i, _ in taps)
         out: dict[tuple[int | None, str], torch.Tensor] = {}
@@ -259,6 +260,24 @@ class DinoV2(Backbone):
                 for n, m in self.blocks[i].named_modules() if isinstance(m, nn.Linear)}
         return idle | {f"blocks.{i}.attn.qkv" for i in self.layers if self.facet == "value"}
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Patch tokens with the CLS token and position embeddings (B, 1 + h*w, C), and the grid (h, w)."""
+        x = self.fit_patches(x)
+        b, _, height, width = x.shape
+        h, w = height // PATCH, width // PATCH
+        tokens = torch.cat([self.cls_token.expand(b, -1, -1), self.patch_embed(x)], dim=1)
+        return tokens + self.interpolate_pos_encoding(h, w).to(tokens.dtype), h, w
+
+    def split(self, trainable: int) -> tuple[nn.Module, nn.Module]:
+        """(stem, tail) of a single-tap model: the tail runs the last `trainable` blocks up to the tap (the tap's
+        own block included, of which the value facet uses only norm1 and qkv) and the final norm if tapped."""
+        if len(self.layers) != 1:
+            raise ValueError("train.finetune needs a single DINOv2 layer, not a list")
+        tap = self.layers[0]
+        last = len(self.blocks) - 1 if tap is None else tap
+        check_trainable(trainable, last + 1, f"DINOv2 {self.arch} tapped at block {last}")
+        return _DinoStem(self, last + 1 - trainable), _DinoTail(self, last + 1 - trainable, last)
+
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         x = self.fit_patches(x)
         h, w = x.shape[2] // PATCH, x.shape[3] // PATCH
@@ -270,6 +289,49 @@ class DinoV2(Backbone):
         tokens = torch.cat(parts, dim=-1)
         local = tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
         return BackboneOutput(local=local, global_token=tokens[:, 0])
+
+
+def _as_output(tokens: torch.Tensor, h: int, w: int) -> BackboneOutput:
+    """(B, 1 + h*w, C) tokens as a (B, C, h, w) map and the CLS token."""
+    return BackboneOutput(local=tokens[:, 1:].transpose(1, 2).reshape(len(tokens), -1, h, w),
+                          global_token=tokens[:, 0])
+
+
+class _DinoStem(nn.Module):
+    """Embedding and blocks 0..first-1, frozen; its output (tokens as a map + CLS) is what training caches."""
+
+    def __init__(self, model: DinoV2, first: int) -> None:
+        super().__init__()
+        self.model, self.first = [model], first  # a list: the stem does not own (or save) the model's weights
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        tokens, h, w = self.model[0].embed(x)
+        for block in self.model[0].blocks[: self.first]:
+            tokens = block(tokens)
+        return _as_output(tokens, h, w)
+
+
+class _DinoTail(nn.Module):
+    """Blocks first..last (and the final norm for the default tap); `blocks.<i>` keep the model's names."""
+
+    def __init__(self, model: DinoV2, first: int, last: int) -> None:
+        super().__init__()
+        self.blocks = nn.Module()
+        for i in range(first, last + 1):
+            self.blocks.add_module(str(i), model.blocks[i])
+        self.tap, self.facet = model.layers[0], model.facet
+        if self.tap is None:
+            self.norm = model.norm
+
+    def forward(self, x: BackboneOutput) -> BackboneOutput:
+        h, w = x.local.shape[2:]
+        tokens = torch.cat([x.global_token[:, None], x.local.flatten(2).transpose(1, 2)], dim=1)
+        blocks = list(self.blocks.children())
+        for i, block in enumerate(blocks):
+            if i == len(blocks) - 1 and self.facet == "value":
+                return _as_output(block.attn.value(block.norm1(tokens)), h, w)
+            tokens = block(tokens)
+        return _as_output(self.norm(tokens) if self.tap is None else tokens, h, w)
 
 
 def imgfocus_state_dict() -> dict[str, torch.Tensor]:

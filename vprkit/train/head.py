@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,9 @@ from . import multisim, route, token_cache
 from .checkpoint import load_checkpoint, run_folder, seed_everything
 from .checkpoint import resume as resume_progress
 from .data import PlaceSet, load_splits
+from .head_model import HeadModel, describe, evaluated, fit_sample
 from .losses import get_loss
+from .mining import Miner, Triplet
 from .place_batches import Place, place_batches
 
 logger = logging.getLogger("vprkit")
@@ -41,29 +43,38 @@ logger = logging.getLogger("vprkit")
 DEFAULT_CONF: dict = {
     "recipe": "vprkit",  # the loss / batch / optimiser block below came from (see RECIPES)
     "pca": None,  # project tokens to this many dims (PCA fitted on the training map's tokens)
-    "loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1, "margin": 0.1, "margin_pn": 1.4},
+    "loss": {"name": "triplet", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1, "margin": 0.1,
+             "margin_pn": 1.4},
     "data": {"positions": "utm", "pos_thr": 10.0, "neg_thr": 25.0, "split": [0.7, 0.15, 0.15], "gap": None,
              "source": "queries", "copies": 4, "self_positive": True},  # as `vprkit train netvlad`
     "augment": {"crop": 0.9, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "grey": 0.0},
     "cache": {"dir": None, "batch_size": 32},  # dir: token cache folder (default RUN/cache; share it across runs)
-    "train": {"epochs": 6, "places": 32, "per_place": 4, "hard": 0.5, "neighbours": 20, "optimizer": "adamw",
-              "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9, "warmup": 0, "warmup_epochs": 0, "milestones": [],
+    # finetune: train the backbone's last N blocks too (0: frozen); mining: "global" (each query's hardest
+    # negatives among `neg_samples` of the whole training map, `queries` tuples a step, NetVLAD's way) or "places"
+    # (P x K place batches with hard negative places, the GSV-Cities way; the only one for the ms loss)
+    "train": {"epochs": 5, "finetune": 0, "mining": "global", "queries": 8, "negatives": 10, "neg_samples": 1000,
+              "places": 32, "per_place": 4, "hard": 0.5, "neighbours": 20, "optimizer": "adamw",
+              "lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.9, "warmup": 0, "warmup_epochs": 0, "milestones": [],
               "lr_gamma": 0.3, "lr_end": 1.0, "lr_end_steps": 0, "patience": 3, "seed": 123},
 }
 LOSSES = ("ms", "triplet", "stml")
+MINING = ("global", "places")
 # The authors' GSV-Cities recipes (docs/training.md cites the files): loss, miner, batch layout, optimiser, schedule.
 RECIPES: dict[str, dict] = {
     "vprkit": {},
     "salad-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
-                  "train": {"places": 60, "per_place": 4, "hard": 0.0, "optimizer": "adamw", "lr": 6e-5,
+                  "train": {"mining": "places", "places": 60, "per_place": 4, "hard": 0.0, "optimizer": "adamw",
+                            "lr": 6e-5,
                             "weight_decay": 9.5e-9, "warmup": 0, "milestones": [], "lr_end": 0.2,
                             "lr_end_steps": 4000, "epochs": 4, "patience": 0}},
     "mixvpr-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
-                   "train": {"places": 120, "per_place": 4, "hard": 0.0, "optimizer": "sgd", "lr": 0.05,
+                   "train": {"mining": "places", "places": 120, "per_place": 4, "hard": 0.0, "optimizer": "sgd",
+                             "lr": 0.05,
                              "momentum": 0.9, "weight_decay": 1e-3, "warmup": 650, "milestones": [5, 10, 15, 25, 45],
                              "lr_gamma": 0.3, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 80, "patience": 0}},
     "boq-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
-                "train": {"places": 128, "per_place": 4, "hard": 0.0, "optimizer": "adamw", "lr": 1e-4,
+                "train": {"mining": "places", "places": 128, "per_place": 4, "hard": 0.0, "optimizer": "adamw",
+                          "lr": 1e-4,
                           "weight_decay": 1e-4, "warmup": 0, "warmup_epochs": 10, "milestones": [10, 20],
                           "lr_gamma": 0.1, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 40, "patience": 0}},
 }
@@ -76,7 +87,7 @@ class HeadPresets(Mapping):
     def __getitem__(self, name: str) -> dict:
         if name not in head_presets.CONFS:
             raise KeyError(name)
-        return {}
+        return head_presets.TRAIN.get(name, {})
 
     def __iter__(self) -> Iterator[str]:
         return iter(head_presets.CONFS)
@@ -91,6 +102,12 @@ def check_conf(conf: dict) -> dict:
         raise ConfigError(f"train head needs a preset (--preset), one of {sorted(head_presets.CONFS)}")
     if conf["loss"]["name"] not in LOSSES:
         raise ConfigError(f"unknown loss '{conf['loss']['name']}'; choose one of {LOSSES}")
+    if conf["train"]["mining"] not in MINING:
+        raise ConfigError(f"unknown train.mining '{conf['train']['mining']}'; choose one of {MINING}")
+    if conf["train"]["mining"] == "global" and conf["loss"]["name"] == "ms":
+        raise ConfigError("loss.name=ms needs train.mining=places (the multi-similarity loss works on place batches)")
+    if conf["pca"] and conf["train"]["finetune"]:
+        raise ConfigError("pca is fitted on the frozen backbone's tokens: it cannot be combined with train.finetune")
     return conf
 
 
@@ -129,7 +146,9 @@ class Session:
         self.map_dir, q_root = Path(map_dir), Path(map_dir if label_free else query_dir)
         views = {name: self._views(name, i, q_root, label_free) for i, name in enumerate(splits)}
         t0 = time.perf_counter()
-        files, bad = self._fill(views)
+        backbone = get_backbone(**self.fconf["model"]).eval().to(device)
+        stem, tail = backbone.split(conf["train"]["finetune"]) if conf["train"]["finetune"] else (backbone, None)
+        files, bad = self._fill(views, backbone, stem)
         self.seconds["tokens"] = time.perf_counter() - t0
         seed_everything(conf["train"]["seed"])
         self.head = get_aggregator(**self.fconf["aggregator"])  # on the CPU while it projects the cached tokens
@@ -145,7 +164,7 @@ class Session:
                        for root, _, aug in q_views]
             m_tokens = token_cache.load(files[(name, str(self.map_dir), None)], ps.m_names, self.head.project)
             self.banks[name] = (sum(q_parts[1:], q_parts[0]), m_tokens)
-        self.head.to(device)
+        self.model = HeadModel(self.head, tail).to(device)
         self.seconds["load"] = time.perf_counter() - t0
 
     def _views(self, name: str, i: int, q_root: Path, label_free: bool) -> tuple[list[View], list[View]]:
@@ -161,19 +180,19 @@ class Session:
                    for c in range(copies)]
         return q_views, [(self.map_dir, ps.m_names, None)]
 
-    def _fill(self, views: dict) -> tuple[dict, set]:
-        """Token cache files of every view ({(split, folder, seed): path}) and the unreadable (folder, name)s."""
-        backbone = get_backbone(**self.fconf["model"]).eval().to(self.device)
+    def _fill(self, views: dict, backbone, stem) -> tuple[dict, set]:
+        """Token cache files of every view ({(split, folder, seed): path}) and the unreadable (folder, name)s: the
+        output of the frozen `stem` (the whole backbone, or its part before the fine-tuned blocks)."""
         cache = Path(self.conf["cache"]["dir"] or self.out / "cache")
         files, bad = {}, set()
         for name, (q_views, m_views) in views.items():
             for root, names, aug in q_views + m_views:
                 key = token_cache.cache_key(self.fconf["model"], self.fconf["preprocessing"],
-                                            *(aug if aug else (None, None)))
+                                            *(aug if aug else (None, None)), self.conf["train"]["finetune"])
                 path = token_cache.cache_path(cache, root, key)
                 transform = token_cache.content_augmenter(*aug) if aug else None
                 failed = token_cache.fill(backbone, self.fconf, root, names, path, key, transform, self.device,
-                                          f"tokens {name} {root.name}")
+                                          f"tokens {name} {root.name}", stem)
                 bad |= {(str(root), n) for n in failed}
                 files[(name, str(root), aug and aug[1])] = path
         return files, bad
@@ -209,48 +228,60 @@ def _label_free(conf: dict, query_dir) -> bool:
     return source == "map"
 
 
-def describe(head, tokens: token_cache.Tokens, idx=None, batch: int = 256, grad: bool = False) -> torch.Tensor:
-    """Descriptors (N, D) of (a selection of) cached tokens; images of other grid sizes run apart."""
-    idx = range(len(tokens)) if idx is None else idx
-    device = next(head.parameters()).device
-    out = []
-    with torch.set_grad_enabled(grad):
-        for s in range(0, len(idx), batch):
-            part = idx[s:s + batch]
-            groups: dict[tuple, list[int]] = {}
-            for k, i in enumerate(part):
-                groups.setdefault(tuple(tokens.local[i].shape), []).append(k)
-            desc = [None] * len(part)
-            for ks in groups.values():
-                local = torch.stack([tokens.local[part[k]] for k in ks]).float().to(device)
-                cls = None if tokens.cls is None else torch.stack([tokens.cls[part[k]] for k in ks]).float().to(device)
-                for k, d in zip(ks, head.pool(local, cls)):
-                    desc[k] = d
-            out.append(torch.stack(desc))
-    return torch.cat(out)
-
-
 @torch.no_grad()
-def recall(head, q: token_cache.Tokens, m: token_cache.Tokens, places: PlaceSet, top_k: int = 20) -> dict:
+def recall(model: HeadModel, q: token_cache.Tokens, m: token_cache.Tokens, places: PlaceSet,
+           top_k: int = 20) -> dict:
     """Recall@1/5/10/20 of a split's queries against its map (the model in eval mode)."""
     import faiss
 
-    was = head.training
-    head.eval()
-    qd, md = describe(head, q).cpu().numpy(), describe(head, m).cpu().numpy()
-    head.train(was)
+    qd, md = (evaluated(model, t).cpu().numpy() for t in (q, m))
     index = faiss.IndexFlatIP(md.shape[1])
     index.add(np.ascontiguousarray(md, dtype=np.float32))
     _, ids = index.search(np.ascontiguousarray(qd, dtype=np.float32), min(top_k, len(md)))
     return metrics.evaluate(ids, GroundTruth(places.positives))
 
 
-def batch_loss(s: Session, batch: list[Place]) -> torch.Tensor:
+def epoch_batches(s: Session, rng: np.random.Generator) -> tuple[list, Callable]:
+    """One epoch's batches and the loss of a batch. Global mining: batches of `queries` training queries, each
+    mined, when its batch comes, against the descriptors of the whole training split taken at the epoch's start.
+    Places: P x K place batches with hard negative places (`neighbours`)."""
+    t, places = s.conf["train"], s.places["train"]
+    if t["mining"] == "global":
+        miner = Miner(places.positives, places.non_negatives, len(places.m_names), t["negatives"], t["neg_samples"])
+        miner.refresh(*(evaluated(s.model, tokens).cpu().numpy() for tokens in s.banks["train"]))
+        order = rng.permutation(len(places.positives))
+        batches = [order[i:i + t["queries"]].tolist() for i in range(0, len(order), t["queries"])]
+        return batches, lambda queries: tuple_loss(s, miner.mine(queries, rng))
+    near = _neighbours(s, t["neighbours"]) if t["hard"] > 0 else None
+    batches = place_batches(places.positives, places.non_negatives, t["places"], t["per_place"], rng, near, t["hard"])
+    return batches, lambda batch: place_loss(s, batch)
+
+
+def tuple_loss(s: Session, triplets: list[Triplet]) -> torch.Tensor | None:
+    """The triplet / sTML loss of mined (query, best positive, hardest negatives) tuples; None without any."""
+    if not triplets:
+        return None
+    q_tokens, m_tokens = s.banks["train"]
+    width = max(len(t.negatives) for t in triplets)
+    neg_idx = [int(t.negatives[min(k, len(t.negatives) - 1)]) for t in triplets for k in range(width)]
+    mask = torch.tensor([[k < len(t.negatives) for k in range(width)] for t in triplets])
+    qd = describe(s.model, q_tokens, [t.query for t in triplets], grad=True)
+    md = describe(s.model, m_tokens, [t.positive for t in triplets] + neg_idx, grad=True)
+    pos, neg = md[: len(triplets)], md[len(triplets):].reshape(len(triplets), width, -1)
+    return _margin_loss(s.conf["loss"])(qd, pos, neg, mask.to(qd.device))
+
+
+def _margin_loss(loss: dict) -> Callable:
+    margins = {"margin": loss["margin"]} | ({"margin_pn": loss["margin_pn"]} if loss["name"] == "stml" else {})
+    return get_loss(loss["name"], **margins)
+
+
+def place_loss(s: Session, batch: list[Place]) -> torch.Tensor:
     """The loss of one P x K batch: query + K-1 map images per place, labels by place."""
     q_tokens, m_tokens = s.banks["train"]
     k = len(batch[0].images) + 1
-    qd = describe(s.head, q_tokens, [p.query for p in batch], grad=True)
-    md = describe(s.head, m_tokens, [j for p in batch for j in p.images], grad=True).reshape(len(batch), k - 1, -1)
+    qd = describe(s.model, q_tokens, [p.query for p in batch], grad=True)
+    md = describe(s.model, m_tokens, [j for p in batch for j in p.images], grad=True).reshape(len(batch), k - 1, -1)
     desc = torch.cat([qd[:, None], md], dim=1)  # (P, K, D)
     loss = s.conf["loss"]
     if loss["name"] == "ms":
@@ -260,8 +291,7 @@ def batch_loss(s: Session, batch: list[Place]) -> torch.Tensor:
     best = (md @ qd[:, :, None]).squeeze(-1).argmax(1)  # each query's most similar positive
     pos = md[torch.arange(len(batch)), best]
     others = torch.stack([torch.cat([desc[j] for j in range(len(batch)) if j != i]) for i in range(len(batch))])
-    margins = {"margin": loss["margin"]} | ({"margin_pn": loss["margin_pn"]} if loss["name"] == "stml" else {})
-    return get_loss(loss["name"], **margins)(qd, pos, others)
+    return _margin_loss(loss)(qd, pos, others)
 
 
 def _optimizer(t: dict, params) -> torch.optim.Optimizer:
@@ -291,11 +321,7 @@ def epoch_steps(positives: list[np.ndarray], places: int) -> int:
 
 def _neighbours(s: Session, count: int) -> np.ndarray:
     """Each training query's most similar other training queries under the current head (hard negative places)."""
-    q_tokens, _ = s.banks["train"]
-    was = s.head.training
-    s.head.eval()
-    d = describe(s.head, q_tokens)
-    s.head.train(was)
+    d = evaluated(s.model, s.banks["train"][0])
     sim = d @ d.T
     sim.fill_diagonal_(-float("inf"))
     return sim.topk(min(count, len(d) - 1), dim=1).indices.cpu().numpy()
@@ -305,10 +331,8 @@ def init_head(s: Session) -> None:
     """NetVLAD starts from k-means of the training map's (projected) tokens; other heads from their seeded init."""
     if not s.head.needs_fit:
         return
-    _, m_tokens = s.banks["train"]
     rng = np.random.default_rng(s.conf["train"]["seed"])
-    x = torch.cat([t.flatten(1).T.float() for t in m_tokens.local]).numpy()
-    s.head.head.fit(x[rng.choice(len(x), min(len(x), 100_000), replace=False)])
+    s.head.head.fit(fit_sample(s.model, s.banks["train"][1], 100_000, rng).cpu().numpy())
     s.head.needs_fit = False
 
 
@@ -320,29 +344,29 @@ def train(s: Session, resume: bool = True) -> dict:
     """Epochs of P x K batches with hard negative places; validation R@1 each epoch; best.pt, last.pt, log.csv."""
     t = s.conf["train"]
     init_head(s)
-    opt = _optimizer(t, [p for p in s.head.parameters() if p.requires_grad])
+    opt = _optimizer(t, [p for p in s.model.parameters() if p.requires_grad])
     state = {"step": 0, "epoch": 0}
     steps = epoch_steps(s.places["train"].positives, t["places"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: lr_factor(t, state["step"], state["epoch"], steps))
     rng = np.random.default_rng(t["seed"])
     progress = resume_progress(s.out / "last.pt", s.out / "best.pt", s.out / "log.csv", t["patience"],
-                               lambda path: load_checkpoint(path, s.head, opt, sched), resume, s.conf,
+                               lambda path: load_checkpoint(path, s.model, opt, sched), resume, s.conf,
                                ("train.epochs", "cache.dir"))
     if progress.meta:
         state["step"] = progress.meta["step"]
         rng.bit_generator.state = json.loads(progress.meta["mining_rng"])
-    places, row, val_r1 = s.places["train"], {}, float("nan")
+    row, val_r1 = {}, float("nan")
     t0 = time.perf_counter()
     for epoch in progress.epochs(t["epochs"]):
         state["epoch"] = epoch
-        s.head.train()
-        near = _neighbours(s, t["neighbours"]) if t["hard"] > 0 else None
-        batches = place_batches(places.positives, places.non_negatives, t["places"], t["per_place"], rng, near,
-                                t["hard"])
+        batches, batch_loss = epoch_batches(s, rng)
+        s.model.train()
         losses = []
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch", leave=False)
         for batch in bar:
-            loss = batch_loss(s, batch)
+            loss = batch_loss(batch)
+            if loss is None:  # global mining found no tuple for these queries
+                continue
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -350,14 +374,14 @@ def train(s: Session, resume: bool = True) -> dict:
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", val_r1=f"{val_r1:.3f}")
-        val = recall(s.head, *s.banks["val"], s.places["val"])
+        val = recall(s.model, *s.banks["val"], s.places["val"])
         val_r1 = val["R@1"]
         score = val_r1 if np.isfinite(val_r1) else -float(np.mean(losses))  # see _score_note
         if not np.isfinite(val_r1) and epoch == progress.start:
             logger.warning(_score_note)
         row = {"step": state["step"], "loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], **{f"val_{k}": val[k] for k in ("R@1", "R@5", "R@10")}}
-        progress.end_epoch(epoch, score, row, s.head, opt, sched,
+        progress.end_epoch(epoch, score, row, s.model, opt, sched,
                            meta={"kind": trained_head.KIND, "arch": s.arch(), "conf": s.conf, "val": val},
                            state={"step": state["step"], "mining_rng": json.dumps(rng.bit_generator.state)})
         tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}, val R@1 {val_r1:.3f}")
@@ -371,10 +395,10 @@ def test(s: Session, checkpoint: str | Path | None = None, split: str = "test") 
         ckpt = trained_head.read(checkpoint)
         if ckpt is None:
             raise ValueError(f"{checkpoint}: not a `vprkit train head` checkpoint")
-        trained_head.load_weights(ckpt, s.head)
+        trained_head.load_weights(ckpt, s.head, s.model.backbone)
     else:
         init_head(s)
-    res = recall(s.head, *s.banks[split], s.places[split])
+    res = recall(s.model, *s.banks[split], s.places[split])
     res.update(checkpoint=str(checkpoint) if checkpoint else None, split=split)
     return res
 

@@ -62,10 +62,14 @@ def content_augmenter(conf: dict, seed: int) -> Callable[[Image.Image], Image.Im
     return apply
 
 
-def cache_key(model_conf: dict, preprocessing: dict, augment: dict | None, seed: int | None) -> str:
-    """What the tokens depend on besides the image files and the backbone's checkpoint bytes."""
+def cache_key(model_conf: dict, preprocessing: dict, augment: dict | None, seed: int | None,
+              finetune: int = 0) -> str:
+    """What the tokens depend on besides the image files and the backbone's checkpoint bytes; with `finetune`
+    blocks trained, the tokens are the output of the stem before them."""
     view = None if augment is None else {"augment": augment, "seed": seed}
-    return json.dumps({"model": model_conf, "preprocessing": preprocessing, "view": view}, sort_keys=True)
+    key = {"model": model_conf, "preprocessing": preprocessing, "view": view} | (
+        {"stem_without": finetune} if finetune else {})
+    return json.dumps(key, sort_keys=True)
 
 
 def cache_path(cache_dir: Path, root: Path, key: str) -> Path:
@@ -76,9 +80,11 @@ def cache_path(cache_dir: Path, root: Path, key: str) -> Path:
 
 @torch.no_grad()
 def fill(backbone: Backbone, conf: dict, root: Path, names: list[str], path: Path, key: str,
-         transform: Callable | None = None, device: str = "cpu", desc: str = "tokens") -> list[str]:
+         transform: Callable | None = None, device: str = "cpu", desc: str = "tokens",
+         stem: Callable | None = None) -> list[str]:
     """Compute the tokens of the images of `names` not yet in `path` (or changed since); returns unreadable names.
-    `conf` is an extraction config (preprocessing, batch_size, max_pixels); `transform` a size-keeping augmentation."""
+    `conf` is an extraction config (preprocessing, batch_size, max_pixels); `transform` a size-keeping augmentation;
+    `stem` the part of the backbone that runs (default: all of it; `Backbone.split`)."""
     state = extract.state_hash(None, {"model": conf["model"]})
     path.parent.mkdir(parents=True, exist_ok=True)
     todo = extract.pending(path, names, key, dataset=DATASET, root=root, state=state)
@@ -87,7 +93,7 @@ def fill(backbone: Backbone, conf: dict, root: Path, names: list[str], path: Pat
         for batch_names, images, bad in extract.batches(backbone, conf, root, todo, transform):
             failed += bad
             if batch_names:
-                out = backbone(images.to(device))
+                out = (stem or backbone)(images.to(device))
                 local = out.local.flatten(2).transpose(1, 2).half().cpu().numpy()  # (B, h*w, C)
                 grid = np.array(out.local.shape[2:], dtype=np.int32)
                 items = {n: {DATASET: loc, "grid": grid} for n, loc in zip(batch_names, local)}
