@@ -143,6 +143,9 @@ def test_recipes_schedules_by_hand():
     salad = head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv"})["train"]
     assert head.lr_factor(salad, 2000, 1, 100) == pytest.approx(0.6)
     assert head.lr_factor(salad, 9000, 3, 100) == pytest.approx(0.2)
+    assert salad["finetune"] == 4 and salad["mining"] == "places"  # SALAD trains DINOv2's last 4 blocks
+    # a MobileNetV2 preset keeps its own depth over the recipe's (defaults < recipe < preset < --set)
+    assert head.CONFIG.resolve("mobilenetv2-mixvpr", {"recipe": "salad-gsv"})["train"]["finetune"] == 7
     assert head.lr_factor(head.CONFIG.resolve("dinov2s-salad")["train"], 123, 4, 100) == 1.0
     # the preset's and the user's settings win over the recipe's
     assert head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv", "train.epochs": 2})["train"]["epochs"] == 2
@@ -167,6 +170,7 @@ def test_boq_recipe_is_bag_of_queries_train_py():
                             "epsilon": 0.1}
     assert (t["places"], t["per_place"], t["optimizer"], t["lr"], t["weight_decay"], t["epochs"]) == \
         (128, 4, "adamw", 1e-4, 1e-4, 40)
+    assert t["finetune"] == 2  # train.py lines 24-25: the last 2 DINOv2 blocks train
     assert (t["warmup"], t["warmup_epochs"], t["milestones"], t["lr_gamma"], t["lr_end_steps"]) == \
         (0, 10, [10, 20], 0.1, 0)
     # by hand, 100 steps an epoch: the warm-up spans 1000 steps

@@ -28,8 +28,8 @@ def head_conf(head: str, dim: int) -> dict:
                   "mlp_dim": 512, "dropout": 0.3},
         "boq": {"name": "boq", "in_channels": dim, "proj_channels": 256, "num_queries": 32, "num_layers": 2,
                 "row_dim": 16},
-        "mixvpr": {"name": "mixvpr", "in_channels": dim, "in_h": MIXVPR_GRID[0], "in_w": MIXVPR_GRID[1], "out_channels": 256,
-                   "mix_depth": 2, "mlp_ratio": 1, "out_rows": 16},
+        "mixvpr": {"name": "mixvpr", "in_channels": dim, "in_h": MIXVPR_GRID[0], "in_w": MIXVPR_GRID[1],
+                   "out_channels": 256, "mix_depth": 2, "mlp_ratio": 1, "out_rows": 16},
         "netvlad": {"name": "netvlad", "num_clusters": 32, "dim": dim},
         "gem-fc": {"name": "cosplace", "in_dim": dim, "out_dim": 512},
     }

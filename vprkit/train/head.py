@@ -60,23 +60,21 @@ DEFAULT_CONF: dict = {
 LOSSES = ("ms", "triplet", "stml")
 MINING = ("global", "places")
 # The authors' GSV-Cities recipes (docs/training.md cites the files): loss, miner, batch layout, optimiser, schedule.
+MS = {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1}  # the three papers' loss and miner
 RECIPES: dict[str, dict] = {
     "vprkit": {},
-    "salad-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
-                  "train": {"mining": "places", "places": 60, "per_place": 4, "hard": 0.0, "optimizer": "adamw",
-                            "lr": 6e-5,
-                            "weight_decay": 9.5e-9, "warmup": 0, "milestones": [], "lr_end": 0.2,
-                            "lr_end_steps": 4000, "epochs": 4, "patience": 0}},
-    "mixvpr-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
-                   "train": {"mining": "places", "places": 120, "per_place": 4, "hard": 0.0, "optimizer": "sgd",
-                             "lr": 0.05,
-                             "momentum": 0.9, "weight_decay": 1e-3, "warmup": 650, "milestones": [5, 10, 15, 25, 45],
-                             "lr_gamma": 0.3, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 80, "patience": 0}},
-    "boq-gsv": {"loss": {"name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0, "epsilon": 0.1},
-                "train": {"mining": "places", "places": 128, "per_place": 4, "hard": 0.0, "optimizer": "adamw",
-                          "lr": 1e-4,
-                          "weight_decay": 1e-4, "warmup": 0, "warmup_epochs": 10, "milestones": [10, 20],
-                          "lr_gamma": 0.1, "lr_end": 1.0, "lr_end_steps": 0, "epochs": 40, "patience": 0}},
+    "salad-gsv": {"loss": MS, "train": {
+        "mining": "places", "finetune": 4, "places": 60, "per_place": 4, "hard": 0.0, "optimizer": "adamw",
+        "lr": 6e-5, "weight_decay": 9.5e-9, "warmup": 0, "milestones": [], "lr_end": 0.2, "lr_end_steps": 4000,
+        "epochs": 4, "patience": 0}},
+    "mixvpr-gsv": {"loss": MS, "train": {
+        "mining": "places", "places": 120, "per_place": 4, "hard": 0.0, "optimizer": "sgd", "lr": 0.05,
+        "momentum": 0.9, "weight_decay": 1e-3, "warmup": 650, "milestones": [5, 10, 15, 25, 45], "lr_gamma": 0.3,
+        "lr_end": 1.0, "lr_end_steps": 0, "epochs": 80, "patience": 0}},
+    "boq-gsv": {"loss": MS, "train": {
+        "mining": "places", "finetune": 2, "places": 128, "per_place": 4, "hard": 0.0, "optimizer": "adamw",
+        "lr": 1e-4, "weight_decay": 1e-4, "warmup": 0, "warmup_epochs": 10, "milestones": [10, 20], "lr_gamma": 0.1,
+        "lr_end": 1.0, "lr_end_steps": 0, "epochs": 40, "patience": 0}},
 }
 
 
@@ -359,6 +357,8 @@ def train(s: Session, resume: bool = True) -> dict:
     t0 = time.perf_counter()
     for epoch in progress.epochs(t["epochs"]):
         state["epoch"] = epoch
+        for group, base in zip(opt.param_groups, sched.base_lrs):  # the epoch's schedule from its first step
+            group["lr"] = base * lr_factor(t, state["step"], epoch, steps)
         batches, batch_loss = epoch_batches(s, rng)
         s.model.train()
         losses = []
