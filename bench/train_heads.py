@@ -36,11 +36,14 @@ LABEL_FREE = {  # dataset -> (map, queries, overrides): Corridor is a route (+-2
 }
 
 
-def seqslam_r1(s: head.Session, split: str = "test", ds: int = 10) -> float:
-    """R@1 of online SeqSLAM over the split's query stream with the session's head (route order)."""
+def seqslam(s: head.Session, split: str = "test", ds: int = 10) -> dict:
+    """R@1 of online SeqSLAM over the split's query stream with the session's head (route order): OpenSeqSLAM's
+    defaults, and without its local contrast enhancement (enhance=0)."""
     q, m = (evaluated(s.model, t).cpu().numpy() for t in s.banks[split])
-    _, confidence, ids, scores = pipeline.match(pipeline.CONFIG.resolve("seqslam", ds=ds), q, m)
-    return metrics.evaluate(ids, GroundTruth(s.places[split].positives))["R@1"]
+    gt = GroundTruth(s.places[split].positives)
+    variants = (("SeqSLAM R@1", {}), ("SeqSLAM enhance=0 R@1", {"enhance": 0}))
+    return {name: metrics.evaluate(pipeline.match(pipeline.CONFIG.resolve("seqslam", ds=ds, **over), q, m)[2],
+                                   gt)["R@1"] for name, over in variants}
 
 
 def epochs(args) -> dict:
@@ -57,10 +60,10 @@ def nordland(args, work: Path, rows: dict) -> None:
         whole = time.perf_counter() - t0
         s = head.Session(conf, data / "summer", data / "winter", work / f"{preset}-untrained")
         base = head.test(s)
-        rows[f"Nordland {preset} untrained"] = {**base, "SeqSLAM R@1": seqslam_r1(s)}
+        rows[f"Nordland {preset} untrained"] = {**base, **seqslam(s)}
         s = head.Session(conf, data / "summer", data / "winter", work / preset)
         res = head.test(s, best)
-        rows[f"Nordland {preset} trained"] = {**res, "SeqSLAM R@1": seqslam_r1(s)}
+        rows[f"Nordland {preset} trained"] = {**res, **seqslam(s)}
         split = json.loads((work / preset / "test.json").read_text())["seconds"]
         print(f"{preset}: untrained R@1 {base['R@1']:.3f}, trained {res['R@1']:.3f}, SeqSLAM ds=10 "
               f"{rows[f'Nordland {preset} trained']['SeqSLAM R@1']:.3f}; the run took {whole:.0f} s "
@@ -109,8 +112,9 @@ def main() -> None:
         nordland(args, work, rows)
     if args.label_free:
         label_free(args, work, rows)
-    keys = ("R@1", "R@5", "R@10") + (("SeqSLAM R@1",) if not args.skip_nordland else ())
-    print(metrics.format_table({k: {**{"SeqSLAM R@1": np.nan}, **v} for k, v in rows.items()}, keys=keys))
+    seq = ("SeqSLAM R@1", "SeqSLAM enhance=0 R@1")
+    keys = ("R@1", "R@5", "R@10") + (seq if not args.skip_nordland else ())
+    print(metrics.format_table({k: {**dict.fromkeys(seq, np.nan), **v} for k, v in rows.items()}, keys=keys))
     print(f"torch threads {torch.get_num_threads()}")
 
 
