@@ -15,7 +15,7 @@ from vprkit.cli import main as cli_main
 from vprkit.config import ConfigError
 from vprkit.features import extract, head_presets
 from vprkit.models import head_checkpoint as trained_head
-from vprkit.train import head, token_cache
+from vprkit.train import head, head_conf, token_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 route = test_train_netvlad.route  # the fixture: 24 places, map and query images of one pattern with noise
@@ -166,7 +166,7 @@ def test_boq_recipe_is_bag_of_queries_train_py():
     conf = head.CONFIG.resolve("dinov2s-boq", {"recipe": "boq-gsv"})
     t = conf["train"]
     assert conf["recipe"] == "boq-gsv"
-    assert conf["loss"] == {**head.DEFAULT_CONF["loss"], "name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0,
+    assert conf["loss"] == {**head_conf.DEFAULT_CONF["loss"], "name": "ms", "alpha": 1.0, "beta": 50.0, "base": 0.0,
                             "epsilon": 0.1}
     assert (t["places"], t["per_place"], t["optimizer"], t["lr"], t["weight_decay"], t["epochs"]) == \
         (128, 4, "adamw", 1e-4, 1e-4, 40)
@@ -211,9 +211,9 @@ def test_presets_lists_the_head_presets_and_recipes(capsys):
         rows[name] = json.loads(conf.strip())
         assert step == "train head"
     assert {n for n in rows if not n.startswith("recipe=")} == set(head_presets.CONFS)
-    assert rows["dinov2s-boq"] == {**head.DEFAULT_CONF, "preset": "dinov2s-boq"}
+    assert rows["dinov2s-boq"] == {**head_conf.DEFAULT_CONF, "preset": "dinov2s-boq"}
     assert {n: c for n, c in rows.items() if n.startswith("recipe=")} == \
-        {f"recipe={r}": block for r, block in head.RECIPES.items()}
+        {f"recipe={r}": block for r, block in head_conf.RECIPES.items()}
     assert rows["recipe=boq-gsv"]["train"]["warmup_epochs"] == 10
 
 

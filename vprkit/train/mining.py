@@ -24,6 +24,15 @@ class Triplet:
     negatives: np.ndarray
 
 
+def layout(tuples: list[Triplet]) -> tuple[list[int], list[int], np.ndarray]:
+    """What a batch of tuples forwards: the queries, then the map images (every positive, then each tuple's negatives
+    padded to the longest by repetition), and the (B, K) mask of real negatives (padded pairs are masked out)."""
+    k = max(len(t.negatives) for t in tuples)
+    negatives = [int(j) for t in tuples for j in np.resize(t.negatives, k)]
+    mask = np.array([[j < len(t.negatives) for j in range(k)] for t in tuples])
+    return [t.query for t in tuples], [t.positive for t in tuples] + negatives, mask
+
+
 def sq_dist(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Squared L2 distance of one vector to rows of `ys`."""
     return ((ys - x[None]) ** 2).sum(axis=1)

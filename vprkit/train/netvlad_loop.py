@@ -14,21 +14,13 @@ from ..evaluation import outputs
 from ..models import checkpoint as trained
 from .checkpoint import resume as resume_progress
 from .losses import get_loss, guidance_loss
-from .mining import Miner, MiningStats, Triplet
+from .mining import Miner, MiningStats, Triplet, layout
 from .netvlad_model import describe, recall, run
 from .netvlad_session import Session
+from .optim import make_optimizer
 
 logger = logging.getLogger("vprkit")
 MINING = ("violating", "nearest")
-
-
-def _optimizer(conf: dict, params) -> torch.optim.Optimizer:
-    t = conf["train"]
-    if t["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-    raise ValueError(f"unknown optimizer '{t['optimizer']}'; choose 'adam' or 'sgd'")
 
 
 def _tuple_loss(s: Session, miner: Miner, queries: list[int], rng: np.random.Generator, loss_fn) -> torch.Tensor | None:
@@ -40,18 +32,13 @@ def _tuple_loss(s: Session, miner: Miner, queries: list[int], rng: np.random.Gen
 def tuples_loss(s: Session, tuples: list[Triplet], loss_fn) -> torch.Tensor:
     """Loss (+ weighted guidance loss) of training tuples of the train split, forwarded together."""
     q_bank, m_bank = s.banks["train"]
-    k = max(len(t.negatives) for t in tuples)
-    negs = [np.resize(t.negatives, k) for t in tuples]  # pad by repetition; padded pairs are masked out
-    mask = torch.tensor([[j < len(t.negatives) for j in range(k)] for t in tuples])
-    feats = ([q_bank.feats[t.query] for t in tuples] + [m_bank.feats[t.positive] for t in tuples]
-             + [m_bank.feats[j] for n in negs for j in n])
-    desc, weights = run(s.model, feats)
-    b = len(tuples)
-    loss = loss_fn(desc[:b], desc[b:2 * b], desc[2 * b:].reshape(b, k, -1), mask.to(desc.device))
+    queries, images, mask = layout(tuples)
+    desc, weights = run(s.model, [q_bank.feats[i] for i in queries] + [m_bank.feats[j] for j in images])
+    b, k = mask.shape
+    loss = loss_fn(desc[:b], desc[b:2 * b], desc[2 * b:].reshape(b, k, -1), torch.from_numpy(mask).to(desc.device))
     g = s.conf["guidance"]
     if weights is not None and q_bank.guidance is not None and g["weight"] > 0:
-        target = ([q_bank.guidance[t.query] for t in tuples] + [m_bank.guidance[t.positive] for t in tuples]
-                  + [m_bank.guidance[j] for n in negs for j in n])
+        target = [q_bank.guidance[i] for i in queries] + [m_bank.guidance[j] for j in images]
         loss = loss + g["weight"] * torch.stack([guidance_loss(w[None], gt[None].to(w.device), g["loss"], g["resize"])
                                                  for w, gt in zip(weights, target)]).mean()
     return loss
@@ -73,7 +60,7 @@ def train(s: Session, resume: bool = True) -> dict:
         s.load(Path(t["init"]), restore_rng=False)
     else:
         s.init_centroids()
-    opt = _optimizer(s.conf, [p for p in s.model.parameters() if p.requires_grad])
+    opt = make_optimizer(t, [p for p in s.model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t["lr_step"], gamma=t["lr_gamma"])
     places = s.places["train"]
     if t["mining"] not in MINING:
