@@ -12,10 +12,13 @@ import pytest
 from report_helpers import read_report_data
 from scipy.stats import binomtest
 
+from vprkit import api
 from vprkit.cli import main
-from vprkit.compare import mcnemar_exact, win_matrix
+from vprkit.compare import COMPARE_FILE, mcnemar_exact, win_matrix
+from vprkit.data.safeio import InputError
 from vprkit.evaluation import outputs
-from vprkit.results import PEAK_SINCE_STEP, Meter
+from vprkit.results import PEAK_SINCE_STEP, SEQUENCE_FILE, Meter, load_retrieval
+from vprkit.sequence.pipeline import write_sequence
 
 
 def test_mcnemar_exact_is_the_two_sided_binomial_test():
@@ -105,6 +108,60 @@ def test_compare_three_folders_table_tests_and_report(retrieval, tmp_path):
     data = read_report_data(out / "report.html")
     assert data["table"]["columns"] == header and data["table"]["rows"] == rows  # the same numbers as table.csv
     assert data["labels"]["baseline"] == rows[0][0] and data["labels"]["ranking"] == rows[1][0]
+
+
+def _pr_by_hand(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, float]:
+    """(AUC-PR, recall at 100 % precision) straight from the definitions: accept the queries whose confidence
+    reaches each distinct value, trapezoids from recall 0 at the first point's precision (every query here has a
+    positive)."""
+    points = []
+    for t in sorted(set(confidence.tolist()), reverse=True):
+        accepted = confidence >= t
+        points.append(((accepted & correct).sum() / accepted.sum(), (accepted & correct).sum() / len(correct)))
+    precision, recall = np.array(points).T
+    auc = np.trapezoid(np.r_[precision[0], precision], np.r_[0.0, recall])
+    return float(auc), float(recall[precision == 1].max(initial=0.0))
+
+
+def test_compare_and_evaluate_score_a_sequence_run_by_its_confidence(retrieval, image_folder, tmp_path):
+    """A hand-made sequence run whose top-1 scores put its four wrong queries first and whose sequence.txt
+    confidences put one after four right ones and three last: compare's AUC-PR and evaluate's operating point are
+    the confidences' (what `vprkit sequence` scores its results.json and report with), not the top-1 scores'."""
+    res, gt = retrieval
+    seq = tmp_path / "seq"
+    q = _broken(res, seq, [0, 1, 2, 3])  # queries 0-3 wrong at rank 1
+    names = json.loads((res.parent / "idx" / "manifest.json").read_text())["names"]
+    _, m, ids, _ = outputs.read_predictions(seq / "predictions.txt", names)
+    top1 = np.linspace(0.9, 0.35, 12)  # wrong queries the most confident
+    outputs.write_predictions(seq / "predictions.txt", q, m, ids, top1[:, None] - 0.01 * np.arange(ids.shape[1]))
+    confidence = np.array([0.72, 0.15, 0.1, 0.05, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55])  # query 0 in between
+    order = np.arange(12)[::-1]  # stream order other than predictions.txt's: read by query name
+    write_sequence(seq / SEQUENCE_FILE, [q[i] for i in order], [m[ids[i, 0]] for i in order], confidence[order])
+    correct = np.arange(12) >= 4
+    auc, rec100 = _pr_by_hand(confidence, correct)
+    auc_top1, _ = _pr_by_hand(top1, correct)
+    assert auc - auc_top1 > 0.3 and rec100 == pytest.approx(4 / 12)  # 0.617 vs 0.299
+    out = tmp_path / "cmp"
+    assert main(["compare", str(res), str(seq), "-o", str(out), "--gt", str(gt)]) == 0
+    with open(out / "table.csv") as f:
+        header, *rows = list(csv.reader(f))
+    assert rows[1][header.index("AUC-PR")] == f"{auc:.3f}" != f"{auc_top1:.3f}"
+    assert rows[1][header.index("R@1")] == f"{8 / 12:.3f}"
+    scored = json.loads((out / COMPARE_FILE).read_text())["metrics"][rows[1][0]]
+    assert scored["AUC-PR"] == pytest.approx(auc) and scored["Rec@100P"] == pytest.approx(rec100)
+    assert read_report_data(out / "report.html")["metrics"][rows[1][0]]["AUC-PR"] == pytest.approx(auc)
+    # evaluate reads the same confidence through load_retrieval: its threshold for precision 1 is query 7's (0.75)
+    ev = api.evaluate(seq, str(gt), target_precision=1.0)
+    assert ev["AUC-PR"] == pytest.approx(auc)
+    assert ev["operating_point"] == pytest.approx({"target_precision": 1.0, "confidence_threshold": 0.75,
+                                                   "precision": 1.0, "recall": 4 / 12})
+    # a sequence.txt that misses a query of predictions.txt is refused, not scored partly
+    write_sequence(seq / SEQUENCE_FILE, q[1:], [m[j] for j in ids[1:, 0]], confidence[1:])
+    with pytest.raises(InputError, match=f"no confidence for 1 queries .*first: {q[0]}"):
+        load_retrieval(seq)
+    # a query run written into the folder drops the stale sequence.txt: its ranking is scored by its top-1 scores
+    assert main(["query", str(res.parent / "idx"), str(image_folder), "--top-k", "5", "-o", str(seq)]) == 0
+    assert not (seq / SEQUENCE_FILE).exists() and load_retrieval(seq).confidence is None
 
 
 def test_compare_needs_two_folders(retrieval, tmp_path, capsys):

@@ -25,6 +25,15 @@ def test_ties_form_one_point_and_no_perfect_threshold():
     assert recall_at_precision(p, r, 1.0) == 0.0
 
 
+def test_nan_scores_are_one_group_after_every_other():
+    """A query without matches (NaN score) is the least confident, all of them at one threshold: what results.json,
+    the report's curve, evaluate and compare all get, whichever of them sees the NaN."""
+    p, r, thr = precision_recall(np.array([np.nan, 0.5, np.nan, 0.9]), np.array([False, True, True, False]))
+    # 0.9 wrong (P 0), 0.5 ok (P 1/2, R 1/4), both NaNs at once (P 2/4, R 2/4)
+    assert thr.tolist() == [0.9, 0.5, -np.inf]
+    assert p == pytest.approx([0, 1 / 2, 2 / 4]) and r == pytest.approx([0, 1 / 4, 2 / 4])
+
+
 def test_evaluate_counts_queries_without_positive_as_false_positives():
     preds = np.array([[0, 1], [1, 0], [2, 0]])
     scores = np.array([[0.9, 0.1], [0.8, 0.1], [0.7, 0.1]])

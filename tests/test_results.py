@@ -15,8 +15,7 @@ from vprkit.cli import main
 from vprkit.data.images import OUTPUT_MARKERS, list_images
 from vprkit.index import faiss_index, freshness
 from vprkit.index.layout import MANIFEST_FILE, MAP_FEATURES, QUERY_FEATURES
-from vprkit.results import RESULTS_FILE, Retrieval, load_retrieval
-from vprkit.sequence.pipeline import SEQUENCE_FILE, read_sequence
+from vprkit.results import RESULTS_FILE, SEQUENCE_FILE, Retrieval, load_retrieval, read_sequence
 
 PRESET = ["--preset", "mobilenetv2-gem"]
 

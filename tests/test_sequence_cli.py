@@ -9,8 +9,8 @@ from PIL import Image
 
 from vprkit.cli import main
 from vprkit.models.pixels import Pixels, patch_normalise
+from vprkit.results import read_sequence
 from vprkit.sequence.localizer import SequenceLocalizer
-from vprkit.sequence.pipeline import read_sequence
 
 
 def test_patch_normalise_hand_case():

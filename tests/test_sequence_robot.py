@@ -18,8 +18,8 @@ from vprkit.features import extract, h5io
 from vprkit.index import faiss_index
 from vprkit.index.layout import MAP_FEATURES
 from vprkit.rerank.base import Reranker
-from vprkit.results import read_results
-from vprkit.sequence.pipeline import SEQUENCE_FILE, map_route, read_sequence
+from vprkit.results import SEQUENCE_FILE, read_results, read_sequence
+from vprkit.sequence.pipeline import map_route
 
 N = 30  # frames of the Corridor route used: map and query frames share names (0000000.jpg, ...)
 EAST0, NORTH0 = 500000.0, 7000000.0
@@ -171,8 +171,13 @@ def test_report_shows_results_json_for_query_rerank_and_sequence(route, monkeypa
     from vprkit.evaluation.metrics import score_metrics
 
     hand = score_metrics(np.array([r.confidence for r in rows]), np.array([r.correct for r in rows]), N)
-    assert res["metrics"]["AUC-PR"] == pytest.approx(hand["AUC-PR"])
-    assert res["metrics"]["Rec@100P"] == pytest.approx(hand["Rec@100P"])
+    assert res["metrics"]["AUC-PR"] == hand["AUC-PR"]  # exactly: scored with the confidences as the file holds them
+    assert res["metrics"]["Rec@100P"] == hand["Rec@100P"]
+    # compare scores the sequence run as its results.json and report do (its confidence, not predictions.txt's)
+    cmp = json.loads((compare.main([tmp / "q", tmp / "s"], tmp / "cmp", labels=["query", "seq"])
+                      / compare.COMPARE_FILE).read_text())
+    assert cmp["metrics"]["B: seq"] == res["metrics"]  # = the report's (_report_equals_results)
+    assert dict(zip(cmp["table"]["columns"], cmp["table"]["rows"][1]))["AUC-PR"] == f"{res['metrics']['AUC-PR']:.3f}"
     plots = [p["src"] for p in read_report_data(tmp / "s" / "report.html")["plots"]]
     assert {"frames_places.svg", "map.svg"} <= set(plots)
 

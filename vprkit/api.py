@@ -46,7 +46,6 @@ from .index.work import carried, index_work, readable
 from .registry import Registry
 from .rerank.base import main as rerank
 from .results import (
-    PREDICTIONS_FILE,
     Meter,
     Retrieval,
     check_top_k,
@@ -60,7 +59,6 @@ from .results import (
 from .segvlad.api import index_map as segvlad_index
 from .segvlad.api import localize as segvlad_localize
 from .sequence.localizer import SequenceLocalizer
-from .sequence.pipeline import SEQUENCE_FILE, read_sequence
 from .sequence.pipeline import main as sequence
 from .train.ames import main as train_ames
 from .train.gcsa import main as train_gcsa
@@ -294,33 +292,27 @@ def evaluate(predictions: str | Path, gt: str | None = None, threshold: float | 
     confidence threshold that reaches it and the recall there (None when no threshold does)."""
     folder = Path(predictions) if Path(predictions).is_dir() else None
     info = read_results(folder) if folder is not None else {}
-    manifest = faiss_index.read_manifest(Path(info["index"])) if folder is not None else None
     if gt is None:  # the ground truth the folder was scored with
         gt, threshold = info.get("gt"), threshold if threshold is not None else info.get("threshold")
     if gt is None:
         raise InputError(f"{predictions}: no ground truth given (--gt) or recorded in its results.json")
-    m_names = manifest["names"] if manifest else list_images(map_dir) if map_dir else None
-    path = folder / PREDICTIONS_FILE if folder is not None else predictions
-    q_names, m_names, preds, scores = outputs.read_predictions(path, m_names)
+    if folder is not None:  # the confidence its step scored it with: a sequence run's, else the top-1 score
+        r = load_retrieval(folder)
+        q_names, m_names, preds, confidence, manifest = r.q_names, r.m_names, r.ids, r.query_confidence(), r.manifest
+    else:
+        q_names, m_names, preds, scores = outputs.read_predictions(predictions, list_images(map_dir) if map_dir
+                                                                   else None)
+        confidence, manifest = scores[:, 0].astype(np.float64), None
     if revisited:
         from .evaluation import revisited as rop
 
         return rop.evaluate(*rop.align(rop.load_gnd(gt), q_names, m_names, preds))
     truth = load_ground_truth(gt, q_names, m_names, threshold, MapPositions.of(manifest) if manifest else None)
-    confidence = np.nan_to_num(_confidence(folder, q_names, scores), nan=-np.inf)  # NaN: a query without matches
     result = metrics.evaluate(preds, truth, scores=confidence[:, None])
     if target_precision is not None:
         correct, has_pos = metrics.top1_correct(preds, truth)
         result["operating_point"] = metrics.operating_point(confidence, correct, int(has_pos.sum()), target_precision)
     return result
-
-
-def _confidence(folder: Path | None, q_names: list[str], scores: np.ndarray) -> np.ndarray:
-    """Each query's confidence: a sequence run's (sequence.txt), else its top-1 score."""
-    if folder is not None and (folder / SEQUENCE_FILE).is_file():
-        by_query = {row.query: row.confidence for row in read_sequence(folder / SEQUENCE_FILE)}
-        return np.array([by_query[q] for q in q_names], dtype=np.float64)
-    return scores[:, 0].astype(np.float64)
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,

@@ -5,6 +5,8 @@ method in table.md / table.csv / table.tex (recalls, mAP, AUC-PR, and the cost e
 pairwise win / loss matrix on R@1 (how many queries the row's method gets right and the column's wrong), each
 query's R@1 correctness per method (per_query.csv), and McNemar's exact test of each method against A on R@1
 correctness. report.html shows the same table, and A against B query by query (B wins / A wins filters).
+AUC-PR thresholds each method's own confidence (`Retrieval.query_confidence`: a sequence run's, else the top-1
+score), so a row shows what that run's results.json and report show.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Method:
     folder: Path
     ids: np.ndarray
     scores: np.ndarray
+    confidence: np.ndarray  # (Q,) what its precision-recall thresholds (`Retrieval.query_confidence`)
     metrics: dict
     correct: np.ndarray  # R@1 correctness per query
     cost: dict
@@ -60,8 +63,8 @@ def _label(r: Retrieval, tag: str, name: str | None = None) -> str:
     return f"{tag}: {r.results_dir.name} ({method})"
 
 
-def _aligned(a: Retrieval, b: Retrieval) -> tuple[np.ndarray, np.ndarray]:
-    """B's ids and scores in A's query order; refuses retrievals of different queries or maps."""
+def _aligned(a: Retrieval, b: Retrieval) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """B's ids, scores and confidence in A's query order; refuses retrievals of different queries or maps."""
     if a.m_names != b.m_names:
         raise ValueError(f"{a.results_dir} and {b.results_dir} rank different maps: nothing to compare")
     if set(a.q_names) != set(b.q_names):
@@ -69,7 +72,7 @@ def _aligned(a: Retrieval, b: Retrieval) -> tuple[np.ndarray, np.ndarray]:
                          f"({len(set(a.q_names) ^ set(b.q_names))} differ)")
     row = {q: i for i, q in enumerate(b.q_names)}
     order = [row[q] for q in a.q_names]
-    return b.ids[order], b.scores[order]
+    return b.ids[order], b.scores[order], b.query_confidence()[order]
 
 
 def _gt_spec(results_dir: Path, gt: str | None, threshold: float | None) -> tuple[str, float | None]:
@@ -97,9 +100,12 @@ def win_matrix(correct: list[np.ndarray]) -> np.ndarray:
     return c @ (1 - c).T
 
 
-def _method(label: str, r: Retrieval, ids: np.ndarray, scores: np.ndarray, truth: GroundTruth) -> Method:
-    return Method(label, r.results_dir, ids, scores, metrics.evaluate(ids, truth, scores=scores),
-                  metrics.top1_correct(ids, truth)[0], read_results(r.results_dir).get("cost", {}))
+def _method(label: str, r: Retrieval, ids: np.ndarray, scores: np.ndarray, confidence: np.ndarray,
+            truth: GroundTruth) -> Method:
+    """A method scored as its own step scored it: precision-recall by `confidence`, a sequence run's own."""
+    return Method(label, r.results_dir, ids, scores, confidence,
+                  metrics.evaluate(ids, truth, scores=confidence[:, None]), metrics.top1_correct(ids, truth)[0],
+                  read_results(r.results_dir).get("cost", {}))
 
 
 def _cells(m: Method, first: Method) -> list[str]:
@@ -171,7 +177,8 @@ def main(results: list[str | Path], out_dir: str | Path = "compare", *, gt: str 
     truth = ground_truth_for_kept(spec, list_images(first.query_dir), first.q_names, first.m_names, thr,
                                   MapPositions.of(first.manifest))
     names = labels or [None] * len(results)
-    methods = [_method(_label(first, "A", names[0]), first, first.ids, first.scores, truth)]
+    methods = [_method(_label(first, "A", names[0]), first, first.ids, first.scores, first.query_confidence(),
+                       truth)]
     methods += [_method(_label(r, _tag(i), names[i]), r, *_aligned(first, r), truth)
                 for i, r in enumerate(rest, start=1)]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,8 +186,8 @@ def main(results: list[str | Path], out_dir: str | Path = "compare", *, gt: str 
     a, b = methods[:2]
     page = report.write_report(out_dir / REPORT_FILE, report.ReportData(
         f"vprkit compare: {a.label} vs {b.label}", first.query_dir, first.q_names, first.map_dir, first.m_names,
-        report.Ranking(b.label, b.ids, b.scores, b.metrics), truth.positives,
-        report.Ranking(a.label, a.ids, a.scores, a.metrics), top=top, change_labels=("B wins", "A wins"),
+        report.Ranking(b.label, b.ids, b.scores, b.metrics, b.confidence), truth.positives,
+        report.Ranking(a.label, a.ids, a.scores, a.metrics, a.confidence), top=top, change_labels=("B wins", "A wins"),
         table=table))
     result = {"folders": [str(m.folder) for m in methods], "A": str(a.folder), "B": str(b.folder), "gt": spec,
               "threshold": thr, "metrics": {m.label: m.metrics for m in methods}, "test": TEST, "table": table,

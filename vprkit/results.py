@@ -3,7 +3,8 @@ compare, export, training) reads, through this module only.
 
 A results folder holds predictions.txt (each query's ranked map names and scores), pairs-topK.txt,
 results.json (index path and fingerprint, query folder, preset, counts, skipped queries, metrics and the ground
-truth they were scored with), report.html, and the queries' descriptors (`index.layout.QUERY_FEATURES`).
+truth they were scored with), report.html, and the queries' descriptors (`index.layout.QUERY_FEATURES`); a
+sequence run adds sequence.txt, whose confidences (not the top-1 scores) are what its precision-recall thresholds.
 Reading one checks that its index was not rebuilt since (`read_results`), and a step writes only into a folder
 that is empty or already a results folder (`guarded_folder`).
 """
@@ -15,6 +16,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from .index import faiss_index
 from .index.layout import IMAGES_DIR, MANIFEST_FILE, QUERY_FEATURES, QUERY_SEGMENTS
 
 RESULTS_FILE, PREDICTIONS_FILE, REPORT_FILE = "results.json", "predictions.txt", "report.html"
+SEQUENCE_FILE = "sequence.txt"  # a sequence run's frames (`vprkit.sequence.pipeline.write_sequence`)
 RESULTS_MARKERS = (RESULTS_FILE, QUERY_FEATURES, QUERY_SEGMENTS, "cache")
 PEAK_SINCE_STEP = "VmHWM since the step started (Linux /proc; reset through /proc/self/clear_refs)"
 PEAK_OF_PROCESS = "ru_maxrss of the process (the peak since the process started)"
@@ -45,11 +48,18 @@ class Retrieval:
     manifest: dict
     results_dir: Path | None = None  # the query results folder (holds the queries' global features)
     fingerprint: str = ""  # of the index's manifest: keys caches fitted on the map (vocabularies, PCA)
+    confidence: np.ndarray | None = None  # (Q,) the step's own confidence (a sequence run's); None: top-1 score
 
     def top(self, n: int) -> Retrieval:
         """The same retrieval cut to its first `n` candidates per query."""
         return Retrieval(self.index_dir, self.query_dir, self.map_dir, self.q_names, self.m_names,
-                         self.ids[:, :n], self.scores[:, :n], self.manifest, self.results_dir, self.fingerprint)
+                         self.ids[:, :n], self.scores[:, :n], self.manifest, self.results_dir, self.fingerprint,
+                         self.confidence)
+
+    def query_confidence(self) -> np.ndarray:
+        """(Q,) what precision-recall thresholds, as the step that wrote the folder scored it: a sequence run's
+        confidence (SeqSLAM's margin, the HMM's posterior), else each query's top-1 score."""
+        return (self.scores[:, 0] if self.confidence is None else self.confidence).astype(np.float64)
 
 
 class Meter:
@@ -157,7 +167,43 @@ def load_retrieval(results_dir: str | Path) -> Retrieval:
     manifest = faiss_index.read_manifest(index_dir)
     q_names, m_names, ids, scores = outputs.read_predictions(results_dir / PREDICTIONS_FILE, manifest["names"])
     return Retrieval(index_dir, Path(info["queries"]), Path(manifest["map_dir"]), q_names, m_names, ids, scores,
-                     manifest, results_dir, faiss_index.fingerprint(index_dir))
+                     manifest, results_dir, faiss_index.fingerprint(index_dir), sequence_confidence(results_dir,
+                                                                                                   q_names))
+
+
+class SequenceRow(NamedTuple):
+    """A frame of sequence.txt; `correct` and `error` are None in files written without ground truth."""
+
+    query: str
+    estimate: str
+    confidence: float
+    correct: bool | None = None
+    error: float | None = None
+
+
+def read_sequence(path: str | Path) -> list[SequenceRow]:
+    """The frames of a sequence.txt; files without the ground truth columns, and files written before it was
+    tab-separated (space-separated, names without spaces), still read."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            q, m, c, *truth = line.split("\t") if "\t" in line else line.split(" ")
+            rows.append(SequenceRow(q, m, float(c), *((bool(int(truth[0])), float(truth[1])) if truth else ())))
+    return rows
+
+
+def sequence_confidence(results_dir: Path, q_names: list[str]) -> np.ndarray | None:
+    """(Q,) the confidence a sequence run recorded per query (sequence.txt), in `q_names` order; None for a
+    folder of another step."""
+    path = results_dir / SEQUENCE_FILE
+    if not path.is_file():
+        return None
+    by_query = {row.query: row.confidence for row in read_sequence(path)}
+    missing = [q for q in q_names if q not in by_query]
+    if missing:
+        raise InputError(f"{path}: no confidence for {len(missing)} queries of {PREDICTIONS_FILE} (first: "
+                         f"{missing[0]}); run `vprkit sequence` again")
+    return np.array([by_query[q] for q in q_names], dtype=np.float64)
 
 
 def stored_query_descriptors(r: Retrieval) -> np.ndarray | None:
@@ -233,13 +279,17 @@ def write_results(out_dir: Path, index_dir: Path, query_dir: Path, manifest: dic
                   extra_bytes: float = 0.0, upstream: Path | None = None) -> dict:
     """predictions.txt, pairs, results.json (+ metrics against `truth`) and report.html of a ranking.
 
-    Precision-recall metrics threshold `confidence` (one per query) when given, else each query's top score;
+    Precision-recall metrics threshold `confidence` (one per query, a sequence run's: it writes sequence.txt, which
+    `load_retrieval` reads it from) when given, else each query's top score (and a sequence.txt left in the
+    folder by an earlier run is removed);
     `baseline` (the ranking before re-ranking) adds the fixed / broken queries to the report, `match_figures`
     (drawn for the first `match_limit` queries of the report) its match figures. `label` names the ranking in the
     report; `route` (map ids along a route: a sequence run) adds the query-frame vs matched-place plot. `meter`
     (started with the step) records its cost (`cost_record`: with `extra_bytes` per map image it stores, and its
     `upstream` retrieval)."""
     m_names, conf = manifest["names"], manifest["conf"]
+    if confidence is None:  # a sequence run's frames left in this folder belong to another ranking
+        (out_dir / SEQUENCE_FILE).unlink(missing_ok=True)
     outputs.write_predictions(out_dir / PREDICTIONS_FILE, q_names, m_names, ids, scores)
     outputs.write_pairs(out_dir / f"pairs-top{top_k}.txt", q_names, m_names, ids)
     result: dict = {"index": str(Path(index_dir).resolve()), "index_fingerprint": faiss_index.fingerprint(index_dir),

@@ -63,12 +63,14 @@ def precision_recall(scores: np.ndarray, correct: np.ndarray, num_positive: int 
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(precision, recall, thresholds), one point per distinct score, thresholds descending.
 
-    `scores`: each query's match confidence (higher = surer); `correct`: whether its best match is right;
-    `num_positive`: queries that have a positive in the map (default: all of them).
+    `scores`: each query's match confidence (higher = surer; NaN, a query without matches, is the lowest);
+    `correct`: whether its best match is right; `num_positive`: queries that have a positive in the map (default:
+    all of them).
     """
     scores, correct = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
     if scores.shape != correct.shape or scores.ndim != 1:
         raise ValueError(f"scores {scores.shape} and correct {correct.shape} must be equal-length vectors")
+    scores = np.nan_to_num(scores, nan=-np.inf, posinf=np.inf, neginf=-np.inf)  # NaNs: one group, last
     order = np.argsort(-scores, kind="stable")
     s, c = scores[order], correct[order]
     last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last query of each group of equal scores

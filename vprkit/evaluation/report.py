@@ -129,8 +129,7 @@ def _recall_curve(ids: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
 def _pr(r: Ranking, gt: M.GroundTruth) -> tuple[np.ndarray, np.ndarray, float, float]:
     """The P-R curve by the ranking's confidence (the one results.json was scored with), its AUC and R@100P."""
     correct, has_pos = M.top1_correct(r.ids, gt)
-    precision, recall, _ = M.precision_recall(np.nan_to_num(r.top1_confidence(), nan=-np.inf), correct,
-                                              int(has_pos.sum()))
+    precision, recall, _ = M.precision_recall(r.top1_confidence(), correct, int(has_pos.sum()))
     return precision, recall, M.auc_pr(precision, recall), M.recall_at_precision(precision, recall)
 
 

@@ -24,6 +24,7 @@ from ..index import faiss_index, freshness
 from ..index.layout import MAP_FEATURES, QUERY_FEATURES, STATE_FILE
 from ..results import (
     RESULTS_FILE,
+    SEQUENCE_FILE,
     Meter,
     gt_record,
     guarded_folder,
@@ -47,7 +48,7 @@ CONFS: dict[str, dict] = {
     "hmm": _HMM,  # forward filtering
     "hmm-viterbi": {**_HMM, "mode": "offline"},
 }
-SEQUENCE_FILE, SEQUENCE_HEADER = "sequence.txt", "# query\testimate\tconfidence\n"
+SEQUENCE_HEADER = "# query\testimate\tconfidence\n"  # of SEQUENCE_FILE (read back by `results.read_sequence`)
 
 
 def check_conf(conf: dict) -> dict:
@@ -166,7 +167,7 @@ def main(conf: dict, source: str | Path, query_dir: str | Path | None = None, ou
     est, confidence, ids, scores = match(conf, q_desc[q_lay.order], h5io.read_global(index_dir / MAP_FEATURES,
                                                                                       mi.names)[route],
                                          m_pos, index_search(mi, route))
-    stream = [q_names[i] for i in q_lay.order]
+    stream, confidence = [q_names[i] for i in q_lay.order], as_stored(confidence)
     ids = np.where(ids >= 0, route[np.maximum(ids, 0)], -1)
     truth = restrict(truth, q_all, stream) if truth is not None else None
     extra: dict = {"conf": conf, **gt_record(gt, threshold)}
@@ -206,6 +207,12 @@ def frame_errors(estimates: np.ndarray, truth: GroundTruth, route: np.ndarray, n
     return FrameErrors(correct, error, "places")
 
 
+def as_stored(confidence: np.ndarray) -> np.ndarray:
+    """The confidences as sequence.txt holds them (6 decimals): results.json and the report are scored with what
+    `load_retrieval` reads back for `compare` and `evaluate`, ties and order alike."""
+    return np.array([float(f"{c:.6f}") for c in confidence], dtype=np.float64)
+
+
 def write_sequence(path: Path, queries: list[str], estimates: list[str], confidence: np.ndarray,
                    errors: FrameErrors | None = None) -> None:
     """sequence.txt: per frame in stream order `query<TAB>estimate<TAB>confidence` (tabs: names may hold spaces),
@@ -218,24 +225,3 @@ def write_sequence(path: Path, queries: list[str], estimates: list[str], confide
     outputs.atomic_write(path, header + "".join(
         f"{q}\t{m}\t{c:.6f}\t{int(ok)}\t{err:.3f}\n"
         for q, m, c, ok, err in zip(queries, estimates, confidence, errors.correct, errors.error)))
-
-
-class SequenceRow(NamedTuple):
-    """A frame of sequence.txt; `correct` and `error` are None in files written without ground truth."""
-
-    query: str
-    estimate: str
-    confidence: float
-    correct: bool | None = None
-    error: float | None = None
-
-
-def read_sequence(path: str | Path) -> list[SequenceRow]:
-    """The frames of a sequence.txt; files without the ground truth columns, and files written before it was
-    tab-separated (space-separated, names without spaces), still read."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line and not line.startswith("#"):
-            q, m, c, *truth = line.split("\t") if "\t" in line else line.split(" ")
-            rows.append(SequenceRow(q, m, float(c), *((bool(int(truth[0])), float(truth[1])) if truth else ())))
-    return rows
