@@ -48,6 +48,7 @@ def index(tiny_backbone, image_folder, tmp_path):
     ["sequence", "RES"],
     ["sequence", "RES", "--method", "hmm", "--preset", "hmm-viterbi"],
     ["segvlad", "index", "MAP", "-o", "OUT"],
+    ["segvlad", "query", "IDX", "Q", "-o", "OUT"],
     ["serve", "IDX"],
     ["match-two", "A", "B"],
     ["train", "netvlad", "train", "MAP", "Q", "-o", "RUN"],
@@ -66,6 +67,27 @@ def test_query_refuses_unknown_settings_and_settings_that_change_the_descriptors
     _fails(["query", str(index), str(image_folder), "--set", "aggregator.p=1.0"], capsys,
            "would change the index's descriptors")
     assert main(["query", str(index), str(image_folder), "--set", "batch_size=5"]) == 0  # a runtime setting
+
+
+def test_serve_settings_resolve_as_a_step_config(capsys):
+    """`vprkit serve --preset / --set`: the preset's settings, then the user's (`public_docs=true` was refused as
+    not a string like its old default "auto"); a bad preset, a stream localizer that cannot run online and a bad
+    `public_docs` are one line, before the index is read."""
+    from vprkit import cli
+
+    def conf(*argv: str) -> dict:
+        args = cli.parser().parse_args(["serve", "IDX", *argv])
+        return args.conf(args)
+
+    assert conf()["stream_preset"] == "seqslam-candidates" and conf()["public_docs"] is None
+    got = conf("--preset", "hmm", "--set", "public_docs=true", "max_batch=4", "stream_min_confidence=0.3")
+    assert (got["stream_preset"], got["public_docs"], got["max_batch"], got["stream_min_confidence"]) == \
+        ("hmm", True, 4, 0.3)
+    _fails(["serve", "IDX", "--preset", "fast"], capsys, "unknown serve preset 'fast'", "'hmm', 'seqslam-candidates'")
+    _fails(["serve", "IDX", "--set", "stream_preset=hmm-viterbi"], capsys,
+           "stream_preset 'hmm-viterbi' is not an online sequence preset", "'hmm', 'seqslam', 'seqslam-candidates'")
+    _fails(["serve", "IDX", "--set", "public_docs=maybe"], capsys, "'public_docs' must be null")
+    _fails(["serve", "IDX", "--set", "top_k=0"], capsys, "'top_k' must be a positive integer")
 
 
 @pytest.mark.parametrize(("setting", "fragment"), [
@@ -129,7 +151,7 @@ def test_presets_lists_every_step(capsys):
     assert main(["presets"]) == 0
     steps = {line.split("  ")[0].strip() for line in capsys.readouterr().out.splitlines()}
     assert {"index", "segvlad index", "sequence", "train netvlad", "train ames", "train gcsa", "train head",
-            "rerank patchnetvlad", "rerank ames", "rerank chamfer", "rerank gcsa", "rerank segvlad"} <= steps
+            "rerank patchnetvlad", "rerank ames", "rerank chamfer", "rerank gcsa", "rerank segvlad", "serve"} <= steps
 
 
 def test_ground_truth_with_nan_or_impossible_positions_is_named(tmp_path):

@@ -120,3 +120,69 @@ def test_cli_segvlad_index_and_query(tiny_backbone, image_folder, tmp_path, caps
     assert main(["segvlad", "query", str(tmp_path / "idx"), str(image_folder), "--top-k", "3"]) == 0
     assert "report.html" in capsys.readouterr().out
     assert main(["query", str(tmp_path / "idx"), str(image_folder)]) == 2  # a global query on a SegVLAD index
+
+
+def _segment_votes(idx: Path, res: Path, k: int) -> np.ndarray:
+    """(Q, M) image scores re-derived with numpy from the stored segments: each query segment's `k` most similar
+    map segments vote for their image with their (non-negative) cosine similarity."""
+    from vprkit.index.layout import QUERY_SEGMENTS
+    from vprkit.results import load_retrieval
+
+    store, owner = np.load(idx / "segments.npy").astype(np.float32), np.load(idx / "segment_image.npy")
+    q_names = load_retrieval(res).q_names
+    scores = np.zeros((len(q_names), owner.max() + 1))
+    for row, segs in zip(scores, api.read_segments(res / QUERY_SEGMENTS, q_names)):
+        sims = segs @ store.T
+        top = np.argsort(-sims, axis=1)[:, :k]
+        np.add.at(row, owner[top], np.maximum(np.take_along_axis(sims, top, 1), 0))
+    return scores
+
+
+def _assert_ranks_by(res: Path, ref: np.ndarray) -> None:
+    """The results' ranked images are the best of `ref` (up to near-ties) with `ref`'s scores; images `ref` gives
+    no vote are not ranked."""
+    from conftest import assert_top_k
+
+    from vprkit.results import load_retrieval
+
+    ret = load_retrieval(res)
+    ranked = ret.ids >= 0
+    assert (ranked.sum(1) == np.minimum(ret.ids.shape[1], (ref > 1e-6).sum(1))).all()
+    for ids, scores, row in zip(ret.ids, ret.scores, ref):
+        n = int((ids >= 0).sum())
+        assert_top_k(ids[None, :n], row[None], atol=1e-3)
+        np.testing.assert_allclose(scores[:n], row[ids[:n]], atol=1e-3)
+
+
+def test_cli_segvlad_query_takes_preset_and_set(tiny_backbone, image_folder, tmp_path, capsys):
+    """`segvlad query --set` changes the query's own settings (checked against a numpy re-derivation of the votes),
+    `--set` wins over the shorthand flag, and a setting or preset that would change the index's descriptors is one
+    line naming the index."""
+    idx = tmp_path / "idx"
+    sets = ["preprocessing={\"resize_max\": 32}", "aggregator={\"name\": \"vlad\", \"num_clusters\": 4}",
+            "pca_dim=16", "segmenter.n_segments=6"]  # the index's top_k_segments: the preset's 50
+    assert main(["segvlad", "index", str(image_folder), "-o", str(idx), "--set", *sets]) == 0
+    query = ["segvlad", "query", str(idx), str(image_folder), "--top-k", "4"]
+    assert main([*query, "-o", str(tmp_path / "k50")]) == 0
+    assert main([*query, "-o", str(tmp_path / "k1"), "--preset", "segvote-slic", "--top-k-segments", "3", "--set",
+                 "top_k_segments=1", "batch_size=5"]) == 0
+    k50, k1 = read_results(tmp_path / "k50"), read_results(tmp_path / "k1")
+    assert (k50["top_k_segments"], k1["top_k_segments"], k1["scoring"]) == (50, 1, "votes")
+    ref50, ref1 = _segment_votes(idx, tmp_path / "k50", 50), _segment_votes(idx, tmp_path / "k1", 1)
+    _assert_ranks_by(tmp_path / "k50", ref50)
+    _assert_ranks_by(tmp_path / "k1", ref1)
+    assert (ref1 > 1e-6).sum() < (ref50 > 1e-6).sum()  # one vote per query segment reaches fewer images
+    capsys.readouterr()
+
+    assert main([*query, "-o", str(tmp_path / "x"), "--set", "nope=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vprkit: error: unknown setting 'nope'") and "top_k_segments" in err[0]
+    assert main([*query, "-o", str(tmp_path / "x"), "--set", "pca_dim=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{idx}: ['pca_dim'] would change the index's descriptors (pca_dim)" in err[0]
+    assert main([*query, "-o", str(tmp_path / "x"), "--preset", "segvote-dino"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{idx} was built with preset 'segvote-slic'" in err[0] and "segmenter" in err[0]
+    assert main([*query, "-o", str(tmp_path / "x"), "--set", "scoring=best"]) == 2
+    assert "scoring='best' is not one of ('votes', 'reference')" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

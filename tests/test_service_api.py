@@ -7,6 +7,7 @@ import struct
 import zlib
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -131,7 +132,7 @@ def test_docs_are_hidden_with_keys_unless_the_setting_says_public(svc_client, tm
         shown = TestClient(create_app(svc), base_url="http://127.0.0.1")
         assert shown.get("/openapi.json").status_code == 200 and shown.get("/docs").status_code == 200
     finally:
-        svc.keys, svc.s["public_docs"] = plain, "auto"
+        svc.keys, svc.s["public_docs"] = plain, None
 
 
 def test_map_changes_need_the_start_up_token_reads_do_not(svc_client):
@@ -309,3 +310,33 @@ def test_a_stream_spanning_a_compaction_answers_names_of_the_new_map(svc_client)
         ref = DEMO / "ref" / "0000000.jpg"
         assert client.post("/v1/map/images", files={"image": ref.read_bytes()},
                            data={"name": map_name(0), "position": "0,0"}, headers=WRITE).status_code == 201
+
+
+def test_serve_preset_and_set_configure_the_service_it_starts(tmp_path, monkeypatch):
+    """`vprkit serve --preset hmm --set ...`: the service the command starts answers with those settings: two
+    matches by default (top_k), streams localized by the HMM (the estimates and confidences of a
+    `SequenceLocalizer(index, "hmm")` fed the same frames, which SeqSLAM's differ from) and the line set."""
+    from PIL import Image
+
+    from vprkit.sequence.localizer import SequenceLocalizer
+
+    idx, started = build_index(tmp_path), {}
+
+    def run(index_dir, host, port, keys, settings, device):  # what `vprkit serve` runs, without uvicorn
+        started["app"], started["svc"] = build(index_dir, keys, settings, device, host, token=TOKEN)
+
+    monkeypatch.setattr("vprkit.service.server.run", run)
+    assert cli.main(["serve", str(idx), "--preset", "hmm", "--set", "top_k=2", "stream_min_confidence=0.5"]) == 0
+    s = started["svc"].s
+    assert (s["preset"], s["stream_preset"], s["top_k"], s["stream_min_confidence"]) == ("hmm", "hmm", 2, 0.5)
+    frames = range(28, 40)
+    hmm, seqslam = SequenceLocalizer(idx, "hmm"), SequenceLocalizer(idx, "seqslam-candidates")
+    ref = [hmm.add(Image.open(query(i))) for i in frames]
+    assert not np.allclose([c for _, c in ref], [seqslam.add(Image.open(query(i)))[1] for i in frames], atol=1e-3)
+    with TestClient(started["app"], base_url="http://127.0.0.1:8000") as client:
+        assert len(client.post("/v1/localize", files=_img(30)).json()["matches"]) == 2
+        answers = [client.post("/v1/streams/s/frames", files=_img(i)).json() for i in frames]
+    assert [a["estimate"]["name"] for a in answers] == [hmm.names[p] for p, _ in ref]
+    np.testing.assert_allclose([a["estimate"]["confidence"] for a in answers], [c for _, c in ref], atol=1e-5)
+    assert [a["state"] for a in answers] == ["localized" if c >= 0.5 else "lost" for _, c in ref]
+    assert {a["state"] for a in answers} == {"localized", "lost"}  # the line splits these frames

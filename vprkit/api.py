@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .compare import main as compare
-from .config import Presets, resolve
+from .config import Presets, index_conf
 from .data.groundtruth import (
     MapPositions,
     latlon_to_utm,
@@ -79,6 +79,7 @@ STEPS = Registry("step config", "vprkit", {
     "train ames": ".train.ames:CONFIG",
     "train gcsa": ".train.gcsa:CONFIG",
     "train head": ".train.head:CONFIG",
+    "serve": ".service.settings:CONFIG",
 })
 
 
@@ -211,7 +212,8 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     map_dir, index_dir = Path(map_dir).resolve(), Path(index_dir)
     writer = MapWriter(index_dir, compact_every=0)
     try:
-        conf = _check_same_model(index_dir, writer.map.manifest, preset, overrides)
+        conf = index_conf(extract.CONFIG, extract.model_key, index_dir, writer.map.manifest["conf"], preset,
+                          overrides)
         names = [check_name(n) for n in list_images(map_dir) if n not in writer.map.ids]
         zone = MapPositions.of(writer.map.manifest).zone
         by_name = dict(zip(names, map_positions(positions, names, zone).positions)) if positions is not None else {}
@@ -232,26 +234,6 @@ def append_map(map_dir: str | Path, index_dir: str | Path, device: str = "cpu", 
     return names
 
 
-def _check_same_model(index_dir: Path, manifest: dict, preset: str | None, overrides: dict | None = None) -> dict:
-    """The config to describe queries (or added map images) with: the map's own, refusing a conflicting preset;
-    `overrides` may change its runtime settings (batch size, ...), never its descriptors."""
-    conf = manifest["conf"]
-    # the precision is the index's (queries follow it), so --preset only checks the preset's own settings
-    wanted = extract.CONFIG.resolve(preset, precision=conf.get("precision")) if preset is not None else None
-    if wanted is not None and extract.model_key(wanted) != manifest["model_key"]:
-        raise ValueError(f"{index_dir} was built with preset '{conf['preset']}' "
-                         f"({conf['model']['name']} + {conf['aggregator']['name']}); "
-                         f"querying it with '{preset}' would compare different descriptor spaces")
-    if not overrides:
-        return conf
-    changed = {**resolve(conf, {}, None, overrides, what=f"index {index_dir}",
-                         open_sections=extract.CONFIG.open_sections), "preset": conf["preset"]}
-    if extract.model_key(changed) != extract.model_key(conf):
-        raise InputError(f"{index_dir}: {sorted(overrides)} would change the index's descriptors; only runtime "
-                         "settings may change here (build another index for other descriptors)")
-    return extract.check_conf(changed)
-
-
 def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, preset: str | None = None,
              device: str = "cpu", report_top: int = 5, nprobe: int | None = None, verify: bool = False,
@@ -266,7 +248,7 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
     check_top_k(top_k)
     mi = faiss_index.load(index_dir)
     freshness.warn_if_changed(mi, index_dir, verify)
-    conf = _check_same_model(index_dir, mi.manifest, preset, overrides)
+    conf = index_conf(extract.CONFIG, extract.model_key, index_dir, mi.manifest["conf"], preset, overrides)
     out_dir = results_folder(out_dir, index_dir, query_dir)
     state = index_dir / STATE_FILE
     q_all = list_images(query_dir)
@@ -317,7 +299,8 @@ def evaluate(predictions: str | Path, gt: str | None = None, threshold: float | 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,
           settings: dict | None = None, device: str = "cpu") -> None:
-    """`vprkit serve`: the HTTP localization service on an index, until stopped (needs the `serve` extra)."""
+    """`vprkit serve`: the HTTP localization service on an index, until stopped (needs the `serve` extra).
+    `settings`: changes to the default preset's settings (a `preset` key picks another), or `conf("serve", ...)`."""
     from .service.server import run
 
     run(index_dir, host, port, keys, settings, device)

@@ -11,6 +11,8 @@ The meaning of `None`: in defaults and presets it is a real value ("off" / "auto
 type; in overrides it means "not given": the preset's value stays (API keywords default to None).
 
 `Presets` bundles one step's defaults and named presets; `STEPS` lists every step's, for `vprkit presets`.
+`index_conf` is the config of a step that works on an index (a query, an append): the index's own, so its
+`--preset` only checks and its `--set` may change what leaves the descriptors as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .data.safeio import InputError
@@ -195,3 +198,32 @@ class Presets:
         rows = [(n, self.resolve(n)) for n in names] if names else [("(defaults)", self.resolve(None))]
         return rows + [(f"{key}={choice}", block) for key, blocks in self.selectors.items()
                        for choice, block in blocks.items()]
+
+
+def index_conf(presets: Presets, model_key: Callable[[dict], str], index_dir: Path, conf: dict, preset: str | None,
+               overrides: dict | None = None) -> dict:
+    """The config to describe images against an index with: the index's `conf`, refusing a `preset` other than the
+    index's unless it gives the same descriptors (`model_key`: what decides them); `overrides` may change settings
+    that keep the descriptors (runtime ones, a query's own), refused naming the index otherwise."""
+    if preset not in (None, conf["preset"]):  # the precision is the index's (queries follow it)
+        wanted = presets.resolve(preset, precision=conf.get("precision"))
+        if model_key(wanted) != model_key(conf):
+            raise ConfigError(f"{index_dir} was built with preset '{conf['preset']}' "
+                              f"({conf['model']['name']} + {conf['aggregator']['name']}); querying it with "
+                              f"'{preset}' would compare different descriptor spaces "
+                              f"({', '.join(_differ(model_key(wanted), model_key(conf)))} differ)")
+    if not overrides:
+        return conf
+    changed = {**resolve(conf, {}, None, overrides, what=f"index {index_dir}", open_sections=presets.open_sections),
+               "preset": conf["preset"]}
+    if model_key(changed) != model_key(conf):
+        raise ConfigError(f"{index_dir}: {sorted(overrides)} would change the index's descriptors "
+                          f"({', '.join(_differ(model_key(changed), model_key(conf)))}); only settings that keep "
+                          "them may change here (build another index for other descriptors)")
+    return presets.check(changed) if presets.check else changed
+
+
+def _differ(key_a: str, key_b: str) -> list[str]:
+    """The top-level settings in which two model keys (JSON objects) differ."""
+    a, b = json.loads(key_a), json.loads(key_b)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

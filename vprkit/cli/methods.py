@@ -76,11 +76,16 @@ def _add_segvlad(sub) -> None:
     s.set_defaults(func=run_segvlad_index, conf=segvlad_conf)
     s = ssub.add_parser("query", help="localize a folder of query images against a SegVLAD index")
     add_query(s)
-    s.add_argument("--top-k-segments", type=positive_int, help="map segments each query segment retrieves")
+    add_settings(s, "refuse to run unless the index was built with this preset (or its descriptors)", None,
+                 sorted(CONFIG.presets),
+                 "the query's settings (top_k_segments=20, scoring=votes) and runtime ones (batch_size=4); settings "
+                 "that change the index's descriptors are refused")
+    s.add_argument("--top-k-segments", type=positive_int, help="map segments each query segment retrieves "
+                   "(as --set top_k_segments=N; default: the index's)")
     s.add_argument("--scoring", choices=("votes", "reference"),
                    help="votes: per-query similarity votes (serving); reference: the original's min-max over the "
-                        "whole run (default: the index's preset)")
-    s.set_defaults(func=run_segvlad_query)
+                        "whole run (as --set scoring=NAME; default: the index's)")
+    s.set_defaults(func=run_segvlad_query, conf=segvlad_query_check)
 
 
 def segvlad_conf(args: argparse.Namespace) -> dict:
@@ -97,12 +102,25 @@ def run_segvlad_index(args: argparse.Namespace) -> None:
     print(f"SegVLAD index written to {out}")
 
 
+def _segvlad_query_overrides(args: argparse.Namespace) -> dict:
+    return overrides(args, {"top_k_segments": args.top_k_segments, "scoring": args.scoring})
+
+
+def segvlad_query_check(args: argparse.Namespace) -> dict:
+    """The settings checked before the index is read (keys, types, choices), on the preset given or the default:
+    the query runs with the index's config, these applied to it."""
+    from ..segvlad import extract
+
+    return extract.CONFIG.resolve(args.preset, _segvlad_query_overrides(args))
+
+
 def run_segvlad_query(args: argparse.Namespace) -> None:
     from ..segvlad import api as seg_api
 
+    segvlad_query_check(args)
     print_results(seg_api.localize(args.index_dir, args.query_dir, args.out, top_k=args.top_k, gt=args.gt,
-                                   threshold=args.threshold, device=args.device, top_k_segments=args.top_k_segments,
-                                   scoring=args.scoring))
+                                   threshold=args.threshold, device=args.device, preset=args.preset,
+                                   **_segvlad_query_overrides(args)))
 
 
 def _add_sequence(sub) -> None:

@@ -1,12 +1,13 @@
 """`vprkit serve INDEX` and `vprkit keys add` (the service's own parsers, `service.commands`, with the settings of
-`--set` checked like every step's before the server starts), and `vprkit replay`, a client of a running service."""
+`--preset` / `--set` resolved and checked like every step's before the server starts), and `vprkit replay`, a client
+of a running service."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from ..config import parse_overrides, resolve
+from .common import add_settings, step_conf
 
 KEY_ENV = "VPRKIT_KEY"  # `vprkit replay`'s key when --key is not given
 
@@ -15,8 +16,8 @@ def add(sub) -> None:
     """Register `vprkit serve` and `vprkit keys` (the service's commands, which set `args.run`) and `vprkit replay`."""
     from ..service.commands import add_parsers
 
-    add_parsers(sub, serve_settings)
-    sub.choices["serve"].set_defaults(func=_run, conf=lambda args: serve_settings(args.set))
+    add_parsers(sub, serve_settings, add_settings)
+    sub.choices["serve"].set_defaults(func=_run, conf=serve_settings)
     sub.choices["keys"].set_defaults(func=_run)
     r = sub.add_parser("replay", help="send a folder of frames to a running `vprkit serve` as a robot's stream")
     r.add_argument("folder", help="the frames (images, sent in name order)")
@@ -34,13 +35,12 @@ def _run(args: argparse.Namespace) -> None:
     args.run(args)
 
 
-def serve_settings(pairs: list[str]) -> dict:
-    """The service settings of `--set KEY=VALUE ...`: the service's defaults with them, checked."""
-    from ..service.state import DEFAULTS
+def serve_settings(args: argparse.Namespace) -> dict:
+    """The service's config: `--preset` (default seqslam-candidates) and `--set`, checked before the server
+    starts."""
+    from ..service.settings import CONFIG
 
-    conf = resolve(DEFAULTS, {}, None, parse_overrides(pairs), what="service", open_sections=("rerank",))
-    conf.pop("preset")
-    return conf
+    return step_conf(CONFIG, args)
 
 
 def run_replay(args: argparse.Namespace) -> None:

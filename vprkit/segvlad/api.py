@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..config import index_conf
 from ..data.groundtruth import MapPositions, load_ground_truth, restrict, utm_or_none
 from ..data.images import list_images
 from ..data.safeio import locked
@@ -17,7 +18,7 @@ from ..index.layout import QUERY_SEGMENTS, SEGMENT_FEATURES, SEGMENT_STATE
 from ..index.work import index_work, readable
 from ..results import Meter, check_top_k, query_feature_path, results_folder, write_results
 from . import extract
-from .index import OWNER_FILE, SCORINGS, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
+from .index import OWNER_FILE, SEGMENTS_FILE, SegmentIndex, rank_hits, write_store
 
 logger = logging.getLogger("vprkit")
 STATE_FILE, MAP_FEATURES = SEGMENT_STATE, SEGMENT_FEATURES
@@ -52,25 +53,23 @@ def load_manifest(index_dir: Path) -> dict:
 
 def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path | None = None, *, top_k: int = 20,
              gt: str | None = None, threshold: float | None = None, device: str = "cpu", report_top: int = 5,
-             top_k_segments: int | None = None, query_batch: int = 64, scoring: str | None = None,
-             verify: bool = False) -> Path:
+             query_batch: int = 64, preset: str | None = None, verify: bool = False, **overrides) -> Path:
     """Describe query segments with the map's model, vote map images, write predictions (+ metrics with `gt`).
 
-    `scoring` (default: the index's preset): `votes` scores each query on its own (serving); `reference`
-    normalises by the least / greatest similarity retrieved over all these queries (the original's rule).
+    The config is the index's: `preset` only refuses an index of another descriptor space; `overrides` (as
+    `vprkit segvlad query --set`) change the query's own settings (`top_k_segments`; `scoring`: `votes` scores
+    each query on its own (serving), `reference` normalises by the least / greatest similarity retrieved over
+    all these queries, the original's rule) and runtime ones (`batch_size`), never the descriptors.
     Warns when map images changed since indexing (a sample of them checked, every one with `verify`).
     """
     meter = Meter()
     index_dir, query_dir = Path(index_dir), Path(query_dir).resolve()
     check_top_k(top_k)
     manifest = load_manifest(index_dir)
+    conf = index_conf(extract.CONFIG, extract.model_key, index_dir, manifest["conf"], preset, overrides)
     freshness.warn_if_segments_changed(manifest, index_dir, verify)
-    conf, m_names = manifest["conf"], manifest["names"]
+    m_names = manifest["names"]
     seg_index = SegmentIndex.load(index_dir, len(m_names))
-    k_seg = top_k_segments or conf["top_k_segments"]
-    scoring = scoring or conf.get("scoring", "votes")
-    if scoring not in SCORINGS:
-        raise ValueError(f"unknown scoring {scoring!r}; choose one of {SCORINGS}")
     out_dir = results_folder(out_dir, index_dir, query_dir)
     q_all = list_images(query_dir)
     truth = load_ground_truth(gt, q_all, m_names, threshold, MapPositions.of(manifest)) if gt else None  # no work lost
@@ -80,14 +79,16 @@ def localize(index_dir: str | Path, query_dir: str | Path, out_dir: str | Path |
                                         device=device), query_dir)
         hits = []
         for s in range(0, len(q_names), query_batch):
-            hits += seg_index.retrieve(read_segments(q_feats, q_names[s:s + query_batch]), k_seg)
-    ids, scores = rank_hits(hits, len(m_names), top_k, scoring)
+            hits += seg_index.retrieve(read_segments(q_feats, q_names[s:s + query_batch]),
+                                     conf["top_k_segments"])
+    ids, scores = rank_hits(hits, len(m_names), top_k, conf["scoring"])
     empty = [q for q, row in zip(q_names, ids) if row[0] < 0]
     if empty:
         logger.warning("%d queries got no votes (no segments, or none retrieved): %s", len(empty), empty[:5])
     truth = restrict(truth, q_all, q_names) if truth is not None else None
     write_results(out_dir, index_dir, query_dir, manifest, q_all, q_names, ids, scores, top_k, truth, report_top,
-                  {"queries_without_votes": empty, "scoring": scoring}, meter=meter)
+                  {"queries_without_votes": empty, "scoring": conf["scoring"],
+                   "top_k_segments": conf["top_k_segments"]}, meter=meter)
     return out_dir
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import ConfigError, Presets
+from ..config import ConfigError, Presets, require_counts
 from ..data.images import list_images
 from ..evaluation.outputs import atomic_savez
 from ..features import h5io
@@ -77,14 +77,15 @@ SAM_KEYS = ("checkpoint", "model_type", "points_per_side", "pred_iou_thresh", "s
 
 
 def check_conf(conf: dict) -> dict:
-    """A SAM checkpoint selects SAM (ViT-H, as the original); every choice must be one of its known values."""
+    """A SAM checkpoint selects SAM (ViT-H, as the original); every choice must be one of its known values, and
+    each query segment retrieves at least one map segment."""
     seg = conf["segmenter"]
     if seg.get("checkpoint") and seg["name"] != "sam":
         conf["segmenter"] = {"name": "sam", "model_type": "vit_h", **{k: seg[k] for k in SAM_KEYS if k in seg}}
     for key, allowed in CHOICES.items():
         if conf[key] not in allowed:
             raise ConfigError(f"{key}={conf[key]!r} is not one of {allowed}")
-    return features_check(conf)
+    return features_check(require_counts(conf, "top_k_segments"))
 
 
 # the SegVLAD-specific keys of every preset are the same, so `_BASE` holds them beside the runtime defaults

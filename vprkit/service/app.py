@@ -14,18 +14,18 @@ from fastapi import FastAPI
 from .middleware import HostGuard, Limits, OriginGuard, allowed_hosts
 from .routers import health, localize, streams
 from .routers import map as map_router
-from .state import DEFAULTS, Service
+from .settings import DEFAULTS
+from .state import Service
 
 __all__ = ["DEFAULTS", "Service", "build", "create_app"]
 
 
 def create_app(svc: Service, host: str = "127.0.0.1") -> FastAPI:
     """The FastAPI app over `svc` as served on `host` (the bound address decides which `Host` names pass).
-    `/docs` and `/openapi.json` are public unless keys are on (setting `public_docs`: auto, true, false)."""
+    `/docs` and `/openapi.json` are public unless keys are on (setting `public_docs`: null or "auto", true,
+    false)."""
     docs = svc.s["public_docs"]
-    if docs not in ("auto", True, False):
-        raise ValueError(f"setting public_docs must be \"auto\", true or false, got {docs!r}")
-    public = not svc.keys.enabled if docs == "auto" else docs
+    public = not svc.keys.enabled if docs in (None, "auto") else docs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -17,17 +17,20 @@ def port(text: str) -> int:
 port.__name__ = "port"  # argparse's "invalid port value: 'x'"
 
 
-def add_parsers(sub, parse_overrides) -> None:
-    """Register `serve` and `keys` on the CLI's subparsers; each sets `run(args)`."""
+def add_parsers(sub, settings, add_settings) -> None:
+    """Register `serve` and `keys` on the CLI's subparsers; each sets `run(args)`. `settings(args)` is the service's
+    config from `--preset` / `--set`, which `add_settings(parser, ...)` adds."""
     s = sub.add_parser("serve", help="HTTP localization service on an index (OpenAPI docs at /docs)")
     s.add_argument("index_dir")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=port, default=8000)
     s.add_argument("--keys", help="API keys file (hashed; `vprkit keys add`); without it a token printed at start "
                                   "is needed to change the map and anyone may read")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="service settings, e.g. max_batch=16 batch_wait_ms=5 rate_per_s=20 (see docs/service.md)")
-    s.set_defaults(run=lambda a: _serve(a, parse_overrides(a.set)))
+    add_settings(s, "service preset: the streams' localizer and its localized/lost line (default "
+                 "seqslam-candidates; `vprkit presets serve`)",
+                 set_help="service settings, e.g. max_batch=16 batch_wait_ms=5 rate_per_s=20 (see docs/service.md); "
+                          "unknown keys are refused with the valid ones")
+    s.set_defaults(run=lambda a: _serve(a, settings(a)))
     k = sub.add_parser("keys", help="API keys of `vprkit serve --keys FILE`")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     a = ksub.add_parser("add", help="create a key (printed once; the file keeps only its SHA-256)")

@@ -28,21 +28,9 @@ from .batching import Batcher
 from .estimate import estimate, posterior
 from .metrics import Metrics
 from .middleware import Refused
+from .settings import CONFIG
 from .streams import Feeds, StreamLocalizer, Streams, WindowLocalizer
 
-DEFAULTS = {
-    "top_k": 5, "max_top_k": 100, "max_batch": 16, "batch_wait_ms": 5.0, "max_body_bytes": 20_000_000,
-    "max_pixels": 40_000_000, "rate_per_s": 50.0, "rate_burst": 100.0, "timeout_s": 30.0, "body_timeout_s": 10.0,
-    "stream_idle_s": 300.0, "max_streams": 1000, "stream_window": 10, "stream_preset": "seqslam-candidates",
-    "stream_history": 100, "stream_min_confidence": 0.15,
-    "compact_every": 1000, "estimate_temp": 0.05,
-    "estimate_radius": 25.0, "prior_depth": 50, "thumb_px": 160, "thumb_cache": 512, "map_points_max": 20000,
-    "rerank": {},
-    # who may talk to the server (see docs/service.md, "Security and limits")
-    "allowed_hosts": [], "allowed_origins": [], "public_docs": "auto",
-    # connection limits (slowloris): see `server.guarded_protocol`
-    "max_connections": 500, "header_timeout_s": 10.0, "keep_alive_s": 5.0,
-}
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
@@ -51,10 +39,8 @@ class Service:
 
     def __init__(self, index_dir: str | Path, keys: str | Path | None = None, settings: dict | None = None,
                  device: str = "cpu", token: str | None = None) -> None:
-        unknown = set(settings or {}) - set(DEFAULTS)
-        if unknown:
-            raise KeyError(f"unknown service settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.s = {**DEFAULTS, **(settings or {})}
+        over = dict(settings or {})  # changes to the default preset, or a whole config (its `preset` taken)
+        self.s = CONFIG.resolve(over.pop("preset", None), over)
         self.keys = KeyStore(keys, token)  # first: a bad keys file is refused before the model loads
         self.writer = MapWriter(index_dir, self.s["compact_every"])
         self.ext = Extractor.with_state(self.writer.map.manifest["conf"], Path(index_dir) / STATE_FILE, device)
