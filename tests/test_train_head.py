@@ -276,3 +276,27 @@ def test_finetune_and_mining_settings_that_cannot_work_are_refused():
     assert head.CONFIG.resolve("dinov2s-mixvpr")["train"]["finetune"] == 0
     with pytest.raises(ValueError, match="not supported for TinyBackbone"):
         TinyBackbone().split(1)
+
+
+def test_global_mining_tuple_loss_is_the_triplet_loss_of_each_mined_tuple(route, tiny, tmp_path):
+    """tuple_loss on hand-made tuples (3 and 1 negatives: the short one padded, its padding masked) equals the mean of
+    max(0, d(q,p) + 0.1 - d(q,n)) over the real (query, negative) pairs, computed one descriptor at a time."""
+    from vprkit.train.head_model import describe
+    from vprkit.train.mining import Triplet, layout
+
+    tuples = [Triplet(0, 1, np.array([5, 7, 9])), Triplet(2, 3, np.array([8]))]
+    queries, images, mask = layout(tuples)
+    assert (queries, images) == ([0, 2], [1, 3, 5, 7, 9, 8, 8, 8])
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+    s = head.Session(_conf("tiny-mixvpr"), route / "map", route / "query", tmp_path / "s", splits=("train", "val"))
+    q_tokens, m_tokens = s.banks["train"]
+
+    def one(tokens, i):
+        return describe(s.model, tokens, [i])[0].numpy()
+
+    terms = [max(0.0, np.linalg.norm(one(q_tokens, t.query) - one(m_tokens, t.positive)) + 0.1
+                 - np.linalg.norm(one(q_tokens, t.query) - one(m_tokens, int(n)))) for t in tuples for n in t.negatives]
+    with torch.no_grad():
+        got = head.tuple_loss(s, tuples).item()
+    assert got == pytest.approx(np.mean(terms), abs=1e-5)
+    assert head.tuple_loss(s, []) is None
