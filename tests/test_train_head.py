@@ -274,6 +274,10 @@ def test_finetune_and_mining_settings_that_cannot_work_are_refused():
     assert head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv"})["train"]["mining"] == "places"
     assert head.CONFIG.resolve("mobilenetv2-mixvpr")["train"]["finetune"] == 7
     assert head.CONFIG.resolve("dinov2s-mixvpr")["train"]["finetune"] == 0
+    salad = head.CONFIG.resolve("dinov2s-salad")  # the preset's own default recipe, which --set recipe= replaces
+    assert (salad["recipe"], salad["loss"]["name"], salad["train"]["mining"], salad["train"]["lr"]) == \
+        ("vprkit-ms", "ms", "places", 1e-3)
+    assert head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv"})["train"]["lr"] == 6e-5
     with pytest.raises(ValueError, match="not supported for TinyBackbone"):
         TinyBackbone().split(1)
 

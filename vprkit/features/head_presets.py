@@ -56,6 +56,10 @@ CONFS: dict[str, dict] = {
     "mobilenetv2-gem-fc": _preset(MOBILENETV2_LAST, 1280, "gem-fc", 256),
 }
 
-# Training defaults of a preset (over `vprkit train head`'s defaults and recipe): MobileNetV2 trains its last
-# blocks on a CPU in minutes; DINOv2's blocks cost ~50x more, so they stay frozen unless asked (train.finetune=N).
-TRAIN: dict[str, dict] = {name: {"train": {"finetune": 7}} for name in ("mobilenetv2-mixvpr", "mobilenetv2-gem-fc")}
+# Training defaults of a preset (over `vprkit train head`'s defaults and recipe; a `recipe` here is the preset's
+# default recipe): MobileNetV2 trains its last blocks on a CPU in minutes; DINOv2's blocks cost ~50x more, so they
+# stay frozen unless asked (train.finetune=N).
+TRAIN: dict[str, dict] = {
+    **{name: {"train": {"finetune": 7}} for name in ("mobilenetv2-mixvpr", "mobilenetv2-gem-fc")},
+    "dinov2s-salad": {"recipe": "vprkit-ms"},  # measured: SALAD learns with place batches, not global triplets
+}
