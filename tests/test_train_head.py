@@ -270,7 +270,7 @@ def test_finetune_and_mining_settings_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="pca .* cannot be combined with train.finetune"):
         head.CONFIG.resolve("mobilenetv2-mixvpr", {"pca": 32})
     with pytest.raises(ConfigError, match="loss.name=ms needs train.mining=places"):
-        head.CONFIG.resolve("dinov2s-salad", {"loss.name": "ms"})
+        head.CONFIG.resolve("dinov2s-mixvpr", {"loss.name": "ms"})
     assert head.CONFIG.resolve("dinov2s-salad", {"recipe": "salad-gsv"})["train"]["mining"] == "places"
     assert head.CONFIG.resolve("mobilenetv2-mixvpr")["train"]["finetune"] == 7
     assert head.CONFIG.resolve("dinov2s-mixvpr")["train"]["finetune"] == 0
