@@ -1,4 +1,4 @@
-"""Extraction presets of the heads `vprkit train head` trains on frozen backbone tokens (docs/training.md).
+"""Extraction presets of the heads `vprkit train head` trains on backbone tokens (docs/training.md).
 
 The preset name is also the training preset: `vprkit train head MAP QUERIES -o RUN --preset NAME` trains it and
 `vprkit index MAP -o IDX --preset NAME --checkpoint RUN/best.pt` indexes with the trained head (the checkpoint

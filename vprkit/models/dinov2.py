@@ -286,9 +286,7 @@ class DinoV2(Backbone):
         parts = [found[t] for t in taps]
         if len(parts) > 1:
             parts = [F.normalize(p, dim=-1) for p in parts]
-        tokens = torch.cat(parts, dim=-1)
-        local = tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
-        return BackboneOutput(local=local, global_token=tokens[:, 0])
+        return _as_output(torch.cat(parts, dim=-1), h, w)
 
 
 def _as_output(tokens: torch.Tensor, h: int, w: int) -> BackboneOutput:

@@ -1,10 +1,12 @@
-"""Train a released head (SALAD, BoQ, MixVPR, NetVLAD, GeM + fc) on frozen backbone tokens of the user's route:
-`vprkit train head MAP QUERIES -o RUN --preset NAME` (hloc-style step: presets + `main(conf, ...)`).
+"""Train a released head (SALAD, BoQ, MixVPR, NetVLAD, GeM + fc), and optionally the backbone's last blocks, on the
+user's route: `vprkit train head MAP QUERIES -o RUN --preset NAME` (hloc-style step: presets + `main(conf, ...)`).
 
-The frozen backbone runs once per image into a token cache (train/token_cache.py); epochs then only run the head.
-Batches are P places x K images (train/place_batches.py) with hard negative places mined from the current model's
-descriptors of the cached tokens; the loss is the multi-similarity loss with its miner (train/multisim.py), or the
-triplet / sTML losses of NetVLAD training on each place's query, its best positive and the other places' images.
+The frozen backbone (or its stem before the `train.finetune` blocks) runs once per image into a token cache
+(train/token_cache.py); epochs then run only the fine-tuned blocks and the head (train/head_model.py). Global mining
+(vprkit's recipe) gives each query its best positive and hardest negatives from the current model's descriptors of
+the whole training map (NetVLAD's Miner) for the triplet / sTML loss; place mining (the authors' recipes) makes
+P x K place batches (train/place_batches.py) with hard negative places for the multi-similarity loss with its miner
+(train/multisim.py) or the triplet / sTML losses.
 Data options, splits and label-free mode (`data.source=map`, augmented map images as queries) are NetVLAD
 training's (train/data.py, train/route.py). Validation R@1 every epoch keeps the best checkpoint; the test split is
 scored at the end. The run's `best.pt` plugs into `vprkit index MAP -o IDX --preset NAME --checkpoint RUN/best.pt`.
@@ -40,6 +42,7 @@ from .optim import make_optimizer
 from .place_batches import Place, place_batches
 
 logger = logging.getLogger("vprkit")
+
 
 def feature_conf(conf: dict) -> dict:
     """The extraction config of the trained model: the preset, with the head resized for a PCA projection."""

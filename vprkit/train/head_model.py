@@ -24,10 +24,6 @@ class HeadModel(nn.Module):
         self.aggregator = aggregator
         self.backbone = tail
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.aggregator.needs_fit
-
     def features(self, local: torch.Tensor, cls: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The backbone's output tokens (the tail run on the stem's), as the head sees them."""
         if self.backbone is None:
